@@ -1,0 +1,148 @@
+//! Certificates: the director's CA, its server certificate, the per-agent client certificates and
+//! `certificate` variables. ECDSA P-256 keys throughout.
+
+use rcgen::{
+    BasicConstraints, Certificate, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("could not generate a certificate for `{common_name}`")]
+    Generate {
+        common_name: String,
+        #[source]
+        source: rcgen::Error,
+    },
+    #[error("the CA certificate or key is not valid PEM")]
+    LoadCa(#[source] rcgen::Error),
+}
+
+/// What a leaf certificate may be used for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LeafUsage {
+    pub server: bool,
+    pub client: bool,
+}
+
+/// A certificate and its private key, both PEM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuedCert {
+    pub cert_pem: String,
+    pub key_pem: String,
+    /// DER bytes of the certificate (to fingerprint it).
+    pub cert_der: Vec<u8>,
+}
+
+pub struct CertAuthority {
+    cert: Certificate,
+    key: KeyPair,
+    cert_pem: String,
+}
+
+fn gen_err(cn: &str) -> impl FnOnce(rcgen::Error) -> PkiError + '_ {
+    move |source| PkiError::Generate { common_name: cn.to_string(), source }
+}
+
+/// (year, month, day) of a day count since 1970-01-01 (Howard Hinnant's civil_from_days).
+fn civil_from_days(z: i64) -> (i32, u8, u8) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u8;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u8;
+    ((if m <= 2 { y + 1 } else { y }) as i32, m, d)
+}
+
+fn validity(params: &mut CertificateParams, days: u32) {
+    let today = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64 / 86_400).unwrap_or(0);
+    let (y, m, d) = civil_from_days(today - 1);
+    params.not_before = rcgen::date_time_ymd(y, m, d);
+    let (y, m, d) = civil_from_days(today + i64::from(days.max(1)));
+    params.not_after = rcgen::date_time_ymd(y, m, d);
+}
+
+fn dn(cn: &str, org: Option<&str>) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, cn);
+    if let Some(o) = org {
+        dn.push(DnType::OrganizationName, o);
+    }
+    dn
+}
+
+impl CertAuthority {
+    pub fn generate(common_name: &str, org: Option<&str>, days: u32) -> Result<Self, PkiError> {
+        let mut p = CertificateParams::new(Vec::<String>::new()).map_err(gen_err(common_name))?;
+        p.distinguished_name = dn(common_name, org);
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        validity(&mut p, days);
+        let key = KeyPair::generate().map_err(gen_err(common_name))?;
+        let cert = p.self_signed(&key).map_err(gen_err(common_name))?;
+        let cert_pem = cert.pem();
+        Ok(Self { cert, key, cert_pem })
+    }
+
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, PkiError> {
+        let key = KeyPair::from_pem(key_pem).map_err(PkiError::LoadCa)?;
+        let params = CertificateParams::from_ca_cert_pem(cert_pem).map_err(PkiError::LoadCa)?;
+        // Re-signing the parsed parameters gives an issuer with the same name and key, which is
+        // all that signing needs; the original PEM stays the one we hand out.
+        let cert = params.self_signed(&key).map_err(PkiError::LoadCa)?;
+        Ok(Self { cert, key, cert_pem: cert_pem.to_string() })
+    }
+
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    pub fn key_pem(&self) -> String {
+        self.key.serialize_pem()
+    }
+
+    /// Issues a leaf (or, with `is_ca`, an intermediate CA) certificate. `sans` may hold IP
+    /// addresses and DNS names.
+    pub fn issue(&self, common_name: &str, sans: &[String], usage: LeafUsage, days: u32, is_ca: bool) -> Result<IssuedCert, PkiError> {
+        let mut p = CertificateParams::new(sans.to_vec()).map_err(gen_err(common_name))?;
+        p.distinguished_name = dn(common_name, None);
+        if is_ca {
+            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        } else {
+            p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+            if usage.server {
+                p.extended_key_usages.push(ExtendedKeyUsagePurpose::ServerAuth);
+            }
+            if usage.client {
+                p.extended_key_usages.push(ExtendedKeyUsagePurpose::ClientAuth);
+            }
+        }
+        validity(&mut p, days);
+        let key = KeyPair::generate().map_err(gen_err(common_name))?;
+        let cert = p.signed_by(&key, &self.cert, &self.key).map_err(gen_err(common_name))?;
+        Ok(IssuedCert { cert_pem: cert.pem(), key_pem: key.serialize_pem(), cert_der: cert.der().to_vec() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(19_723), (2024, 1, 1));
+    }
+
+    #[test]
+    fn ca_round_trips_through_pem() {
+        let ca = CertAuthority::generate("test-ca", None, 10).unwrap();
+        let again = CertAuthority::from_pem(ca.cert_pem(), &ca.key_pem()).unwrap();
+        let leaf = again.issue("leaf", &["127.0.0.1".into(), "localhost".into()], LeafUsage { server: true, client: false }, 10, false).unwrap();
+        assert!(leaf.cert_pem.starts_with("-----BEGIN CERTIFICATE-----"));
+    }
+}

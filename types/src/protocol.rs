@@ -1,0 +1,362 @@
+//! The director↔agent protocol: the settings a CPI hands a new VM, and the newline-delimited JSON
+//! messages on the agent's mutually authenticated TLS connection to the director.
+//!
+//! The agent dials the director. Its first line on a connection is either `hello` (a control
+//! session: heartbeats up, commands down, replies up) or `fetch_blob` (one blob download, answered by
+//! a [`BlobHeader`] line and then the raw bytes). Every command carries an id; commands are
+//! idempotent, and `apply` carries a generation the agent never goes back behind.
+
+use crate::release::ProcessDefinition;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Longest line either side accepts; anything longer is hostile or broken.
+pub const MAX_LINE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Written by the CPI where the agent reads it (BOSH's registry-less settings).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSettings {
+    pub agent_id: String,
+    pub vm_cid: String,
+    pub director: DirectorEndpoint,
+    #[serde(default)]
+    pub networks: BTreeMap<String, NetworkSettings>,
+    #[serde(default)]
+    pub disks: DiskSettings,
+    #[serde(default)]
+    pub env: serde_json::Value,
+}
+
+/// How to reach the director, and the credentials it issued to this agent.
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DirectorEndpoint {
+    /// `host:port` of the director's agent listener.
+    pub address: String,
+    /// The name the director's certificate is checked against.
+    pub server_name: String,
+    pub ca_cert: String,
+    pub client_cert: String,
+    pub client_key: String,
+}
+
+impl std::fmt::Debug for DirectorEndpoint {
+    // The private key must never reach a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DirectorEndpoint").field("address", &self.address).field("server_name", &self.server_name).finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DiskSettings {
+    /// disk cid → hint returned by the CPI's `attach_disk`.
+    #[serde(default)]
+    pub persistent: BTreeMap<String, serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSettings {
+    #[serde(rename = "type", default = "manual")]
+    pub kind: String,
+    pub ip: String,
+    pub netmask: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+    #[serde(default)]
+    pub default: Vec<String>,
+    #[serde(default)]
+    pub dns: Vec<String>,
+    #[serde(default)]
+    pub cloud_properties: serde_json::Value,
+}
+
+fn manual() -> String {
+    "manual".into()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct StemcellInfo {
+    pub name: String,
+    pub version: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum AgentMessage {
+    Hello {
+        agent_id: String,
+        vm_cid: String,
+        agent_version: String,
+        #[serde(default)]
+        stemcell: Option<StemcellInfo>,
+        /// The generation of the spec the agent has applied (0: none).
+        applied_generation: u64,
+    },
+    Heartbeat(Heartbeat),
+    Reply {
+        id: u64,
+        #[serde(flatten)]
+        outcome: CommandOutcome,
+    },
+    Progress {
+        id: u64,
+        message: String,
+    },
+    FetchBlob {
+        agent_id: String,
+        digest: String,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum CommandOutcome {
+    Ok(serde_json::Value),
+    Error(String),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum DirectorMessage {
+    Welcome { heartbeat_interval_ms: u64 },
+    Command { id: u64, command: AgentCommand },
+    Cancel { id: u64 },
+}
+
+/// The answer to `fetch_blob`; on success `size` raw bytes follow the line.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BlobHeader {
+    #[serde(default)]
+    pub size: Option<u64>,
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "kebab-case")]
+pub enum LifecycleScript {
+    PreStart,
+    PostStart,
+    PostDeploy,
+    PreStop,
+    Drain,
+    PostStop,
+}
+
+impl LifecycleScript {
+    /// The script's path inside a job directory.
+    pub fn path(self) -> &'static str {
+        match self {
+            LifecycleScript::PreStart => "bin/pre-start",
+            LifecycleScript::PostStart => "bin/post-start",
+            LifecycleScript::PostDeploy => "bin/post-deploy",
+            LifecycleScript::PreStop => "bin/pre-stop",
+            LifecycleScript::Drain => "bin/drain",
+            LifecycleScript::PostStop => "bin/post-stop",
+        }
+    }
+}
+
+impl std::fmt::Display for LifecycleScript {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.path().trim_start_matches("bin/"))
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "action", rename_all = "snake_case", deny_unknown_fields)]
+pub enum AgentCommand {
+    /// Reports the agent's current state (the same content as a heartbeat).
+    GetState,
+    /// Downloads, verifies and installs the spec's packages and jobs. Does not start anything.
+    Apply { spec: Box<ApplySpec> },
+    /// Starts every process of the applied spec.
+    Start,
+    /// Stops every process: SIGTERM, the grace period, then SIGKILL.
+    Stop,
+    /// Runs one lifecycle script of every job that has it, in parallel, each bounded by the timeout.
+    RunScript {
+        script: LifecycleScript,
+        #[serde(default)]
+        env: BTreeMap<String, String>,
+        #[serde(default)]
+        args: Vec<String>,
+        timeout_ms: u64,
+    },
+    MountDisk { disk_cid: String, hint: serde_json::Value },
+    UnmountDisk { disk_cid: String },
+}
+
+impl AgentCommand {
+    pub fn name(&self) -> &'static str {
+        match self {
+            AgentCommand::GetState => "get_state",
+            AgentCommand::Apply { .. } => "apply",
+            AgentCommand::Start => "start",
+            AgentCommand::Stop => "stop",
+            AgentCommand::RunScript { .. } => "run_script",
+            AgentCommand::MountDisk { .. } => "mount_disk",
+            AgentCommand::UnmountDisk { .. } => "unmount_disk",
+        }
+    }
+}
+
+/// A reference to a blob in the director's content-addressed blobstore.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(deny_unknown_fields)]
+pub struct BlobRef {
+    /// `sha256:<hex>`; the agent verifies it before using the blob.
+    pub digest: String,
+    pub size: u64,
+}
+
+/// Everything an instance should run, decided by the director.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ApplySpec {
+    /// Strictly increasing per instance; the agent refuses an older one than it has applied.
+    pub generation: u64,
+    pub deployment: String,
+    /// The instance group.
+    pub name: String,
+    pub index: u32,
+    /// The instance's uuid.
+    pub id: String,
+    #[serde(default)]
+    pub az: Option<String>,
+    pub bootstrap: bool,
+    #[serde(default)]
+    pub networks: BTreeMap<String, NetworkSettings>,
+    #[serde(default)]
+    pub jobs: Vec<ApplyJob>,
+    #[serde(default)]
+    pub packages: Vec<ApplyPackage>,
+    #[serde(default)]
+    pub persistent_disk_mb: u64,
+    pub configuration_hash: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ApplyJob {
+    pub name: String,
+    pub release: String,
+    pub fingerprint: String,
+    /// Tarball of the rendered templates, laid out as the job's directory.
+    pub rendered: BlobRef,
+    #[serde(default)]
+    pub processes: Vec<ProcessDefinition>,
+    #[serde(default)]
+    pub packages: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ApplyPackage {
+    pub name: String,
+    pub fingerprint: String,
+    /// The package's source tarball (`packaging` script plus files).
+    pub source: BlobRef,
+    #[serde(default)]
+    pub dependencies: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum ProcessStatus {
+    /// Started, not yet known to stay up.
+    Starting,
+    Running,
+    /// Exited and being restarted with backoff.
+    Failing,
+    Stopped,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessState {
+    pub job: String,
+    pub name: String,
+    pub state: ProcessStatus,
+    #[serde(default)]
+    pub pid: Option<u32>,
+    #[serde(default)]
+    pub restarts: u32,
+    #[serde(default)]
+    pub uptime_secs: Option<u64>,
+    #[serde(default)]
+    pub last_exit: Option<String>,
+}
+
+/// The state of all jobs on an instance.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Nothing applied yet.
+    None,
+    Starting,
+    Running,
+    Failing,
+    Stopped,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Vitals {
+    pub load: [f64; 3],
+    pub mem_kb: u64,
+    pub mem_percent: f64,
+    pub swap_kb: u64,
+    pub swap_percent: f64,
+    /// Percent used of the file systems holding the system, ephemeral and persistent directories.
+    #[serde(default)]
+    pub disk: BTreeMap<String, f64>,
+    /// The agent's own resident memory, kB.
+    #[serde(default)]
+    pub agent_rss_kb: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    pub job_state: JobState,
+    #[serde(default)]
+    pub processes: Vec<ProcessState>,
+    pub applied_generation: u64,
+    #[serde(default)]
+    pub vitals: Vitals,
+    #[serde(default)]
+    pub persistent_disks: Vec<String>,
+}
+
+/// What `run_script` reports, per job that has the script.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ScriptResult {
+    pub job: String,
+    pub exit_code: Option<i32>,
+    pub timed_out: bool,
+    /// The last lines of its output, for the task log.
+    pub output_tail: String,
+    pub duration_ms: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn messages_round_trip() {
+        let m = AgentMessage::Reply { id: 7, outcome: CommandOutcome::Error("nope".into()) };
+        let s = serde_json::to_string(&m).unwrap();
+        assert_eq!(s, r#"{"type":"reply","id":7,"error":"nope"}"#);
+        assert_eq!(serde_json::from_str::<AgentMessage>(&s).unwrap(), m);
+        let c = DirectorMessage::Command { id: 1, command: AgentCommand::RunScript { script: LifecycleScript::PreStart, env: Default::default(), args: vec![], timeout_ms: 5 } };
+        let s = serde_json::to_string(&c).unwrap();
+        assert!(s.contains(r#""action":"run_script","script":"pre-start""#), "{s}");
+        assert_eq!(serde_json::from_str::<DirectorMessage>(&s).unwrap(), c);
+    }
+}

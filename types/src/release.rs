@@ -1,0 +1,167 @@
+//! Release, job, package and stemcell manifests.
+
+use crate::manifest::Version;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// `jobs/<job>/spec` in a release directory; `job.MF` inside a job tarball.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Template source (under `templates/`) → destination relative to the job's directory.
+    #[serde(default)]
+    pub templates: BTreeMap<String, String>,
+    #[serde(default)]
+    pub packages: Vec<String>,
+    #[serde(default)]
+    pub properties: BTreeMap<String, PropertyDefinition>,
+    #[serde(default)]
+    pub consumes: Vec<LinkDefinition>,
+    #[serde(default)]
+    pub provides: Vec<LinkDefinition>,
+    /// The processes the agent supervises (bosun's replacement for a monit file).
+    #[serde(default)]
+    pub processes: Vec<ProcessDefinition>,
+    /// Default timeout of each lifecycle script, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub script_timeout: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PropertyDefinition {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub example: Option<serde_json::Value>,
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LinkDefinition {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub optional: bool,
+    /// For `provides`: the job properties the link exposes to consumers.
+    #[serde(default)]
+    pub properties: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessDefinition {
+    pub name: String,
+    /// Relative to the job's directory (e.g. `bin/etcd`), or absolute.
+    pub executable: String,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Seconds between SIGTERM and SIGKILL when stopping.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shutdown_grace: Option<u64>,
+}
+
+/// `packages/<pkg>/spec`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PackageSpec {
+    pub name: String,
+    #[serde(default)]
+    pub dependencies: Vec<String>,
+    /// Globs, relative to `src/` or `blobs/` of the release directory.
+    #[serde(default)]
+    pub files: Vec<String>,
+    #[serde(default)]
+    pub excluded_files: Vec<String>,
+}
+
+/// `release.MF` at the top of a release tarball.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseManifest {
+    pub name: String,
+    pub version: Version,
+    #[serde(default)]
+    pub commit_hash: String,
+    #[serde(default)]
+    pub uncommitted_changes: bool,
+    #[serde(default)]
+    pub jobs: Vec<ReleaseArtifact>,
+    #[serde(default)]
+    pub packages: Vec<ReleaseArtifact>,
+}
+
+/// A job or package inside a release tarball (`jobs/<name>.tgz`, `packages/<name>.tgz`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseArtifact {
+    pub name: String,
+    pub version: String,
+    pub fingerprint: String,
+    /// The tarball's digest, `sha256:<hex>` (the key keeps BOSH's name).
+    pub sha1: String,
+    #[serde(default)]
+    pub dependencies: Vec<String>,
+    #[serde(default)]
+    pub packages: Vec<String>,
+}
+
+/// `stemcell.MF` at the top of a stemcell tarball.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StemcellManifest {
+    pub name: String,
+    pub version: Version,
+    pub operating_system: String,
+    #[serde(default)]
+    pub stemcell_formats: Vec<String>,
+    #[serde(default = "empty_object")]
+    pub cloud_properties: serde_json::Value,
+    /// Digest of `image`, `sha256:<hex>`.
+    pub sha1: String,
+    #[serde(default = "one")]
+    pub api_version: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bosh_protocol: Option<serde_json::Value>,
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::Value::Object(Default::default())
+}
+fn one() -> u32 {
+    1
+}
+
+/// `config/blobs.yml`: blob path (under `blobs/`) → where it comes from and its digest.
+pub type BlobsYml = BTreeMap<String, BlobEntry>;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BlobEntry {
+    pub size: u64,
+    /// `sha256:<hex>`.
+    pub sha: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<BlobSource>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum BlobSource {
+    /// Fetched with `apt-get download <package>=<version>` through the machine's apt sources.
+    Debian { package: String, version: String },
+    /// Fetched over HTTP(S) or from a `file://` URL.
+    Url(String),
+}

@@ -1,0 +1,311 @@
+//! `((variable))` interpolation and variable generation (`password`, `certificate`), as the BOSH
+//! CLI and config server do it.
+
+use crate::manifest::VariableDefinition;
+use crate::pki::{CertAuthority, LeafUsage};
+use rand::Rng;
+use serde_yaml::Value;
+
+/// A placeholder no source could fill, and where it stood.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MissingVariable {
+    pub name: String,
+    pub path: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InterpolationError {
+    #[error("missing variable{} {}", if .0.len() == 1 { "" } else { "s" }, describe_missing(.0))]
+    Missing(Vec<MissingVariable>),
+    #[error("{path}: variable `(({name}))` holds a map or list and cannot stand inside a string")]
+    NotAScalar { name: String, path: String },
+    #[error("{path}: `(({name}))` has no key `{key}`")]
+    NoSuchKey { name: String, key: String, path: String },
+}
+
+fn describe_missing(m: &[MissingVariable]) -> String {
+    m.iter().map(|v| format!("(({})) at {}", v.name, v.path)).collect::<Vec<_>>().join(", ")
+}
+
+/// Splits `name.sub.key` into the variable's name and the keys to follow inside its value.
+/// A leading `/` (absolute names) belongs to the name.
+fn split_name(expr: &str) -> (&str, Vec<&str>) {
+    let mut parts = expr.split('.');
+    let name = parts.next().unwrap_or("");
+    (name, parts.collect())
+}
+
+fn is_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/' | ':' | '!')
+}
+
+/// Finds `((…))` placeholders in a string: (start, end, inner expression).
+fn placeholders(s: &str) -> Vec<(usize, usize, String)> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while let Some(off) = s[i..].find("((") {
+        let start = i + off;
+        match s[start + 2..].find("))") {
+            Some(len) => {
+                let inner = &s[start + 2..start + 2 + len];
+                if !inner.is_empty() && inner.chars().all(is_name_char) {
+                    out.push((start, start + 2 + len + 2, inner.to_string()));
+                }
+                i = start + 2 + len + 2;
+            }
+            None => break,
+        }
+    }
+    out
+}
+
+/// The names of all variables a document refers to (without sub-keys), in order of appearance.
+pub fn referenced_variables(doc: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    walk_strings(doc, &mut |s| {
+        for (_, _, expr) in placeholders(s) {
+            let name = split_name(expr.trim_start_matches('!')).0.to_string();
+            if !out.contains(&name) {
+                out.push(name);
+            }
+        }
+    });
+    out
+}
+
+fn walk_strings(v: &Value, f: &mut dyn FnMut(&str)) {
+    match v {
+        Value::String(s) => f(s),
+        Value::Sequence(s) => s.iter().for_each(|x| walk_strings(x, f)),
+        Value::Mapping(m) => m.values().for_each(|x| walk_strings(x, f)),
+        Value::Tagged(t) => walk_strings(&t.value, f),
+        _ => {}
+    }
+}
+
+fn lookup_expr(expr: &str, path: &str, lookup: &dyn Fn(&str) -> Option<Value>) -> Result<Option<Value>, InterpolationError> {
+    let (name, keys) = split_name(expr);
+    let Some(mut v) = lookup(name) else { return Ok(None) };
+    for k in keys {
+        v = match v.as_mapping().and_then(|m| m.get(k)) {
+            Some(x) => x.clone(),
+            None => return Err(InterpolationError::NoSuchKey { name: name.into(), key: k.into(), path: path.into() }),
+        };
+    }
+    Ok(Some(v))
+}
+
+fn scalar_to_string(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Null => Some(String::new()),
+        _ => None,
+    }
+}
+
+/// Replaces every placeholder `lookup` can answer. With `strict`, an unanswered one is an error;
+/// otherwise it is left in place (the director resolves the rest).
+pub fn interpolate(doc: &mut Value, lookup: &dyn Fn(&str) -> Option<Value>, strict: bool) -> Result<(), InterpolationError> {
+    let mut missing = Vec::new();
+    interpolate_at(doc, "", lookup, &mut missing)?;
+    if strict && !missing.is_empty() {
+        return Err(InterpolationError::Missing(missing));
+    }
+    Ok(())
+}
+
+fn interpolate_at(v: &mut Value, path: &str, lookup: &dyn Fn(&str) -> Option<Value>, missing: &mut Vec<MissingVariable>) -> Result<(), InterpolationError> {
+    match v {
+        Value::String(s) => {
+            let found = placeholders(s);
+            if found.is_empty() {
+                return Ok(());
+            }
+            let here = if path.is_empty() { "/".to_string() } else { path.to_string() };
+            // A placeholder that is the whole string takes the variable's value, whatever its type.
+            if found.len() == 1 && found[0].0 == 0 && found[0].1 == s.len() {
+                let expr = found[0].2.clone();
+                match lookup_expr(&expr, &here, lookup)? {
+                    Some(val) => *v = val,
+                    None => missing.push(MissingVariable { name: split_name(&expr).0.into(), path: here }),
+                }
+                return Ok(());
+            }
+            let mut out = String::new();
+            let mut last = 0;
+            for (start, end, expr) in found {
+                out.push_str(&s[last..start]);
+                match lookup_expr(&expr, &here, lookup)? {
+                    Some(val) => {
+                        let text = scalar_to_string(&val).ok_or_else(|| InterpolationError::NotAScalar { name: expr.clone(), path: here.clone() })?;
+                        out.push_str(&text);
+                    }
+                    None => {
+                        missing.push(MissingVariable { name: split_name(&expr).0.into(), path: here.clone() });
+                        out.push_str(&s[start..end]);
+                    }
+                }
+                last = end;
+            }
+            out.push_str(&s[last..]);
+            *s = out;
+        }
+        Value::Sequence(seq) => {
+            for (i, x) in seq.iter_mut().enumerate() {
+                interpolate_at(x, &format!("{path}/{i}"), lookup, missing)?;
+            }
+        }
+        Value::Mapping(m) => {
+            for (k, x) in m.iter_mut() {
+                let key = scalar_to_string(k).unwrap_or_default();
+                interpolate_at(x, &format!("{path}/{key}"), lookup, missing)?;
+            }
+        }
+        Value::Tagged(t) => interpolate_at(&mut t.value, path, lookup, missing)?,
+        _ => {}
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("variable `{name}` ({kind}): {message}")]
+pub struct GenerateError {
+    pub name: String,
+    pub kind: String,
+    pub message: String,
+}
+
+/// Generates a value for a declared variable. `existing` answers for other variables (a
+/// certificate's `ca`).
+pub fn generate(def: &VariableDefinition, existing: &dyn Fn(&str) -> Option<Value>) -> Result<Value, GenerateError> {
+    let err = |message: String| GenerateError { name: def.name.clone(), kind: def.kind.clone(), message };
+    let opts = def.options.clone().unwrap_or(serde_json::Value::Null);
+    let opt_str = |k: &str| opts.get(k).and_then(|v| v.as_str()).map(str::to_string);
+    match def.kind.as_str() {
+        "password" => {
+            let length = opts.get("length").and_then(|v| v.as_u64()).unwrap_or(20);
+            if !(8..=512).contains(&length) {
+                return Err(err(format!("length {length} is outside 8..=512")));
+            }
+            const CHARSET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+            let mut rng = rand::thread_rng();
+            let s: String = (0..length).map(|_| CHARSET[rng.gen_range(0..CHARSET.len())] as char).collect();
+            Ok(Value::String(s))
+        }
+        "certificate" => {
+            let is_ca = opts.get("is_ca").and_then(|v| v.as_bool()).unwrap_or(false);
+            let cn = opt_str("common_name").ok_or_else(|| err("options.common_name is required".into()))?;
+            let days = opts.get("duration").and_then(|v| v.as_u64()).unwrap_or(365) as u32;
+            let sans: Vec<String> = opts
+                .get("alternative_names")
+                .and_then(|v| v.as_array())
+                .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
+                .unwrap_or_default();
+            let usages: Vec<String> = opts
+                .get("extended_key_usage")
+                .and_then(|v| v.as_array())
+                .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
+                .unwrap_or_default();
+            for u in &usages {
+                if u != "client_auth" && u != "server_auth" {
+                    return Err(err(format!("extended_key_usage `{u}` is not one of client_auth, server_auth")));
+                }
+            }
+            let usage = LeafUsage { server: usages.is_empty() || usages.iter().any(|u| u == "server_auth"), client: usages.iter().any(|u| u == "client_auth") };
+            let ca_name = opt_str("ca");
+            let (signer, ca_pem) = match &ca_name {
+                None if is_ca => {
+                    let ca = CertAuthority::generate(&cn, opt_str("organization").as_deref(), days).map_err(|e| err(e.to_string()))?;
+                    let mut m = serde_yaml::Mapping::new();
+                    m.insert("ca".into(), Value::String(ca.cert_pem().to_string()));
+                    m.insert("certificate".into(), Value::String(ca.cert_pem().to_string()));
+                    m.insert("private_key".into(), Value::String(ca.key_pem()));
+                    return Ok(Value::Mapping(m));
+                }
+                None => return Err(err("options.ca names the signing CA variable (or set is_ca: true)".into())),
+                Some(name) => {
+                    let ca = existing(name).ok_or_else(|| err(format!("its CA `{name}` is not defined")))?;
+                    let cert = ca.get("certificate").and_then(|v| v.as_str()).ok_or_else(|| err(format!("`{name}` has no certificate")))?;
+                    let key = ca.get("private_key").and_then(|v| v.as_str()).ok_or_else(|| err(format!("`{name}` has no private_key")))?;
+                    (CertAuthority::from_pem(cert, key).map_err(|e| err(e.to_string()))?, cert.to_string())
+                }
+            };
+            let issued = signer.issue(&cn, &sans, usage, days, is_ca).map_err(|e| err(e.to_string()))?;
+            let mut m = serde_yaml::Mapping::new();
+            m.insert("ca".into(), Value::String(ca_pem));
+            m.insert("certificate".into(), Value::String(issued.cert_pem));
+            m.insert("private_key".into(), Value::String(issued.key_pem));
+            Ok(Value::Mapping(m))
+        }
+        "rsa" | "ssh" => Err(err("generation of this type is not supported yet; pass the value with -v or --vars-file".into())),
+        other => Err(err(format!("unknown variable type `{other}` (password, certificate, rsa, ssh)"))),
+    }
+}
+
+/// Orders variable definitions so a certificate's CA comes before the certificate.
+pub fn generation_order(defs: &[VariableDefinition]) -> Vec<&VariableDefinition> {
+    let mut out: Vec<&VariableDefinition> = Vec::new();
+    let mut pending: Vec<&VariableDefinition> = defs.iter().collect();
+    while !pending.is_empty() {
+        let before = pending.len();
+        pending.retain(|d| {
+            let ca = d.options.as_ref().and_then(|o| o.get("ca")).and_then(|v| v.as_str());
+            let ready = match ca {
+                Some(ca) => !defs.iter().any(|x| x.name == ca) || out.iter().any(|x| x.name == ca),
+                None => true,
+            };
+            if ready {
+                out.push(d);
+            }
+            !ready
+        });
+        if pending.len() == before {
+            out.extend(pending.drain(..)); // a cycle: let generation report it
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars<'a>(pairs: &'a [(&'a str, Value)]) -> impl Fn(&str) -> Option<Value> + 'a {
+        move |n| pairs.iter().find(|(k, _)| *k == n).map(|(_, v)| v.clone())
+    }
+
+    #[test]
+    fn whole_and_embedded_placeholders() {
+        let mut doc: Value = serde_yaml::from_str("a: ((n))\nb: \"x-((s))-((n))\"\nc: ((m.k))\n").unwrap();
+        let m: Value = serde_yaml::from_str("k: v").unwrap();
+        let src = [("n", Value::from(3)), ("s", Value::from("str")), ("m", m)];
+        interpolate(&mut doc, &vars(&src), true).unwrap();
+        assert_eq!(serde_json::to_string(&doc).unwrap(), r#"{"a":3,"b":"x-str-3","c":"v"}"#);
+    }
+
+    #[test]
+    fn missing_variables_name_their_paths() {
+        let mut doc: Value = serde_yaml::from_str("groups:\n- pw: ((db_password))\n").unwrap();
+        let e = interpolate(&mut doc, &|_| None, true).unwrap_err();
+        assert_eq!(e.to_string(), "missing variable ((db_password)) at /groups/0/pw");
+        let mut doc2 = doc.clone();
+        interpolate(&mut doc2, &|_| None, false).unwrap();
+        assert_eq!(doc, doc2);
+    }
+
+    #[test]
+    fn generates_password_and_certificates() {
+        let p = generate(&VariableDefinition { name: "p".into(), kind: "password".into(), options: None, update_mode: None }, &|_| None).unwrap();
+        assert_eq!(p.as_str().unwrap().len(), 20);
+        let ca_def: VariableDefinition = serde_yaml::from_str("{name: ca, type: certificate, options: {is_ca: true, common_name: ca}}").unwrap();
+        let ca = generate(&ca_def, &|_| None).unwrap();
+        let leaf_def: VariableDefinition = serde_yaml::from_str("{name: tls, type: certificate, options: {ca: ca, common_name: etcd, alternative_names: [127.0.0.1]}}").unwrap();
+        let leaf = generate(&leaf_def, &|n| (n == "ca").then(|| ca.clone())).unwrap();
+        assert_eq!(leaf.get("ca"), ca.get("certificate"));
+        let defs = [leaf_def.clone(), ca_def.clone()];
+        let order = generation_order(&defs);
+        assert_eq!(order[0].name, "ca");
+    }
+}

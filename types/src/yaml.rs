@@ -1,0 +1,168 @@
+//! Parsing YAML documents into typed values with errors that say where: the file, the line for
+//! syntax errors, and the path inside the document (`/instance_groups/0/instances`) for shape errors.
+
+use serde::de::DeserializeOwned;
+use std::fmt;
+
+/// A path inside a YAML document in go-patch/JSON-pointer form, e.g. `/instance_groups/0/jobs`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct YamlPath(pub Vec<String>);
+
+impl YamlPath {
+    pub fn root() -> Self {
+        Self(Vec::new())
+    }
+    pub fn push(&self, segment: impl fmt::Display) -> Self {
+        let mut v = self.0.clone();
+        v.push(segment.to_string());
+        Self(v)
+    }
+}
+
+impl fmt::Display for YamlPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("/");
+        }
+        for s in &self.0 {
+            write!(f, "/{s}")?;
+        }
+        Ok(())
+    }
+}
+
+/// An error in a document an operator wrote (manifest, cloud-config, ops-file, vars file, job spec).
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum DocumentError {
+    #[error("{source_name}: YAML syntax error{}: {message}", line_suffix(*line, *column))]
+    Syntax { source_name: String, line: Option<usize>, column: Option<usize>, message: String },
+    #[error("{source_name}: {path}: {message}")]
+    Shape { source_name: String, path: String, message: String },
+    #[error("{source_name}: {path}: {message}")]
+    Invalid { source_name: String, path: String, message: String },
+}
+
+fn line_suffix(line: Option<usize>, column: Option<usize>) -> String {
+    match (line, column) {
+        (Some(l), Some(c)) => format!(" at line {l} column {c}"),
+        (Some(l), None) => format!(" at line {l}"),
+        _ => String::new(),
+    }
+}
+
+impl DocumentError {
+    pub fn invalid(source_name: &str, path: impl fmt::Display, message: impl Into<String>) -> Self {
+        DocumentError::Invalid { source_name: source_name.to_string(), path: path.to_string(), message: message.into() }
+    }
+}
+
+/// Parses YAML text into an untyped value, reporting syntax errors with their line.
+pub fn parse_value(source_name: &str, text: &str) -> Result<serde_yaml::Value, DocumentError> {
+    match serde_yaml::from_str::<serde_yaml::Value>(text) {
+        Ok(v) => Ok(v),
+        Err(e) => Err(syntax_error(source_name, &e)),
+    }
+}
+
+fn syntax_error(source_name: &str, e: &serde_yaml::Error) -> DocumentError {
+    let loc = e.location();
+    // serde_yaml appends " at line X column Y" to its message; we report the location ourselves.
+    let mut message = e.to_string();
+    if let Some(i) = message.find(" at line ") {
+        message.truncate(i);
+    }
+    DocumentError::Syntax {
+        source_name: source_name.to_string(),
+        line: loc.as_ref().map(|l| l.line()),
+        column: loc.as_ref().map(|l| l.column()),
+        message,
+    }
+}
+
+/// Converts an untyped value into a typed document, reporting the path of the offending node.
+pub fn from_value<T: DeserializeOwned>(source_name: &str, value: serde_yaml::Value) -> Result<T, DocumentError> {
+    let result: Result<T, serde_path_to_error::Error<serde_yaml::Error>> = serde_path_to_error::deserialize(value);
+    result.map_err(|e| {
+        let path = pointer_from_serde_path(&e.path().to_string());
+        let mut message = e.inner().to_string();
+        if let Some(i) = message.find(" at line ") {
+            message.truncate(i);
+        }
+        DocumentError::Shape { source_name: source_name.to_string(), path, message }
+    })
+}
+
+/// Parses YAML text straight into a typed document.
+pub fn from_str<T: DeserializeOwned>(source_name: &str, text: &str) -> Result<T, DocumentError> {
+    from_value(source_name, parse_value(source_name, text)?)
+}
+
+/// `instance_groups[0].jobs[1].name` → `/instance_groups/0/jobs/1/name`.
+fn pointer_from_serde_path(p: &str) -> String {
+    if p == "." || p.is_empty() {
+        return "/".into();
+    }
+    let mut out = String::new();
+    let mut seg = String::new();
+    let flush = |seg: &mut String, out: &mut String| {
+        if !seg.is_empty() {
+            out.push('/');
+            out.push_str(seg);
+            seg.clear();
+        }
+    };
+    for ch in p.chars() {
+        match ch {
+            '.' => flush(&mut seg, &mut out),
+            '[' => flush(&mut seg, &mut out),
+            ']' => flush(&mut seg, &mut out),
+            c => seg.push(c),
+        }
+    }
+    flush(&mut seg, &mut out);
+    if out.is_empty() {
+        "/".into()
+    } else {
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Doc {
+        groups: Vec<Group>,
+    }
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Group {
+        name: String,
+        instances: u32,
+    }
+
+    #[test]
+    fn syntax_error_names_file_and_line() {
+        let e = from_str::<Doc>("m.yml", "groups:\n  - name: a\n   instances: [").unwrap_err();
+        let s = e.to_string();
+        assert!(s.starts_with("m.yml: YAML syntax error at line 3"), "{s}");
+    }
+
+    #[test]
+    fn shape_error_names_path() {
+        let e = from_str::<Doc>("m.yml", "groups:\n- name: a\n  instances: lots\n").unwrap_err();
+        assert_eq!(e.to_string(), "m.yml: /groups/0/instances: invalid type: string \"lots\", expected u32");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = from_str::<Doc>("m.yml", "groups:\n- name: a\n  instances: 1\n  colour: red\n").unwrap_err();
+        let s = e.to_string();
+        assert!(s.contains("/groups/0") && s.contains("unknown field `colour`"), "{s}");
+    }
+}
