@@ -1,1 +1,82 @@
-//! placeholder
+//! bosun-agent: runs on every VM. Boots from the settings its CPI wrote, dials the director over
+//! mutually authenticated TLS, heartbeats, and carries out the director's commands: installs the
+//! packages and rendered jobs of an apply spec (verifying every blob's digest), supervises the jobs'
+//! processes, runs their lifecycle scripts with timeouts, and mounts persistent disks.
+//!
+//! Architecture invariants:
+//! - The agent makes no policy decisions; it carries out commands and reports state.
+//! - It never applies a spec with an older generation than the one it has applied.
+//! - It ledgers the applied spec and the desired run state to disk before acting, so a restarted
+//!   agent comes back to the same jobs without the director.
+
+pub mod installer;
+pub mod layout;
+pub mod scripts;
+pub mod session;
+pub mod supervisor;
+pub mod vitals;
+
+use bosun_types::protocol::{AgentSettings, StemcellInfo};
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("reading settings {path}")]
+    Settings {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("settings {path} are malformed")]
+    SettingsFormat {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("the director credentials in the settings are unusable: {0}")]
+    Credentials(String),
+    #[error("preparing {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The agent's command line (parsed by the thin binary).
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    pub root: PathBuf,
+    pub settings: PathBuf,
+}
+
+pub fn load_settings(path: &std::path::Path) -> Result<AgentSettings, AgentError> {
+    let bytes = std::fs::read(path).map_err(|source| AgentError::Settings { path: path.into(), source })?;
+    serde_json::from_slice(&bytes).map_err(|source| AgentError::SettingsFormat { path: path.into(), source })
+}
+
+/// The stemcell this agent was baked into: `etc/stemcell.json` beside the agent's `bin/`.
+pub fn stemcell_info() -> Option<StemcellInfo> {
+    let exe = std::env::current_exe().ok()?;
+    let path = exe.parent()?.parent()?.join("etc/stemcell.json");
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+}
+
+/// Runs the agent until the process is killed. Settings that cannot be used yet (a CPI still
+/// writing them, credentials not valid) are retried rather than ending the VM's agent.
+pub async fn run(options: AgentOptions) -> Result<(), AgentError> {
+    let layout = layout::Layout::new(&options.root);
+    layout.create().map_err(|(path, source)| AgentError::Io { path, source })?;
+    loop {
+        match load_settings(&options.settings).and_then(|s| session::Agent::new(s, layout.clone(), stemcell_info())) {
+            Ok(agent) => {
+                agent.run().await;
+                return Ok(());
+            }
+            Err(e) => {
+                tracing::error!(error = %session::error_chain(&e), "cannot start yet; retrying in 5 s");
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            }
+        }
+    }
+}

@@ -1,1 +1,36 @@
-fn main() {}
+//! `bosun-agent`: the thin binary around the agent library, baked into every stemcell.
+
+use std::path::PathBuf;
+
+fn usage() -> ! {
+    eprintln!("usage: bosun-agent --root DIR --settings FILE");
+    std::process::exit(2);
+}
+
+fn main() {
+    let mut root = None;
+    let mut settings = None;
+    let mut args = std::env::args_os().skip(1);
+    while let Some(a) = args.next() {
+        match a.to_str() {
+            Some("--root") => root = args.next().map(PathBuf::from),
+            Some("--settings") => settings = args.next().map(PathBuf::from),
+            Some("--version") => {
+                println!("bosun-agent {}", env!("CARGO_PKG_VERSION"));
+                return;
+            }
+            _ => usage(),
+        }
+    }
+    let (Some(root), Some(settings)) = (root, settings) else { usage() };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_ansi(false)
+        .init();
+    // A small runtime: an agent's footprint matters on every VM.
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
+    if let Err(e) = rt.block_on(bosun_agent::run(bosun_agent::AgentOptions { root, settings })) {
+        tracing::error!(error = %bosun_agent::session::error_chain(&e), "agent failed");
+        std::process::exit(1);
+    }
+}

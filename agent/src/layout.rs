@@ -1,0 +1,75 @@
+//! Where things live under the agent's root (`/var/vcap` on a real stemcell), following BOSH:
+//! ```text
+//! ROOT/jobs/<job>        → data/jobs/<job>/<digest>   rendered templates (symlink)
+//! ROOT/packages/<pkg>    → data/packages/<pkg>/<fp>   installed packages (symlink)
+//! ROOT/data/sys/log/<job>   logs        ROOT/data/sys/run/<job>   pid files
+//! ROOT/data/blobs            verified blobs    ROOT/data/compile    package builds
+//! ROOT/store                 the persistent disk (or an ephemeral directory without one)
+//! ROOT/bosh/spec.json        the ledger: applied spec, generation and desired run state
+//! ```
+
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone)]
+pub struct Layout {
+    pub root: PathBuf,
+}
+
+impl Layout {
+    pub fn new(root: &Path) -> Self {
+        Self { root: root.to_path_buf() }
+    }
+    pub fn create(&self) -> Result<(), (PathBuf, std::io::Error)> {
+        for d in [self.jobs(), self.packages(), self.blobs(), self.compile(), self.root.join("data/jobs"), self.root.join("data/packages"), self.root.join("data/sys/log"), self.root.join("data/sys/run"), self.root.join("bosh"), self.root.join("data/tmp")] {
+            std::fs::create_dir_all(&d).map_err(|e| (d.clone(), e))?;
+        }
+        let store = self.store();
+        if std::fs::symlink_metadata(&store).is_err() {
+            std::fs::create_dir_all(&store).map_err(|e| (store.clone(), e))?;
+        }
+        Ok(())
+    }
+    pub fn jobs(&self) -> PathBuf {
+        self.root.join("jobs")
+    }
+    pub fn job(&self, name: &str) -> PathBuf {
+        self.jobs().join(name)
+    }
+    pub fn packages(&self) -> PathBuf {
+        self.root.join("packages")
+    }
+    pub fn blobs(&self) -> PathBuf {
+        self.root.join("data/blobs")
+    }
+    pub fn compile(&self) -> PathBuf {
+        self.root.join("data/compile")
+    }
+    pub fn log_dir(&self, job: &str) -> PathBuf {
+        self.root.join("data/sys/log").join(job)
+    }
+    pub fn run_dir(&self, job: &str) -> PathBuf {
+        self.root.join("data/sys/run").join(job)
+    }
+    pub fn store(&self) -> PathBuf {
+        self.root.join("store")
+    }
+    pub fn ledger(&self) -> PathBuf {
+        self.root.join("bosh/spec.json")
+    }
+
+    /// The environment every job process and script sees, so templates can find the VM's paths.
+    pub fn job_env(&self, job: &str) -> Vec<(String, String)> {
+        let s = |p: PathBuf| p.to_string_lossy().into_owned();
+        vec![
+            ("BOSUN_ROOT".into(), s(self.root.clone())),
+            ("BOSUN_JOB_NAME".into(), job.to_string()),
+            ("BOSUN_JOB_DIR".into(), s(self.job(job))),
+            ("BOSUN_PACKAGES_DIR".into(), s(self.packages())),
+            ("BOSUN_LOG_DIR".into(), s(self.log_dir(job))),
+            ("BOSUN_RUN_DIR".into(), s(self.run_dir(job))),
+            ("BOSUN_STORE_DIR".into(), s(self.store())),
+            ("BOSUN_DATA_DIR".into(), s(self.root.join("data"))),
+            ("TMPDIR".into(), s(self.root.join("data/tmp"))),
+        ]
+    }
+}

@@ -1,0 +1,358 @@
+//! The agent's connection to the director and the commands it carries out.
+
+use crate::installer::Installer;
+use crate::layout::Layout;
+use crate::supervisor::Supervisor;
+use crate::AgentError;
+use bosun_types::protocol::{
+    AgentCommand, AgentMessage, AgentSettings, ApplySpec, CommandOutcome, DirectorEndpoint, DirectorMessage, Heartbeat, StemcellInfo, MAX_LINE_BYTES,
+};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{mpsc, Mutex};
+use tokio_util::codec::{FramedRead, LinesCodec};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(2);
+
+/// Opens mutually authenticated TLS connections to the director.
+#[derive(Clone)]
+pub struct Dialer {
+    config: Arc<rustls::ClientConfig>,
+    address: String,
+    server_name: rustls::pki_types::ServerName<'static>,
+}
+
+impl Dialer {
+    pub fn new(ep: &DirectorEndpoint) -> Result<Self, AgentError> {
+        let bad = |m: &str| AgentError::Credentials(m.to_string());
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls_pemfile::certs(&mut ep.ca_cert.as_bytes()) {
+            roots.add(c.map_err(|_| bad("director CA is not PEM"))?).map_err(|_| bad("director CA is not a certificate"))?;
+        }
+        if roots.is_empty() {
+            return Err(bad("no director CA"));
+        }
+        let certs: Vec<_> = rustls_pemfile::certs(&mut ep.client_cert.as_bytes()).collect::<Result<_, _>>().map_err(|_| bad("client certificate is not PEM"))?;
+        if certs.is_empty() {
+            return Err(bad("no client certificate"));
+        }
+        let key = rustls_pemfile::private_key(&mut ep.client_key.as_bytes()).map_err(|_| bad("client key is not PEM"))?.ok_or_else(|| bad("no client key"))?;
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|_| bad("TLS setup"))?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(certs, key)
+            .map_err(|_| bad("client certificate and key do not match"))?;
+        let server_name = rustls::pki_types::ServerName::try_from(ep.server_name.clone()).map_err(|_| bad("director server name is invalid"))?;
+        Ok(Self { config: Arc::new(config), address: ep.address.clone(), server_name })
+    }
+
+    pub async fn connect(&self) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        let connector = tokio_rustls::TlsConnector::from(self.config.clone());
+        let fut = async {
+            let tcp = tokio::net::TcpStream::connect(&self.address).await?;
+            tcp.set_nodelay(true)?;
+            connector.connect(self.server_name.clone(), tcp).await
+        };
+        tokio::time::timeout(CONNECT_TIMEOUT, fut).await.map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))?
+    }
+}
+
+/// What the agent has been told to be, on disk.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Ledger {
+    spec: Option<ApplySpec>,
+    /// Whether the jobs should be running (start/stop).
+    running: bool,
+    /// The persistent disk mounted at the store directory, and its path.
+    #[serde(default)]
+    mounted_disk: Option<(String, PathBuf)>,
+}
+
+pub struct Agent {
+    settings: AgentSettings,
+    layout: Layout,
+    dialer: Dialer,
+    stemcell: Option<StemcellInfo>,
+    supervisor: Supervisor,
+    ledger: Mutex<Ledger>,
+    /// Serializes commands that change what is installed or running.
+    op_lock: Mutex<()>,
+    heartbeat_ms: AtomicU64,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("connecting to {0}")]
+    Connect(String, #[source] std::io::Error),
+    #[error("the director closed the connection")]
+    Closed,
+    #[error("the director did not welcome us: {0}")]
+    NoWelcome(String),
+    #[error("reading from the director")]
+    Read(#[source] tokio_util::codec::LinesCodecError),
+}
+
+impl Agent {
+    pub fn new(settings: AgentSettings, layout: Layout, stemcell: Option<StemcellInfo>) -> Result<Arc<Self>, AgentError> {
+        let dialer = Dialer::new(&settings.director)?;
+        let ledger = std::fs::read(layout.ledger()).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+        Ok(Arc::new(Self {
+            supervisor: Supervisor::new(layout.clone()),
+            settings,
+            layout,
+            dialer,
+            stemcell,
+            ledger: Mutex::new(ledger),
+            op_lock: Mutex::new(()),
+            heartbeat_ms: AtomicU64::new(DEFAULT_HEARTBEAT.as_millis() as u64),
+        }))
+    }
+
+    pub async fn run(self: Arc<Self>) {
+        tracing::info!(agent_id = %self.settings.agent_id, vm_cid = %self.settings.vm_cid, "agent starting");
+        self.supervisor.reap_leftovers().await;
+        {
+            // Come back to the same jobs without the director's help.
+            let ledger = self.ledger.lock().await;
+            if let (true, Some(spec)) = (ledger.running, &ledger.spec) {
+                tracing::info!(generation = spec.generation, "restarting the jobs of the applied spec");
+                self.supervisor.start(&spec.jobs).await;
+            }
+        }
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            match self.clone().session().await {
+                Ok(()) => backoff = Duration::from_millis(200),
+                Err(e) => {
+                    tracing::warn!(error = %error_chain(&e), "director session ended");
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(3));
+        }
+    }
+
+    async fn session(self: Arc<Self>) -> Result<(), SessionError> {
+        let stream = self.dialer.connect().await.map_err(|e| SessionError::Connect(self.dialer.address.clone(), e))?;
+        let (read, mut write) = tokio::io::split(stream);
+        let mut lines = FramedRead::new(read, LinesCodec::new_with_max_length(MAX_LINE_BYTES));
+        let (tx, mut rx) = mpsc::channel::<AgentMessage>(64);
+        let writer = tokio::spawn(async move {
+            while let Some(m) = rx.recv().await {
+                let mut line = serde_json::to_vec(&m).expect("serializable");
+                line.push(b'\n');
+                if write.write_all(&line).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let applied_generation = self.ledger.lock().await.spec.as_ref().map(|s| s.generation).unwrap_or(0);
+        let _ = tx
+            .send(AgentMessage::Hello {
+                agent_id: self.settings.agent_id.clone(),
+                vm_cid: self.settings.vm_cid.clone(),
+                agent_version: env!("CARGO_PKG_VERSION").to_string(),
+                stemcell: self.stemcell.clone(),
+                applied_generation,
+            })
+            .await;
+        match tokio::time::timeout(WELCOME_TIMEOUT, lines.next()).await {
+            Ok(Some(Ok(line))) => match serde_json::from_str::<DirectorMessage>(&line) {
+                Ok(DirectorMessage::Welcome { heartbeat_interval_ms }) => {
+                    self.heartbeat_ms.store(heartbeat_interval_ms.clamp(100, 60_000), Ordering::Relaxed);
+                }
+                _ => {
+                    writer.abort();
+                    return Err(SessionError::NoWelcome(line.chars().take(200).collect()));
+                }
+            },
+            Ok(Some(Err(e))) => {
+                writer.abort();
+                return Err(SessionError::Read(e));
+            }
+            Ok(None) => {
+                writer.abort();
+                return Err(SessionError::Closed);
+            }
+            Err(_) => {
+                writer.abort();
+                return Err(SessionError::NoWelcome("timed out".into()));
+            }
+        }
+        tracing::info!("connected to the director");
+        let heartbeats = {
+            let me = self.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                loop {
+                    let hb = me.heartbeat().await;
+                    if tx.send(AgentMessage::Heartbeat(hb)).await.is_err() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(me.heartbeat_ms.load(Ordering::Relaxed))).await;
+                }
+            })
+        };
+        let result = loop {
+            match lines.next().await {
+                None => break Err(SessionError::Closed),
+                Some(Err(e)) => break Err(SessionError::Read(e)),
+                Some(Ok(line)) => match serde_json::from_str::<DirectorMessage>(&line) {
+                    Ok(DirectorMessage::Command { id, command }) => {
+                        let me = self.clone();
+                        let tx = tx.clone();
+                        tokio::spawn(async move {
+                            let name = command.name();
+                            tracing::info!(id, command = name, "command received");
+                            let outcome = match me.execute(command).await {
+                                Ok(v) => CommandOutcome::Ok(v),
+                                Err(e) => {
+                                    tracing::warn!(id, command = name, error = %e, "command failed");
+                                    CommandOutcome::Error(e)
+                                }
+                            };
+                            let _ = tx.send(AgentMessage::Reply { id, outcome }).await;
+                        });
+                    }
+                    Ok(DirectorMessage::Cancel { id }) => tracing::info!(id, "cancel requested; commands run to their own timeouts"),
+                    Ok(DirectorMessage::Welcome { .. }) => {}
+                    Err(e) => tracing::warn!(error = %e, "ignoring a malformed message from the director"),
+                },
+            }
+        };
+        heartbeats.abort();
+        writer.abort();
+        result
+    }
+
+    async fn heartbeat(&self) -> Heartbeat {
+        let (applied, running, generation, disk) = {
+            let l = self.ledger.lock().await;
+            (l.spec.is_some(), l.running, l.spec.as_ref().map(|s| s.generation).unwrap_or(0), l.mounted_disk.clone())
+        };
+        let (job_state, processes) = self.supervisor.job_state(applied, running).await;
+        let layout = self.layout.clone();
+        let vitals = tokio::task::spawn_blocking(move || crate::vitals::collect(&layout)).await.unwrap_or_default();
+        Heartbeat { job_state, processes, applied_generation: generation, vitals, persistent_disks: disk.into_iter().map(|(cid, _)| cid).collect() }
+    }
+
+    async fn save_ledger(&self, ledger: &Ledger) -> Result<(), String> {
+        let path = self.layout.ledger();
+        let tmp = path.with_extension("tmp");
+        let bytes = serde_json::to_vec_pretty(ledger).expect("serializable");
+        tokio::fs::write(&tmp, bytes).await.map_err(|e| format!("writing {}: {e}", tmp.display()))?;
+        tokio::fs::rename(&tmp, &path).await.map_err(|e| format!("writing {}: {e}", path.display()))
+    }
+
+    async fn execute(&self, command: AgentCommand) -> Result<serde_json::Value, String> {
+        match command {
+            AgentCommand::GetState => Ok(serde_json::to_value(self.heartbeat().await).expect("serializable")),
+            AgentCommand::Apply { spec } => {
+                let _op = self.op_lock.lock().await;
+                let current = self.ledger.lock().await.spec.clone();
+                if let Some(cur) = &current {
+                    if spec.generation < cur.generation {
+                        return Err(format!("refusing spec generation {}: generation {} is already applied", spec.generation, cur.generation));
+                    }
+                    if spec.generation == cur.generation && spec.configuration_hash != cur.configuration_hash {
+                        return Err(format!("refusing spec generation {}: a different spec with that generation is applied", spec.generation));
+                    }
+                }
+                if spec.id.is_empty() || spec.deployment.is_empty() {
+                    return Err("the spec names no instance".into());
+                }
+                let installer = Installer { layout: &self.layout, dialer: &self.dialer, agent_id: &self.settings.agent_id };
+                installer.install(&spec).await.map_err(|e| error_chain(&e))?;
+                let mut ledger = self.ledger.lock().await;
+                ledger.spec = Some((*spec).clone());
+                self.save_ledger(&ledger).await?;
+                installer.remove_other_jobs(&spec).await;
+                Ok(serde_json::json!({ "applied_generation": spec.generation }))
+            }
+            AgentCommand::Start => {
+                let _op = self.op_lock.lock().await;
+                let mut ledger = self.ledger.lock().await;
+                let spec = ledger.spec.clone().ok_or("nothing has been applied")?;
+                ledger.running = true;
+                self.save_ledger(&ledger).await?;
+                drop(ledger);
+                self.supervisor.start(&spec.jobs).await;
+                Ok(serde_json::Value::Null)
+            }
+            AgentCommand::Stop => {
+                let _op = self.op_lock.lock().await;
+                let mut ledger = self.ledger.lock().await;
+                ledger.running = false;
+                self.save_ledger(&ledger).await?;
+                drop(ledger);
+                self.supervisor.stop().await;
+                Ok(serde_json::Value::Null)
+            }
+            AgentCommand::RunScript { script, env, args, timeout_ms } => {
+                let jobs: Vec<String> = self.ledger.lock().await.spec.as_ref().map(|s| s.jobs.iter().map(|j| j.name.clone()).collect()).unwrap_or_default();
+                let results = crate::scripts::run_all(&self.layout, &jobs, script, &args, &env, Duration::from_millis(timeout_ms)).await;
+                Ok(serde_json::to_value(results).expect("serializable"))
+            }
+            AgentCommand::MountDisk { disk_cid, hint } => {
+                let _op = self.op_lock.lock().await;
+                let path = hint.get("path").and_then(|p| p.as_str()).map(PathBuf::from).ok_or("the disk hint has no path")?;
+                if !path.is_dir() {
+                    return Err(format!("disk `{disk_cid}`: {} is not a directory", path.display()));
+                }
+                let store = self.layout.store();
+                if tokio::fs::read_link(&store).await.ok().as_deref() == Some(path.as_path()) {
+                    return Ok(serde_json::Value::Null);
+                }
+                // Whatever was on the ephemeral store is set aside, as a mount would hide it.
+                if let Ok(meta) = tokio::fs::symlink_metadata(&store).await {
+                    if meta.is_symlink() {
+                        tokio::fs::remove_file(&store).await.map_err(|e| e.to_string())?;
+                    } else {
+                        let aside = self.layout.root.join(format!("data/store-before-{disk_cid}"));
+                        tokio::fs::rename(&store, &aside).await.map_err(|e| e.to_string())?;
+                    }
+                }
+                tokio::fs::symlink(&path, &store).await.map_err(|e| e.to_string())?;
+                let mut ledger = self.ledger.lock().await;
+                ledger.mounted_disk = Some((disk_cid, path));
+                self.save_ledger(&ledger).await?;
+                Ok(serde_json::Value::Null)
+            }
+            AgentCommand::UnmountDisk { disk_cid } => {
+                let _op = self.op_lock.lock().await;
+                let mut ledger = self.ledger.lock().await;
+                if ledger.mounted_disk.as_ref().map(|(c, _)| c.as_str()) != Some(disk_cid.as_str()) {
+                    return Ok(serde_json::Value::Null);
+                }
+                let store = self.layout.store();
+                if tokio::fs::symlink_metadata(&store).await.map(|m| m.is_symlink()).unwrap_or(false) {
+                    tokio::fs::remove_file(&store).await.map_err(|e| e.to_string())?;
+                }
+                tokio::fs::create_dir_all(&store).await.map_err(|e| e.to_string())?;
+                ledger.mounted_disk = None;
+                self.save_ledger(&ledger).await?;
+                Ok(serde_json::Value::Null)
+            }
+        }
+    }
+}
+
+/// An error with its sources, once each: `a: b: c`.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

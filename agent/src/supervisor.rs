@@ -1,0 +1,266 @@
+//! Supervises the jobs' processes, the way monit does for BOSH: starts each process declared in
+//! the job specs in its own process group, restarts it with exponential backoff when it dies
+//! (reporting it as failing meanwhile), and stops it with SIGTERM, a grace period, then SIGKILL to
+//! the whole group.
+
+use crate::layout::Layout;
+use bosun_types::protocol::{ApplyJob, JobState, ProcessState, ProcessStatus};
+use bosun_types::release::ProcessDefinition;
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// How long a process must stay up before it counts as running.
+const RUNNING_AFTER: Duration = Duration::from_secs(1);
+/// A process that stayed up this long starts its backoff afresh when it next dies.
+const STABLE_AFTER: Duration = Duration::from_secs(60);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+const DEFAULT_GRACE: Duration = Duration::from_secs(10);
+
+struct Supervised {
+    job: String,
+    name: String,
+    state: Arc<Mutex<ProcessState>>,
+    started: Arc<Mutex<Option<Instant>>>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+pub struct Supervisor {
+    layout: Layout,
+    procs: tokio::sync::Mutex<Vec<Supervised>>,
+}
+
+impl Supervisor {
+    pub fn new(layout: Layout) -> Self {
+        Self { layout, procs: tokio::sync::Mutex::new(Vec::new()) }
+    }
+
+    /// Kills processes a previous incarnation of the agent left running (their pid files remain),
+    /// so a restarted agent never runs a job twice.
+    pub async fn reap_leftovers(&self) {
+        let run = self.layout.root.join("data/sys/run");
+        let mut pids = Vec::new();
+        if let Ok(jobs) = std::fs::read_dir(&run) {
+            for job in jobs.flatten() {
+                if let Ok(files) = std::fs::read_dir(job.path()) {
+                    for f in files.flatten() {
+                        if f.path().extension().is_some_and(|e| e == "pid") {
+                            if let Some(pid) = std::fs::read_to_string(f.path()).ok().and_then(|s| s.trim().parse::<i32>().ok()) {
+                                pids.push(pid);
+                            }
+                            let _ = std::fs::remove_file(f.path());
+                        }
+                    }
+                }
+            }
+        }
+        for pid in pids {
+            if pid <= 1 {
+                continue;
+            }
+            let _ = killpg(Pid::from_raw(pid), Signal::SIGTERM);
+            let deadline = Instant::now() + DEFAULT_GRACE;
+            while Instant::now() < deadline && killpg(Pid::from_raw(pid), None).is_ok() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+            tracing::info!(pid, "stopped a process left by an earlier agent");
+        }
+    }
+
+    /// Starts every process of the jobs that is not already supervised. Idempotent.
+    pub async fn start(&self, jobs: &[ApplyJob]) {
+        let mut procs = self.procs.lock().await;
+        for job in jobs {
+            for def in &job.processes {
+                if procs.iter().any(|p| p.job == job.name && p.name == def.name && !p.task.is_finished()) {
+                    continue;
+                }
+                procs.retain(|p| !(p.job == job.name && p.name == def.name));
+                let state = Arc::new(Mutex::new(ProcessState {
+                    job: job.name.clone(),
+                    name: def.name.clone(),
+                    state: ProcessStatus::Starting,
+                    pid: None,
+                    restarts: 0,
+                    uptime_secs: None,
+                    last_exit: None,
+                }));
+                let started = Arc::new(Mutex::new(None));
+                let (tx, rx) = oneshot::channel();
+                let task = tokio::spawn(supervise(self.layout.clone(), job.name.clone(), def.clone(), state.clone(), started.clone(), rx));
+                procs.push(Supervised { job: job.name.clone(), name: def.name.clone(), state, started, stop: Some(tx), task });
+            }
+        }
+    }
+
+    /// Stops every process and waits until all are gone. Idempotent.
+    pub async fn stop(&self) {
+        let mut procs = self.procs.lock().await;
+        for p in procs.iter_mut() {
+            if let Some(tx) = p.stop.take() {
+                let _ = tx.send(());
+            }
+        }
+        for p in procs.drain(..) {
+            let _ = p.task.await;
+        }
+    }
+
+    pub async fn states(&self) -> Vec<ProcessState> {
+        let procs = self.procs.lock().await;
+        procs
+            .iter()
+            .map(|p| {
+                let mut s = p.state.lock().expect("process state lock").clone();
+                s.uptime_secs = p.started.lock().expect("process start lock").map(|t| t.elapsed().as_secs());
+                s
+            })
+            .collect()
+    }
+
+    /// The state of all jobs taken together.
+    pub async fn job_state(&self, applied: bool, desired_running: bool) -> (JobState, Vec<ProcessState>) {
+        let states = self.states().await;
+        let js = if !applied {
+            JobState::None
+        } else if !desired_running {
+            JobState::Stopped
+        } else if states.iter().any(|s| s.state == ProcessStatus::Failing) {
+            JobState::Failing
+        } else if states.iter().any(|s| s.state == ProcessStatus::Starting) {
+            JobState::Starting
+        } else if states.iter().all(|s| s.state == ProcessStatus::Running) {
+            JobState::Running
+        } else {
+            JobState::Stopped
+        };
+        (js, states)
+    }
+}
+
+fn set(state: &Mutex<ProcessState>, f: impl FnOnce(&mut ProcessState)) {
+    f(&mut state.lock().expect("process state lock"));
+}
+
+fn spawn_process(layout: &Layout, job: &str, def: &ProcessDefinition) -> std::io::Result<tokio::process::Child> {
+    let job_dir = layout.job(job);
+    let exe = if def.executable.starts_with('/') { def.executable.clone().into() } else { job_dir.join(&def.executable) };
+    let log_dir = layout.log_dir(job);
+    std::fs::create_dir_all(&log_dir)?;
+    std::fs::create_dir_all(layout.run_dir(job))?;
+    let open = |suffix: &str| std::fs::OpenOptions::new().create(true).append(true).open(log_dir.join(format!("{}.{suffix}.log", def.name)));
+    let mut cmd = tokio::process::Command::new(exe);
+    cmd.args(&def.args).current_dir(&job_dir).stdin(std::process::Stdio::null()).stdout(open("stdout")?).stderr(open("stderr")?);
+    for (k, v) in layout.job_env(job) {
+        cmd.env(k, v);
+    }
+    cmd.envs(&def.env);
+    cmd.process_group(0);
+    cmd.spawn()
+}
+
+async fn terminate(child: &mut tokio::process::Child, grace: Duration) -> Option<std::process::ExitStatus> {
+    let Some(pid) = child.id() else { return child.wait().await.ok() };
+    let group = Pid::from_raw(pid as i32);
+    let _ = killpg(group, Signal::SIGTERM);
+    match tokio::time::timeout(grace, child.wait()).await {
+        Ok(status) => {
+            // The leader is gone; take the rest of its group with it.
+            let _ = killpg(group, Signal::SIGKILL);
+            status.ok()
+        }
+        Err(_) => {
+            let _ = killpg(group, Signal::SIGKILL);
+            child.wait().await.ok()
+        }
+    }
+}
+
+async fn supervise(
+    layout: Layout,
+    job: String,
+    def: ProcessDefinition,
+    state: Arc<Mutex<ProcessState>>,
+    started: Arc<Mutex<Option<Instant>>>,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let grace = def.shutdown_grace.map(Duration::from_secs).unwrap_or(DEFAULT_GRACE);
+    let pid_file = layout.run_dir(&job).join(format!("{}.pid", def.name));
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let run_started = Instant::now();
+        match spawn_process(&layout, &job, &def) {
+            Err(e) => {
+                tracing::warn!(job, process = def.name, error = %e, "could not start process");
+                set(&state, |s| s.last_exit = Some(format!("could not start: {e}")));
+            }
+            Ok(mut child) => {
+                let pid = child.id();
+                if let Some(pid) = pid {
+                    let _ = std::fs::write(&pid_file, pid.to_string());
+                }
+                set(&state, |s| {
+                    s.pid = pid;
+                    if s.state != ProcessStatus::Failing {
+                        s.state = ProcessStatus::Starting;
+                    }
+                });
+                *started.lock().expect("process start lock") = Some(Instant::now());
+                tracing::info!(job, process = def.name, pid, "process started");
+                let running_timer = tokio::time::sleep(RUNNING_AFTER);
+                tokio::pin!(running_timer);
+                let mut promoted = false;
+                let exit = loop {
+                    tokio::select! {
+                        status = child.wait() => break status,
+                        _ = &mut running_timer, if !promoted => {
+                            promoted = true;
+                            set(&state, |s| s.state = ProcessStatus::Running);
+                        }
+                        _ = &mut stop => {
+                            let status = terminate(&mut child, grace).await;
+                            let _ = std::fs::remove_file(&pid_file);
+                            *started.lock().expect("process start lock") = None;
+                            set(&state, |s| { s.state = ProcessStatus::Stopped; s.pid = None; s.last_exit = status.map(|st| st.to_string()); });
+                            tracing::info!(job, process = def.name, "process stopped");
+                            return;
+                        }
+                    }
+                };
+                let _ = std::fs::remove_file(&pid_file);
+                // Take down anything the process left in its group before starting afresh.
+                if let Some(pid) = pid {
+                    let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                }
+                let how = match exit {
+                    Ok(st) => st.to_string(),
+                    Err(e) => format!("wait failed: {e}"),
+                };
+                tracing::warn!(job, process = def.name, exit = how, "process exited; restarting with backoff");
+                set(&state, |s| s.last_exit = Some(how));
+                if run_started.elapsed() > STABLE_AFTER {
+                    backoff = Duration::from_secs(1);
+                }
+            }
+        }
+        *started.lock().expect("process start lock") = None;
+        set(&state, |s| {
+            s.state = ProcessStatus::Failing;
+            s.pid = None;
+            s.restarts += 1;
+        });
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = &mut stop => {
+                set(&state, |s| s.state = ProcessStatus::Stopped);
+                return;
+            }
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
