@@ -1,1 +1,220 @@
-//! placeholder
+//! The bosun director: the HTTP API, the store, the planner and executor, the template renderer,
+//! the agent hub and the blobstore, run as one process (`bosun director`).
+//!
+//! Data flow of a deploy: API → task → [`deploy::prepare`] (variables, manifest, cloud-config,
+//! releases, stemcells → [`planner::plan`]) → [`deploy::execute`] (CPI calls and agent commands,
+//! recording every outcome in the store).
+
+pub mod api;
+pub mod blobstore;
+pub mod deploy;
+pub mod hub;
+pub mod planner;
+pub mod records;
+pub mod render;
+pub mod secrets;
+pub mod store;
+pub mod tasks;
+pub mod uploads;
+
+use bosun_cpi::Cpi;
+use bosun_types::pki::{CertAuthority, LeafUsage};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The name agents check the director's certificate against.
+pub const DIRECTOR_SERVER_NAME: &str = "bosun-director";
+
+#[derive(Debug, Clone)]
+pub struct DirectorConfig {
+    pub name: String,
+    pub state_dir: PathBuf,
+    /// The API listener (HTTPS, bearer token).
+    pub listen: SocketAddr,
+    /// The agent listener (mutual TLS). Port 0 picks a free port.
+    pub agent_listen: SocketAddr,
+    /// The address agents are told to dial; defaults to the agent listener's.
+    pub agent_advertise: Option<String>,
+    pub heartbeat_interval: Duration,
+    /// How long a new VM's agent has to connect.
+    pub agent_wait_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DirectorError {
+    #[error("state directory {path}")]
+    StateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the director's CA")]
+    Pki(#[source] bosun_types::pki::PkiError),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error(transparent)]
+    Secrets(#[from] secrets::SecretError),
+    #[error(transparent)]
+    Blobs(#[from] blobstore::BlobError),
+    #[error("binding {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("TLS configuration")]
+    Tls(#[source] rustls::Error),
+}
+
+/// Writes a file only its owner can read (keys, tokens).
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Everything a task or request handler needs.
+pub struct Director {
+    pub config: DirectorConfig,
+    pub uuid: String,
+    pub state: store::State,
+    pub cpi: Arc<dyn Cpi>,
+    pub hub: Arc<hub::AgentHub>,
+    pub blobstore: blobstore::Blobstore,
+    pub tasks: tasks::Tasks,
+    pub ca: CertAuthority,
+    pub secrets: secrets::SecretBox,
+    pub token: String,
+    /// `host:port` agents dial.
+    pub agent_address: String,
+    pub api_address: SocketAddr,
+}
+
+/// A started director: its address and credentials, and the tasks serving it.
+pub struct RunningDirector {
+    pub director: Arc<Director>,
+    pub env_file: PathBuf,
+}
+
+fn load_or_create_ca(dir: &Path) -> Result<CertAuthority, DirectorError> {
+    let cert_path = dir.join("ca.pem");
+    let key_path = dir.join("ca.key");
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| DirectorError::StateDir { path, source }
+    };
+    if cert_path.exists() {
+        let cert = std::fs::read_to_string(&cert_path).map_err(io(&cert_path))?;
+        let key = std::fs::read_to_string(&key_path).map_err(io(&key_path))?;
+        return CertAuthority::from_pem(&cert, &key).map_err(DirectorError::Pki);
+    }
+    let ca = CertAuthority::generate("bosun director CA", Some("bosun"), 3650).map_err(DirectorError::Pki)?;
+    write_private(&key_path, ca.key_pem().as_bytes()).map_err(io(&key_path))?;
+    std::fs::write(&cert_path, ca.cert_pem()).map_err(io(&cert_path))?;
+    Ok(ca)
+}
+
+fn load_or_create_token(path: &Path) -> Result<String, DirectorError> {
+    use rand::RngCore;
+    match std::fs::read_to_string(path) {
+        Ok(t) if !t.trim().is_empty() => Ok(t.trim().to_string()),
+        _ => {
+            let mut b = [0u8; 32];
+            rand::thread_rng().fill_bytes(&mut b);
+            let token = hex::encode(b);
+            write_private(path, token.as_bytes()).map_err(|source| DirectorError::StateDir { path: path.to_path_buf(), source })?;
+            Ok(token)
+        }
+    }
+}
+
+fn pem_certs(pem: &str) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    rustls_pemfile::certs(&mut pem.as_bytes()).filter_map(Result::ok).collect()
+}
+
+fn pem_key(pem: &str) -> Option<rustls::pki_types::PrivateKeyDer<'static>> {
+    rustls_pemfile::private_key(&mut pem.as_bytes()).ok().flatten()
+}
+
+/// Starts the director: opens the store, the CA and the listeners, writes `DIR/env`, and spawns
+/// the API and agent servers. Returns once it is serving.
+pub async fn start(config: DirectorConfig, cpi: Arc<dyn Cpi>) -> Result<RunningDirector, DirectorError> {
+    let dir = config.state_dir.clone();
+    std::fs::create_dir_all(&dir).map_err(|source| DirectorError::StateDir { path: dir.clone(), source })?;
+    let ca = load_or_create_ca(&dir)?;
+    let token = load_or_create_token(&dir.join("token"))?;
+    let secrets = secrets::SecretBox::load_or_create(&dir.join("secrets.key"))?;
+    let kv = store::SledStore::open(&dir.join("db"))?;
+    let state = store::State::new(Arc::new(kv));
+    let uuid = match state.kv().get(store::Tree::Meta, "director_uuid")? {
+        Some(b) => String::from_utf8_lossy(&b).into_owned(),
+        None => {
+            let u = uuid::Uuid::new_v4().to_string();
+            state.kv().put(store::Tree::Meta, "director_uuid", u.as_bytes())?;
+            u
+        }
+    };
+    let blobstore = blobstore::Blobstore::open(&dir.join("blobs"))?;
+    let tasks = tasks::Tasks::new(state.clone());
+    let interrupted = tasks.recover_after_restart()?;
+    if interrupted > 0 {
+        tracing::warn!(interrupted, "marked tasks interrupted by the last stop as failed");
+    }
+    let hub = hub::AgentHub::new(state.clone(), blobstore.clone(), config.heartbeat_interval);
+
+    let api_listener = tokio::net::TcpListener::bind(config.listen).await.map_err(|source| DirectorError::Bind { addr: config.listen, source })?;
+    let agent_listener = tokio::net::TcpListener::bind(config.agent_listen).await.map_err(|source| DirectorError::Bind { addr: config.agent_listen, source })?;
+    let api_address = api_listener.local_addr().map_err(|source| DirectorError::Bind { addr: config.listen, source })?;
+    let agent_bound = agent_listener.local_addr().map_err(|source| DirectorError::Bind { addr: config.agent_listen, source })?;
+    let agent_address = config.agent_advertise.clone().unwrap_or_else(|| agent_bound.to_string());
+
+    // A fresh server certificate each start, for the addresses it serves on.
+    let mut sans = vec![DIRECTOR_SERVER_NAME.to_string(), "localhost".to_string(), api_address.ip().to_string(), agent_bound.ip().to_string()];
+    if let Some(host) = agent_address.rsplit_once(':').map(|(h, _)| h.to_string()) {
+        sans.push(host);
+    }
+    sans.sort();
+    sans.dedup();
+    let server = ca.issue(DIRECTOR_SERVER_NAME, &sans, LeafUsage { server: true, client: false }, 365, false).map_err(DirectorError::Pki)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let key = pem_key(&server.key_pem).expect("a key we just made parses");
+    let api_tls = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(DirectorError::Tls)?
+        .with_no_client_auth()
+        .with_single_cert(pem_certs(&server.cert_pem), key.clone_key())
+        .map_err(DirectorError::Tls)?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in pem_certs(ca.cert_pem()) {
+        roots.add(c).map_err(DirectorError::Tls)?;
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| DirectorError::Tls(rustls::Error::General(e.to_string())))?;
+    let agent_tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(DirectorError::Tls)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(pem_certs(&server.cert_pem), key)
+        .map_err(DirectorError::Tls)?;
+
+    let director = Arc::new(Director { config, uuid, state, cpi, hub: hub.clone(), blobstore, tasks, ca, secrets, token, agent_address, api_address });
+    tokio::spawn(hub.serve(agent_listener, tokio_rustls::TlsAcceptor::from(Arc::new(agent_tls))));
+    tokio::spawn(api::serve(director.clone(), api_listener, tokio_rustls::TlsAcceptor::from(Arc::new(api_tls))));
+
+    let env_file = dir.join("env");
+    let env = format!(
+        "export BOSUN_DIRECTOR=https://{api_address}\nexport BOSUN_CA_CERT={}\nexport BOSUN_TOKEN={}\n",
+        dir.join("ca.pem").canonicalize().unwrap_or_else(|_| dir.join("ca.pem")).display(),
+        director.token
+    );
+    write_private(&env_file, env.as_bytes()).map_err(|source| DirectorError::StateDir { path: env_file.clone(), source })?;
+    tracing::info!(api = %api_address, agents = %director.agent_address, cpi = director.cpi.name(), "director started");
+    Ok(RunningDirector { director, env_file })
+}

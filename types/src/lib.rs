@@ -14,6 +14,7 @@ pub mod ip;
 pub mod manifest;
 pub mod pki;
 pub mod protocol;
+pub mod tarball;
 pub mod release;
 pub mod vars;
 pub mod yaml;

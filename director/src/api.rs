@@ -1,0 +1,434 @@
+//! The director's HTTP API, `/v1/...`, over TLS. Every request needs the bearer token; no endpoint
+//! is anonymous. Mutating calls create tasks; errors are JSON with a stable code.
+
+use crate::deploy::{self, DeployError};
+use crate::records::{now_secs, CloudConfigRecord, DeploymentRecord, ReleaseRecord, StemcellRecord};
+use crate::store::Tree;
+use crate::tasks::TaskError;
+use crate::Director;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bosun_types::api::*;
+use futures::StreamExt;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+
+/// An error response: status, stable code, message.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into() }
+    }
+    fn bad_request(m: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_input", m)
+    }
+    fn not_found(m: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", m)
+    }
+    fn internal(e: &dyn std::error::Error) -> Self {
+        tracing::error!(error = %error_chain(e), "request failed");
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the director's log")
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(ApiErrorBody { code: self.code.to_string(), message: self.message })).into_response()
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        ApiError::internal(&e)
+    }
+}
+
+impl From<TaskError> for ApiError {
+    fn from(e: TaskError) -> Self {
+        match e {
+            TaskError::Locked { .. } => ApiError::new(StatusCode::CONFLICT, "locked", e.to_string()),
+            TaskError::Store(s) => ApiError::internal(&s),
+        }
+    }
+}
+
+/// An error with its sources, once each: `a: b: c`.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !s.ends_with(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+type Shared = State<Arc<Director>>;
+
+pub fn router(d: Arc<Director>) -> Router {
+    let uploads = Router::new()
+        .route("/v1/releases", post(upload_release))
+        .route("/v1/stemcells", post(upload_stemcell))
+        .layer(DefaultBodyLimit::max(8 << 30));
+    Router::new()
+        .route("/v1/info", get(info))
+        .route("/v1/cloud-config", get(get_cloud_config).post(update_cloud_config))
+        .route("/v1/releases", get(list_releases))
+        .route("/v1/stemcells", get(list_stemcells))
+        .route("/v1/deployments", get(list_deployments).post(deploy))
+        .route("/v1/deployments/{name}", get(get_deployment).delete(delete_deployment))
+        .route("/v1/deployments/{name}/manifest", get(get_manifest))
+        .route("/v1/deployments/{name}/instances", get(list_instances))
+        .route("/v1/deployments/{name}/plan", post(plan))
+        .route("/v1/tasks", get(list_tasks))
+        .route("/v1/tasks/{id}", get(get_task))
+        .route("/v1/tasks/{id}/events", get(task_events))
+        .merge(uploads)
+        .layer(DefaultBodyLimit::max(16 << 20))
+        .layer(axum::middleware::from_fn_with_state(d.clone(), authenticate))
+        .with_state(d)
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn authenticate(State(d): Shared, headers: HeaderMap, request: Request, next: Next) -> Response {
+    let presented = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    match presented {
+        Some(t) if constant_time_eq(t.as_bytes(), d.token.as_bytes()) => next.run(request).await,
+        Some(_) => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "the token is not valid for this director").into_response(),
+        None => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "a bearer token is required (set BOSUN_TOKEN)").into_response(),
+    }
+}
+
+/// Serves the API over TLS until the listener fails.
+pub async fn serve(d: Arc<Director>, listener: tokio::net::TcpListener, acceptor: tokio_rustls::TlsAcceptor) {
+    let app = router(d);
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "API accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                Ok(Ok(t)) => t,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "API TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(tls), service).await;
+        });
+    }
+}
+
+async fn info(State(d): Shared) -> Json<DirectorInfo> {
+    Json(DirectorInfo { name: d.config.name.clone(), uuid: d.uuid.clone(), version: env!("CARGO_PKG_VERSION").into(), cpi: d.cpi.name().into(), api_version: API_VERSION.into() })
+}
+
+async fn get_cloud_config(State(d): Shared) -> Result<String, ApiError> {
+    deploy::latest_cloud_config(&d.state)?.map(|c| c.yaml).ok_or_else(|| ApiError::not_found("no cloud-config has been uploaded"))
+}
+
+#[derive(serde::Serialize)]
+struct CloudConfigUpdated {
+    version: u64,
+    changed: bool,
+}
+
+async fn update_cloud_config(State(d): Shared, body: String) -> Result<Json<CloudConfigUpdated>, ApiError> {
+    let value = bosun_types::yaml::parse_value("cloud-config", &body).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    bosun_types::cloud_config::CloudConfig::parse("cloud-config", value).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if let Some(latest) = deploy::latest_cloud_config(&d.state)? {
+        if latest.yaml == body {
+            return Ok(Json(CloudConfigUpdated { version: latest.version, changed: false }));
+        }
+    }
+    let version = d.state.next_id("cloud-config")?;
+    d.state.put(Tree::CloudConfigs, &deploy::cloud_config_key(version), &CloudConfigRecord { version, yaml: body, created_at: now_secs() })?;
+    d.state.flush().await?;
+    Ok(Json(CloudConfigUpdated { version, changed: true }))
+}
+
+fn deployments_using(d: &Director) -> Result<Vec<(String, bosun_types::manifest::DeploymentManifest)>, ApiError> {
+    let mut out = Vec::new();
+    for rec in d.state.list::<DeploymentRecord>(Tree::Deployments, "")? {
+        // Stored manifests parsed before; placeholders for director variables may make the
+        // typed parse fail, so read the parts listed here leniently.
+        if let Ok(v) = serde_yaml::from_str::<serde_yaml::Value>(&rec.manifest) {
+            let releases = v.get("releases").cloned().unwrap_or_default();
+            let stemcells = v.get("stemcells").cloned().unwrap_or_default();
+            let m = bosun_types::manifest::DeploymentManifest {
+                name: rec.name.clone(),
+                director_uuid: None,
+                releases: serde_yaml::from_value(releases).unwrap_or_default(),
+                stemcells: serde_yaml::from_value(stemcells).unwrap_or_default(),
+                update: Default::default(),
+                instance_groups: vec![],
+                variables: vec![],
+                properties: None,
+                tags: Default::default(),
+                features: None,
+            };
+            out.push((rec.name, m));
+        }
+    }
+    Ok(out)
+}
+
+async fn list_releases(State(d): Shared) -> Result<Json<Vec<ReleaseView>>, ApiError> {
+    let used = deployments_using(&d)?;
+    let mut out: Vec<ReleaseView> = d
+        .state
+        .list::<ReleaseRecord>(Tree::Releases, "")?
+        .into_iter()
+        .map(|r| ReleaseView {
+            deployments: used.iter().filter(|(_, m)| m.releases.iter().any(|x| x.name == r.name && (x.version.0 == r.version || x.version.0 == "latest"))).map(|(n, _)| n.clone()).collect(),
+            jobs: r.jobs.iter().map(|j| format!("{}/{}", j.name, &j.fingerprint[..12.min(j.fingerprint.len())])).collect(),
+            packages: r.packages.iter().map(|p| format!("{}/{}", p.name, &p.fingerprint[..12.min(p.fingerprint.len())])).collect(),
+            name: r.name,
+            version: r.version,
+            commit_hash: r.commit_hash,
+        })
+        .collect();
+    out.sort_by(|a, b| (a.name.as_str(), a.version.as_str()).cmp(&(b.name.as_str(), b.version.as_str())));
+    Ok(Json(out))
+}
+
+async fn list_stemcells(State(d): Shared) -> Result<Json<Vec<StemcellView>>, ApiError> {
+    let instances: Vec<crate::records::InstanceRecord> = d.state.list(Tree::Instances, "")?;
+    let out = d
+        .state
+        .list::<StemcellRecord>(Tree::Stemcells, "")?
+        .into_iter()
+        .map(|s| {
+            let mut deployments: Vec<String> = instances.iter().filter(|i| i.vm.as_ref().is_some_and(|v| v.stemcell_cid == s.cid)).map(|i| i.deployment.clone()).collect();
+            deployments.sort();
+            deployments.dedup();
+            StemcellView { name: s.name, version: s.version, operating_system: s.operating_system, cid: s.cid, deployments }
+        })
+        .collect();
+    Ok(Json(out))
+}
+
+/// Streams a request body to a file under the state directory.
+async fn save_body(d: &Director, body: Body) -> Result<(std::path::PathBuf, std::path::PathBuf), ApiError> {
+    let work = d.config.state_dir.join("tmp").join(uuid::Uuid::new_v4().simple().to_string());
+    tokio::fs::create_dir_all(&work).await.map_err(|e| ApiError::internal(&e))?;
+    let path = work.join("upload");
+    let mut file = tokio::fs::File::create(&path).await.map_err(|e| ApiError::internal(&e))?;
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("reading the upload: {e}")))?;
+        file.write_all(&chunk).await.map_err(|e| ApiError::internal(&e))?;
+    }
+    file.flush().await.map_err(|e| ApiError::internal(&e))?;
+    let unpack = work.join("unpacked");
+    tokio::fs::create_dir_all(&unpack).await.map_err(|e| ApiError::internal(&e))?;
+    Ok((path, unpack))
+}
+
+async fn upload_release(State(d): Shared, body: Body) -> Result<Json<TaskCreated>, ApiError> {
+    let (path, unpack) = save_body(&d, body).await?;
+    let task = d.tasks.create("upload release", None, false)?;
+    let id = task.id;
+    tokio::spawn(async move {
+        task.info("upload", None, "verifying and storing the release");
+        let d2 = d.clone();
+        let (p2, u2) = (path.clone(), unpack.clone());
+        let result = tokio::task::spawn_blocking(move || crate::uploads::upload_release(&d2, &p2, &u2)).await;
+        let _ = tokio::fs::remove_dir_all(path.parent().expect("work dir")).await;
+        let _ = d.state.flush().await;
+        let outcome = match result {
+            Ok(Ok(r)) if r.already_present => Ok(format!("release {}/{} was already uploaded", r.name, r.version)),
+            Ok(Ok(r)) => Ok(format!("uploaded release {}/{}", r.name, r.version)),
+            Ok(Err(e)) => Err(error_chain(&e)),
+            Err(e) => Err(format!("the upload worker failed: {e}")),
+        };
+        task.finish(outcome).await;
+    });
+    Ok(Json(TaskCreated { task_id: id }))
+}
+
+async fn upload_stemcell(State(d): Shared, body: Body) -> Result<Json<TaskCreated>, ApiError> {
+    let (path, unpack) = save_body(&d, body).await?;
+    let task = d.tasks.create("upload stemcell", None, false)?;
+    let id = task.id;
+    tokio::spawn(async move {
+        task.info("upload", None, "verifying the stemcell and handing it to the CPI");
+        let result = crate::uploads::upload_stemcell(&d, path.clone(), unpack).await;
+        let _ = tokio::fs::remove_dir_all(path.parent().expect("work dir")).await;
+        let _ = d.state.flush().await;
+        let outcome = match result {
+            Ok(r) if r.already_present => Ok(format!("stemcell {}/{} was already uploaded", r.name, r.version)),
+            Ok(r) => Ok(format!("uploaded stemcell {}/{}", r.name, r.version)),
+            Err(e) => Err(error_chain(&e)),
+        };
+        task.finish(outcome).await;
+    });
+    Ok(Json(TaskCreated { task_id: id }))
+}
+
+async fn list_deployments(State(d): Shared) -> Result<Json<Vec<DeploymentView>>, ApiError> {
+    let latest = deploy::latest_cloud_config(&d.state)?.map(|c| c.version).unwrap_or(0);
+    let instances: Vec<crate::records::InstanceRecord> = d.state.list(Tree::Instances, "")?;
+    let used = deployments_using(&d)?;
+    let out = d
+        .state
+        .list::<DeploymentRecord>(Tree::Deployments, "")?
+        .into_iter()
+        .map(|r| {
+            let m = used.iter().find(|(n, _)| n == &r.name).map(|(_, m)| m);
+            DeploymentView {
+                releases: m.map(|m| m.releases.iter().map(|x| format!("{}/{}", x.name, x.version)).collect()).unwrap_or_default(),
+                stemcells: m.map(|m| m.stemcells.iter().map(|x| format!("{}/{}", x.os.clone().or(x.name.clone()).unwrap_or_default(), x.version)).collect()).unwrap_or_default(),
+                instances: instances.iter().filter(|i| i.deployment == r.name).count(),
+                cloud_config: if r.cloud_config_version == latest { "latest".into() } else { "outdated".into() },
+                name: r.name,
+            }
+        })
+        .collect();
+    Ok(Json(out))
+}
+
+fn deployment_record(d: &Director, name: &str) -> Result<DeploymentRecord, ApiError> {
+    d.state.get::<DeploymentRecord>(Tree::Deployments, name)?.ok_or_else(|| ApiError::not_found(format!("deployment `{name}` does not exist")))
+}
+
+async fn get_deployment(State(d): Shared, Path(name): Path<String>) -> Result<Json<DeploymentView>, ApiError> {
+    deployment_record(&d, &name)?;
+    let Json(all) = list_deployments(State(d)).await?;
+    all.into_iter().find(|x| x.name == name).map(Json).ok_or_else(|| ApiError::not_found(format!("deployment `{name}` does not exist")))
+}
+
+async fn get_manifest(State(d): Shared, Path(name): Path<String>) -> Result<String, ApiError> {
+    Ok(deployment_record(&d, &name)?.manifest)
+}
+
+#[derive(serde::Deserialize)]
+struct InstancesQuery {
+    #[serde(default)]
+    ps: bool,
+}
+
+async fn list_instances(State(d): Shared, Path(name): Path<String>, Query(q): Query<InstancesQuery>) -> Result<Json<Vec<InstanceView>>, ApiError> {
+    deployment_record(&d, &name)?;
+    Ok(Json(deploy::instance_views(&d, &name, q.ps)?))
+}
+
+fn deploy_error(e: DeployError) -> ApiError {
+    match e {
+        DeployError::Input(m) => ApiError::bad_request(m),
+        other => ApiError::internal(&other),
+    }
+}
+
+fn manifest_name(text: &str) -> Result<String, ApiError> {
+    let v = bosun_types::yaml::parse_value("manifest", text).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let name = v.get("name").and_then(|n| n.as_str()).ok_or_else(|| ApiError::bad_request("manifest: /name: missing"))?;
+    bosun_types::manifest::check_name("manifest", "/name", name).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    Ok(name.to_string())
+}
+
+async fn plan(State(d): Shared, Path(name): Path<String>, Json(req): Json<DeployRequest>) -> Result<Json<PlanView>, ApiError> {
+    if manifest_name(&req.manifest)? != name {
+        return Err(ApiError::bad_request(format!("the manifest is for another deployment than `{name}`")));
+    }
+    let d2 = d.clone();
+    let text = req.manifest.clone();
+    let prepared = tokio::task::spawn_blocking(move || deploy::prepare(&d2, &text, req.recreate)).await.map_err(|e| ApiError::internal(&e))?.map_err(deploy_error)?;
+    let old = d.state.get::<DeploymentRecord>(Tree::Deployments, &name)?.map(|r| r.manifest);
+    Ok(Json(deploy::plan_view(&prepared.plan, old.as_deref(), &req.manifest)))
+}
+
+async fn deploy(State(d): Shared, Json(req): Json<DeployRequest>) -> Result<Json<TaskCreated>, ApiError> {
+    let name = manifest_name(&req.manifest)?;
+    // Bad input fails the request and changes nothing; only a valid plan becomes a task.
+    let d2 = d.clone();
+    let text = req.manifest.clone();
+    let prepared = tokio::task::spawn_blocking(move || deploy::prepare(&d2, &text, req.recreate)).await.map_err(|e| ApiError::internal(&e))?.map_err(deploy_error)?;
+    let task = d.tasks.create(&format!("deploy {name}"), Some(&name), true)?;
+    let id = task.id;
+    tokio::spawn(async move {
+        // Plan again under the lock: the state may have moved since the check above.
+        let d2 = d.clone();
+        let text = req.manifest.clone();
+        let fresh = tokio::task::spawn_blocking(move || deploy::prepare(&d2, &text, req.recreate)).await;
+        let prepared = match fresh {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => {
+                task.finish(Err(error_chain(&e))).await;
+                return;
+            }
+            Err(_) => prepared,
+        };
+        let outcome = deploy::execute(&d, &task, &prepared, &req.manifest).await.map_err(|e| error_chain(&e));
+        task.finish(outcome).await;
+    });
+    Ok(Json(TaskCreated { task_id: id }))
+}
+
+async fn delete_deployment(State(d): Shared, Path(name): Path<String>) -> Result<Json<TaskCreated>, ApiError> {
+    deployment_record(&d, &name)?;
+    let task = d.tasks.create(&format!("delete deployment {name}"), Some(&name), true)?;
+    let id = task.id;
+    tokio::spawn(async move {
+        let outcome = deploy::delete_deployment(&d, &task, &name).await.map_err(|e| error_chain(&e));
+        task.finish(outcome).await;
+    });
+    Ok(Json(TaskCreated { task_id: id }))
+}
+
+#[derive(serde::Deserialize)]
+struct TasksQuery {
+    #[serde(default)]
+    limit: Option<usize>,
+    #[serde(default)]
+    deployment: Option<String>,
+}
+
+async fn list_tasks(State(d): Shared, Query(q): Query<TasksQuery>) -> Result<Json<Vec<TaskView>>, ApiError> {
+    Ok(Json(d.tasks.list(q.limit.unwrap_or(30).min(1000), q.deployment.as_deref())?))
+}
+
+async fn get_task(State(d): Shared, Path(id): Path<u64>) -> Result<Json<TaskView>, ApiError> {
+    d.tasks.get(id)?.map(Json).ok_or_else(|| ApiError::not_found(format!("task {id} does not exist")))
+}
+
+#[derive(serde::Deserialize)]
+struct EventsQuery {
+    #[serde(default)]
+    after: u64,
+    /// Seconds to wait for a new event (long poll), at most 30.
+    #[serde(default)]
+    wait: u64,
+}
+
+async fn task_events(State(d): Shared, Path(id): Path<u64>, Query(q): Query<EventsQuery>) -> Result<Json<TaskEventsPage>, ApiError> {
+    d.tasks.wait_events(id, q.after, Duration::from_secs(q.wait.min(30))).await?.map(Json).ok_or_else(|| ApiError::not_found(format!("task {id} does not exist")))
+}

@@ -1,0 +1,305 @@
+//! The agent hub: agents dial in over mutually authenticated TLS. The director is the CA; each
+//! VM's agent gets a certificate issued for its agent id, and the hub accepts an agent id only over
+//! the certificate issued for it. Heartbeats update the agent's status; commands go down with an
+//! id and come back as replies; blobs are served only to an agent whose spec names them.
+
+use crate::records::AgentRecord;
+use crate::store::{State, Tree};
+use bosun_types::digest::sha256_digest;
+use bosun_types::protocol::{AgentCommand, AgentMessage, BlobHeader, CommandOutcome, DirectorMessage, Heartbeat, StemcellInfo, MAX_LINE_BYTES};
+use futures::StreamExt;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::time::Instant;
+use tokio_util::codec::{FramedRead, LinesCodec};
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum HubError {
+    #[error("agent `{0}` is not connected")]
+    NotConnected(String),
+    #[error("agent `{agent}` disconnected during `{command}`")]
+    Disconnected { agent: String, command: &'static str },
+    #[error("agent `{agent}` did not finish `{command}` within {seconds} s")]
+    Timeout { agent: String, command: &'static str, seconds: u64 },
+    #[error("agent `{agent}` failed `{command}`: {message}")]
+    Failed { agent: String, command: &'static str, message: String },
+    #[error("agent `{agent}` did not connect within {seconds} s")]
+    NeverConnected { agent: String, seconds: u64 },
+}
+
+/// What the director last heard from an agent.
+#[derive(Debug, Clone)]
+pub struct AgentStatus {
+    pub connected: bool,
+    pub last_seen: Instant,
+    pub vm_cid: String,
+    pub stemcell: Option<StemcellInfo>,
+    pub heartbeat: Option<Heartbeat>,
+}
+
+struct Connection {
+    id: u64,
+    tx: mpsc::Sender<DirectorMessage>,
+    pending: Mutex<HashMap<u64, oneshot::Sender<CommandOutcome>>>,
+}
+
+pub struct AgentHub {
+    state: State,
+    blobstore: crate::blobstore::Blobstore,
+    heartbeat_interval: Duration,
+    connections: Mutex<HashMap<String, Arc<Connection>>>,
+    status: Mutex<HashMap<String, AgentStatus>>,
+    allowed_blobs: Mutex<HashMap<String, HashSet<String>>>,
+    next_id: AtomicU64,
+    changed: Notify,
+}
+
+impl AgentHub {
+    pub fn new(state: State, blobstore: crate::blobstore::Blobstore, heartbeat_interval: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            state,
+            blobstore,
+            heartbeat_interval,
+            connections: Mutex::new(HashMap::new()),
+            status: Mutex::new(HashMap::new()),
+            allowed_blobs: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            changed: Notify::new(),
+        })
+    }
+
+    pub fn heartbeat_interval(&self) -> Duration {
+        self.heartbeat_interval
+    }
+
+    pub fn status(&self, agent_id: &str) -> Option<AgentStatus> {
+        self.status.lock().expect("hub lock").get(agent_id).cloned()
+    }
+
+    /// Whether the agent has been heard from within three heartbeat intervals.
+    pub fn is_responsive(&self, agent_id: &str) -> bool {
+        self.status(agent_id).is_some_and(|s| s.connected && s.last_seen.elapsed() < self.heartbeat_interval * 3)
+    }
+
+    /// Forgets an agent whose VM is gone.
+    pub fn forget(&self, agent_id: &str) {
+        self.connections.lock().expect("hub lock").remove(agent_id);
+        self.status.lock().expect("hub lock").remove(agent_id);
+        self.allowed_blobs.lock().expect("hub lock").remove(agent_id);
+    }
+
+    /// Lets an agent fetch these blobs (those its next spec names).
+    pub fn allow_blobs(&self, agent_id: &str, digests: impl IntoIterator<Item = String>) {
+        self.allowed_blobs.lock().expect("hub lock").entry(agent_id.to_string()).or_default().extend(digests);
+    }
+
+    pub async fn wait_connected(&self, agent_id: &str, timeout: Duration) -> Result<(), HubError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let notified = self.changed.notified();
+            if self.connections.lock().expect("hub lock").contains_key(agent_id) {
+                return Ok(());
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Err(HubError::NeverConnected { agent: agent_id.to_string(), seconds: timeout.as_secs() });
+            }
+        }
+    }
+
+    /// Sends a command and waits for its reply.
+    pub async fn call(&self, agent_id: &str, command: AgentCommand, timeout: Duration) -> Result<serde_json::Value, HubError> {
+        let name = command.name();
+        let conn = self.connections.lock().expect("hub lock").get(agent_id).cloned().ok_or_else(|| HubError::NotConnected(agent_id.to_string()))?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        conn.pending.lock().expect("hub lock").insert(id, tx);
+        if conn.tx.send(DirectorMessage::Command { id, command }).await.is_err() {
+            conn.pending.lock().expect("hub lock").remove(&id);
+            return Err(HubError::Disconnected { agent: agent_id.to_string(), command: name });
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(CommandOutcome::Ok(v))) => Ok(v),
+            Ok(Ok(CommandOutcome::Error(message))) => Err(HubError::Failed { agent: agent_id.to_string(), command: name, message }),
+            Ok(Err(_)) => Err(HubError::Disconnected { agent: agent_id.to_string(), command: name }),
+            Err(_) => {
+                conn.pending.lock().expect("hub lock").remove(&id);
+                let _ = conn.tx.try_send(DirectorMessage::Cancel { id });
+                Err(HubError::Timeout { agent: agent_id.to_string(), command: name, seconds: timeout.as_secs() })
+            }
+        }
+    }
+
+    /// Accepts agent connections until the listener fails.
+    pub async fn serve(self: Arc<Self>, listener: tokio::net::TcpListener, acceptor: tokio_rustls::TlsAcceptor) {
+        loop {
+            let (tcp, peer) = match listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "agent listener accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let hub = self.clone();
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let _ = tcp.set_nodelay(true);
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => hub.handle(tls, peer).await,
+                    Ok(Err(e)) => tracing::warn!(%peer, error = %e, "agent TLS handshake failed"),
+                    Err(_) => tracing::warn!(%peer, "agent TLS handshake timed out"),
+                }
+            });
+        }
+    }
+
+    async fn handle(self: Arc<Self>, tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>, peer: std::net::SocketAddr) {
+        let cert_digest = match tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
+            Some(c) => sha256_digest(c.as_ref()),
+            None => return, // the verifier requires one; nothing to do without it
+        };
+        let (read, mut write) = tokio::io::split(tls);
+        let mut lines = FramedRead::new(read, LinesCodec::new_with_max_length(MAX_LINE_BYTES));
+        let first = match tokio::time::timeout(HANDSHAKE_TIMEOUT, lines.next()).await {
+            Ok(Some(Ok(l))) => l,
+            _ => return,
+        };
+        let msg: AgentMessage = match serde_json::from_str(&first) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "rejected an agent connection: malformed first message");
+                return;
+            }
+        };
+        let claimed = match &msg {
+            AgentMessage::Hello { agent_id, .. } | AgentMessage::FetchBlob { agent_id, .. } => agent_id.clone(),
+            _ => {
+                tracing::warn!(%peer, "rejected an agent connection: it did not start with hello or fetch_blob");
+                return;
+            }
+        };
+        match self.state.get::<AgentRecord>(Tree::Agents, &claimed) {
+            Ok(Some(rec)) if rec.cert_digest == cert_digest => {}
+            Ok(Some(_)) => {
+                tracing::warn!(%peer, agent_id = %claimed, "rejected an agent: it presented a certificate issued for another agent");
+                return;
+            }
+            Ok(None) => {
+                tracing::warn!(%peer, agent_id = %claimed, "rejected an agent: unknown agent id");
+                return;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "agent lookup failed");
+                return;
+            }
+        }
+        match msg {
+            AgentMessage::FetchBlob { digest, .. } => {
+                let mut stream = lines.into_inner().unsplit(write);
+                self.serve_blob(&claimed, &digest, &mut stream).await;
+            }
+            AgentMessage::Hello { vm_cid, stemcell, applied_generation, .. } => {
+                let (tx, mut rx) = mpsc::channel::<DirectorMessage>(64);
+                let conn = Arc::new(Connection { id: self.next_id.fetch_add(1, Ordering::Relaxed), tx, pending: Mutex::new(HashMap::new()) });
+                let welcome = DirectorMessage::Welcome { heartbeat_interval_ms: self.heartbeat_interval.as_millis() as u64 };
+                let mut line = serde_json::to_vec(&welcome).expect("serializable");
+                line.push(b'\n');
+                if write.write_all(&line).await.is_err() {
+                    return;
+                }
+                let writer = tokio::spawn(async move {
+                    while let Some(m) = rx.recv().await {
+                        let mut line = serde_json::to_vec(&m).expect("serializable");
+                        line.push(b'\n');
+                        if write.write_all(&line).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                self.connections.lock().expect("hub lock").insert(claimed.clone(), conn.clone());
+                self.status.lock().expect("hub lock").insert(
+                    claimed.clone(),
+                    AgentStatus { connected: true, last_seen: Instant::now(), vm_cid, stemcell, heartbeat: None },
+                );
+                tracing::info!(agent_id = %claimed, applied_generation, "agent connected");
+                self.changed.notify_waiters();
+                while let Some(Ok(line)) = lines.next().await {
+                    match serde_json::from_str::<AgentMessage>(&line) {
+                        Ok(AgentMessage::Heartbeat(hb)) => {
+                            if let Some(s) = self.status.lock().expect("hub lock").get_mut(&claimed) {
+                                s.last_seen = Instant::now();
+                                s.heartbeat = Some(hb);
+                            }
+                        }
+                        Ok(AgentMessage::Reply { id, outcome }) => {
+                            if let Some(s) = self.status.lock().expect("hub lock").get_mut(&claimed) {
+                                s.last_seen = Instant::now();
+                            }
+                            if let Some(tx) = conn.pending.lock().expect("hub lock").remove(&id) {
+                                let _ = tx.send(outcome);
+                            }
+                        }
+                        Ok(AgentMessage::Progress { id, message }) => tracing::debug!(agent_id = %claimed, id, message, "agent progress"),
+                        Ok(_) => tracing::warn!(agent_id = %claimed, "agent sent an unexpected message; ignored"),
+                        Err(e) => tracing::warn!(agent_id = %claimed, error = %e, "agent sent a malformed message; ignored"),
+                    }
+                }
+                writer.abort();
+                // Only the newest connection of an agent speaks for it.
+                let mut conns = self.connections.lock().expect("hub lock");
+                if conns.get(&claimed).is_some_and(|c| c.id == conn.id) {
+                    conns.remove(&claimed);
+                    if let Some(s) = self.status.lock().expect("hub lock").get_mut(&claimed) {
+                        s.connected = false;
+                    }
+                    tracing::info!(agent_id = %claimed, "agent disconnected");
+                }
+                drop(conns);
+                // Pending commands fail now rather than at their timeouts.
+                conn.pending.lock().expect("hub lock").clear();
+                self.changed.notify_waiters();
+            }
+            _ => {}
+        }
+    }
+
+    async fn serve_blob<S: tokio::io::AsyncWrite + Unpin>(&self, agent_id: &str, digest: &str, out: &mut S) {
+        let allowed = self.allowed_blobs.lock().expect("hub lock").get(agent_id).is_some_and(|s| s.contains(digest));
+        let answer = |h: BlobHeader| {
+            let mut l = serde_json::to_vec(&h).expect("serializable");
+            l.push(b'\n');
+            l
+        };
+        if !allowed {
+            tracing::warn!(agent_id, digest, "refused a blob the agent's spec does not name");
+            let _ = out.write_all(&answer(BlobHeader { size: None, error: Some("blob not in this agent's spec".into()) })).await;
+            return;
+        }
+        let path = match self.blobstore.path(digest) {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = out.write_all(&answer(BlobHeader { size: None, error: Some(e.to_string()) })).await;
+                return;
+            }
+        };
+        let mut file = match tokio::fs::File::open(&path).await {
+            Ok(f) => f,
+            Err(_) => {
+                let _ = out.write_all(&answer(BlobHeader { size: None, error: Some("no such blob".into()) })).await;
+                return;
+            }
+        };
+        let size = file.metadata().await.map(|m| m.len()).unwrap_or(0);
+        if out.write_all(&answer(BlobHeader { size: Some(size), error: None })).await.is_err() {
+            return;
+        }
+        let _ = tokio::io::copy(&mut file, out).await;
+        let _ = out.shutdown().await;
+    }
+}

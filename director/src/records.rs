@@ -1,0 +1,163 @@
+//! The records the director keeps in its store.
+
+use bosun_types::protocol::{BlobRef, NetworkSettings};
+use bosun_types::release::{JobSpec, ProcessDefinition};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DeploymentRecord {
+    pub name: String,
+    /// The manifest as the operator sent it (after the CLI's interpolation; director variables
+    /// still as placeholders, so secrets are not stored in it).
+    pub manifest: String,
+    pub cloud_config_version: u64,
+    pub created_at: u64,
+    pub updated_at: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CloudConfigRecord {
+    pub version: u64,
+    pub yaml: String,
+    pub created_at: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ReleaseRecord {
+    pub name: String,
+    pub version: String,
+    pub commit_hash: String,
+    pub jobs: Vec<ReleaseJob>,
+    pub packages: Vec<ReleasePackage>,
+    /// Digest of the uploaded tarball: the same name and version with other bytes is refused.
+    pub tarball_digest: String,
+    pub uploaded_at: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ReleaseJob {
+    pub name: String,
+    pub fingerprint: String,
+    pub blob: BlobRef,
+    pub spec: JobSpec,
+    /// Template source path → template text.
+    pub templates: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ReleasePackage {
+    pub name: String,
+    pub fingerprint: String,
+    pub blob: BlobRef,
+    pub dependencies: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StemcellRecord {
+    pub name: String,
+    pub version: String,
+    pub operating_system: String,
+    pub cid: String,
+    pub api_version: u32,
+    pub digest: String,
+    pub uploaded_at: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct VmRecord {
+    pub cid: String,
+    pub agent_id: String,
+    pub stemcell_cid: String,
+    pub created_at: u64,
+}
+
+/// What was last applied to an instance, to detect what a new manifest changes.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct AppliedState {
+    pub stemcell: (String, String),
+    pub vm_type: String,
+    /// Digests, not values: cloud properties and env may hold secrets.
+    pub cloud_properties_digest: String,
+    pub env_digest: String,
+    pub networks: BTreeMap<String, String>,
+    pub jobs: Vec<AppliedJob>,
+    pub packages: BTreeMap<String, String>,
+    pub configuration_hash: String,
+    pub persistent_disk_mb: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct AppliedJob {
+    pub name: String,
+    pub release: String,
+    pub fingerprint: String,
+    /// Property path → digest of its value.
+    pub properties: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct InstanceRecord {
+    pub deployment: String,
+    pub group: String,
+    pub uuid: String,
+    pub index: u32,
+    pub az: Option<String>,
+    pub bootstrap: bool,
+    /// Network name → settings (the reserved address).
+    pub networks: BTreeMap<String, NetworkSettings>,
+    pub vm: Option<VmRecord>,
+    pub disk_cids: Vec<String>,
+    pub applied: Option<AppliedState>,
+    /// The generation of the last spec sent to the agent.
+    pub generation: u64,
+    /// Whether the operator wants its jobs running.
+    pub desired_running: bool,
+}
+
+impl InstanceRecord {
+    pub fn key(&self) -> String {
+        instance_key(&self.deployment, &self.uuid)
+    }
+    pub fn name(&self) -> String {
+        format!("{}/{}", self.group, self.uuid)
+    }
+    pub fn ips(&self) -> Vec<String> {
+        self.networks.values().map(|n| n.ip.clone()).collect()
+    }
+}
+
+pub fn instance_key(deployment: &str, uuid: &str) -> String {
+    format!("{deployment}/{uuid}")
+}
+
+/// The binding of an agent id to the certificate the director issued for it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AgentRecord {
+    pub agent_id: String,
+    /// `sha256:<hex>` of the certificate's DER.
+    pub cert_digest: String,
+    pub deployment: String,
+    pub instance: String,
+    pub created_at: u64,
+}
+
+/// A job as the planner decided it for one instance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RenderedJob {
+    pub name: String,
+    pub release: String,
+    pub fingerprint: String,
+    /// Destination path (relative to the job's directory) → (mode, contents).
+    pub files: BTreeMap<String, (u32, String)>,
+    pub processes: Vec<ProcessDefinition>,
+    pub packages: Vec<String>,
+}

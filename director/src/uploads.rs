@@ -1,0 +1,198 @@
+//! Release and stemcell uploads: unpack, verify every digest and fingerprint, store the blobs, and
+//! record the result. Idempotent: the same name, version and bytes again is a no-op; the same name
+//! and version with other bytes is refused.
+
+use crate::records::{now_secs, ReleaseJob, ReleasePackage, ReleaseRecord, StemcellRecord};
+use crate::store::Tree;
+use crate::Director;
+use bosun_types::api::UploadResult;
+use bosun_types::release::{JobSpec, ReleaseManifest, StemcellManifest};
+use bosun_types::tarball::{fingerprint, read_tgz};
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// Largest job archive (templates) we read into memory.
+const JOB_LIMIT: u64 = 64 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("reading the upload")]
+    Io(#[source] std::io::Error),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Blobs(#[from] crate::blobstore::BlobError),
+    #[error("the CPI refused the stemcell")]
+    Cpi(#[source] bosun_cpi::CpiError),
+}
+
+fn invalid(m: impl Into<String>) -> UploadError {
+    UploadError::Invalid(m.into())
+}
+
+pub fn release_key(name: &str, version: &str) -> String {
+    format!("{name}/{version}")
+}
+
+/// Unpacks an outer tarball (gzip'd or not) into `dir`, refusing paths that escape it.
+fn unpack_outer(tarball: &Path, dir: &Path) -> Result<(), UploadError> {
+    let mut f = std::fs::File::open(tarball).map_err(UploadError::Io)?;
+    let mut magic = [0u8; 2];
+    let n = f.read(&mut magic).map_err(UploadError::Io)?;
+    let f = std::fs::File::open(tarball).map_err(UploadError::Io)?;
+    let reader: Box<dyn Read> = if n == 2 && magic == [0x1f, 0x8b] { Box::new(flate2::read::GzDecoder::new(f)) } else { Box::new(f) };
+    let mut a = tar::Archive::new(reader);
+    for entry in a.entries().map_err(|e| invalid(format!("not a tarball: {e}")))? {
+        let mut entry = entry.map_err(|e| invalid(format!("corrupt tarball: {e}")))?;
+        if !entry.unpack_in(dir).map_err(|e| invalid(format!("corrupt tarball: {e}")))? {
+            return Err(invalid("the tarball holds a path outside its root"));
+        }
+    }
+    Ok(())
+}
+
+fn file_digest(path: &Path) -> Result<String, UploadError> {
+    let mut h = bosun_types::digest::Sha256Writer::default();
+    let mut f = std::fs::File::open(path).map_err(UploadError::Io)?;
+    std::io::copy(&mut f, &mut h).map_err(UploadError::Io)?;
+    Ok(h.finish())
+}
+
+/// Processes an uploaded release tarball. Blocking: run it on a blocking thread.
+pub fn upload_release(director: &Director, tarball: &Path, work: &Path) -> Result<UploadResult, UploadError> {
+    let tarball_digest = file_digest(tarball)?;
+    unpack_outer(tarball, work)?;
+    let mf_text = std::fs::read_to_string(work.join("release.MF")).map_err(|_| invalid("the tarball has no release.MF"))?;
+    let mf: ReleaseManifest = bosun_types::yaml::from_str("release.MF", &mf_text).map_err(|e| invalid(e.to_string()))?;
+    bosun_types::manifest::check_name("release.MF", "/name", &mf.name).map_err(|e| invalid(e.to_string()))?;
+    let version = mf.version.0.clone();
+    let key = release_key(&mf.name, &version);
+    if let Some(existing) = director.state.get::<ReleaseRecord>(Tree::Releases, &key)? {
+        if existing.tarball_digest == tarball_digest {
+            return Ok(UploadResult { name: mf.name, version, already_present: true });
+        }
+        return Err(invalid(format!("release {key} is already uploaded with other content; give the new one another version")));
+    }
+    let at = |what: &str, name: &str| format!("release {key}: {what} `{name}`");
+    let mut packages = Vec::new();
+    for p in &mf.packages {
+        bosun_types::manifest::check_name("release.MF", "/packages", &p.name).map_err(|e| invalid(e.to_string()))?;
+        let path = work.join("packages").join(format!("{}.tgz", p.name));
+        if !path.is_file() {
+            return Err(invalid(format!("{}: packages/{}.tgz is missing from the tarball", at("package", &p.name), p.name)));
+        }
+        let digest = file_digest(&path)?;
+        if digest != p.sha1 {
+            return Err(invalid(format!("{}: digest mismatch (release.MF says {}, the tarball holds {digest})", at("package", &p.name), p.sha1)));
+        }
+        let files = read_tgz(&std::fs::read(&path).map_err(UploadError::Io)?, u64::MAX).map_err(|e| invalid(format!("{}: {e}", at("package", &p.name))))?;
+        if !files.contains_key("packaging") {
+            return Err(invalid(format!("{}: no packaging script", at("package", &p.name))));
+        }
+        let fp = fingerprint(&files, &p.dependencies);
+        if fp != p.fingerprint {
+            return Err(invalid(format!("{}: fingerprint mismatch (release.MF says {}, the content gives {fp})", at("package", &p.name), p.fingerprint)));
+        }
+        let blob = director.blobstore.put_file(&path)?;
+        packages.push(ReleasePackage { name: p.name.clone(), fingerprint: fp, blob, dependencies: p.dependencies.clone() });
+    }
+    for p in &packages {
+        for d in &p.dependencies {
+            if !packages.iter().any(|x| &x.name == d) {
+                return Err(invalid(format!("{}: depends on `{d}`, which the release lacks", at("package", &p.name))));
+            }
+        }
+    }
+    let mut jobs = Vec::new();
+    for j in &mf.jobs {
+        bosun_types::manifest::check_name("release.MF", "/jobs", &j.name).map_err(|e| invalid(e.to_string()))?;
+        let path = work.join("jobs").join(format!("{}.tgz", j.name));
+        if !path.is_file() {
+            return Err(invalid(format!("{}: jobs/{}.tgz is missing from the tarball", at("job", &j.name), j.name)));
+        }
+        let digest = file_digest(&path)?;
+        if digest != j.sha1 {
+            return Err(invalid(format!("{}: digest mismatch (release.MF says {}, the tarball holds {digest})", at("job", &j.name), j.sha1)));
+        }
+        let files = read_tgz(&std::fs::read(&path).map_err(UploadError::Io)?, JOB_LIMIT).map_err(|e| invalid(format!("{}: {e}", at("job", &j.name))))?;
+        let fp = fingerprint(&files, &[]);
+        if fp != j.fingerprint {
+            return Err(invalid(format!("{}: fingerprint mismatch (release.MF says {}, the content gives {fp})", at("job", &j.name), j.fingerprint)));
+        }
+        let spec_bytes = &files.get("job.MF").ok_or_else(|| invalid(format!("{}: no job.MF", at("job", &j.name))))?.1;
+        let spec: JobSpec = bosun_types::yaml::from_str(&format!("jobs/{}.tgz:job.MF", j.name), &String::from_utf8_lossy(spec_bytes)).map_err(|e| invalid(e.to_string()))?;
+        if spec.name != j.name {
+            return Err(invalid(format!("{}: job.MF names it `{}`", at("job", &j.name), spec.name)));
+        }
+        let mut templates = BTreeMap::new();
+        for src in spec.templates.keys() {
+            let (_, bytes) = files.get(&format!("templates/{src}")).ok_or_else(|| invalid(format!("{}: template `{src}` is missing", at("job", &j.name))))?;
+            let text = String::from_utf8(bytes.clone()).map_err(|_| invalid(format!("{}: template `{src}` is not UTF-8", at("job", &j.name))))?;
+            templates.insert(src.clone(), text);
+        }
+        for dest in spec.templates.values() {
+            if dest.starts_with('/') || dest.split('/').any(|c| c == ".." || c.is_empty()) {
+                return Err(invalid(format!("{}: template destination `{dest}` must be a relative path inside the job", at("job", &j.name))));
+            }
+        }
+        for p in &spec.packages {
+            if !packages.iter().any(|x| &x.name == p) {
+                return Err(invalid(format!("{}: needs package `{p}`, which the release lacks", at("job", &j.name))));
+            }
+        }
+        let blob = director.blobstore.put_file(&path)?;
+        jobs.push(ReleaseJob { name: j.name.clone(), fingerprint: fp, blob, spec, templates });
+    }
+    let record = ReleaseRecord { name: mf.name.clone(), version: version.clone(), commit_hash: mf.commit_hash.clone(), jobs, packages, tarball_digest, uploaded_at: now_secs() };
+    director.state.put(Tree::Releases, &key, &record)?;
+    Ok(UploadResult { name: mf.name, version, already_present: false })
+}
+
+/// Processes an uploaded stemcell tarball: checks the image digest and the CPI's formats, then
+/// hands the image to the CPI.
+pub async fn upload_stemcell(director: &Director, tarball: PathBuf, work: PathBuf) -> Result<UploadResult, UploadError> {
+    let (mf, image, digest) = {
+        let work = work.clone();
+        tokio::task::spawn_blocking(move || -> Result<_, UploadError> {
+            let digest = file_digest(&tarball)?;
+            unpack_outer(&tarball, &work)?;
+            let text = std::fs::read_to_string(work.join("stemcell.MF")).map_err(|_| invalid("the tarball has no stemcell.MF"))?;
+            let mf: StemcellManifest = bosun_types::yaml::from_str("stemcell.MF", &text).map_err(|e| invalid(e.to_string()))?;
+            let image = work.join("image");
+            if !image.is_file() {
+                return Err(invalid("the tarball has no image"));
+            }
+            let image_digest = file_digest(&image)?;
+            if image_digest != mf.sha1 {
+                return Err(invalid(format!("stemcell {}/{}: image digest mismatch (stemcell.MF says {}, the image is {image_digest})", mf.name, mf.version, mf.sha1)));
+            }
+            Ok((mf, image, digest))
+        })
+        .await
+        .map_err(|e| UploadError::Io(std::io::Error::other(e)))??
+    };
+    bosun_types::manifest::check_name("stemcell.MF", "/name", &mf.name).map_err(|e| invalid(e.to_string()))?;
+    let key = release_key(&mf.name, &mf.version.0);
+    if let Some(existing) = director.state.get::<StemcellRecord>(Tree::Stemcells, &key)? {
+        if existing.digest == digest {
+            return Ok(UploadResult { name: mf.name, version: mf.version.0, already_present: true });
+        }
+        return Err(invalid(format!("stemcell {key} is already uploaded with other content")));
+    }
+    let info = director.cpi.info().await.map_err(UploadError::Cpi)?;
+    if !mf.stemcell_formats.iter().any(|f| info.stemcell_formats.contains(f)) {
+        return Err(invalid(format!(
+            "stemcell {key} has formats [{}]; the `{}` CPI takes [{}]",
+            mf.stemcell_formats.join(", "),
+            director.cpi.name(),
+            info.stemcell_formats.join(", ")
+        )));
+    }
+    let cid = director.cpi.create_stemcell(&image, &mf.cloud_properties).await.map_err(UploadError::Cpi)?;
+    let record = StemcellRecord { name: mf.name.clone(), version: mf.version.0.clone(), operating_system: mf.operating_system.clone(), cid, api_version: mf.api_version, digest, uploaded_at: now_secs() };
+    director.state.put(Tree::Stemcells, &key, &record)?;
+    Ok(UploadResult { name: mf.name, version: mf.version.0, already_present: false })
+}
