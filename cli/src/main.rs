@@ -1,1 +1,520 @@
-fn main() {}
+//! `bosun`: the operator's CLI, with BOSH's verbs, and `bosun director` to run the director.
+//!
+//! Exit codes: 0 success; 1 the operation failed (a task ended in error, the director could not be
+//! reached); 2 the input is wrong (bad manifest, bad arguments, unknown deployment, refused
+//! credentials) and nothing was changed.
+
+mod client;
+mod manifest;
+mod output;
+mod release;
+
+use anyhow::{Context, Result};
+use bosun_types::api::*;
+use clap::{Parser, Subcommand};
+use client::{Client, Target};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Input that is wrong: exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct InputError(String);
+
+impl InputError {
+    pub fn new(m: impl Into<String>) -> Self {
+        Self(m.into())
+    }
+}
+
+/// A task that ended in error: exit code 1.
+#[derive(Debug, thiserror::Error)]
+#[error("task {id} failed: {message}")]
+pub struct TaskFailed {
+    pub id: u64,
+    pub message: String,
+}
+
+#[derive(Parser)]
+#[command(
+    name = "bosun",
+    version,
+    about = "BOSH-style VM cluster lifecycle manager",
+    after_help = "Example:\n  eval \"$(cat state/env)\"   # or `bosun target` once\n  bosun -d quickstart deploy manifests/quickstart.yml\n  bosun -d quickstart instances --ps"
+)]
+struct Cli {
+    /// The deployment to act on.
+    #[arg(short = 'd', long, global = true, env = "BOSUN_DEPLOYMENT")]
+    deployment: Option<String>,
+    /// Do not ask for confirmation.
+    #[arg(short = 'n', long = "non-interactive", global = true)]
+    non_interactive: bool,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    /// The director's URL.
+    #[arg(long, global = true, env = "BOSUN_DIRECTOR", hide_env_values = true)]
+    director: Option<String>,
+    /// The director's CA certificate: a path or the PEM.
+    #[arg(long, global = true, env = "BOSUN_CA_CERT", hide_env_values = true)]
+    ca_cert: Option<String>,
+    /// The director's bearer token.
+    #[arg(long, global = true, env = "BOSUN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a director in the foreground.
+    #[command(after_help = "Example:\n  bosun director --state-dir ~/.bosun/director --listen 127.0.0.1:25555 --cpi local")]
+    Director {
+        #[arg(long, value_name = "DIR")]
+        state_dir: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:25555")]
+        listen: std::net::SocketAddr,
+        /// Where agents connect (mutual TLS). Defaults to the API's address, port + 1.
+        #[arg(long)]
+        agent_listen: Option<std::net::SocketAddr>,
+        /// The CPI: `local` (processes on this machine).
+        #[arg(long, default_value = "local")]
+        cpi: String,
+        #[arg(long, default_value = "bosun")]
+        name: String,
+        /// Agent heartbeat interval, in milliseconds.
+        #[arg(long, default_value_t = 2000)]
+        heartbeat_interval_ms: u64,
+        /// How long a new VM's agent has to connect, in seconds.
+        #[arg(long, default_value_t = 120)]
+        agent_wait_timeout: u64,
+    },
+    /// Remember the current target (from flags or BOSUN_* variables), or show it.
+    #[command(after_help = "Example:\n  eval \"$(cat state/env)\" && bosun target")]
+    Target,
+    /// Upload a cloud-config.
+    #[command(after_help = "Example:\n  bosun update-cloud-config manifests/cloud-config/local.yml")]
+    UpdateCloudConfig {
+        file: PathBuf,
+        #[command(flatten)]
+        vars: manifest::VarArgs,
+    },
+    /// Show the current cloud-config.
+    #[command(after_help = "Example:\n  bosun cloud-config")]
+    CloudConfig,
+    /// Upload a release tarball, or a release directory (syncing blobs and creating it first).
+    #[command(after_help = "Example:\n  bosun upload-release releases/kubo")]
+    UploadRelease { path: PathBuf },
+    /// Build a release tarball from a release directory.
+    #[command(after_help = "Example:\n  bosun create-release releases/kubo --tarball /tmp/kubo.tgz")]
+    CreateRelease {
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        #[arg(long)]
+        version: Option<String>,
+        #[arg(long)]
+        tarball: Option<PathBuf>,
+    },
+    /// Fetch the blobs a release directory's config/blobs.yml lists, checking digests.
+    #[command(after_help = "Example:\n  bosun sync-blobs releases/kubo")]
+    SyncBlobs {
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
+    /// List uploaded releases.
+    #[command(after_help = "Example:\n  bosun releases --json")]
+    Releases,
+    /// Upload a stemcell tarball.
+    #[command(after_help = "Example:\n  bosun upload-stemcell $(stemcells/local/build.sh 1 | tail -1)")]
+    UploadStemcell { tarball: PathBuf },
+    /// List uploaded stemcells.
+    #[command(after_help = "Example:\n  bosun stemcells")]
+    Stemcells,
+    /// Deploy a manifest: shows the plan, asks, then converges.
+    #[command(after_help = "Example:\n  bosun -d quickstart deploy manifests/quickstart.yml -o ops.yml -v etcd_port=2379 --dry-run")]
+    Deploy {
+        manifest: PathBuf,
+        #[command(flatten)]
+        vars: manifest::VarArgs,
+        /// Show the plan and stop.
+        #[arg(long)]
+        dry_run: bool,
+        /// Recreate every VM.
+        #[arg(long)]
+        recreate: bool,
+    },
+    /// List deployments.
+    #[command(after_help = "Example:\n  bosun deployments")]
+    Deployments,
+    /// List a deployment's instances.
+    #[command(after_help = "Example:\n  bosun -d quickstart instances --ps")]
+    Instances {
+        /// Show each process.
+        #[arg(long)]
+        ps: bool,
+    },
+    /// Show a deployment's manifest.
+    #[command(after_help = "Example:\n  bosun -d quickstart manifest")]
+    Manifest,
+    /// List recent tasks.
+    #[command(after_help = "Example:\n  bosun tasks --recent 10")]
+    Tasks {
+        #[arg(long, default_value_t = 30)]
+        recent: usize,
+    },
+    /// Show a task's events (follows it while it runs).
+    #[command(after_help = "Example:\n  bosun task 12")]
+    Task { id: u64 },
+    /// Delete a deployment: its VMs, disks and variables.
+    #[command(after_help = "Example:\n  bosun -d quickstart delete-deployment -n")]
+    DeleteDeployment,
+    /// Apply ops-files and variables to a document and print it.
+    #[command(after_help = "Example:\n  bosun interpolate manifests/quickstart.yml -o ops.yml -v name=x --var-errs")]
+    Interpolate {
+        file: PathBuf,
+        #[command(flatten)]
+        vars: manifest::VarArgs,
+        /// Fail on variables no source answers.
+        #[arg(long)]
+        var_errs: bool,
+        /// Print only the value at this path (e.g. /instance_groups/0/name).
+        #[arg(long)]
+        path: Option<String>,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let is_director = matches!(cli.command, Command::Director { .. });
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| if is_director { "info".into() } else { "warn".into() }))
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let code = match rt.block_on(run(cli)) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("Error: {}", chain(&e));
+            if e.chain().any(|c| c.is::<InputError>()) {
+                2
+            } else {
+                1
+            }
+        }
+    };
+    std::process::exit(code);
+}
+
+/// The error and its causes, each once.
+fn chain(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for c in e.chain() {
+        let s = c.to_string();
+        if !parts.iter().any(|p| p.contains(&s)) {
+            parts.push(s);
+        }
+    }
+    parts.join(": ")
+}
+
+fn deployment(cli: &Cli) -> Result<&str> {
+    cli.deployment.as_deref().ok_or_else(|| InputError::new("this command needs a deployment: -d NAME (or BOSUN_DEPLOYMENT)").into())
+}
+
+fn client(cli: &Cli) -> Result<Client> {
+    Client::new(Target::resolve(cli.director.as_deref(), cli.ca_cert.as_deref(), cli.token.as_deref())?)
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn confirm(cli: &Cli) -> Result<bool> {
+    use std::io::{BufRead, IsTerminal};
+    if cli.non_interactive {
+        return Ok(true);
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(InputError::new("refusing to continue without confirmation: stdin is not a terminal (pass -n)").into());
+    }
+    eprint!("Continue? [yN]: ");
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    Ok(matches!(line.trim(), "y" | "Y" | "yes"))
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match &cli.command {
+        Command::Director { state_dir, listen, agent_listen, cpi, name, heartbeat_interval_ms, agent_wait_timeout } => {
+            run_director(state_dir, *listen, *agent_listen, cpi, name, *heartbeat_interval_ms, *agent_wait_timeout).await
+        }
+        Command::Target => {
+            let t = Target::resolve(cli.director.as_deref(), cli.ca_cert.as_deref(), cli.token.as_deref())?;
+            let c = Client::new(t.clone())?;
+            let info: DirectorInfo = c.get("/v1/info").await?;
+            if cli.director.is_some() {
+                let path = t.save()?;
+                eprintln!("Target saved in {}", path.display());
+            }
+            if cli.json {
+                return print_json(&info);
+            }
+            println!("Director  {} ({})\nName      {}\nUUID      {}\nVersion   {}\nCPI       {}", t.director, info.api_version, info.name, info.uuid, info.version, info.cpi);
+            Ok(())
+        }
+        Command::UpdateCloudConfig { file, vars } => {
+            let doc = manifest::load(file, vars, true)?;
+            let text = serde_yaml::to_string(&doc)?;
+            // Check it here too, so the error names the file.
+            bosun_types::cloud_config::CloudConfig::parse(&file.display().to_string(), doc).map_err(|e| InputError::new(e.to_string()))?;
+            #[derive(serde::Deserialize, serde::Serialize)]
+            struct Updated {
+                version: u64,
+                changed: bool,
+            }
+            let u: Updated = client(&cli)?.post_text("/v1/cloud-config", text).await?;
+            if cli.json {
+                return print_json(&u);
+            }
+            println!("{}", if u.changed { format!("Cloud-config updated (version {})", u.version) } else { format!("Cloud-config unchanged (version {})", u.version) });
+            Ok(())
+        }
+        Command::CloudConfig => {
+            print!("{}", client(&cli)?.get_text("/v1/cloud-config").await?);
+            Ok(())
+        }
+        Command::CreateRelease { dir, version, tarball } => {
+            let (path, version) = release::create_release(dir, version.as_deref(), tarball.as_deref())?;
+            if cli.json {
+                return print_json(&serde_json::json!({"tarball": path, "version": version}));
+            }
+            println!("Release version {version}\n{}", path.display());
+            Ok(())
+        }
+        Command::SyncBlobs { dir } => {
+            let n = release::sync_blobs(dir)?;
+            println!("{n} blob{} fetched", if n == 1 { "" } else { "s" });
+            Ok(())
+        }
+        Command::UploadRelease { path } => {
+            let c = client(&cli)?;
+            let tarball = if path.is_dir() {
+                release::sync_blobs(path)?;
+                let work = tempfile::tempdir()?;
+                let out = work.path().join("release.tgz");
+                let (p, version) = release::create_release(path, None, Some(&out))?;
+                eprintln!("Created release {}/{version}", release::release_name(path)?);
+                let t = c.upload_file("/v1/releases", &p).await?;
+                return c.follow_task(t.task_id, cli.json).await.map(|_| ());
+            } else {
+                path.clone()
+            };
+            let t = c.upload_file("/v1/releases", &tarball).await?;
+            c.follow_task(t.task_id, cli.json).await.map(|_| ())
+        }
+        Command::Releases => {
+            let v: Vec<ReleaseView> = client(&cli)?.get("/v1/releases").await?;
+            if cli.json {
+                return print_json(&v);
+            }
+            let rows = v.iter().map(|r| vec![r.name.clone(), format!("{}{}", r.version, if r.deployments.is_empty() { "" } else { "*" }), r.commit_hash.clone()]).collect::<Vec<_>>();
+            print!("{}", output::table(&["Name", "Version", "Commit Hash"], &rows));
+            println!("(*) in use");
+            Ok(())
+        }
+        Command::UploadStemcell { tarball } => {
+            if !tarball.is_file() {
+                return Err(InputError::new(format!("{}: no such stemcell tarball", tarball.display())).into());
+            }
+            let c = client(&cli)?;
+            let t = c.upload_file("/v1/stemcells", tarball).await?;
+            c.follow_task(t.task_id, cli.json).await.map(|_| ())
+        }
+        Command::Stemcells => {
+            let v: Vec<StemcellView> = client(&cli)?.get("/v1/stemcells").await?;
+            if cli.json {
+                return print_json(&v);
+            }
+            let rows = v.iter().map(|s| vec![s.name.clone(), format!("{}{}", s.version, if s.deployments.is_empty() { "" } else { "*" }), s.operating_system.clone(), s.cid.clone()]).collect::<Vec<_>>();
+            print!("{}", output::table(&["Name", "Version", "OS", "CID"], &rows));
+            println!("(*) in use");
+            Ok(())
+        }
+        Command::Deploy { manifest: path, vars, dry_run, recreate } => {
+            let doc = manifest::load(path, vars, false)?;
+            let name = doc.get("name").and_then(|n| n.as_str()).ok_or_else(|| InputError::new(format!("{}: /name: missing", path.display())))?.to_string();
+            if let Some(d) = &cli.deployment {
+                if d != &name {
+                    return Err(InputError::new(format!("{} is the manifest of deployment `{name}`, not `{d}`", path.display())).into());
+                }
+            }
+            let request = DeployRequest { manifest: serde_yaml::to_string(&doc)?, recreate: *recreate };
+            let c = client(&cli)?;
+            let plan: PlanView = c.post_json(&format!("/v1/deployments/{name}/plan"), &request).await?;
+            if cli.json && *dry_run {
+                return print_json(&plan);
+            }
+            eprint!("{}", output::render_plan(&plan));
+            if *dry_run {
+                return Ok(());
+            }
+            if plan.changes && !confirm(&cli)? {
+                return Err(InputError::new("deploy cancelled").into());
+            }
+            let t: TaskCreated = c.post_json("/v1/deployments", &request).await?;
+            c.follow_task(t.task_id, cli.json).await.map(|_| ())
+        }
+        Command::Deployments => {
+            let v: Vec<DeploymentView> = client(&cli)?.get("/v1/deployments").await?;
+            if cli.json {
+                return print_json(&v);
+            }
+            let rows = v.iter().map(|d| vec![d.name.clone(), d.releases.join(", "), d.stemcells.join(", "), d.instances.to_string(), d.cloud_config.clone()]).collect::<Vec<_>>();
+            print!("{}", output::table(&["Name", "Release(s)", "Stemcell(s)", "Instances", "Cloud Config"], &rows));
+            Ok(())
+        }
+        Command::Instances { ps } => {
+            let d = deployment(&cli)?;
+            let v: Vec<InstanceView> = client(&cli)?.get(&format!("/v1/deployments/{d}/instances?ps={ps}")).await?;
+            if cli.json {
+                return print_json(&v);
+            }
+            let mut rows = Vec::new();
+            for i in &v {
+                rows.push(vec![
+                    format!("{}{}", i.instance, if i.bootstrap { "*" } else { "" }),
+                    i.index.to_string(),
+                    i.state.to_string(),
+                    i.az.clone().unwrap_or_else(|| "-".into()),
+                    i.ips.join(", "),
+                    i.vm_cid.clone().unwrap_or_else(|| "-".into()),
+                    i.stemcell.as_ref().map(|s| format!("{}/{}", s.name, s.version)).unwrap_or_else(|| "-".into()),
+                ]);
+                for p in i.processes.iter().flatten() {
+                    rows.push(vec![format!("~ {}/{}", p.job, p.name), String::new(), format!("{:?}", p.state).to_lowercase(), String::new(), String::new(), String::new(), String::new()]);
+                }
+            }
+            println!("Deployment '{d}'\n");
+            print!("{}", output::table(&["Instance", "Index", "State", "AZ", "IPs", "VM CID", "Stemcell"], &rows));
+            println!("(*) bootstrap");
+            Ok(())
+        }
+        Command::Manifest => {
+            let d = deployment(&cli)?;
+            print!("{}", client(&cli)?.get_text(&format!("/v1/deployments/{d}/manifest")).await?);
+            Ok(())
+        }
+        Command::Tasks { recent } => {
+            let mut path = format!("/v1/tasks?limit={recent}");
+            if let Some(d) = &cli.deployment {
+                path.push_str(&format!("&deployment={d}"));
+            }
+            let v: Vec<TaskView> = client(&cli)?.get(&path).await?;
+            if cli.json {
+                return print_json(&v);
+            }
+            let rows = v
+                .iter()
+                .map(|t| {
+                    vec![
+                        t.id.to_string(),
+                        t.state.to_string(),
+                        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(t.started_at)).to_string(),
+                        t.deployment.clone().unwrap_or_else(|| "-".into()),
+                        t.description.clone(),
+                        t.result.clone().unwrap_or_default().lines().next().unwrap_or("").to_string(),
+                    ]
+                })
+                .collect::<Vec<_>>();
+            print!("{}", output::table(&["ID", "State", "Started", "Deployment", "Description", "Result"], &rows));
+            Ok(())
+        }
+        Command::Task { id } => {
+            let c = client(&cli)?;
+            if cli.json {
+                let page: TaskEventsPage = c.get(&format!("/v1/tasks/{id}/events")).await?;
+                return print_json(&page);
+            }
+            c.follow_task(*id, false).await.map(|_| ())
+        }
+        Command::DeleteDeployment => {
+            let d = deployment(&cli)?;
+            let c = client(&cli)?;
+            let _: DeploymentView = c.get(&format!("/v1/deployments/{d}")).await?;
+            eprintln!("Using deployment '{d}'; every VM and persistent disk of it will be deleted.");
+            if !confirm(&cli)? {
+                return Err(InputError::new("delete cancelled").into());
+            }
+            let t: TaskCreated = c.delete(&format!("/v1/deployments/{d}")).await?;
+            c.follow_task(t.task_id, cli.json).await.map(|_| ())
+        }
+        Command::Interpolate { file, vars, var_errs, path } => {
+            let doc = manifest::load(file, vars, *var_errs)?;
+            let out = match path {
+                None => doc,
+                Some(p) => {
+                    let mut d = doc;
+                    let mut cur = &mut d;
+                    for seg in p.trim_start_matches('/').split('/').filter(|s| !s.is_empty()) {
+                        cur = match cur {
+                            serde_yaml::Value::Mapping(m) => m.get_mut(seg).ok_or_else(|| InputError::new(format!("--path {p}: no key `{seg}`")))?,
+                            serde_yaml::Value::Sequence(s) => {
+                                let i: usize = seg.parse().map_err(|_| InputError::new(format!("--path {p}: `{seg}` is not an index")))?;
+                                s.get_mut(i).ok_or_else(|| InputError::new(format!("--path {p}: index {i} is out of bounds")))?
+                            }
+                            _ => return Err(InputError::new(format!("--path {p}: `{seg}` goes below a scalar")).into()),
+                        };
+                    }
+                    cur.clone()
+                }
+            };
+            print!("{}", serde_yaml::to_string(&out)?);
+            Ok(())
+        }
+    }
+}
+
+async fn run_director(
+    state_dir: &std::path::Path,
+    listen: std::net::SocketAddr,
+    agent_listen: Option<std::net::SocketAddr>,
+    cpi: &str,
+    name: &str,
+    heartbeat_interval_ms: u64,
+    agent_wait_timeout: u64,
+) -> Result<()> {
+    let cpi: std::sync::Arc<dyn bosun_cpi::Cpi> = match cpi {
+        "local" => std::sync::Arc::new(bosun_cpi::local::LocalCpi::new(state_dir.join("cpi-local")).with_context(|| format!("preparing the local CPI under {}", state_dir.display()))?),
+        other => return Err(InputError::new(format!("unknown CPI `{other}` (available: local)")).into()),
+    };
+    let agent_listen = agent_listen.unwrap_or_else(|| {
+        let port = if listen.port() == 0 { 0 } else { listen.port().wrapping_add(1) };
+        std::net::SocketAddr::new(listen.ip(), port)
+    });
+    if heartbeat_interval_ms < 100 {
+        return Err(InputError::new("--heartbeat-interval-ms must be at least 100").into());
+    }
+    let config = bosun_director::DirectorConfig {
+        name: name.to_string(),
+        state_dir: state_dir.to_path_buf(),
+        listen,
+        agent_listen,
+        agent_advertise: None,
+        heartbeat_interval: Duration::from_millis(heartbeat_interval_ms),
+        agent_wait_timeout: Duration::from_secs(agent_wait_timeout),
+    };
+    let running = bosun_director::start(config, cpi).await?;
+    print!("{}", std::fs::read_to_string(&running.env_file)?);
+    println!("# written to {}", running.env_file.display());
+    use std::io::Write;
+    std::io::stdout().flush()?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("director stopping; VMs keep running");
+    running.director.state.flush().await?;
+    Ok(())
+}

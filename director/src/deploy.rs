@@ -233,7 +233,10 @@ pub fn plan_view(plan: &Plan, old_manifest: Option<&str>, new_manifest: &str) ->
             instances: g
                 .instances
                 .iter()
-                .map(|i| InstancePlanView { instance: i.name(), index: i.index, az: i.az.clone(), ips: i.networks.values().map(|n| n.ip.clone()).collect(), action: i.action, reasons: i.reasons.clone() })
+                .map(|i| InstancePlanView {
+                    // A new instance's uuid is drawn when the deploy runs, not in a dry run.
+                    instance: if i.existing.is_some() { i.name() } else { format!("{}/(new)", i.group) },
+                    index: i.index, az: i.az.clone(), ips: i.networks.values().map(|n| n.ip.clone()).collect(), action: i.action, reasons: i.reasons.clone() })
                 .collect(),
         })
         .collect();

@@ -146,7 +146,14 @@ pub fn render_job(
     for (src, dest) in destinations {
         let t = env.get_template(src).map_err(|e| err(src, &e))?;
         let text = t.render(&ctx).map_err(|e| err(src, &e))?;
-        let mode = if dest.starts_with("bin/") { 0o755 } else { 0o644 };
+        // Scripts are executable; keys are for the job's user only.
+        let mode = if dest.starts_with("bin/") {
+            0o755
+        } else if dest.ends_with(".key") || dest.ends_with(".pem") {
+            0o600
+        } else {
+            0o644
+        };
         out.insert(dest.clone(), (mode, text));
     }
     Ok(out)

@@ -157,11 +157,21 @@ pub struct BlobEntry {
     pub source: Option<BlobSource>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "snake_case")]
-pub enum BlobSource {
+/// Where a blob comes from: exactly one of the two.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct BlobSource {
     /// Fetched with `apt-get download <package>=<version>` through the machine's apt sources.
-    Debian { package: String, version: String },
-    /// Fetched over HTTP(S) or from a `file://` URL.
-    Url(String),
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub debian: Option<DebianPackage>,
+    /// Fetched from a URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DebianPackage {
+    pub package: String,
+    pub version: String,
 }

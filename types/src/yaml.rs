@@ -83,7 +83,7 @@ fn syntax_error(source_name: &str, e: &serde_yaml::Error) -> DocumentError {
 pub fn from_value<T: DeserializeOwned>(source_name: &str, value: serde_yaml::Value) -> Result<T, DocumentError> {
     let result: Result<T, serde_path_to_error::Error<serde_yaml::Error>> = serde_path_to_error::deserialize(value);
     result.map_err(|e| {
-        let path = pointer_from_serde_path(&e.path().to_string());
+        let path = pointer(e.path());
         let mut message = e.inner().to_string();
         if let Some(i) = message.find(" at line ") {
             message.truncate(i);
@@ -97,29 +97,19 @@ pub fn from_str<T: DeserializeOwned>(source_name: &str, text: &str) -> Result<T,
     from_value(source_name, parse_value(source_name, text)?)
 }
 
-/// `instance_groups[0].jobs[1].name` → `/instance_groups/0/jobs/1/name`.
-fn pointer_from_serde_path(p: &str) -> String {
-    if p == "." || p.is_empty() {
-        return "/".into();
-    }
+/// The path as a pointer: `/instance_groups/0/jobs/1/name`. Map keys may hold dots or slashes
+/// (`etcd/etcd-server_3.4.deb`); they are written as they are.
+fn pointer(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
     let mut out = String::new();
-    let mut seg = String::new();
-    let flush = |seg: &mut String, out: &mut String| {
-        if !seg.is_empty() {
-            out.push('/');
-            out.push_str(seg);
-            seg.clear();
-        }
-    };
-    for ch in p.chars() {
-        match ch {
-            '.' => flush(&mut seg, &mut out),
-            '[' => flush(&mut seg, &mut out),
-            ']' => flush(&mut seg, &mut out),
-            c => seg.push(c),
+    for seg in path.iter() {
+        match seg {
+            Segment::Seq { index } => out.push_str(&format!("/{index}")),
+            Segment::Map { key } => out.push_str(&format!("/{key}")),
+            Segment::Enum { variant } => out.push_str(&format!("/{variant}")),
+            Segment::Unknown => out.push_str("/?"),
         }
     }
-    flush(&mut seg, &mut out);
     if out.is_empty() {
         "/".into()
     } else {

@@ -1,0 +1,179 @@
+//! The director client: where the target comes from (environment, flags, or the remembered
+//! target in the user's config directory) and authenticated JSON calls over TLS.
+
+use crate::InputError;
+use anyhow::{anyhow, Context, Result};
+use bosun_types::api::{ApiErrorBody, TaskCreated, TaskEventsPage, TaskState};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A director to talk to.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct Target {
+    pub director: String,
+    /// The CA certificate, PEM.
+    pub ca_cert: String,
+    pub token: String,
+}
+
+pub fn config_path() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CONFIG_HOME").map(PathBuf::from).or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
+    Some(base.join("bosun").join("target.json"))
+}
+
+/// `BOSUN_CA_CERT` may be a path or the PEM itself, as BOSH_CA_CERT.
+fn ca_from(value: &str) -> Result<String> {
+    if value.contains("-----BEGIN") {
+        return Ok(value.to_string());
+    }
+    std::fs::read_to_string(value).with_context(|| format!("reading the CA certificate {value}"))
+}
+
+impl Target {
+    /// Flags and environment first (all three needed), else the remembered target.
+    pub fn resolve(director: Option<&str>, ca_cert: Option<&str>, token: Option<&str>) -> Result<Target> {
+        if let (Some(d), Some(c), Some(t)) = (director, ca_cert, token) {
+            return Ok(Target { director: d.trim_end_matches('/').to_string(), ca_cert: ca_from(c)?, token: t.to_string() });
+        }
+        if director.is_some() || ca_cert.is_some() || token.is_some() {
+            return Err(InputError::new("a target needs all of BOSUN_DIRECTOR, BOSUN_CA_CERT and BOSUN_TOKEN (or their flags)").into());
+        }
+        let path = config_path().ok_or_else(|| InputError::new("no target: set BOSUN_DIRECTOR, BOSUN_CA_CERT and BOSUN_TOKEN"))?;
+        let bytes = std::fs::read(&path).map_err(|_| InputError::new("no target: set BOSUN_DIRECTOR, BOSUN_CA_CERT and BOSUN_TOKEN, or remember one with `bosun target`"))?;
+        serde_json::from_slice(&bytes).with_context(|| format!("{} is not a bosun target", path.display()))
+    }
+
+    pub fn save(&self) -> Result<PathBuf> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = config_path().ok_or_else(|| anyhow!("no HOME or XDG_CONFIG_HOME to keep the target in"))?;
+        std::fs::create_dir_all(path.parent().expect("has a parent"))?;
+        let tmp = path.with_extension("tmp");
+        let mut f = std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(&tmp)?;
+        f.write_all(&serde_json::to_vec_pretty(self)?)?;
+        std::fs::rename(&tmp, &path)?;
+        Ok(path)
+    }
+}
+
+pub struct Client {
+    http: reqwest::Client,
+    pub target: Target,
+}
+
+/// A failed API call: the director's code and message.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiFailure {
+    pub status: u16,
+    pub code: String,
+    pub message: String,
+}
+
+impl Client {
+    pub fn new(target: Target) -> Result<Self> {
+        let mut builder = reqwest::Client::builder().use_rustls_tls().tls_built_in_root_certs(false).connect_timeout(Duration::from_secs(10));
+        let certs = reqwest::Certificate::from_pem_bundle(target.ca_cert.as_bytes()).context("the CA certificate is not PEM")?;
+        if certs.is_empty() {
+            return Err(InputError::new("the CA certificate holds no certificate").into());
+        }
+        for c in certs {
+            builder = builder.add_root_certificate(c);
+        }
+        Ok(Self { http: builder.build()?, target })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.target.director)
+    }
+
+    async fn check(resp: reqwest::Response) -> Result<reqwest::Response> {
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        let body: ApiErrorBody = serde_json::from_str(&text).unwrap_or(ApiErrorBody { code: "http".into(), message: format!("HTTP {status}: {text}") });
+        let failure = ApiFailure { status, code: body.code, message: body.message };
+        if status == 400 || status == 401 || status == 404 || status == 409 {
+            return Err(anyhow::Error::new(InputError::new(failure.message.clone())).context(failure));
+        }
+        Err(failure.into())
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http.request(method, self.url(path)).bearer_auth(&self.target.token)
+    }
+
+    async fn send(&self, rb: reqwest::RequestBuilder) -> Result<reqwest::Response> {
+        let resp = rb.send().await.with_context(|| format!("cannot reach the director at {}", self.target.director))?;
+        Self::check(resp).await
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        Ok(self.send(self.request(reqwest::Method::GET, path)).await?.json().await?)
+    }
+
+    pub async fn get_text(&self, path: &str) -> Result<String> {
+        Ok(self.send(self.request(reqwest::Method::GET, path)).await?.text().await?)
+    }
+
+    pub async fn post_json<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
+        Ok(self.send(self.request(reqwest::Method::POST, path).json(body)).await?.json().await?)
+    }
+
+    pub async fn post_text<T: DeserializeOwned>(&self, path: &str, body: String) -> Result<T> {
+        Ok(self.send(self.request(reqwest::Method::POST, path).header("content-type", "application/yaml").body(body)).await?.json().await?)
+    }
+
+    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        Ok(self.send(self.request(reqwest::Method::DELETE, path)).await?.json().await?)
+    }
+
+    pub async fn upload_file(&self, path: &str, file: &std::path::Path) -> Result<TaskCreated> {
+        let f = tokio::fs::File::open(file).await.map_err(|e| InputError::new(format!("{}: {e}", file.display())))?;
+        let len = f.metadata().await?.len();
+        // Streamed: a release tarball is never held whole in memory.
+        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(f));
+        Ok(self.send(self.request(reqwest::Method::POST, path).header("content-length", len).body(body)).await?.json().await?)
+    }
+
+    /// Follows a task's events until it ends; prints them unless `quiet`. Errors if it failed.
+    pub async fn follow_task(&self, id: u64, quiet: bool) -> Result<String> {
+        let mut after = 0;
+        if !quiet {
+            eprintln!("Task {id}");
+        }
+        loop {
+            let page: TaskEventsPage = self.get(&format!("/v1/tasks/{id}/events?after={after}&wait=10")).await?;
+            for e in &page.events {
+                after = after.max(e.seq);
+                if !quiet {
+                    let t = humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(e.time_ms)).to_string();
+                    let clock = t.get(11..19).unwrap_or(&t);
+                    let who = e.instance.as_deref().map(|i| format!("{i}: ")).unwrap_or_default();
+                    let level = match e.level {
+                        bosun_types::api::EventLevel::Info => "",
+                        bosun_types::api::EventLevel::Warn => "warning: ",
+                        bosun_types::api::EventLevel::Error => "error: ",
+                    };
+                    eprintln!("{clock} | {:<11} | {who}{level}{}", e.stage, e.message);
+                }
+            }
+            if page.task.state.is_finished() && page.events.is_empty() {
+                let result = page.task.result.unwrap_or_default();
+                return match page.task.state {
+                    TaskState::Done => {
+                        if !quiet {
+                            eprintln!("Task {id} done: {result}");
+                        }
+                        Ok(result)
+                    }
+                    _ => Err(crate::TaskFailed { id, message: result }.into()),
+                };
+            }
+        }
+    }
+}
+
