@@ -150,6 +150,9 @@ pub fn plan(input: &PlanningInput<'_>, rng: &mut dyn RngCore) -> Result<Plan, Pl
     let mut taken: BTreeSet<Ipv4Addr> = input.addresses_in_use_elsewhere.clone();
     let group_names: BTreeSet<&str> = m.instance_groups.iter().map(|g| g.name.as_str()).collect();
     let mut deletes: Vec<InstanceRecord> = input.existing.iter().filter(|i| !group_names.contains(i.group.as_str())).cloned().collect();
+    for d in &deletes {
+        taken.extend(d.networks.values().filter_map(|n| n.ip.parse::<Ipv4Addr>().ok()));
+    }
 
     // Pass 1: place instances (index, AZ) and assign addresses, group by group.
     let mut placed: Vec<(usize, Vec<Slot>)> = Vec::new();
@@ -509,7 +512,7 @@ fn assign_addresses(
                     }
                 }
             }
-            let needing = slots.iter().filter(|s| !s.networks.contains_key(&nref.name)).count();
+            let mut needing = slots.iter().filter(|s| !s.networks.contains_key(&nref.name)).count();
             for slot in slots.iter_mut().filter(|s| !s.networks.contains_key(&nref.name)) {
                 let mut found = None;
                 for s in subnets.iter().filter(|s| subnet_serves(s, &slot.az)) {
@@ -522,7 +525,7 @@ fn assign_addresses(
                     return Err(perr(
                         format!("{at}/name"),
                         format!(
-                            "network `{}` has no free address left for instance group `{}` in AZ `{}` ({needing} needed)",
+                            "network `{}` has no free address left for instance group `{}` in AZ `{}` ({needing} more needed)",
                             nref.name,
                             g.name,
                             slot.az.as_deref().unwrap_or("-")
@@ -530,6 +533,7 @@ fn assign_addresses(
                     ));
                 };
                 taken.insert(ip);
+                needing -= 1;
                 slot.networks.insert(nref.name.clone(), settings(s, ip, default.clone()));
             }
         }
