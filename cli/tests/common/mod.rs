@@ -1,0 +1,237 @@
+//! Test harness: a real `bosun director` process with its own state directory and ports, the
+//! real CLI binary, and real agents started by the local CPI. Everything a test starts is stopped
+//! when the harness is dropped, failing or not.
+#![allow(dead_code)]
+
+use bosun_cpi::local::{kill_processes_with_env, processes_with_env, BASE_MARKER};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+}
+
+pub fn bosun_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_bosun")
+}
+
+/// Polls `check` until it returns `Some` or the deadline passes (then panics with `what`).
+pub fn eventually<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::park_timeout(Duration::from_millis(100));
+    }
+}
+
+fn scratch() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let d = repo().join("target").join("test-fixtures");
+        std::fs::create_dir_all(&d).expect("fixtures dir");
+        d
+    })
+}
+
+/// A local stemcell built by the real builder script around the agent binary under test.
+pub fn stemcell(version: &str) -> PathBuf {
+    let out = scratch().join(format!("stemcells-{}", std::process::id()));
+    let tarball = out.join(format!("bosun-local-{version}.tgz"));
+    if !tarball.exists() {
+        let o = Command::new(repo().join("stemcells/local/build.sh"))
+            .arg(version)
+            .env("BOSUN_AGENT_BIN", env!("CARGO_BIN_EXE_bosun-agent"))
+            .env("BOSUN_STEMCELL_OUT", &out)
+            .output()
+            .expect("running stemcells/local/build.sh");
+        assert!(o.status.success(), "stemcell build failed: {}", String::from_utf8_lossy(&o.stderr));
+        let last = String::from_utf8_lossy(&o.stdout).lines().last().unwrap_or_default().to_string();
+        assert_eq!(PathBuf::from(last), tarball, "the builder prints the tarball's path last");
+    }
+    tarball
+}
+
+/// The kubo release as a tarball, blobs synced through apt (once per test binary).
+pub fn kubo_release() -> PathBuf {
+    static TARBALL: OnceLock<PathBuf> = OnceLock::new();
+    TARBALL
+        .get_or_init(|| {
+            let dir = repo().join("releases/kubo");
+            let o = Command::new(bosun_bin()).arg("sync-blobs").arg(&dir).output().expect("bosun sync-blobs");
+            assert!(o.status.success(), "sync-blobs failed: {}", String::from_utf8_lossy(&o.stderr));
+            let tarball = scratch().join(format!("kubo-{}.tgz", std::process::id()));
+            let o = Command::new(bosun_bin()).arg("create-release").arg(&dir).arg("--tarball").arg(&tarball).output().expect("bosun create-release");
+            assert!(o.status.success(), "create-release failed: {}", String::from_utf8_lossy(&o.stderr));
+            tarball
+        })
+        .clone()
+}
+
+pub struct TestDirector {
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+    pub env: Vec<(String, String)>,
+}
+
+impl TestDirector {
+    pub fn start() -> Self {
+        let dir = tempfile::Builder::new().prefix("bosun-test-").tempdir_in(scratch()).expect("temp dir");
+        let mut d = TestDirector { dir, child: None, env: vec![] };
+        d.launch();
+        d
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// The local CPI's base directory (where VMs live).
+    pub fn cpi_base(&self) -> PathBuf {
+        self.state_dir().join("cpi-local").canonicalize().unwrap_or_else(|_| self.state_dir().join("cpi-local"))
+    }
+
+    fn launch(&mut self) {
+        let env_file = self.state_dir().join("env");
+        let _ = std::fs::remove_file(&env_file);
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("director.log")).expect("director log");
+        let child = Command::new(bosun_bin())
+            .args(["director", "--listen", "127.0.0.1:0", "--agent-listen", "127.0.0.1:0", "--heartbeat-interval-ms", "500", "--agent-wait-timeout", "60", "--state-dir"])
+            .arg(self.state_dir())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting bosun director");
+        self.child = Some(child);
+        let text = eventually("the director's env file", Duration::from_secs(30), || std::fs::read_to_string(&env_file).ok().filter(|t| t.contains("BOSUN_TOKEN")));
+        self.env = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("export ")?.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+    }
+
+    /// Kills the director with SIGKILL and starts it again on the same state (new ports).
+    pub fn restart(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.launch();
+    }
+
+    pub fn var(&self, k: &str) -> String {
+        self.env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()).unwrap_or_default()
+    }
+
+    pub fn command(&self) -> Command {
+        let mut c = Command::new(bosun_bin());
+        c.env("HOME", self.dir.path().join("home")).env_remove("XDG_CONFIG_HOME").env_remove("BOSUN_DEPLOYMENT");
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
+        c.current_dir(repo());
+        c.stdin(Stdio::null());
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command().args(args).output().expect("running bosun")
+    }
+
+    /// Runs a command that must succeed; returns its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(o.status.success(), "bosun {args:?} failed ({:?}):\n{}\n{}", o.status.code(), String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
+    }
+
+    /// Runs a command that must fail with `code`; returns its stderr.
+    pub fn fails(&self, code: i32, args: &[&str]) -> String {
+        let o = self.run(args);
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert_eq!(o.status.code(), Some(code), "bosun {args:?}: want exit {code}; stdout:\n{}\nstderr:\n{err}", String::from_utf8_lossy(&o.stdout));
+        err
+    }
+
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        let o = self.run(&a);
+        assert!(o.status.success(), "bosun {a:?} failed: {}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("bosun {a:?}: not JSON ({e}): {}", String::from_utf8_lossy(&o.stdout)))
+    }
+
+    /// Uploads a cloud-config, the stemcell and the kubo release.
+    pub fn prepare(&self, cloud_config: &Path) {
+        self.ok(&["update-cloud-config", cloud_config.to_str().expect("utf-8 path")]);
+        self.ok(&["upload-stemcell", stemcell("1").to_str().expect("utf-8 path")]);
+        self.ok(&["upload-release", kubo_release().to_str().expect("utf-8 path")]);
+    }
+
+    /// Processes of this director's VMs that are still alive.
+    pub fn vm_processes(&self) -> Vec<i32> {
+        processes_with_env(BASE_MARKER, &self.cpi_base().to_string_lossy())
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, text).expect("writing a test file");
+        p
+    }
+}
+
+impl Drop for TestDirector {
+    fn drop(&mut self) {
+        let _ = kill_processes_with_env(BASE_MARKER, &self.cpi_base().to_string_lossy(), Duration::from_secs(30));
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            // Keep the evidence: the director's and agents' logs.
+            let kept = self.dir.path().to_path_buf();
+            eprintln!("test failed; director state kept in {}", kept.display());
+            std::mem::forget(std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir")));
+        }
+    }
+}
+
+/// A POST to an HTTP/1.0 endpoint (etcd's JSON gateway); the body of the answer.
+pub fn http_post(addr: &str, path: &str, body: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let sock: std::net::SocketAddr = addr.parse().ok()?;
+    let mut s = std::net::TcpStream::connect_timeout(&sock, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    write!(s, "POST {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let (head, body) = out.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_string()).or_else(|| head.starts_with("HTTP/1.0 200").then(|| body.to_string()))
+}
+
+/// etcd's member list, through its HTTP gateway on one endpoint: (name, client URLs).
+pub fn etcd_members(ip: &str) -> Option<Vec<(String, Vec<String>)>> {
+    let v: serde_json::Value = serde_json::from_str(&http_post(&format!("{ip}:2379"), "/v3/cluster/member/list", "{}")?).ok()?;
+    let members = v.get("members")?.as_array()?;
+    Some(
+        members
+            .iter()
+            .map(|m| {
+                let name = m.get("name").and_then(|n| n.as_str()).unwrap_or("").to_string();
+                let urls = m.get("clientURLs").and_then(|u| u.as_array()).map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect()).unwrap_or_default();
+                (name, urls)
+            })
+            .collect(),
+    )
+}
+
+/// Writes a key through etcd's gateway (base64 key and value, as the v3 JSON API wants).
+pub fn etcd_put(ip: &str, key_b64: &str, value_b64: &str) -> bool {
+    http_post(&format!("{ip}:2379"), "/v3/kv/put", &format!("{{\"key\":\"{key_b64}\",\"value\":\"{value_b64}\"}}")).is_some()
+}
