@@ -47,6 +47,8 @@ struct Connection {
     id: u64,
     tx: mpsc::Sender<DirectorMessage>,
     pending: Mutex<HashMap<u64, oneshot::Sender<CommandOutcome>>>,
+    /// Told when a newer connection of the same agent displaces this one.
+    displaced: Notify,
 }
 
 pub struct AgentHub {
@@ -206,7 +208,7 @@ impl AgentHub {
             }
             AgentMessage::Hello { vm_cid, stemcell, applied_generation, .. } => {
                 let (tx, mut rx) = mpsc::channel::<DirectorMessage>(64);
-                let conn = Arc::new(Connection { id: self.next_id.fetch_add(1, Ordering::Relaxed), tx, pending: Mutex::new(HashMap::new()) });
+                let conn = Arc::new(Connection { id: self.next_id.fetch_add(1, Ordering::Relaxed), tx, pending: Mutex::new(HashMap::new()), displaced: Notify::new() });
                 let welcome = DirectorMessage::Welcome { heartbeat_interval_ms: self.heartbeat_interval.as_millis() as u64 };
                 let mut line = serde_json::to_vec(&welcome).expect("serializable");
                 line.push(b'\n');
@@ -222,14 +224,28 @@ impl AgentHub {
                         }
                     }
                 });
-                self.connections.lock().expect("hub lock").insert(claimed.clone(), conn.clone());
+                // The newest connection speaks for the agent (a restarted agent, or one whose old
+                // connection died half-open); the one it replaces is closed.
+                if let Some(old) = self.connections.lock().expect("hub lock").insert(claimed.clone(), conn.clone()) {
+                    old.displaced.notify_one();
+                }
                 self.status.lock().expect("hub lock").insert(
                     claimed.clone(),
                     AgentStatus { connected: true, last_seen: Instant::now(), vm_cid, stemcell, heartbeat: None },
                 );
                 tracing::info!(agent_id = %claimed, applied_generation, "agent connected");
                 self.changed.notify_waiters();
-                while let Some(Ok(line)) = lines.next().await {
+                loop {
+                    let line = tokio::select! {
+                        l = lines.next() => match l {
+                            Some(Ok(l)) => l,
+                            _ => break,
+                        },
+                        _ = conn.displaced.notified() => {
+                            tracing::info!(agent_id = %claimed, "closing an agent connection displaced by a newer one");
+                            break;
+                        }
+                    };
                     match serde_json::from_str::<AgentMessage>(&line) {
                         Ok(AgentMessage::Heartbeat(hb)) => {
                             if let Some(s) = self.status.lock().expect("hub lock").get_mut(&claimed) {

@@ -70,12 +70,6 @@ pub fn upload_release(director: &Director, tarball: &Path, work: &Path) -> Resul
     bosun_types::manifest::check_name("release.MF", "/name", &mf.name).map_err(|e| invalid(e.to_string()))?;
     let version = mf.version.0.clone();
     let key = release_key(&mf.name, &version);
-    if let Some(existing) = director.state.get::<ReleaseRecord>(Tree::Releases, &key)? {
-        if existing.tarball_digest == tarball_digest {
-            return Ok(UploadResult { name: mf.name, version, already_present: true });
-        }
-        return Err(invalid(format!("release {key} is already uploaded with other content; give the new one another version")));
-    }
     let at = |what: &str, name: &str| format!("release {key}: {what} `{name}`");
     let mut packages = Vec::new();
     for p in &mf.packages {
@@ -96,12 +90,12 @@ pub fn upload_release(director: &Director, tarball: &Path, work: &Path) -> Resul
         if fp != p.fingerprint {
             return Err(invalid(format!("{}: fingerprint mismatch (release.MF says {}, the content gives {fp})", at("package", &p.name), p.fingerprint)));
         }
-        let blob = director.blobstore.put_file(&path)?;
-        packages.push(ReleasePackage { name: p.name.clone(), fingerprint: fp, blob, dependencies: p.dependencies.clone() });
+        let blob = bosun_types::protocol::BlobRef { digest, size: std::fs::metadata(&path).map_err(UploadError::Io)?.len() };
+        packages.push((path, ReleasePackage { name: p.name.clone(), fingerprint: fp, blob, dependencies: p.dependencies.clone() }));
     }
-    for p in &packages {
+    for (_, p) in &packages {
         for d in &p.dependencies {
-            if !packages.iter().any(|x| &x.name == d) {
+            if !packages.iter().any(|(_, x)| &x.name == d) {
                 return Err(invalid(format!("{}: depends on `{d}`, which the release lacks", at("package", &p.name))));
             }
         }
@@ -139,13 +133,26 @@ pub fn upload_release(director: &Director, tarball: &Path, work: &Path) -> Resul
             }
         }
         for p in &spec.packages {
-            if !packages.iter().any(|x| &x.name == p) {
+            if !packages.iter().any(|(_, x)| &x.name == p) {
                 return Err(invalid(format!("{}: needs package `{p}`, which the release lacks", at("job", &j.name))));
             }
         }
-        let blob = director.blobstore.put_file(&path)?;
-        jobs.push(ReleaseJob { name: j.name.clone(), fingerprint: fp, blob, spec, templates });
+        let blob = bosun_types::protocol::BlobRef { digest, size: std::fs::metadata(&path).map_err(UploadError::Io)?.len() };
+        jobs.push((path, ReleaseJob { name: j.name.clone(), fingerprint: fp, blob, spec, templates }));
     }
+    // Everything checked out; only now does the upload touch the director's state.
+    if let Some(existing) = director.state.get::<ReleaseRecord>(Tree::Releases, &key)? {
+        if existing.tarball_digest == tarball_digest {
+            return Ok(UploadResult { name: mf.name, version, already_present: true });
+        }
+        return Err(invalid(format!("release {key} is already uploaded with other content; give the new one another version")));
+    }
+    for (path, artifact) in packages.iter().map(|(p, a)| (p, &a.blob)).chain(jobs.iter().map(|(p, j)| (p, &j.blob))) {
+        let stored = director.blobstore.put_file(path)?;
+        debug_assert_eq!(&stored, artifact);
+    }
+    let packages: Vec<ReleasePackage> = packages.into_iter().map(|(_, p)| p).collect();
+    let jobs: Vec<ReleaseJob> = jobs.into_iter().map(|(_, j)| j).collect();
     let record = ReleaseRecord { name: mf.name.clone(), version: version.clone(), commit_hash: mf.commit_hash.clone(), jobs, packages, tarball_digest, uploaded_at: now_secs() };
     director.state.put(Tree::Releases, &key, &record)?;
     Ok(UploadResult { name: mf.name, version, already_present: false })
