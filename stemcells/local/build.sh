@@ -38,6 +38,7 @@ cloud_properties: {}
 MF
 mkdir -p "$out"
 tarball="$out/bosun-local-$version.tgz"
-tar -C "$work/out" --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -cf - stemcell.MF image | gzip -n > "$tarball.tmp"
-mv "$tarball.tmp" "$tarball"
+# Written beside the target and renamed into place, so a reader never sees half a tarball.
+tar -C "$work/out" --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -cf - stemcell.MF image | gzip -n > "$tarball.$$.tmp"
+mv "$tarball.$$.tmp" "$tarball"
 echo "$tarball"

@@ -40,6 +40,8 @@ fn scratch() -> &'static Path {
 
 /// A local stemcell built by the real builder script around the agent binary under test.
 pub fn stemcell(version: &str) -> PathBuf {
+    static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
     let out = scratch().join(format!("stemcells-{}", std::process::id()));
     let tarball = out.join(format!("bosun-local-{version}.tgz"));
     if !tarball.exists() {
