@@ -37,7 +37,10 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> InstallError + '_ {
 
 /// A name or fingerprint we turn into a path component must be one.
 fn safe_component(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.') && !s.starts_with('.')
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        && !s.starts_with('.')
 }
 
 pub struct Installer<'a> {
@@ -50,12 +53,18 @@ impl Installer<'_> {
     pub async fn install(&self, spec: &ApplySpec) -> Result<(), InstallError> {
         for p in &spec.packages {
             if !safe_component(&p.name) || !safe_component(&p.fingerprint) {
-                return Err(InstallError::Package { package: p.name.clone(), message: "name or fingerprint is not a safe path component".into() });
+                return Err(InstallError::Package {
+                    package: p.name.clone(),
+                    message: "name or fingerprint is not a safe path component".into(),
+                });
             }
         }
         for j in &spec.jobs {
             if !safe_component(&j.name) {
-                return Err(InstallError::Job { job: j.name.clone(), message: "name is not a safe path component".into() });
+                return Err(InstallError::Job {
+                    job: j.name.clone(),
+                    message: "name is not a safe path component".into(),
+                });
             }
         }
         // Dependencies first; the director sends a closed set.
@@ -92,7 +101,13 @@ impl Installer<'_> {
         }
     }
 
-    async fn install_package_with_deps(&self, p: &ApplyPackage, all: &BTreeMap<&str, &ApplyPackage>, done: &mut Vec<String>, depth: usize) -> Result<(), InstallError> {
+    async fn install_package_with_deps(
+        &self,
+        p: &ApplyPackage,
+        all: &BTreeMap<&str, &ApplyPackage>,
+        done: &mut Vec<String>,
+        depth: usize,
+    ) -> Result<(), InstallError> {
         if done.contains(&p.name) {
             return Ok(());
         }
@@ -100,7 +115,10 @@ impl Installer<'_> {
             return Err(InstallError::Package { package: p.name.clone(), message: "dependency cycle".into() });
         }
         for d in &p.dependencies {
-            let dep = all.get(d.as_str()).ok_or_else(|| InstallError::Package { package: p.name.clone(), message: format!("dependency `{d}` is not in the spec") })?;
+            let dep = all.get(d.as_str()).ok_or_else(|| InstallError::Package {
+                package: p.name.clone(),
+                message: format!("dependency `{d}` is not in the spec"),
+            })?;
             Box::pin(self.install_package_with_deps(dep, all, done, depth + 1)).await?;
         }
         self.install_package(p).await?;
@@ -115,7 +133,9 @@ impl Installer<'_> {
             let compile = self.layout.compile().join(format!("{}-{}", p.name, p.fingerprint));
             let _ = tokio::fs::remove_dir_all(&compile).await;
             let _ = tokio::fs::remove_dir_all(&target).await;
-            unpack(&source, &compile).await.map_err(|m| InstallError::Package { package: p.name.clone(), message: m })?;
+            unpack(&source, &compile)
+                .await
+                .map_err(|m| InstallError::Package { package: p.name.clone(), message: m })?;
             tokio::fs::create_dir_all(&target).await.map_err(io(&target))?;
             let log_dir = self.layout.log_dir("packaging");
             tokio::fs::create_dir_all(&log_dir).await.map_err(io(&log_dir))?;
@@ -123,7 +143,12 @@ impl Installer<'_> {
             let log = std::fs::File::create(&log_path).map_err(io(&log_path))?;
             let log2 = log.try_clone().map_err(io(&log_path))?;
             let mut cmd = tokio::process::Command::new("bash");
-            cmd.arg("-e").arg("packaging").current_dir(&compile).stdin(std::process::Stdio::null()).stdout(log).stderr(log2);
+            cmd.arg("-e")
+                .arg("packaging")
+                .current_dir(&compile)
+                .stdin(std::process::Stdio::null())
+                .stdout(log)
+                .stderr(log2);
             cmd.env("BOSH_COMPILE_TARGET", &compile)
                 .env("BOSH_INSTALL_TARGET", &target)
                 .env("BOSH_PACKAGE_NAME", &p.name)
@@ -133,13 +158,27 @@ impl Installer<'_> {
             cmd.process_group(0).kill_on_drop(true);
             let status = match tokio::time::timeout(PACKAGING_TIMEOUT, cmd.status()).await {
                 Ok(Ok(s)) => s,
-                Ok(Err(e)) => return Err(InstallError::Package { package: p.name.clone(), message: format!("could not run packaging: {e}") }),
-                Err(_) => return Err(InstallError::Package { package: p.name.clone(), message: format!("packaging ran longer than {PACKAGING_TIMEOUT:?}") }),
+                Ok(Err(e)) => {
+                    return Err(InstallError::Package {
+                        package: p.name.clone(),
+                        message: format!("could not run packaging: {e}"),
+                    })
+                }
+                Err(_) => {
+                    return Err(InstallError::Package {
+                        package: p.name.clone(),
+                        message: format!("packaging ran longer than {PACKAGING_TIMEOUT:?}"),
+                    })
+                }
             };
             if !status.success() {
                 let tail = tokio::fs::read_to_string(&log_path).await.unwrap_or_default();
-                let tail: String = tail.lines().rev().take(10).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
-                return Err(InstallError::Package { package: p.name.clone(), message: format!("packaging failed ({status}):\n{tail}") });
+                let tail: String =
+                    tail.lines().rev().take(10).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+                return Err(InstallError::Package {
+                    package: p.name.clone(),
+                    message: format!("packaging failed ({status}):\n{tail}"),
+                });
             }
             tokio::fs::write(target.join(INSTALLED_MARKER), b"").await.map_err(io(&target))?;
             let _ = tokio::fs::remove_dir_all(&compile).await;
@@ -157,11 +196,19 @@ impl Installer<'_> {
         }
         let stream = self.dialer.connect().await.map_err(|e| err(format!("connecting to the director: {e}")))?;
         let mut stream = tokio::io::BufReader::new(stream);
-        let mut req = serde_json::to_vec(&AgentMessage::FetchBlob { agent_id: self.agent_id.to_string(), digest: blob.digest.clone() }).expect("serializable");
+        let mut req = serde_json::to_vec(&AgentMessage::FetchBlob {
+            agent_id: self.agent_id.to_string(),
+            digest: blob.digest.clone(),
+        })
+        .expect("serializable");
         req.push(b'\n');
         stream.get_mut().write_all(&req).await.map_err(|e| err(format!("requesting: {e}")))?;
         let mut line = Vec::new();
-        (&mut stream).take(64 * 1024).read_until(b'\n', &mut line).await.map_err(|e| err(format!("reading the answer: {e}")))?;
+        (&mut stream)
+            .take(64 * 1024)
+            .read_until(b'\n', &mut line)
+            .await
+            .map_err(|e| err(format!("reading the answer: {e}")))?;
         let header: BlobHeader = serde_json::from_slice(&line).map_err(|e| err(format!("malformed answer: {e}")))?;
         if let Some(e) = header.error {
             return Err(err(format!("the director refused: {e}")));

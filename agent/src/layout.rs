@@ -20,7 +20,18 @@ impl Layout {
         Self { root: root.to_path_buf() }
     }
     pub fn create(&self) -> Result<(), (PathBuf, std::io::Error)> {
-        for d in [self.jobs(), self.packages(), self.blobs(), self.compile(), self.root.join("data/jobs"), self.root.join("data/packages"), self.root.join("data/sys/log"), self.root.join("data/sys/run"), self.root.join("bosh"), self.root.join("data/tmp")] {
+        for d in [
+            self.jobs(),
+            self.packages(),
+            self.blobs(),
+            self.compile(),
+            self.root.join("data/jobs"),
+            self.root.join("data/packages"),
+            self.root.join("data/sys/log"),
+            self.root.join("data/sys/run"),
+            self.root.join("bosh"),
+            self.root.join("data/tmp"),
+        ] {
             std::fs::create_dir_all(&d).map_err(|e| (d.clone(), e))?;
         }
         let store = self.store();

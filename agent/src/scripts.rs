@@ -13,8 +13,18 @@ use tokio::io::AsyncReadExt;
 const TAIL_BYTES: usize = 4096;
 
 /// Runs `script` of each job that has it; jobs without it are left out of the result.
-pub async fn run_all(layout: &Layout, jobs: &[String], script: LifecycleScript, args: &[String], env: &BTreeMap<String, String>, timeout: Duration) -> Vec<ScriptResult> {
-    let runs = jobs.iter().filter(|job| layout.job(job).join(script.path()).is_file()).map(|job| run_one(layout, job, script, args, env, timeout));
+pub async fn run_all(
+    layout: &Layout,
+    jobs: &[String],
+    script: LifecycleScript,
+    args: &[String],
+    env: &BTreeMap<String, String>,
+    timeout: Duration,
+) -> Vec<ScriptResult> {
+    let runs = jobs
+        .iter()
+        .filter(|job| layout.job(job).join(script.path()).is_file())
+        .map(|job| run_one(layout, job, script, args, env, timeout));
     futures::future::join_all(runs).await
 }
 
@@ -40,14 +50,25 @@ async fn read_capped(mut r: impl tokio::io::AsyncRead + Unpin, log: Option<std::
     tail
 }
 
-async fn run_one(layout: &Layout, job: &str, script: LifecycleScript, args: &[String], env: &BTreeMap<String, String>, timeout: Duration) -> ScriptResult {
+async fn run_one(
+    layout: &Layout,
+    job: &str,
+    script: LifecycleScript,
+    args: &[String],
+    env: &BTreeMap<String, String>,
+    timeout: Duration,
+) -> ScriptResult {
     let started = Instant::now();
     let path = layout.job(job).join(script.path());
     let log_dir = layout.log_dir(job);
     let _ = std::fs::create_dir_all(&log_dir);
     let log = std::fs::OpenOptions::new().create(true).append(true).open(log_dir.join(format!("{script}.log"))).ok();
     let mut cmd = tokio::process::Command::new(&path);
-    cmd.args(args).current_dir(layout.job(job)).stdin(std::process::Stdio::null()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    cmd.args(args)
+        .current_dir(layout.job(job))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
     for (k, v) in layout.job_env(job) {
         cmd.env(k, v);
     }
@@ -56,11 +77,18 @@ async fn run_one(layout: &Layout, job: &str, script: LifecycleScript, args: &[St
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
-            return ScriptResult { job: job.to_string(), exit_code: None, timed_out: false, output_tail: format!("could not start {}: {e}", path.display()), duration_ms: 0 };
+            return ScriptResult {
+                job: job.to_string(),
+                exit_code: None,
+                timed_out: false,
+                output_tail: format!("could not start {}: {e}", path.display()),
+                duration_ms: 0,
+            };
         }
     };
     let pid = child.id();
-    let out = tokio::spawn(read_capped(child.stdout.take().expect("piped"), log.as_ref().and_then(|f| f.try_clone().ok())));
+    let out =
+        tokio::spawn(read_capped(child.stdout.take().expect("piped"), log.as_ref().and_then(|f| f.try_clone().ok())));
     let err = tokio::spawn(read_capped(child.stderr.take().expect("piped"), log));
     let (exit_code, timed_out) = match tokio::time::timeout(timeout, child.wait()).await {
         Ok(Ok(status)) => (status.code(), false),

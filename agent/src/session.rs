@@ -5,7 +5,8 @@ use crate::layout::Layout;
 use crate::supervisor::Supervisor;
 use crate::AgentError;
 use bosun_types::protocol::{
-    AgentCommand, AgentMessage, AgentSettings, ApplySpec, CommandOutcome, DirectorEndpoint, DirectorMessage, Heartbeat, StemcellInfo, MAX_LINE_BYTES,
+    AgentCommand, AgentMessage, AgentSettings, ApplySpec, CommandOutcome, DirectorEndpoint, DirectorMessage, Heartbeat,
+    StemcellInfo, MAX_LINE_BYTES,
 };
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -34,23 +35,30 @@ impl Dialer {
         let bad = |m: &str| AgentError::Credentials(m.to_string());
         let mut roots = rustls::RootCertStore::empty();
         for c in rustls_pemfile::certs(&mut ep.ca_cert.as_bytes()) {
-            roots.add(c.map_err(|_| bad("director CA is not PEM"))?).map_err(|_| bad("director CA is not a certificate"))?;
+            roots
+                .add(c.map_err(|_| bad("director CA is not PEM"))?)
+                .map_err(|_| bad("director CA is not a certificate"))?;
         }
         if roots.is_empty() {
             return Err(bad("no director CA"));
         }
-        let certs: Vec<_> = rustls_pemfile::certs(&mut ep.client_cert.as_bytes()).collect::<Result<_, _>>().map_err(|_| bad("client certificate is not PEM"))?;
+        let certs: Vec<_> = rustls_pemfile::certs(&mut ep.client_cert.as_bytes())
+            .collect::<Result<_, _>>()
+            .map_err(|_| bad("client certificate is not PEM"))?;
         if certs.is_empty() {
             return Err(bad("no client certificate"));
         }
-        let key = rustls_pemfile::private_key(&mut ep.client_key.as_bytes()).map_err(|_| bad("client key is not PEM"))?.ok_or_else(|| bad("no client key"))?;
+        let key = rustls_pemfile::private_key(&mut ep.client_key.as_bytes())
+            .map_err(|_| bad("client key is not PEM"))?
+            .ok_or_else(|| bad("no client key"))?;
         let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()
             .map_err(|_| bad("TLS setup"))?
             .with_root_certificates(roots)
             .with_client_auth_cert(certs, key)
             .map_err(|_| bad("client certificate and key do not match"))?;
-        let server_name = rustls::pki_types::ServerName::try_from(ep.server_name.clone()).map_err(|_| bad("director server name is invalid"))?;
+        let server_name = rustls::pki_types::ServerName::try_from(ep.server_name.clone())
+            .map_err(|_| bad("director server name is invalid"))?;
         Ok(Self { config: Arc::new(config), address: ep.address.clone(), server_name })
     }
 
@@ -61,7 +69,9 @@ impl Dialer {
             tcp.set_nodelay(true)?;
             connector.connect(self.server_name.clone(), tcp).await
         };
-        tokio::time::timeout(CONNECT_TIMEOUT, fut).await.map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))?
+        tokio::time::timeout(CONNECT_TIMEOUT, fut)
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))?
     }
 }
 
@@ -101,9 +111,14 @@ enum SessionError {
 }
 
 impl Agent {
-    pub fn new(settings: AgentSettings, layout: Layout, stemcell: Option<StemcellInfo>) -> Result<Arc<Self>, AgentError> {
+    pub fn new(
+        settings: AgentSettings,
+        layout: Layout,
+        stemcell: Option<StemcellInfo>,
+    ) -> Result<Arc<Self>, AgentError> {
         let dialer = Dialer::new(&settings.director)?;
-        let ledger = std::fs::read(layout.ledger()).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+        let ledger =
+            std::fs::read(layout.ledger()).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
         Ok(Arc::new(Self {
             supervisor: Supervisor::new(layout.clone()),
             settings,
@@ -222,7 +237,9 @@ impl Agent {
                             let _ = tx.send(AgentMessage::Reply { id, outcome }).await;
                         });
                     }
-                    Ok(DirectorMessage::Cancel { id }) => tracing::info!(id, "cancel requested; commands run to their own timeouts"),
+                    Ok(DirectorMessage::Cancel { id }) => {
+                        tracing::info!(id, "cancel requested; commands run to their own timeouts")
+                    }
                     Ok(DirectorMessage::Welcome { .. }) => {}
                     Err(e) => tracing::warn!(error = %e, "ignoring a malformed message from the director"),
                 },
@@ -241,7 +258,13 @@ impl Agent {
         let (job_state, processes) = self.supervisor.job_state(applied, running).await;
         let layout = self.layout.clone();
         let vitals = tokio::task::spawn_blocking(move || crate::vitals::collect(&layout)).await.unwrap_or_default();
-        Heartbeat { job_state, processes, applied_generation: generation, vitals, persistent_disks: disk.into_iter().map(|(cid, _)| cid).collect() }
+        Heartbeat {
+            job_state,
+            processes,
+            applied_generation: generation,
+            vitals,
+            persistent_disks: disk.into_iter().map(|(cid, _)| cid).collect(),
+        }
     }
 
     async fn save_ledger(&self, ledger: &Ledger) -> Result<(), String> {
@@ -260,16 +283,23 @@ impl Agent {
                 let current = self.ledger.lock().await.spec.clone();
                 if let Some(cur) = &current {
                     if spec.generation < cur.generation {
-                        return Err(format!("refusing spec generation {}: generation {} is already applied", spec.generation, cur.generation));
+                        return Err(format!(
+                            "refusing spec generation {}: generation {} is already applied",
+                            spec.generation, cur.generation
+                        ));
                     }
                     if spec.generation == cur.generation && spec.configuration_hash != cur.configuration_hash {
-                        return Err(format!("refusing spec generation {}: a different spec with that generation is applied", spec.generation));
+                        return Err(format!(
+                            "refusing spec generation {}: a different spec with that generation is applied",
+                            spec.generation
+                        ));
                     }
                 }
                 if spec.id.is_empty() || spec.deployment.is_empty() {
                     return Err("the spec names no instance".into());
                 }
-                let installer = Installer { layout: &self.layout, dialer: &self.dialer, agent_id: &self.settings.agent_id };
+                let installer =
+                    Installer { layout: &self.layout, dialer: &self.dialer, agent_id: &self.settings.agent_id };
                 installer.install(&spec).await.map_err(|e| error_chain(&e))?;
                 let mut ledger = self.ledger.lock().await;
                 ledger.spec = Some((*spec).clone());
@@ -297,13 +327,29 @@ impl Agent {
                 Ok(serde_json::Value::Null)
             }
             AgentCommand::RunScript { script, env, args, timeout_ms } => {
-                let jobs: Vec<String> = self.ledger.lock().await.spec.as_ref().map(|s| s.jobs.iter().map(|j| j.name.clone()).collect()).unwrap_or_default();
-                let results = crate::scripts::run_all(&self.layout, &jobs, script, &args, &env, Duration::from_millis(timeout_ms)).await;
+                let jobs: Vec<String> = self
+                    .ledger
+                    .lock()
+                    .await
+                    .spec
+                    .as_ref()
+                    .map(|s| s.jobs.iter().map(|j| j.name.clone()).collect())
+                    .unwrap_or_default();
+                let results = crate::scripts::run_all(
+                    &self.layout,
+                    &jobs,
+                    script,
+                    &args,
+                    &env,
+                    Duration::from_millis(timeout_ms),
+                )
+                .await;
                 Ok(serde_json::to_value(results).expect("serializable"))
             }
             AgentCommand::MountDisk { disk_cid, hint } => {
                 let _op = self.op_lock.lock().await;
-                let path = hint.get("path").and_then(|p| p.as_str()).map(PathBuf::from).ok_or("the disk hint has no path")?;
+                let path =
+                    hint.get("path").and_then(|p| p.as_str()).map(PathBuf::from).ok_or("the disk hint has no path")?;
                 if !path.is_dir() {
                     return Err(format!("disk `{disk_cid}`: {} is not a directory", path.display()));
                 }

@@ -49,7 +49,9 @@ impl Supervisor {
                 if let Ok(files) = std::fs::read_dir(job.path()) {
                     for f in files.flatten() {
                         if f.path().extension().is_some_and(|e| e == "pid") {
-                            if let Some(pid) = std::fs::read_to_string(f.path()).ok().and_then(|s| s.trim().parse::<i32>().ok()) {
+                            if let Some(pid) =
+                                std::fs::read_to_string(f.path()).ok().and_then(|s| s.trim().parse::<i32>().ok())
+                            {
                                 pids.push(pid);
                             }
                             let _ = std::fs::remove_file(f.path());
@@ -92,8 +94,22 @@ impl Supervisor {
                 }));
                 let started = Arc::new(Mutex::new(None));
                 let (tx, rx) = oneshot::channel();
-                let task = tokio::spawn(supervise(self.layout.clone(), job.name.clone(), def.clone(), state.clone(), started.clone(), rx));
-                procs.push(Supervised { job: job.name.clone(), name: def.name.clone(), state, started, stop: Some(tx), task });
+                let task = tokio::spawn(supervise(
+                    self.layout.clone(),
+                    job.name.clone(),
+                    def.clone(),
+                    state.clone(),
+                    started.clone(),
+                    rx,
+                ));
+                procs.push(Supervised {
+                    job: job.name.clone(),
+                    name: def.name.clone(),
+                    state,
+                    started,
+                    stop: Some(tx),
+                    task,
+                });
             }
         }
     }
@@ -149,13 +165,20 @@ fn set(state: &Mutex<ProcessState>, f: impl FnOnce(&mut ProcessState)) {
 
 fn spawn_process(layout: &Layout, job: &str, def: &ProcessDefinition) -> std::io::Result<tokio::process::Child> {
     let job_dir = layout.job(job);
-    let exe = if def.executable.starts_with('/') { def.executable.clone().into() } else { job_dir.join(&def.executable) };
+    let exe =
+        if def.executable.starts_with('/') { def.executable.clone().into() } else { job_dir.join(&def.executable) };
     let log_dir = layout.log_dir(job);
     std::fs::create_dir_all(&log_dir)?;
     std::fs::create_dir_all(layout.run_dir(job))?;
-    let open = |suffix: &str| std::fs::OpenOptions::new().create(true).append(true).open(log_dir.join(format!("{}.{suffix}.log", def.name)));
+    let open = |suffix: &str| {
+        std::fs::OpenOptions::new().create(true).append(true).open(log_dir.join(format!("{}.{suffix}.log", def.name)))
+    };
     let mut cmd = tokio::process::Command::new(exe);
-    cmd.args(&def.args).current_dir(&job_dir).stdin(std::process::Stdio::null()).stdout(open("stdout")?).stderr(open("stderr")?);
+    cmd.args(&def.args)
+        .current_dir(&job_dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(open("stdout")?)
+        .stderr(open("stderr")?);
     for (k, v) in layout.job_env(job) {
         cmd.env(k, v);
     }

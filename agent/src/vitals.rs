@@ -44,7 +44,9 @@ pub fn collect(layout: &Layout) -> Vitals {
     if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
         v.agent_rss_kb = meminfo_kb(&status, "VmRSS:");
     }
-    for (name, path) in [("system", layout.root.clone()), ("ephemeral", layout.root.join("data")), ("persistent", layout.store())] {
+    for (name, path) in
+        [("system", layout.root.clone()), ("ephemeral", layout.root.join("data")), ("persistent", layout.store())]
+    {
         if let Some(p) = percent_used(&path) {
             v.disk.insert(name.to_string(), p);
         }

@@ -18,7 +18,9 @@ pub struct Target {
 }
 
 pub fn config_path() -> Option<PathBuf> {
-    let base = std::env::var_os("XDG_CONFIG_HOME").map(PathBuf::from).or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
     Some(base.join("bosun").join("target.json"))
 }
 
@@ -34,13 +36,25 @@ impl Target {
     /// Flags and environment first (all three needed), else the remembered target.
     pub fn resolve(director: Option<&str>, ca_cert: Option<&str>, token: Option<&str>) -> Result<Target> {
         if let (Some(d), Some(c), Some(t)) = (director, ca_cert, token) {
-            return Ok(Target { director: d.trim_end_matches('/').to_string(), ca_cert: ca_from(c)?, token: t.to_string() });
+            return Ok(Target {
+                director: d.trim_end_matches('/').to_string(),
+                ca_cert: ca_from(c)?,
+                token: t.to_string(),
+            });
         }
         if director.is_some() || ca_cert.is_some() || token.is_some() {
-            return Err(InputError::new("a target needs all of BOSUN_DIRECTOR, BOSUN_CA_CERT and BOSUN_TOKEN (or their flags)").into());
+            return Err(InputError::new(
+                "a target needs all of BOSUN_DIRECTOR, BOSUN_CA_CERT and BOSUN_TOKEN (or their flags)",
+            )
+            .into());
         }
-        let path = config_path().ok_or_else(|| InputError::new("no target: set BOSUN_DIRECTOR, BOSUN_CA_CERT and BOSUN_TOKEN"))?;
-        let bytes = std::fs::read(&path).map_err(|_| InputError::new("no target: set BOSUN_DIRECTOR, BOSUN_CA_CERT and BOSUN_TOKEN, or remember one with `bosun target`"))?;
+        let path = config_path()
+            .ok_or_else(|| InputError::new("no target: set BOSUN_DIRECTOR, BOSUN_CA_CERT and BOSUN_TOKEN"))?;
+        let bytes = std::fs::read(&path).map_err(|_| {
+            InputError::new(
+                "no target: set BOSUN_DIRECTOR, BOSUN_CA_CERT and BOSUN_TOKEN, or remember one with `bosun target`",
+            )
+        })?;
         serde_json::from_slice(&bytes).with_context(|| format!("{} is not a bosun target", path.display()))
     }
 
@@ -73,8 +87,12 @@ pub struct ApiFailure {
 
 impl Client {
     pub fn new(target: Target) -> Result<Self> {
-        let mut builder = reqwest::Client::builder().use_rustls_tls().tls_built_in_root_certs(false).connect_timeout(Duration::from_secs(10));
-        let certs = reqwest::Certificate::from_pem_bundle(target.ca_cert.as_bytes()).context("the CA certificate is not PEM")?;
+        let mut builder = reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .connect_timeout(Duration::from_secs(10));
+        let certs = reqwest::Certificate::from_pem_bundle(target.ca_cert.as_bytes())
+            .context("the CA certificate is not PEM")?;
         if certs.is_empty() {
             return Err(InputError::new("the CA certificate holds no certificate").into());
         }
@@ -94,7 +112,8 @@ impl Client {
         }
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap_or_default();
-        let body: ApiErrorBody = serde_json::from_str(&text).unwrap_or(ApiErrorBody { code: "http".into(), message: format!("HTTP {status}: {text}") });
+        let body: ApiErrorBody = serde_json::from_str(&text)
+            .unwrap_or(ApiErrorBody { code: "http".into(), message: format!("HTTP {status}: {text}") });
         let failure = ApiFailure { status, code: body.code, message: body.message };
         if status == 400 || status == 401 || status == 404 || status == 409 {
             return Err(anyhow::Error::new(InputError::new(failure.message.clone())).context(failure));
@@ -124,7 +143,11 @@ impl Client {
     }
 
     pub async fn post_text<T: DeserializeOwned>(&self, path: &str, body: String) -> Result<T> {
-        Ok(self.send(self.request(reqwest::Method::POST, path).header("content-type", "application/yaml").body(body)).await?.json().await?)
+        Ok(self
+            .send(self.request(reqwest::Method::POST, path).header("content-type", "application/yaml").body(body))
+            .await?
+            .json()
+            .await?)
     }
 
     pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
@@ -136,7 +159,11 @@ impl Client {
         let len = f.metadata().await?.len();
         // Streamed: a release tarball is never held whole in memory.
         let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(f));
-        Ok(self.send(self.request(reqwest::Method::POST, path).header("content-length", len).body(body)).await?.json().await?)
+        Ok(self
+            .send(self.request(reqwest::Method::POST, path).header("content-length", len).body(body))
+            .await?
+            .json()
+            .await?)
     }
 
     /// Follows a task's events until it ends; prints them unless `quiet`. Errors if it failed.
@@ -150,7 +177,8 @@ impl Client {
             for e in &page.events {
                 after = after.max(e.seq);
                 if !quiet {
-                    let t = humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(e.time_ms)).to_string();
+                    let t = humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(e.time_ms))
+                        .to_string();
                     let clock = t.get(11..19).unwrap_or(&t);
                     let who = e.instance.as_deref().map(|i| format!("{i}: ")).unwrap_or_default();
                     let level = match e.level {
@@ -176,4 +204,3 @@ impl Client {
         }
     }
 }
-

@@ -68,7 +68,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a director in the foreground.
-    #[command(after_help = "Example:\n  bosun director --state-dir ~/.bosun/director --listen 127.0.0.1:25555 --cpi local")]
+    #[command(
+        after_help = "Example:\n  bosun director --state-dir ~/.bosun/director --listen 127.0.0.1:25555 --cpi local"
+    )]
     Director {
         #[arg(long, value_name = "DIR")]
         state_dir: PathBuf,
@@ -131,7 +133,9 @@ enum Command {
     #[command(after_help = "Example:\n  bosun stemcells")]
     Stemcells,
     /// Deploy a manifest: shows the plan, asks, then converges.
-    #[command(after_help = "Example:\n  bosun -d quickstart deploy manifests/quickstart.yml -o ops.yml -v etcd_port=2379 --dry-run")]
+    #[command(
+        after_help = "Example:\n  bosun -d quickstart deploy manifests/quickstart.yml -o ops.yml -v etcd_port=2379 --dry-run"
+    )]
     Deploy {
         manifest: PathBuf,
         #[command(flatten)]
@@ -187,7 +191,13 @@ fn main() {
     let cli = Cli::parse();
     let is_director = matches!(cli.command, Command::Director { .. });
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| if is_director { "info".into() } else { "warn".into() }))
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+            if is_director {
+                "info".into()
+            } else {
+                "warn".into()
+            }
+        }))
         .with_writer(std::io::stderr)
         .init();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
@@ -218,7 +228,9 @@ fn chain(e: &anyhow::Error) -> String {
 }
 
 fn deployment(cli: &Cli) -> Result<&str> {
-    cli.deployment.as_deref().ok_or_else(|| InputError::new("this command needs a deployment: -d NAME (or BOSUN_DEPLOYMENT)").into())
+    cli.deployment
+        .as_deref()
+        .ok_or_else(|| InputError::new("this command needs a deployment: -d NAME (or BOSUN_DEPLOYMENT)").into())
 }
 
 fn client(cli: &Cli) -> Result<Client> {
@@ -236,7 +248,9 @@ fn confirm(cli: &Cli) -> Result<bool> {
         return Ok(true);
     }
     if !std::io::stdin().is_terminal() {
-        return Err(InputError::new("refusing to continue without confirmation: stdin is not a terminal (pass -n)").into());
+        return Err(
+            InputError::new("refusing to continue without confirmation: stdin is not a terminal (pass -n)").into()
+        );
     }
     eprint!("Continue? [yN]: ");
     let mut line = String::new();
@@ -247,7 +261,8 @@ fn confirm(cli: &Cli) -> Result<bool> {
 async fn run(cli: Cli) -> Result<()> {
     match &cli.command {
         Command::Director { state_dir, listen, agent_listen, cpi, name, heartbeat_interval_ms, agent_wait_timeout } => {
-            run_director(state_dir, *listen, *agent_listen, cpi, name, *heartbeat_interval_ms, *agent_wait_timeout).await
+            run_director(state_dir, *listen, *agent_listen, cpi, name, *heartbeat_interval_ms, *agent_wait_timeout)
+                .await
         }
         Command::Target => {
             let t = Target::resolve(cli.director.as_deref(), cli.ca_cert.as_deref(), cli.token.as_deref())?;
@@ -260,14 +275,18 @@ async fn run(cli: Cli) -> Result<()> {
             if cli.json {
                 return print_json(&info);
             }
-            println!("Director  {} ({})\nName      {}\nUUID      {}\nVersion   {}\nCPI       {}", t.director, info.api_version, info.name, info.uuid, info.version, info.cpi);
+            println!(
+                "Director  {} ({})\nName      {}\nUUID      {}\nVersion   {}\nCPI       {}",
+                t.director, info.api_version, info.name, info.uuid, info.version, info.cpi
+            );
             Ok(())
         }
         Command::UpdateCloudConfig { file, vars } => {
             let doc = manifest::load(file, vars, true)?;
             let text = serde_yaml::to_string(&doc)?;
             // Check it here too, so the error names the file.
-            bosun_types::cloud_config::CloudConfig::parse(&file.display().to_string(), doc).map_err(|e| InputError::new(e.to_string()))?;
+            bosun_types::cloud_config::CloudConfig::parse(&file.display().to_string(), doc)
+                .map_err(|e| InputError::new(e.to_string()))?;
             #[derive(serde::Deserialize, serde::Serialize)]
             struct Updated {
                 version: u64,
@@ -277,7 +296,14 @@ async fn run(cli: Cli) -> Result<()> {
             if cli.json {
                 return print_json(&u);
             }
-            println!("{}", if u.changed { format!("Cloud-config updated (version {})", u.version) } else { format!("Cloud-config unchanged (version {})", u.version) });
+            println!(
+                "{}",
+                if u.changed {
+                    format!("Cloud-config updated (version {})", u.version)
+                } else {
+                    format!("Cloud-config unchanged (version {})", u.version)
+                }
+            );
             Ok(())
         }
         Command::CloudConfig => {
@@ -318,7 +344,16 @@ async fn run(cli: Cli) -> Result<()> {
             if cli.json {
                 return print_json(&v);
             }
-            let rows = v.iter().map(|r| vec![r.name.clone(), format!("{}{}", r.version, if r.deployments.is_empty() { "" } else { "*" }), r.commit_hash.clone()]).collect::<Vec<_>>();
+            let rows = v
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.name.clone(),
+                        format!("{}{}", r.version, if r.deployments.is_empty() { "" } else { "*" }),
+                        r.commit_hash.clone(),
+                    ]
+                })
+                .collect::<Vec<_>>();
             print!("{}", output::table(&["Name", "Version", "Commit Hash"], &rows));
             println!("(*) in use");
             Ok(())
@@ -336,17 +371,35 @@ async fn run(cli: Cli) -> Result<()> {
             if cli.json {
                 return print_json(&v);
             }
-            let rows = v.iter().map(|s| vec![s.name.clone(), format!("{}{}", s.version, if s.deployments.is_empty() { "" } else { "*" }), s.operating_system.clone(), s.cid.clone()]).collect::<Vec<_>>();
+            let rows = v
+                .iter()
+                .map(|s| {
+                    vec![
+                        s.name.clone(),
+                        format!("{}{}", s.version, if s.deployments.is_empty() { "" } else { "*" }),
+                        s.operating_system.clone(),
+                        s.cid.clone(),
+                    ]
+                })
+                .collect::<Vec<_>>();
             print!("{}", output::table(&["Name", "Version", "OS", "CID"], &rows));
             println!("(*) in use");
             Ok(())
         }
         Command::Deploy { manifest: path, vars, dry_run, recreate } => {
             let doc = manifest::load(path, vars, false)?;
-            let name = doc.get("name").and_then(|n| n.as_str()).ok_or_else(|| InputError::new(format!("{}: /name: missing", path.display())))?.to_string();
+            let name = doc
+                .get("name")
+                .and_then(|n| n.as_str())
+                .ok_or_else(|| InputError::new(format!("{}: /name: missing", path.display())))?
+                .to_string();
             if let Some(d) = &cli.deployment {
                 if d != &name {
-                    return Err(InputError::new(format!("{} is the manifest of deployment `{name}`, not `{d}`", path.display())).into());
+                    return Err(InputError::new(format!(
+                        "{} is the manifest of deployment `{name}`, not `{d}`",
+                        path.display()
+                    ))
+                    .into());
                 }
             }
             let request = DeployRequest { manifest: serde_yaml::to_string(&doc)?, recreate: *recreate };
@@ -370,7 +423,18 @@ async fn run(cli: Cli) -> Result<()> {
             if cli.json {
                 return print_json(&v);
             }
-            let rows = v.iter().map(|d| vec![d.name.clone(), d.releases.join(", "), d.stemcells.join(", "), d.instances.to_string(), d.cloud_config.clone()]).collect::<Vec<_>>();
+            let rows = v
+                .iter()
+                .map(|d| {
+                    vec![
+                        d.name.clone(),
+                        d.releases.join(", "),
+                        d.stemcells.join(", "),
+                        d.instances.to_string(),
+                        d.cloud_config.clone(),
+                    ]
+                })
+                .collect::<Vec<_>>();
             print!("{}", output::table(&["Name", "Release(s)", "Stemcell(s)", "Instances", "Cloud Config"], &rows));
             Ok(())
         }
@@ -392,7 +456,15 @@ async fn run(cli: Cli) -> Result<()> {
                     i.stemcell.as_ref().map(|s| format!("{}/{}", s.name, s.version)).unwrap_or_else(|| "-".into()),
                 ]);
                 for p in i.processes.iter().flatten() {
-                    rows.push(vec![format!("~ {}/{}", p.job, p.name), String::new(), format!("{:?}", p.state).to_lowercase(), String::new(), String::new(), String::new(), String::new()]);
+                    rows.push(vec![
+                        format!("~ {}/{}", p.job, p.name),
+                        String::new(),
+                        format!("{:?}", p.state).to_lowercase(),
+                        String::new(),
+                        String::new(),
+                        String::new(),
+                        String::new(),
+                    ]);
                 }
             }
             println!("Deployment '{d}'\n");
@@ -420,7 +492,8 @@ async fn run(cli: Cli) -> Result<()> {
                     vec![
                         t.id.to_string(),
                         t.state.to_string(),
-                        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(t.started_at)).to_string(),
+                        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(t.started_at))
+                            .to_string(),
                         t.deployment.clone().unwrap_or_else(|| "-".into()),
                         t.description.clone(),
                         t.result.clone().unwrap_or_default().lines().next().unwrap_or("").to_string(),
@@ -458,10 +531,15 @@ async fn run(cli: Cli) -> Result<()> {
                     let mut cur = &mut d;
                     for seg in p.trim_start_matches('/').split('/').filter(|s| !s.is_empty()) {
                         cur = match cur {
-                            serde_yaml::Value::Mapping(m) => m.get_mut(seg).ok_or_else(|| InputError::new(format!("--path {p}: no key `{seg}`")))?,
+                            serde_yaml::Value::Mapping(m) => {
+                                m.get_mut(seg).ok_or_else(|| InputError::new(format!("--path {p}: no key `{seg}`")))?
+                            }
                             serde_yaml::Value::Sequence(s) => {
-                                let i: usize = seg.parse().map_err(|_| InputError::new(format!("--path {p}: `{seg}` is not an index")))?;
-                                s.get_mut(i).ok_or_else(|| InputError::new(format!("--path {p}: index {i} is out of bounds")))?
+                                let i: usize = seg
+                                    .parse()
+                                    .map_err(|_| InputError::new(format!("--path {p}: `{seg}` is not an index")))?;
+                                s.get_mut(i)
+                                    .ok_or_else(|| InputError::new(format!("--path {p}: index {i} is out of bounds")))?
                             }
                             _ => return Err(InputError::new(format!("--path {p}: `{seg}` goes below a scalar")).into()),
                         };
@@ -485,7 +563,10 @@ async fn run_director(
     agent_wait_timeout: u64,
 ) -> Result<()> {
     let cpi: std::sync::Arc<dyn bosun_cpi::Cpi> = match cpi {
-        "local" => std::sync::Arc::new(bosun_cpi::local::LocalCpi::new(state_dir.join("cpi-local")).with_context(|| format!("preparing the local CPI under {}", state_dir.display()))?),
+        "local" => std::sync::Arc::new(
+            bosun_cpi::local::LocalCpi::new(state_dir.join("cpi-local"))
+                .with_context(|| format!("preparing the local CPI under {}", state_dir.display()))?,
+        ),
         other => return Err(InputError::new(format!("unknown CPI `{other}` (available: local)")).into()),
     };
     let agent_listen = agent_listen.unwrap_or_else(|| {

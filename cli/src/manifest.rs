@@ -29,11 +29,13 @@ fn read(path: &Path, what: &str) -> Result<String> {
 }
 
 fn mapping(path: &Path, text: &str) -> Result<BTreeMap<String, Value>> {
-    let v = bosun_types::yaml::parse_value(&path.display().to_string(), text).map_err(|e| InputError::new(e.to_string()))?;
+    let v = bosun_types::yaml::parse_value(&path.display().to_string(), text)
+        .map_err(|e| InputError::new(e.to_string()))?;
     if v.is_null() {
         return Ok(BTreeMap::new());
     }
-    serde_yaml::from_value(v).map_err(|_| InputError::new(format!("{}: a vars file is a map of names to values", path.display())).into())
+    serde_yaml::from_value(v)
+        .map_err(|_| InputError::new(format!("{}: a vars file is a map of names to values", path.display())).into())
 }
 
 /// Reads a document, applies ops-files and variables. With `strict`, every placeholder must be
@@ -45,7 +47,8 @@ pub fn load(path: &Path, args: &VarArgs, strict: bool) -> Result<Value> {
     let mut doc = bosun_types::yaml::parse_value(&name, &text).map_err(|e| InputError::new(e.to_string()))?;
     for ops_path in &args.ops_files {
         let ops_name = ops_path.display().to_string();
-        let ops = bosun_types::gopatch::parse_ops(&ops_name, &read(ops_path, "ops-file")?).map_err(|e| InputError::new(e.to_string()))?;
+        let ops = bosun_types::gopatch::parse_ops(&ops_name, &read(ops_path, "ops-file")?)
+            .map_err(|e| InputError::new(e.to_string()))?;
         bosun_types::gopatch::apply_ops(&ops_name, &mut doc, &ops).map_err(|e| InputError::new(e.to_string()))?;
     }
     let mut values: BTreeMap<String, Value> = BTreeMap::new();
@@ -64,7 +67,9 @@ pub fn load(path: &Path, args: &VarArgs, strict: bool) -> Result<Value> {
         values.insert(k.to_string(), Value::String(v.to_string()));
     }
     let declared: Vec<VariableDefinition> = match doc.get("variables") {
-        Some(v) => serde_yaml::from_value(v.clone()).map_err(|e| InputError::new(format!("{name}: /variables: {e}")))?,
+        Some(v) => {
+            serde_yaml::from_value(v.clone()).map_err(|e| InputError::new(format!("{name}: /variables: {e}")))?
+        }
         None => vec![],
     };
     if let Some(store_path) = &args.vars_store {
@@ -73,7 +78,8 @@ pub fn load(path: &Path, args: &VarArgs, strict: bool) -> Result<Value> {
             if values.contains_key(&def.name) {
                 continue;
             }
-            let v = bosun_types::vars::generate(def, &|n| values.get(n).cloned()).map_err(|e| InputError::new(format!("{name}: {e}")))?;
+            let v = bosun_types::vars::generate(def, &|n| values.get(n).cloned())
+                .map_err(|e| InputError::new(format!("{name}: {e}")))?;
             values.insert(def.name.clone(), v.clone());
             store.insert(def.name.clone(), v);
             generated = true;
@@ -84,7 +90,10 @@ pub fn load(path: &Path, args: &VarArgs, strict: bool) -> Result<Value> {
     }
     let declared_names: Vec<&str> = declared.iter().map(|d| d.name.as_str()).collect();
     let lookup = |n: &str| -> Option<Value> {
-        values.get(n).cloned().or_else(|| (!strict && declared_names.contains(&n)).then(|| Value::String(format!("(({n}))"))))
+        values
+            .get(n)
+            .cloned()
+            .or_else(|| (!strict && declared_names.contains(&n)).then(|| Value::String(format!("(({n}))"))))
     };
     bosun_types::vars::interpolate(&mut doc, &lookup, true).map_err(|e| InputError::new(format!("{name}: {e}")))?;
     Ok(doc)

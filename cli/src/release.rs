@@ -27,7 +27,8 @@ pub fn release_name(dir: &Path) -> Result<String> {
         name: String,
     }
     let path = dir.join("config/final.yml");
-    let text = std::fs::read_to_string(&path).map_err(|e| input(format!("{}: {e} (is {} a release directory?)", path.display(), dir.display())))?;
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| input(format!("{}: {e} (is {} a release directory?)", path.display(), dir.display())))?;
     let f: Final = serde_yaml::from_str(&text).map_err(|e| input(format!("{}: {e}", path.display())))?;
     Ok(f.name)
 }
@@ -38,7 +39,8 @@ pub fn sync_blobs(dir: &Path) -> Result<usize> {
     if !path.exists() {
         return Ok(0);
     }
-    let blobs: BlobsYml = bosun_types::yaml::from_str(&path.display().to_string(), &std::fs::read_to_string(&path)?).map_err(|e| input(e.to_string()))?;
+    let blobs: BlobsYml = bosun_types::yaml::from_str(&path.display().to_string(), &std::fs::read_to_string(&path)?)
+        .map_err(|e| input(e.to_string()))?;
     let mut fetched = 0;
     for (name, entry) in &blobs {
         if name.starts_with('/') || name.split('/').any(|c| c == "..") {
@@ -61,25 +63,51 @@ pub fn sync_blobs(dir: &Path) -> Result<usize> {
                     .context("running apt-get download")?;
                 if !out.status.success() {
                     let err = String::from_utf8_lossy(&out.stderr);
-                    let hint = if err.contains("Unable to locate") || err.contains("not found") { " (run `apt-get update` first)" } else { "" };
-                    return Err(input(format!("blob {name}: apt-get download {package}={version} failed{hint}: {}", err.trim())));
+                    let hint = if err.contains("Unable to locate") || err.contains("not found") {
+                        " (run `apt-get update` first)"
+                    } else {
+                        ""
+                    };
+                    return Err(input(format!(
+                        "blob {name}: apt-get download {package}={version} failed{hint}: {}",
+                        err.trim()
+                    )));
                 }
-                std::fs::read_dir(work.path())?.flatten().map(|e| e.path()).find(|p| p.extension().is_some_and(|x| x == "deb")).ok_or_else(|| input(format!("blob {name}: apt-get download produced no .deb")))?
+                std::fs::read_dir(work.path())?
+                    .flatten()
+                    .map(|e| e.path())
+                    .find(|p| p.extension().is_some_and(|x| x == "deb"))
+                    .ok_or_else(|| input(format!("blob {name}: apt-get download produced no .deb")))?
             }
             (None, Some(url)) => {
                 let Some(local) = url.strip_prefix("file://") else {
-                    return Err(input(format!("blob {name}: only file:// and Debian sources can be fetched on this machine ({url})")));
+                    return Err(input(format!(
+                        "blob {name}: only file:// and Debian sources can be fetched on this machine ({url})"
+                    )));
                 };
                 let p = work.path().join("blob");
                 std::fs::copy(local, &p).with_context(|| format!("blob {name}: copying {local}"))?;
                 p
             }
-            (Some(_), Some(_)) => return Err(input(format!("{}: blob {name}: give one source, `debian` or `url`, not both", path.display()))),
-            (None, None) => return Err(input(format!("blob {name} is missing from blobs/ and {} gives no source for it", path.display()))),
+            (Some(_), Some(_)) => {
+                return Err(input(format!(
+                    "{}: blob {name}: give one source, `debian` or `url`, not both",
+                    path.display()
+                )))
+            }
+            (None, None) => {
+                return Err(input(format!(
+                    "blob {name} is missing from blobs/ and {} gives no source for it",
+                    path.display()
+                )))
+            }
         };
         let (size, digest) = file_digest(&got)?;
         if digest != entry.sha || size != entry.size {
-            return Err(input(format!("blob {name}: fetched {size} bytes with digest {digest}; blobs.yml pins {} bytes with {}", entry.size, entry.sha)));
+            return Err(input(format!(
+                "blob {name}: fetched {size} bytes with digest {digest}; blobs.yml pins {} bytes with {}",
+                entry.size, entry.sha
+            )));
         }
         std::fs::rename(&got, &target)?;
         fetched += 1;
@@ -117,23 +145,37 @@ pub fn create_release(dir: &Path, version: Option<&str>, tarball: Option<&Path>)
     }
     let mut packages = Vec::new();
     let mut package_tgz = BTreeMap::new();
-    let mut pkg_dirs: Vec<PathBuf> = std::fs::read_dir(dir.join("packages")).map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect()).unwrap_or_default();
+    let mut pkg_dirs: Vec<PathBuf> = std::fs::read_dir(dir.join("packages"))
+        .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect())
+        .unwrap_or_default();
     pkg_dirs.sort();
     for pdir in pkg_dirs {
         let spec_path = pdir.join("spec");
-        let spec: PackageSpec = bosun_types::yaml::from_str(&spec_path.display().to_string(), &std::fs::read_to_string(&spec_path).map_err(|e| input(format!("{}: {e}", spec_path.display())))?).map_err(|e| input(e.to_string()))?;
+        let spec: PackageSpec = bosun_types::yaml::from_str(
+            &spec_path.display().to_string(),
+            &std::fs::read_to_string(&spec_path).map_err(|e| input(format!("{}: {e}", spec_path.display())))?,
+        )
+        .map_err(|e| input(e.to_string()))?;
         let mut files: BTreeMap<String, Entry> = BTreeMap::new();
         let packaging = pdir.join("packaging");
-        files.insert("packaging".into(), (0o755, std::fs::read(&packaging).map_err(|e| input(format!("{}: {e}", packaging.display())))?));
+        files.insert(
+            "packaging".into(),
+            (0o755, std::fs::read(&packaging).map_err(|e| input(format!("{}: {e}", packaging.display())))?),
+        );
         let excluded = {
             let mut b = globset::GlobSetBuilder::new();
             for g in &spec.excluded_files {
-                b.add(globset::Glob::new(g).map_err(|e| input(format!("{}: excluded_files `{g}`: {e}", spec_path.display())))?);
+                b.add(
+                    globset::Glob::new(g)
+                        .map_err(|e| input(format!("{}: excluded_files `{g}`: {e}", spec_path.display())))?,
+                );
             }
             b.build()?
         };
         for pattern in &spec.files {
-            let glob = globset::Glob::new(pattern).map_err(|e| input(format!("{}: files `{pattern}`: {e}", spec_path.display())))?.compile_matcher();
+            let glob = globset::Glob::new(pattern)
+                .map_err(|e| input(format!("{}: files `{pattern}`: {e}", spec_path.display())))?
+                .compile_matcher();
             let mut matched = false;
             for (base, rel) in &candidates {
                 if glob.is_match(rel) && !excluded.is_match(rel) {
@@ -143,36 +185,68 @@ pub fn create_release(dir: &Path, version: Option<&str>, tarball: Option<&Path>)
                 }
             }
             if !matched {
-                return Err(input(format!("package `{}`: `{pattern}` matches no file in src/ or blobs/ (run `bosun sync-blobs`?)", spec.name)));
+                return Err(input(format!(
+                    "package `{}`: `{pattern}` matches no file in src/ or blobs/ (run `bosun sync-blobs`?)",
+                    spec.name
+                )));
             }
         }
         let fp = fingerprint(&files, &spec.dependencies);
         let tgz = deterministic_tgz(&files)?;
-        packages.push(ReleaseArtifact { name: spec.name.clone(), version: fp.clone(), fingerprint: fp, sha1: sha256_digest(&tgz), dependencies: spec.dependencies.clone(), packages: vec![] });
+        packages.push(ReleaseArtifact {
+            name: spec.name.clone(),
+            version: fp.clone(),
+            fingerprint: fp,
+            sha1: sha256_digest(&tgz),
+            dependencies: spec.dependencies.clone(),
+            packages: vec![],
+        });
         package_tgz.insert(spec.name, tgz);
     }
     let mut jobs = Vec::new();
     let mut job_tgz = BTreeMap::new();
-    let mut job_dirs: Vec<PathBuf> = std::fs::read_dir(dir.join("jobs")).map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect()).unwrap_or_default();
+    let mut job_dirs: Vec<PathBuf> = std::fs::read_dir(dir.join("jobs"))
+        .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect())
+        .unwrap_or_default();
     job_dirs.sort();
     for jdir in job_dirs {
         let spec_path = jdir.join("spec");
-        let spec_text = std::fs::read_to_string(&spec_path).map_err(|e| input(format!("{}: {e}", spec_path.display())))?;
-        let spec: JobSpec = bosun_types::yaml::from_str(&spec_path.display().to_string(), &spec_text).map_err(|e| input(e.to_string()))?;
+        let spec_text =
+            std::fs::read_to_string(&spec_path).map_err(|e| input(format!("{}: {e}", spec_path.display())))?;
+        let spec: JobSpec = bosun_types::yaml::from_str(&spec_path.display().to_string(), &spec_text)
+            .map_err(|e| input(e.to_string()))?;
         let mut files: BTreeMap<String, Entry> = BTreeMap::new();
         files.insert("job.MF".into(), (0o644, spec_text.into_bytes()));
         for src in spec.templates.keys() {
             let p = jdir.join("templates").join(src);
-            files.insert(format!("templates/{src}"), (0o644, std::fs::read(&p).map_err(|e| input(format!("job `{}`: template {}: {e}", spec.name, p.display())))?));
+            files.insert(
+                format!("templates/{src}"),
+                (
+                    0o644,
+                    std::fs::read(&p)
+                        .map_err(|e| input(format!("job `{}`: template {}: {e}", spec.name, p.display())))?,
+                ),
+            );
         }
         for p in &spec.packages {
             if !package_tgz.contains_key(p) {
-                return Err(input(format!("job `{}` needs package `{p}`, which {} lacks", spec.name, dir.join("packages").display())));
+                return Err(input(format!(
+                    "job `{}` needs package `{p}`, which {} lacks",
+                    spec.name,
+                    dir.join("packages").display()
+                )));
             }
         }
         let fp = fingerprint(&files, &[]);
         let tgz = deterministic_tgz(&files)?;
-        jobs.push(ReleaseArtifact { name: spec.name.clone(), version: fp.clone(), fingerprint: fp, sha1: sha256_digest(&tgz), dependencies: vec![], packages: spec.packages.clone() });
+        jobs.push(ReleaseArtifact {
+            name: spec.name.clone(),
+            version: fp.clone(),
+            fingerprint: fp,
+            sha1: sha256_digest(&tgz),
+            dependencies: vec![],
+            packages: spec.packages.clone(),
+        });
         job_tgz.insert(spec.name, tgz);
     }
     let version = match version {
@@ -192,7 +266,14 @@ pub fn create_release(dir: &Path, version: Option<&str>, tarball: Option<&Path>)
         .filter(|o| o.status.success())
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_else(|| "unknown".into());
-    let mf = ReleaseManifest { name: name.clone(), version: bosun_types::manifest::Version(version.clone()), commit_hash, uncommitted_changes: false, jobs, packages };
+    let mf = ReleaseManifest {
+        name: name.clone(),
+        version: bosun_types::manifest::Version(version.clone()),
+        commit_hash,
+        uncommitted_changes: false,
+        jobs,
+        packages,
+    };
     let mut outer: BTreeMap<String, Entry> = BTreeMap::new();
     outer.insert("release.MF".into(), (0o644, serde_yaml::to_string(&mf)?.into_bytes()));
     for (n, t) in job_tgz {

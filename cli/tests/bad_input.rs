@@ -43,6 +43,9 @@ instance_groups:
       etcd: {cluster_token: guarded}
 "#;
 
+/// (name, manifest text, extra arguments, exit code, what the error must say).
+type Case<'a> = (&'a str, String, Vec<&'a str>, i32, Vec<&'a str>);
+
 struct Snapshot(serde_json::Value, serde_json::Value);
 
 fn snapshot(d: &TestDirector) -> Snapshot {
@@ -73,23 +76,100 @@ fn bad_input_is_refused_with_a_clear_error_and_changes_nothing() {
     let before = snapshot(&d);
     let tasks_before = d.json(&["tasks"]).as_array().unwrap().len();
 
-    // Manifest cases: (name, manifest text, extra args, exit code, what the error must say).
     let bad = |from: &str, to: &str| MANIFEST.replacen(from, to, 1);
-    let cases: Vec<(&str, String, Vec<&str>, i32, Vec<&str>)> = vec![
-        ("syntax error", "name: guarded\ninstance_groups: [\n  - name: x\n".into(), vec![], 2, vec!["bad.yml: YAML syntax error at line"]),
-        ("unknown key", bad("  instances: 1", "  instances: 1\n  colour: red"), vec![], 2, vec!["/instance_groups/0", "unknown field `colour`"]),
-        ("wrong type", bad("instances: 1", "instances: many"), vec![], 2, vec!["manifest: /instance_groups/0/instances: invalid type: string \"many\""]),
-        ("unknown vm_type", bad("vm_type: default", "vm_type: huge"), vec![], 2, vec!["/instance_groups/0/vm_type: unknown vm_type `huge`"]),
-        ("unknown network", bad("{name: default, static_ips", "{name: elsewhere, static_ips"), vec![], 2, vec!["/instance_groups/0/networks/0/name: unknown network `elsewhere`"]),
+    let cases: Vec<Case> = vec![
+        (
+            "syntax error",
+            "name: guarded\ninstance_groups: [\n  - name: x\n".into(),
+            vec![],
+            2,
+            vec!["bad.yml: YAML syntax error at line"],
+        ),
+        (
+            "unknown key",
+            bad("  instances: 1", "  instances: 1\n  colour: red"),
+            vec![],
+            2,
+            vec!["/instance_groups/0", "unknown field `colour`"],
+        ),
+        (
+            "wrong type",
+            bad("instances: 1", "instances: many"),
+            vec![],
+            2,
+            vec!["manifest: /instance_groups/0/instances: invalid type: string \"many\""],
+        ),
+        (
+            "unknown vm_type",
+            bad("vm_type: default", "vm_type: huge"),
+            vec![],
+            2,
+            vec!["/instance_groups/0/vm_type: unknown vm_type `huge`"],
+        ),
+        (
+            "unknown network",
+            bad("{name: default, static_ips", "{name: elsewhere, static_ips"),
+            vec![],
+            2,
+            vec!["/instance_groups/0/networks/0/name: unknown network `elsewhere`"],
+        ),
         ("unknown AZ", bad("azs: [z1]", "azs: [z7]"), vec![], 2, vec!["/instance_groups/0/azs/0: unknown AZ `z7`"]),
-        ("unknown stemcell", bad("stemcell: default", "stemcell: centos"), vec![], 2, vec!["/instance_groups/0/stemcell: unknown stemcell alias `centos`"]),
-        ("stemcell not uploaded", bad("os: local, version: latest", "os: local, version: '99'"), vec![], 2, vec!["/stemcells/0: no uploaded stemcell matches os `local` version `99`"]),
-        ("unknown release", bad("release: kubo\n", "release: cf\n"), vec![], 2, vec!["/instance_groups/0/jobs/0/release: release `cf` is not listed"]),
-        ("release not uploaded", bad("{name: kubo, version: latest}", "{name: kubo, version: '42'}"), vec![], 2, vec!["/releases/0: release `kubo/42` is not uploaded"]),
-        ("unknown job", bad("  - name: etcd\n", "  - name: kubelet\n"), vec![], 2, vec!["/instance_groups/0/jobs/0/name: release `kubo/", "has no job `kubelet`"]),
-        ("more instances than static IPs", bad("instances: 1", "instances: 2"), vec![], 2, vec!["instance group `etcd` has 2 instances but 1 static IPs on network `default`"]),
-        ("static IP outside the subnet", bad("static_ips: [127.0.20.10]", "static_ips: [127.0.99.10]"), vec![], 2, vec!["static IP 127.0.99.10 is in no subnet of network `default`"]),
-        ("static IP in the reserved range", bad("static_ips: [127.0.20.10]", "static_ips: [127.0.20.5]"), vec![], 2, vec!["static IP 127.0.20.5 is in the reserved range of network `default`"]),
+        (
+            "unknown stemcell",
+            bad("stemcell: default", "stemcell: centos"),
+            vec![],
+            2,
+            vec!["/instance_groups/0/stemcell: unknown stemcell alias `centos`"],
+        ),
+        (
+            "stemcell not uploaded",
+            bad("os: local, version: latest", "os: local, version: '99'"),
+            vec![],
+            2,
+            vec!["/stemcells/0: no uploaded stemcell matches os `local` version `99`"],
+        ),
+        (
+            "unknown release",
+            bad("release: kubo\n", "release: cf\n"),
+            vec![],
+            2,
+            vec!["/instance_groups/0/jobs/0/release: release `cf` is not listed"],
+        ),
+        (
+            "release not uploaded",
+            bad("{name: kubo, version: latest}", "{name: kubo, version: '42'}"),
+            vec![],
+            2,
+            vec!["/releases/0: release `kubo/42` is not uploaded"],
+        ),
+        (
+            "unknown job",
+            bad("  - name: etcd\n", "  - name: kubelet\n"),
+            vec![],
+            2,
+            vec!["/instance_groups/0/jobs/0/name: release `kubo/", "has no job `kubelet`"],
+        ),
+        (
+            "more instances than static IPs",
+            bad("instances: 1", "instances: 2"),
+            vec![],
+            2,
+            vec!["instance group `etcd` has 2 instances but 1 static IPs on network `default`"],
+        ),
+        (
+            "static IP outside the subnet",
+            bad("static_ips: [127.0.20.10]", "static_ips: [127.0.99.10]"),
+            vec![],
+            2,
+            vec!["static IP 127.0.99.10 is in no subnet of network `default`"],
+        ),
+        (
+            "static IP in the reserved range",
+            bad("static_ips: [127.0.20.10]", "static_ips: [127.0.20.5]"),
+            vec![],
+            2,
+            vec!["static IP 127.0.20.5 is in the reserved range of network `default`"],
+        ),
         (
             "network exhausted",
             bad("instances: 1", "instances: 3").replace("{name: default, static_ips: [127.0.20.10]}", "{name: tiny}"),
@@ -97,8 +177,20 @@ fn bad_input_is_refused_with_a_clear_error_and_changes_nothing() {
             2,
             vec!["network `tiny` has no free address left for instance group `etcd`"],
         ),
-        ("missing variable", bad("cluster_token: guarded", "cluster_token: ((token))"), vec![], 2, vec!["missing variable ((token)) at /instance_groups/0/jobs/0/properties/etcd/cluster_token"]),
-        ("ops-file that does not exist", MANIFEST.to_string(), vec!["-o", "/nonexistent/ops.yml"], 2, vec!["ops-file /nonexistent/ops.yml"]),
+        (
+            "missing variable",
+            bad("cluster_token: guarded", "cluster_token: ((token))"),
+            vec![],
+            2,
+            vec!["missing variable ((token)) at /instance_groups/0/jobs/0/properties/etcd/cluster_token"],
+        ),
+        (
+            "ops-file that does not exist",
+            MANIFEST.to_string(),
+            vec!["-o", "/nonexistent/ops.yml"],
+            2,
+            vec!["ops-file /nonexistent/ops.yml"],
+        ),
     ];
     for (case, text, extra, code, wants) in &cases {
         let path = d.write("bad.yml", text);
@@ -118,9 +210,13 @@ fn bad_input_is_refused_with_a_clear_error_and_changes_nothing() {
     assert_unchanged(&d, &before, "ops-file path missing from the manifest");
 
     // A cloud-config with an error is refused by the CLI and by the director alike.
-    let bad_cloud = d.write("bad-cloud.yml", &CLOUD.replace("static: [127.0.20.10 - 127.0.20.19]", "static: [127.0.30.10]"));
+    let bad_cloud =
+        d.write("bad-cloud.yml", &CLOUD.replace("static: [127.0.20.10 - 127.0.20.19]", "static: [127.0.30.10]"));
     let err = d.fails(2, &["update-cloud-config", bad_cloud.to_str().unwrap()]);
-    assert!(err.contains("/networks/0/subnets/0/static/0: `127.0.30.10` is outside the subnet range 127.0.20.0/24"), "{err}");
+    assert!(
+        err.contains("/networks/0/subnets/0/static/0: `127.0.30.10` is outside the subnet range 127.0.20.0/24"),
+        "{err}"
+    );
     let stored: serde_yaml::Value = serde_yaml::from_str(&d.ok(&["cloud-config"])).unwrap();
     assert_eq!(stored, serde_yaml::from_str::<serde_yaml::Value>(CLOUD).unwrap(), "the cloud-config is unchanged");
 
@@ -137,12 +233,21 @@ fn bad_input_is_refused_with_a_clear_error_and_changes_nothing() {
     no_token.env_remove("BOSUN_TOKEN").args(["deployments"]);
     let o = no_token.output().unwrap();
     assert_eq!(o.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("a target needs all of BOSUN_DIRECTOR, BOSUN_CA_CERT and BOSUN_TOKEN"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stderr)
+            .contains("a target needs all of BOSUN_DIRECTOR, BOSUN_CA_CERT and BOSUN_TOKEN"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let mut wrong = d.command();
     wrong.env("BOSUN_TOKEN", "0000").args(["-n", "delete-deployment", "-d", "guarded"]);
     let o = wrong.output().unwrap();
     assert_eq!(o.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("the token is not valid for this director"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("the token is not valid for this director"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let raw = raw_https_status(&d, None);
     assert!(raw.starts_with("HTTP/1.1 401") && raw.contains("\"code\":\"unauthorized\""), "{raw}");
     assert_unchanged(&d, &before, "bad tokens");
@@ -181,7 +286,10 @@ fn tls_client(roots_pem: &str, identity: Option<(&str, &str)>) -> std::sync::Arc
     for c in rustls_pemfile::certs(&mut roots_pem.as_bytes()) {
         roots.add(c.unwrap()).unwrap();
     }
-    let b = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider())).with_safe_default_protocol_versions().unwrap().with_root_certificates(roots);
+    let b = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
     std::sync::Arc::new(match identity {
         Some((cert, key)) => {
             let certs = rustls_pemfile::certs(&mut cert.as_bytes()).collect::<Result<Vec<_>, _>>().unwrap();
@@ -213,11 +321,20 @@ fn raw_https_status(d: &TestDirector, token: Option<&str>) -> String {
 /// the director's first line, if any.
 fn hello_as(addr: &str, settings: &bosun_types::protocol::AgentSettings, claimed: &str) -> Option<String> {
     let ep = &settings.director;
-    let conn = rustls::ClientConnection::new(tls_client(&ep.ca_cert, Some((&ep.client_cert, &ep.client_key))), "bosun-director".try_into().unwrap()).unwrap();
+    let conn = rustls::ClientConnection::new(
+        tls_client(&ep.ca_cert, Some((&ep.client_cert, &ep.client_key))),
+        "bosun-director".try_into().unwrap(),
+    )
+    .unwrap();
     let sock = std::net::TcpStream::connect(addr).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut tls = rustls::StreamOwned::new(conn, sock);
-    writeln!(tls, r#"{{"type":"hello","agent_id":"{claimed}","vm_cid":"{}","agent_version":"test","applied_generation":0}}"#, settings.vm_cid).ok()?;
+    writeln!(
+        tls,
+        r#"{{"type":"hello","agent_id":"{claimed}","vm_cid":"{}","agent_version":"test","applied_generation":0}}"#,
+        settings.vm_cid
+    )
+    .ok()?;
     let mut line = String::new();
     match BufReader::new(tls).read_line(&mut line) {
         Ok(n) if n > 0 => Some(line),
@@ -229,7 +346,8 @@ fn impersonate_agent(d: &TestDirector) {
     // Two agents: the guarded instance's, and a spare VM's made for this check.
     let vms: Vec<_> = std::fs::read_dir(d.cpi_base().join("vms")).unwrap().flatten().map(|e| e.path()).collect();
     assert_eq!(vms.len(), 1);
-    let mine: bosun_types::protocol::AgentSettings = serde_json::from_slice(&std::fs::read(vms[0].join("settings.json")).unwrap()).unwrap();
+    let mine: bosun_types::protocol::AgentSettings =
+        serde_json::from_slice(&std::fs::read(vms[0].join("settings.json")).unwrap()).unwrap();
     let instances = d.json(&["-d", "guarded", "instances"]);
     let victim = instances[0]["agent_id"].as_str().unwrap().to_string();
     assert_eq!(victim, mine.agent_id);
@@ -242,7 +360,15 @@ fn impersonate_agent(d: &TestDirector) {
     // Forge a second agent record by deploying nothing: use a certificate the director never
     // issued (a CA of our own) — the TLS layer refuses it outright.
     let rogue_ca = bosun_types::pki::CertAuthority::generate("rogue", None, 1).unwrap();
-    let rogue = rogue_ca.issue(&victim, std::slice::from_ref(&victim), bosun_types::pki::LeafUsage { server: false, client: true }, 1, false).unwrap();
+    let rogue = rogue_ca
+        .issue(
+            &victim,
+            std::slice::from_ref(&victim),
+            bosun_types::pki::LeafUsage { server: false, client: true },
+            1,
+            false,
+        )
+        .unwrap();
     let mut forged = mine.clone();
     forged.director.client_cert = rogue.cert_pem;
     forged.director.client_key = rogue.key_pem;

@@ -28,7 +28,15 @@ fn network(ip: &str) -> BTreeMap<String, NetworkSettings> {
     let mut m = BTreeMap::new();
     m.insert(
         "default".to_string(),
-        NetworkSettings { kind: "manual".into(), ip: ip.into(), netmask: "255.255.255.0".into(), gateway: None, default: vec!["dns".into(), "gateway".into()], dns: vec![], cloud_properties: serde_json::json!({}) },
+        NetworkSettings {
+            kind: "manual".into(),
+            ip: ip.into(),
+            netmask: "255.255.255.0".into(),
+            gateway: None,
+            default: vec!["dns".into(), "gateway".into()],
+            dns: vec![],
+            cloud_properties: serde_json::json!({}),
+        },
     );
     m
 }
@@ -51,7 +59,8 @@ fn cloud(octet: u8) -> (Cloud, CpiFactory) {
         vm_cloud_properties: serde_json::json!({}),
         networks: [network(&format!("127.0.30.{octet}")), network(&format!("127.0.30.{}", octet + 1))],
     };
-    let make: CpiFactory = Arc::new(move || Arc::new(LocalCpi::new(&base).expect("local CPI")) as Arc<dyn bosun_cpi::Cpi>);
+    let make: CpiFactory =
+        Arc::new(move || Arc::new(LocalCpi::new(&base).expect("local CPI")) as Arc<dyn bosun_cpi::Cpi>);
     (Cloud { dir, env }, make)
 }
 
@@ -108,11 +117,15 @@ async fn local_delete_vm_kills_the_whole_process_tree_and_addresses_are_exclusiv
     let (vm, _) = cpi.create_vm(&req).await.unwrap();
     // A second VM on the same address is refused while the first runs.
     match cpi.create_vm(&req).await {
-        Err(bosun_cpi::CpiError::VmCreationFailed { message, ok_to_retry: false }) => assert!(message.contains("still running"), "{message}"),
+        Err(bosun_cpi::CpiError::VmCreationFailed { message, ok_to_retry: false }) => {
+            assert!(message.contains("still running"), "{message}")
+        }
         other => panic!("a second VM on one address: {other:?}"),
     }
     // A process the VM started that left its process group still dies with the VM.
-    let marker_pid = common::eventually("the agent process", Duration::from_secs(10), || bosun_cpi::local::processes_with_env(bosun_cpi::local::VM_MARKER, &vm).first().copied());
+    let marker_pid = common::eventually("the agent process", Duration::from_secs(10), || {
+        bosun_cpi::local::processes_with_env(bosun_cpi::local::VM_MARKER, &vm).first().copied()
+    });
     let base = c.dir.path().join("cloud").canonicalize().unwrap();
     let stray = std::process::Command::new("setsid")
         .args(["sleep", "600"])

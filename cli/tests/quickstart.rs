@@ -44,9 +44,10 @@ fn quickstart_deploys_three_etcd_members_updates_in_place_and_deletes_cleanly() 
 
     // etcd's own API, asked on every member: three started members named by instance id.
     for ip in ips {
-        let members = eventually(&format!("etcd on {ip} to list three started members"), Duration::from_secs(30), || {
-            etcd_members(ip).filter(|m| m.len() == 3 && m.iter().all(|(n, urls)| !n.is_empty() && !urls.is_empty()))
-        });
+        let members =
+            eventually(&format!("etcd on {ip} to list three started members"), Duration::from_secs(30), || {
+                etcd_members(ip).filter(|m| m.len() == 3 && m.iter().all(|(n, urls)| !n.is_empty() && !urls.is_empty()))
+            });
         let mut member_names: Vec<String> = members.iter().map(|(n, _)| n.clone()).collect();
         member_names.sort();
         assert_eq!(member_names, names);
@@ -59,7 +60,9 @@ fn quickstart_deploys_three_etcd_members_updates_in_place_and_deletes_cleanly() 
     assert!(again.contains("No changes.") && again.contains("done: no changes"), "{again}");
 
     // A property change updates in place: same VMs, and the plan names the property.
-    let changed = std::fs::read_to_string(repo().join("manifests/quickstart.yml")).unwrap().replace("heartbeat_interval: 100", "heartbeat_interval: 150");
+    let changed = std::fs::read_to_string(repo().join("manifests/quickstart.yml"))
+        .unwrap()
+        .replace("heartbeat_interval: 100", "heartbeat_interval: 150");
     let changed = d.write("quickstart-changed.yml", &changed);
     let plan = d.ok(&["-d", "quickstart", "deploy", changed.to_str().unwrap(), "--dry-run"]);
     assert_eq!(plan.matches("update: job `etcd`: property `etcd.heartbeat_interval` changed").count(), 3, "{plan}");
@@ -70,7 +73,9 @@ fn quickstart_deploys_three_etcd_members_updates_in_place_and_deletes_cleanly() 
     });
     let vms_after: Vec<String> = after.iter().map(|i| i["vm_cid"].as_str().unwrap().to_string()).collect();
     assert_eq!(vms_before, vms_after, "an in-place update keeps the VMs");
-    eventually("etcd healthy after the update", Duration::from_secs(30), || etcd_members("127.0.10.10").filter(|m| m.len() == 3));
+    eventually("etcd healthy after the update", Duration::from_secs(30), || {
+        etcd_members("127.0.10.10").filter(|m| m.len() == 3)
+    });
     let manifest = d.ok(&["-d", "quickstart", "manifest"]);
     assert!(manifest.contains("heartbeat_interval: 150"), "{manifest}");
 

@@ -102,7 +102,12 @@ pub trait Cpi: Send + Sync {
     async fn create_vm(&self, request: &CreateVmRequest) -> CpiResult<(String, BTreeMap<String, NetworkSettings>)>;
     async fn delete_vm(&self, vm_cid: &str) -> CpiResult<()>;
     async fn has_vm(&self, vm_cid: &str) -> CpiResult<bool>;
-    async fn create_disk(&self, size_mb: u64, cloud_properties: &serde_json::Value, vm_locality: Option<&str>) -> CpiResult<String>;
+    async fn create_disk(
+        &self,
+        size_mb: u64,
+        cloud_properties: &serde_json::Value,
+        vm_locality: Option<&str>,
+    ) -> CpiResult<String>;
     async fn delete_disk(&self, disk_cid: &str) -> CpiResult<()>;
     /// Returns the disk hint the agent needs to find the disk (API v2).
     async fn attach_disk(&self, vm_cid: &str, disk_cid: &str) -> CpiResult<serde_json::Value>;
@@ -132,7 +137,12 @@ pub trait Cpi: Send + Sync {
     async fn delete_snapshot(&self, _snapshot_cid: &str) -> CpiResult<()> {
         Err(CpiError::NotImplemented("delete_snapshot"))
     }
-    async fn calculate_vm_cloud_properties(&self, _cpu: u32, _ram_mb: u64, _ephemeral_disk_mb: u64) -> CpiResult<serde_json::Value> {
+    async fn calculate_vm_cloud_properties(
+        &self,
+        _cpu: u32,
+        _ram_mb: u64,
+        _ephemeral_disk_mb: u64,
+    ) -> CpiResult<serde_json::Value> {
         Err(CpiError::NotImplemented("calculate_vm_cloud_properties"))
     }
     /// bosun extension: every VM this CPI can see, with its tags (to find orphans).
@@ -148,12 +158,9 @@ pub trait Cpi: Send + Sync {
 /// Builds the settings an agent boots from out of `create_vm`'s arguments. Shared by every CPI
 /// that hands settings to the VM (file, user-data, metadata).
 pub fn agent_settings(request: &CreateVmRequest, vm_cid: &str) -> CpiResult<AgentSettings> {
-    let director = request
-        .env
-        .get("bosun")
-        .and_then(|b| b.get("director"))
-        .cloned()
-        .ok_or_else(|| CpiError::InvalidArguments("create_vm: env.bosun.director (the agent's director endpoint) is missing".into()))?;
+    let director = request.env.get("bosun").and_then(|b| b.get("director")).cloned().ok_or_else(|| {
+        CpiError::InvalidArguments("create_vm: env.bosun.director (the agent's director endpoint) is missing".into())
+    })?;
     let director: DirectorEndpoint = serde_json::from_value(director)
         .map_err(|e| CpiError::InvalidArguments(format!("create_vm: env.bosun.director is malformed: {e}")))?;
     // The agent gets the manifest's env, without the director block (its secrets live in one place).

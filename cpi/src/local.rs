@@ -12,7 +12,9 @@
 //! `delete_vm` finds and kills the whole process tree, including processes that left the agent's
 //! process group, and how `has_vm` tells whether the VM still runs.
 
-use crate::{agent_settings, creation_tags, Cpi, CpiError, CpiInfo, CpiResult, CreateVmRequest, DiskListing, VmListing};
+use crate::{
+    agent_settings, creation_tags, Cpi, CpiError, CpiInfo, CpiResult, CreateVmRequest, DiskListing, VmListing,
+};
 use bosun_types::protocol::NetworkSettings;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -90,54 +92,69 @@ impl LocalCpi {
     }
 
     fn write_disk(&self, cid: &str, rec: &DiskRecord) -> CpiResult<()> {
-        write_atomic(&self.disk_dir(cid).join("disk.json"), &serde_json::to_vec_pretty(rec).expect("serializable"), 0o644)
+        write_atomic(
+            &self.disk_dir(cid).join("disk.json"),
+            &serde_json::to_vec_pretty(rec).expect("serializable"),
+            0o644,
+        )
     }
 
     fn vm_exists(&self, cid: &str) -> CpiResult<bool> {
         check_cid(cid)?;
         Ok(self.vm_dir(cid).join("settings.json").exists())
     }
-
 }
 
 /// Starts a VM's agent. Its environment is built from nothing, so none of the director's secrets
 /// (tokens in the environment) reach a VM.
 fn spawn_agent(base: &Path, cid: &str) -> CpiResult<u32> {
-        let dir = base.join("vms").join(cid);
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("agent.log")).map_err(cloud("opening agent.log"))?;
-        let log2 = log.try_clone().map_err(cloud("opening agent.log"))?;
-        let mut cmd = std::process::Command::new(dir.join("bin/bosun-agent"));
-        cmd.arg("--root").arg(dir.join("root")).arg("--settings").arg(dir.join("settings.json"));
-        cmd.env_clear();
-        cmd.env("PATH", std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into()));
-        cmd.env("HOME", dir.join("root"));
-        cmd.env("LANG", "C.UTF-8");
-        if let Some(l) = std::env::var_os("BOSUN_AGENT_LOG") {
-            cmd.env("RUST_LOG", l);
-        }
-        cmd.env(VM_MARKER, cid);
-        cmd.env(BASE_MARKER, base);
-        cmd.stdin(std::process::Stdio::null()).stdout(log).stderr(log2);
-        // Its own process group and session-free: a Ctrl-C at the director's terminal must not
-        // take the VMs down with it.
-        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        let child = cmd.spawn().map_err(|e| CpiError::VmCreationFailed { message: format!("starting the agent: {e}"), ok_to_retry: false })?;
-        let pid = child.id();
-        // The child is deliberately not waited for: the VM outlives the director. A reaper thread
-        // collects its exit status so it never lingers as a zombie while we run.
-        std::thread::spawn(move || {
-            let mut child = child;
-            let _ = child.wait();
-        });
-        write_atomic(&dir.join("agent.pid"), pid.to_string().as_bytes(), 0o644)?;
-        Ok(pid)
+    let dir = base.join("vms").join(cid);
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("agent.log"))
+        .map_err(cloud("opening agent.log"))?;
+    let log2 = log.try_clone().map_err(cloud("opening agent.log"))?;
+    let mut cmd = std::process::Command::new(dir.join("bin/bosun-agent"));
+    cmd.arg("--root").arg(dir.join("root")).arg("--settings").arg(dir.join("settings.json"));
+    cmd.env_clear();
+    cmd.env("PATH", std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into()));
+    cmd.env("HOME", dir.join("root"));
+    cmd.env("LANG", "C.UTF-8");
+    if let Some(l) = std::env::var_os("BOSUN_AGENT_LOG") {
+        cmd.env("RUST_LOG", l);
+    }
+    cmd.env(VM_MARKER, cid);
+    cmd.env(BASE_MARKER, base);
+    cmd.stdin(std::process::Stdio::null()).stdout(log).stderr(log2);
+    // Its own process group and session-free: a Ctrl-C at the director's terminal must not
+    // take the VMs down with it.
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let child = cmd
+        .spawn()
+        .map_err(|e| CpiError::VmCreationFailed { message: format!("starting the agent: {e}"), ok_to_retry: false })?;
+    let pid = child.id();
+    // The child is deliberately not waited for: the VM outlives the director. A reaper thread
+    // collects its exit status so it never lingers as a zombie while we run.
+    std::thread::spawn(move || {
+        let mut child = child;
+        let _ = child.wait();
+    });
+    write_atomic(&dir.join("agent.pid"), pid.to_string().as_bytes(), 0o644)?;
+    Ok(pid)
 }
 
 fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> CpiResult<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(mode).open(&tmp).map_err(cloud("writing"))?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(cloud("writing"))?;
     f.write_all(bytes).map_err(cloud("writing"))?;
     f.sync_all().map_err(cloud("writing"))?;
     std::fs::rename(&tmp, path).map_err(cloud("writing"))
@@ -200,7 +217,9 @@ fn ips_of(networks: &BTreeMap<String, NetworkSettings>) -> CpiResult<Vec<Ipv4Add
             })?;
             if !ip.is_loopback() {
                 return Err(CpiError::VmCreationFailed {
-                    message: format!("network `{name}`: {ip} is not a loopback address; the local CPI binds VMs to 127.0.0.0/8"),
+                    message: format!(
+                        "network `{name}`: {ip} is not a loopback address; the local CPI binds VMs to 127.0.0.0/8"
+                    ),
                     ok_to_retry: false,
                 });
             }
@@ -278,7 +297,9 @@ impl Cpi for LocalCpi {
             let settings_path = self.vm_dir(&other.vm_cid).join("settings.json");
             let Ok(bytes) = tokio::fs::read(&settings_path).await else { continue };
             let Ok(s) = serde_json::from_slice::<bosun_types::protocol::AgentSettings>(&bytes) else { continue };
-            if s.networks.values().any(|n| ips.iter().any(|ip| n.ip == ip.to_string())) && self.has_vm(&other.vm_cid).await? {
+            if s.networks.values().any(|n| ips.iter().any(|ip| n.ip == ip.to_string()))
+                && self.has_vm(&other.vm_cid).await?
+            {
                 return Err(CpiError::VmCreationFailed {
                     message: format!("an address of this VM is held by VM `{}`, which is still running", other.vm_cid),
                     ok_to_retry: false,
@@ -294,9 +315,17 @@ impl Cpi for LocalCpi {
                 std::fs::create_dir_all(dir.join("bin")).map_err(cloud("creating the VM directory"))?;
                 // The VM gets its own copy of the image, like a VM gets its own root disk.
                 copy_tree(&stemcell, &dir).map_err(cloud("copying the stemcell"))?;
-                write_atomic(&dir.join("metadata.json"), &serde_json::to_vec_pretty(&tags).expect("serializable"), 0o644)?;
+                write_atomic(
+                    &dir.join("metadata.json"),
+                    &serde_json::to_vec_pretty(&tags).expect("serializable"),
+                    0o644,
+                )?;
                 // Settings hold the agent's private key: owner-only.
-                write_atomic(&dir.join("settings.json"), &serde_json::to_vec_pretty(&settings).expect("serializable"), 0o600)?;
+                write_atomic(
+                    &dir.join("settings.json"),
+                    &serde_json::to_vec_pretty(&settings).expect("serializable"),
+                    0o600,
+                )?;
                 spawn_agent(&base, &cid2)
             })();
             if let Err(e) = result {
@@ -372,14 +401,24 @@ impl Cpi for LocalCpi {
         write_atomic(&path, &serde_json::to_vec_pretty(&current).expect("serializable"), 0o644)
     }
 
-    async fn create_disk(&self, size_mb: u64, cloud_properties: &serde_json::Value, _vm_locality: Option<&str>) -> CpiResult<String> {
+    async fn create_disk(
+        &self,
+        size_mb: u64,
+        cloud_properties: &serde_json::Value,
+        _vm_locality: Option<&str>,
+    ) -> CpiResult<String> {
         if size_mb == 0 {
             return Err(CpiError::InvalidArguments("create_disk: size must be greater than 0".into()));
         }
         let cid = format!("disk-{}", uuid::Uuid::new_v4().simple());
         let dir = self.disk_dir(&cid);
         tokio::fs::create_dir_all(dir.join("data")).await.map_err(cloud("creating the disk"))?;
-        let rec = DiskRecord { size_mb, cloud_properties: cloud_properties.clone(), attached_to: None, metadata: Default::default() };
+        let rec = DiskRecord {
+            size_mb,
+            cloud_properties: cloud_properties.clone(),
+            attached_to: None,
+            metadata: Default::default(),
+        };
         self.write_disk(&cid, &rec)?;
         Ok(cid)
     }
@@ -466,14 +505,23 @@ impl Cpi for LocalCpi {
         if !self.vm_exists(vm_cid)? {
             return Err(CpiError::VmNotFound(vm_cid.to_string()));
         }
-        Ok(self.list_disks().await?.into_iter().filter(|d| d.attached_to.as_deref() == Some(vm_cid)).map(|d| d.disk_cid).collect())
+        Ok(self
+            .list_disks()
+            .await?
+            .into_iter()
+            .filter(|d| d.attached_to.as_deref() == Some(vm_cid))
+            .map(|d| d.disk_cid)
+            .collect())
     }
 
     async fn resize_disk(&self, disk_cid: &str, new_size_mb: u64) -> CpiResult<()> {
         let _guard = self.disk_lock.lock().await;
         let mut rec = self.read_disk(disk_cid)?;
         if new_size_mb < rec.size_mb {
-            return Err(CpiError::InvalidArguments(format!("resize_disk: cannot shrink `{disk_cid}` from {} to {new_size_mb} MiB", rec.size_mb)));
+            return Err(CpiError::InvalidArguments(format!(
+                "resize_disk: cannot shrink `{disk_cid}` from {} to {new_size_mb} MiB",
+                rec.size_mb
+            )));
         }
         // A directory has no size of its own; the record is the disk's size.
         rec.size_mb = new_size_mb;
@@ -489,7 +537,10 @@ impl Cpi for LocalCpi {
                 if !e.path().join("settings.json").exists() {
                     continue;
                 }
-                let metadata = std::fs::read(e.path().join("metadata.json")).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+                let metadata = std::fs::read(e.path().join("metadata.json"))
+                    .ok()
+                    .and_then(|b| serde_json::from_slice(&b).ok())
+                    .unwrap_or_default();
                 out.push(VmListing { vm_cid: cid, metadata });
             }
             out.sort_by(|a, b| a.vm_cid.cmp(&b.vm_cid));
@@ -504,7 +555,12 @@ impl Cpi for LocalCpi {
         while let Some(e) = rd.next_entry().await.map_err(cloud("listing disks"))? {
             let Some(cid) = e.file_name().to_str().map(str::to_string) else { continue };
             if let Ok(rec) = self.read_disk(&cid) {
-                out.push(DiskListing { disk_cid: cid, size_mb: rec.size_mb, attached_to: rec.attached_to, metadata: rec.metadata });
+                out.push(DiskListing {
+                    disk_cid: cid,
+                    size_mb: rec.size_mb,
+                    attached_to: rec.attached_to,
+                    metadata: rec.metadata,
+                });
             }
         }
         out.sort_by(|a, b| a.disk_cid.cmp(&b.disk_cid));

@@ -110,11 +110,16 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 async fn authenticate(State(d): Shared, headers: HeaderMap, request: Request, next: Next) -> Response {
-    let presented = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    let presented = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
     match presented {
         Some(t) if constant_time_eq(t.as_bytes(), d.token.as_bytes()) => next.run(request).await,
-        Some(_) => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "the token is not valid for this director").into_response(),
-        None => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "a bearer token is required (set BOSUN_TOKEN)").into_response(),
+        Some(_) => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "the token is not valid for this director")
+            .into_response(),
+        None => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "a bearer token is required (set BOSUN_TOKEN)")
+            .into_response(),
     }
 }
 
@@ -142,17 +147,27 @@ pub async fn serve(d: Arc<Director>, listener: tokio::net::TcpListener, acceptor
                 Err(_) => return,
             };
             let service = hyper_util::service::TowerToHyperService::new(app);
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(tls), service).await;
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                .await;
         });
     }
 }
 
 async fn info(State(d): Shared) -> Json<DirectorInfo> {
-    Json(DirectorInfo { name: d.config.name.clone(), uuid: d.uuid.clone(), version: env!("CARGO_PKG_VERSION").into(), cpi: d.cpi.name().into(), api_version: API_VERSION.into() })
+    Json(DirectorInfo {
+        name: d.config.name.clone(),
+        uuid: d.uuid.clone(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        cpi: d.cpi.name().into(),
+        api_version: API_VERSION.into(),
+    })
 }
 
 async fn get_cloud_config(State(d): Shared) -> Result<String, ApiError> {
-    deploy::latest_cloud_config(&d.state)?.map(|c| c.yaml).ok_or_else(|| ApiError::not_found("no cloud-config has been uploaded"))
+    deploy::latest_cloud_config(&d.state)?
+        .map(|c| c.yaml)
+        .ok_or_else(|| ApiError::not_found("no cloud-config has been uploaded"))
 }
 
 #[derive(serde::Serialize)]
@@ -162,15 +177,21 @@ struct CloudConfigUpdated {
 }
 
 async fn update_cloud_config(State(d): Shared, body: String) -> Result<Json<CloudConfigUpdated>, ApiError> {
-    let value = bosun_types::yaml::parse_value("cloud-config", &body).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    bosun_types::cloud_config::CloudConfig::parse("cloud-config", value).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let value =
+        bosun_types::yaml::parse_value("cloud-config", &body).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    bosun_types::cloud_config::CloudConfig::parse("cloud-config", value)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
     if let Some(latest) = deploy::latest_cloud_config(&d.state)? {
         if latest.yaml == body {
             return Ok(Json(CloudConfigUpdated { version: latest.version, changed: false }));
         }
     }
     let version = d.state.next_id("cloud-config")?;
-    d.state.put(Tree::CloudConfigs, &deploy::cloud_config_key(version), &CloudConfigRecord { version, yaml: body, created_at: now_secs() })?;
+    d.state.put(
+        Tree::CloudConfigs,
+        &deploy::cloud_config_key(version),
+        &CloudConfigRecord { version, yaml: body, created_at: now_secs() },
+    )?;
     d.state.flush().await?;
     Ok(Json(CloudConfigUpdated { version, changed: true }))
 }
@@ -208,9 +229,23 @@ async fn list_releases(State(d): Shared) -> Result<Json<Vec<ReleaseView>>, ApiEr
         .list::<ReleaseRecord>(Tree::Releases, "")?
         .into_iter()
         .map(|r| ReleaseView {
-            deployments: used.iter().filter(|(_, m)| m.releases.iter().any(|x| x.name == r.name && (x.version.0 == r.version || x.version.0 == "latest"))).map(|(n, _)| n.clone()).collect(),
-            jobs: r.jobs.iter().map(|j| format!("{}/{}", j.name, &j.fingerprint[..12.min(j.fingerprint.len())])).collect(),
-            packages: r.packages.iter().map(|p| format!("{}/{}", p.name, &p.fingerprint[..12.min(p.fingerprint.len())])).collect(),
+            deployments: used
+                .iter()
+                .filter(|(_, m)| {
+                    m.releases.iter().any(|x| x.name == r.name && (x.version.0 == r.version || x.version.0 == "latest"))
+                })
+                .map(|(n, _)| n.clone())
+                .collect(),
+            jobs: r
+                .jobs
+                .iter()
+                .map(|j| format!("{}/{}", j.name, &j.fingerprint[..12.min(j.fingerprint.len())]))
+                .collect(),
+            packages: r
+                .packages
+                .iter()
+                .map(|p| format!("{}/{}", p.name, &p.fingerprint[..12.min(p.fingerprint.len())]))
+                .collect(),
             name: r.name,
             version: r.version,
             commit_hash: r.commit_hash,
@@ -227,10 +262,20 @@ async fn list_stemcells(State(d): Shared) -> Result<Json<Vec<StemcellView>>, Api
         .list::<StemcellRecord>(Tree::Stemcells, "")?
         .into_iter()
         .map(|s| {
-            let mut deployments: Vec<String> = instances.iter().filter(|i| i.vm.as_ref().is_some_and(|v| v.stemcell_cid == s.cid)).map(|i| i.deployment.clone()).collect();
+            let mut deployments: Vec<String> = instances
+                .iter()
+                .filter(|i| i.vm.as_ref().is_some_and(|v| v.stemcell_cid == s.cid))
+                .map(|i| i.deployment.clone())
+                .collect();
             deployments.sort();
             deployments.dedup();
-            StemcellView { name: s.name, version: s.version, operating_system: s.operating_system, cid: s.cid, deployments }
+            StemcellView {
+                name: s.name,
+                version: s.version,
+                operating_system: s.operating_system,
+                cid: s.cid,
+                deployments,
+            }
         })
         .collect();
     Ok(Json(out))
@@ -305,8 +350,17 @@ async fn list_deployments(State(d): Shared) -> Result<Json<Vec<DeploymentView>>,
         .map(|r| {
             let m = used.iter().find(|(n, _)| n == &r.name).map(|(_, m)| m);
             DeploymentView {
-                releases: m.map(|m| m.releases.iter().map(|x| format!("{}/{}", x.name, x.version)).collect()).unwrap_or_default(),
-                stemcells: m.map(|m| m.stemcells.iter().map(|x| format!("{}/{}", x.os.clone().or(x.name.clone()).unwrap_or_default(), x.version)).collect()).unwrap_or_default(),
+                releases: m
+                    .map(|m| m.releases.iter().map(|x| format!("{}/{}", x.name, x.version)).collect())
+                    .unwrap_or_default(),
+                stemcells: m
+                    .map(|m| {
+                        m.stemcells
+                            .iter()
+                            .map(|x| format!("{}/{}", x.os.clone().or(x.name.clone()).unwrap_or_default(), x.version))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
                 instances: instances.iter().filter(|i| i.deployment == r.name).count(),
                 cloud_config: if r.cloud_config_version == latest { "latest".into() } else { "outdated".into() },
                 name: r.name,
@@ -317,13 +371,18 @@ async fn list_deployments(State(d): Shared) -> Result<Json<Vec<DeploymentView>>,
 }
 
 fn deployment_record(d: &Director, name: &str) -> Result<DeploymentRecord, ApiError> {
-    d.state.get::<DeploymentRecord>(Tree::Deployments, name)?.ok_or_else(|| ApiError::not_found(format!("deployment `{name}` does not exist")))
+    d.state
+        .get::<DeploymentRecord>(Tree::Deployments, name)?
+        .ok_or_else(|| ApiError::not_found(format!("deployment `{name}` does not exist")))
 }
 
 async fn get_deployment(State(d): Shared, Path(name): Path<String>) -> Result<Json<DeploymentView>, ApiError> {
     deployment_record(&d, &name)?;
     let Json(all) = list_deployments(State(d)).await?;
-    all.into_iter().find(|x| x.name == name).map(Json).ok_or_else(|| ApiError::not_found(format!("deployment `{name}` does not exist")))
+    all.into_iter()
+        .find(|x| x.name == name)
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("deployment `{name}` does not exist")))
 }
 
 async fn get_manifest(State(d): Shared, Path(name): Path<String>) -> Result<String, ApiError> {
@@ -336,7 +395,11 @@ struct InstancesQuery {
     ps: bool,
 }
 
-async fn list_instances(State(d): Shared, Path(name): Path<String>, Query(q): Query<InstancesQuery>) -> Result<Json<Vec<InstanceView>>, ApiError> {
+async fn list_instances(
+    State(d): Shared,
+    Path(name): Path<String>,
+    Query(q): Query<InstancesQuery>,
+) -> Result<Json<Vec<InstanceView>>, ApiError> {
     deployment_record(&d, &name)?;
     Ok(Json(deploy::instance_views(&d, &name, q.ps)?))
 }
@@ -350,18 +413,26 @@ fn deploy_error(e: DeployError) -> ApiError {
 
 fn manifest_name(text: &str) -> Result<String, ApiError> {
     let v = bosun_types::yaml::parse_value("manifest", text).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let name = v.get("name").and_then(|n| n.as_str()).ok_or_else(|| ApiError::bad_request("manifest: /name: missing"))?;
+    let name =
+        v.get("name").and_then(|n| n.as_str()).ok_or_else(|| ApiError::bad_request("manifest: /name: missing"))?;
     bosun_types::manifest::check_name("manifest", "/name", name).map_err(|e| ApiError::bad_request(e.to_string()))?;
     Ok(name.to_string())
 }
 
-async fn plan(State(d): Shared, Path(name): Path<String>, Json(req): Json<DeployRequest>) -> Result<Json<PlanView>, ApiError> {
+async fn plan(
+    State(d): Shared,
+    Path(name): Path<String>,
+    Json(req): Json<DeployRequest>,
+) -> Result<Json<PlanView>, ApiError> {
     if manifest_name(&req.manifest)? != name {
         return Err(ApiError::bad_request(format!("the manifest is for another deployment than `{name}`")));
     }
     let d2 = d.clone();
     let text = req.manifest.clone();
-    let prepared = tokio::task::spawn_blocking(move || deploy::prepare(&d2, &text, req.recreate)).await.map_err(|e| ApiError::internal(&e))?.map_err(deploy_error)?;
+    let prepared = tokio::task::spawn_blocking(move || deploy::prepare(&d2, &text, req.recreate))
+        .await
+        .map_err(|e| ApiError::internal(&e))?
+        .map_err(deploy_error)?;
     let old = d.state.get::<DeploymentRecord>(Tree::Deployments, &name)?.map(|r| r.manifest);
     Ok(Json(deploy::plan_view(&prepared.plan, old.as_deref(), &req.manifest)))
 }
@@ -371,7 +442,10 @@ async fn deploy(State(d): Shared, Json(req): Json<DeployRequest>) -> Result<Json
     // Bad input fails the request and changes nothing; only a valid plan becomes a task.
     let d2 = d.clone();
     let text = req.manifest.clone();
-    let prepared = tokio::task::spawn_blocking(move || deploy::prepare(&d2, &text, req.recreate)).await.map_err(|e| ApiError::internal(&e))?.map_err(deploy_error)?;
+    let prepared = tokio::task::spawn_blocking(move || deploy::prepare(&d2, &text, req.recreate))
+        .await
+        .map_err(|e| ApiError::internal(&e))?
+        .map_err(deploy_error)?;
     let task = d.tasks.create(&format!("deploy {name}"), Some(&name), true)?;
     let id = task.id;
     tokio::spawn(async move {
@@ -429,6 +503,14 @@ struct EventsQuery {
     wait: u64,
 }
 
-async fn task_events(State(d): Shared, Path(id): Path<u64>, Query(q): Query<EventsQuery>) -> Result<Json<TaskEventsPage>, ApiError> {
-    d.tasks.wait_events(id, q.after, Duration::from_secs(q.wait.min(30))).await?.map(Json).ok_or_else(|| ApiError::not_found(format!("task {id} does not exist")))
+async fn task_events(
+    State(d): Shared,
+    Path(id): Path<u64>,
+    Query(q): Query<EventsQuery>,
+) -> Result<Json<TaskEventsPage>, ApiError> {
+    d.tasks
+        .wait_events(id, q.after, Duration::from_secs(q.wait.min(30)))
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("task {id} does not exist")))
 }

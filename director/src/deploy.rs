@@ -6,7 +6,8 @@
 use crate::hub::HubError;
 use crate::planner::{plan, InstancePlan, Plan, PlanningInput};
 use crate::records::{
-    instance_key, now_secs, AgentRecord, CloudConfigRecord, DeploymentRecord, InstanceRecord, ReleaseRecord, StemcellRecord, VmRecord,
+    instance_key, now_secs, AgentRecord, CloudConfigRecord, DeploymentRecord, InstanceRecord, ReleaseRecord,
+    StemcellRecord, VmRecord,
 };
 use crate::store::{State, StoreError, Tree};
 use crate::tasks::Task;
@@ -117,9 +118,11 @@ fn version_order(a: &str, b: &str) -> std::cmp::Ordering {
 pub fn prepare(d: &Director, manifest_text: &str, recreate: bool) -> Result<Prepared, DeployError> {
     let input = |m: String| DeployError::Input(m);
     let mut raw = bosun_types::yaml::parse_value("manifest", manifest_text).map_err(|e| input(e.to_string()))?;
-    let name = raw.get("name").and_then(|v| v.as_str()).ok_or_else(|| input("manifest: /name: missing".into()))?.to_string();
+    let name =
+        raw.get("name").and_then(|v| v.as_str()).ok_or_else(|| input("manifest: /name: missing".into()))?.to_string();
     bosun_types::manifest::check_name("manifest", "/name", &name).map_err(|e| input(e.to_string()))?;
-    let defs: VariablesOnly = bosun_types::yaml::from_value("manifest", raw.clone()).map_err(|e| input(e.to_string()))?;
+    let defs: VariablesOnly =
+        bosun_types::yaml::from_value("manifest", raw.clone()).map_err(|e| input(e.to_string()))?;
     let mut values: BTreeMap<String, serde_yaml::Value> = BTreeMap::new();
     let mut generated = Vec::new();
     let referenced = bosun_types::vars::referenced_variables(&raw);
@@ -128,26 +131,41 @@ pub fn prepare(d: &Director, manifest_text: &str, recreate: bool) -> Result<Prep
             values.insert(def.name.clone(), v);
             continue;
         }
-        if !referenced.contains(&def.name) && !defs.variables.iter().any(|x| x.options.as_ref().and_then(|o| o.get("ca")).and_then(|c| c.as_str()) == Some(&def.name)) {
+        if !referenced.contains(&def.name)
+            && !defs
+                .variables
+                .iter()
+                .any(|x| x.options.as_ref().and_then(|o| o.get("ca")).and_then(|c| c.as_str()) == Some(&def.name))
+        {
             continue; // declared but unused: generate when first needed
         }
-        let v = bosun_types::vars::generate(def, &|n| values.get(n).cloned()).map_err(|e| input(format!("manifest: /variables: {e}")))?;
+        let v = bosun_types::vars::generate(def, &|n| values.get(n).cloned())
+            .map_err(|e| input(format!("manifest: /variables: {e}")))?;
         values.insert(def.name.clone(), v.clone());
         generated.push((def.name.clone(), v));
     }
-    bosun_types::vars::interpolate(&mut raw, &|n| values.get(n).cloned(), true).map_err(|e| input(format!("manifest: {e}")))?;
+    bosun_types::vars::interpolate(&mut raw, &|n| values.get(n).cloned(), true)
+        .map_err(|e| input(format!("manifest: {e}")))?;
     let manifest = DeploymentManifest::parse("manifest", raw).map_err(|e| input(e.to_string()))?;
 
-    let cc_record = latest_cloud_config(&d.state)?.ok_or_else(|| input("no cloud-config has been uploaded; run `bosun update-cloud-config` first".into()))?;
-    let cloud_config = CloudConfig::parse("cloud-config", bosun_types::yaml::parse_value("cloud-config", &cc_record.yaml).map_err(|e| input(e.to_string()))?)
-        .map_err(|e| input(e.to_string()))?;
+    let cc_record = latest_cloud_config(&d.state)?
+        .ok_or_else(|| input("no cloud-config has been uploaded; run `bosun update-cloud-config` first".into()))?;
+    let cloud_config = CloudConfig::parse(
+        "cloud-config",
+        bosun_types::yaml::parse_value("cloud-config", &cc_record.yaml).map_err(|e| input(e.to_string()))?,
+    )
+    .map_err(|e| input(e.to_string()))?;
 
     let all_releases: Vec<ReleaseRecord> = d.state.list(Tree::Releases, "")?;
     let mut releases = BTreeMap::new();
     for (i, r) in manifest.releases.iter().enumerate() {
         let mut candidates: Vec<&ReleaseRecord> = all_releases.iter().filter(|x| x.name == r.name).collect();
         candidates.sort_by(|a, b| version_order(&a.version, &b.version).then(a.uploaded_at.cmp(&b.uploaded_at)));
-        let chosen = if r.version.0 == "latest" { candidates.last().copied() } else { candidates.iter().find(|x| x.version == r.version.0).copied() };
+        let chosen = if r.version.0 == "latest" {
+            candidates.last().copied()
+        } else {
+            candidates.iter().find(|x| x.version == r.version.0).copied()
+        };
         let chosen = chosen.ok_or_else(|| {
             let have: Vec<&str> = candidates.iter().map(|x| x.version.as_str()).collect();
             input(format!(
@@ -162,18 +180,45 @@ pub fn prepare(d: &Director, manifest_text: &str, recreate: bool) -> Result<Prep
     let all_stemcells: Vec<StemcellRecord> = d.state.list(Tree::Stemcells, "")?;
     let mut stemcells = BTreeMap::new();
     for (i, s) in manifest.stemcells.iter().enumerate() {
-        let mut candidates: Vec<&StemcellRecord> =
-            all_stemcells.iter().filter(|x| s.os.as_ref().map(|o| &x.operating_system == o).unwrap_or(true) && s.name.as_ref().map(|n| &x.name == n).unwrap_or(true)).collect();
+        let mut candidates: Vec<&StemcellRecord> = all_stemcells
+            .iter()
+            .filter(|x| {
+                s.os.as_ref().map(|o| &x.operating_system == o).unwrap_or(true)
+                    && s.name.as_ref().map(|n| &x.name == n).unwrap_or(true)
+            })
+            .collect();
         candidates.sort_by(|a, b| version_order(&a.version, &b.version).then(a.uploaded_at.cmp(&b.uploaded_at)));
-        let chosen = if s.version.0 == "latest" { candidates.last().copied() } else { candidates.iter().find(|x| x.version == s.version.0).copied() };
-        let what = s.os.as_ref().map(|o| format!("os `{o}`")).or(s.name.as_ref().map(|n| format!("`{n}`"))).unwrap_or_default();
-        let chosen = chosen.ok_or_else(|| input(format!("manifest: /stemcells/{i}: no uploaded stemcell matches {what} version `{}`", s.version)))?;
+        let chosen = if s.version.0 == "latest" {
+            candidates.last().copied()
+        } else {
+            candidates.iter().find(|x| x.version == s.version.0).copied()
+        };
+        let what =
+            s.os.as_ref()
+                .map(|o| format!("os `{o}`"))
+                .or(s.name.as_ref().map(|n| format!("`{n}`")))
+                .unwrap_or_default();
+        let chosen = chosen.ok_or_else(|| {
+            input(format!("manifest: /stemcells/{i}: no uploaded stemcell matches {what} version `{}`", s.version))
+        })?;
         stemcells.insert(s.alias.clone(), chosen.clone());
     }
     let everyone: Vec<InstanceRecord> = d.state.list(Tree::Instances, "")?;
     let existing: Vec<InstanceRecord> = everyone.iter().filter(|i| i.deployment == name).cloned().collect();
-    let elsewhere: BTreeSet<Ipv4Addr> = everyone.iter().filter(|i| i.deployment != name).flat_map(|i| i.networks.values().filter_map(|n| n.ip.parse().ok())).collect();
-    let planning = PlanningInput { manifest: &manifest, cloud_config: &cloud_config, releases: &releases, stemcells: &stemcells, existing: &existing, addresses_in_use_elsewhere: &elsewhere, recreate };
+    let elsewhere: BTreeSet<Ipv4Addr> = everyone
+        .iter()
+        .filter(|i| i.deployment != name)
+        .flat_map(|i| i.networks.values().filter_map(|n| n.ip.parse().ok()))
+        .collect();
+    let planning = PlanningInput {
+        manifest: &manifest,
+        cloud_config: &cloud_config,
+        releases: &releases,
+        stemcells: &stemcells,
+        existing: &existing,
+        addresses_in_use_elsewhere: &elsewhere,
+        recreate,
+    };
     let plan = plan(&planning, &mut rand::thread_rng()).map_err(|e| input(format!("manifest: {e}")))?;
     Ok(Prepared { manifest, cloud_config: cc_record, plan, generated })
 }
@@ -236,12 +281,24 @@ pub fn plan_view(plan: &Plan, old_manifest: Option<&str>, new_manifest: &str) ->
                 .map(|i| InstancePlanView {
                     // A new instance's uuid is drawn when the deploy runs, not in a dry run.
                     instance: if i.existing.is_some() { i.name() } else { format!("{}/(new)", i.group) },
-                    index: i.index, az: i.az.clone(), ips: i.networks.values().map(|n| n.ip.clone()).collect(), action: i.action, reasons: i.reasons.clone() })
+                    index: i.index,
+                    az: i.az.clone(),
+                    ips: i.networks.values().map(|n| n.ip.clone()).collect(),
+                    action: i.action,
+                    reasons: i.reasons.clone(),
+                })
                 .collect(),
         })
         .collect();
     for d in &plan.deletes {
-        let view = InstancePlanView { instance: d.name(), index: d.index, az: d.az.clone(), ips: d.ips(), action: InstanceAction::Delete, reasons: vec!["no longer in the manifest".into()] };
+        let view = InstancePlanView {
+            instance: d.name(),
+            index: d.index,
+            az: d.az.clone(),
+            ips: d.ips(),
+            action: InstanceAction::Delete,
+            reasons: vec!["no longer in the manifest".into()],
+        };
         match groups.iter_mut().find(|g| g.name == d.group) {
             Some(g) => g.instances.push(view),
             None => groups.push(GroupPlanView { name: d.group.clone(), instances: vec![view] }),
@@ -270,15 +327,27 @@ fn step(instance: &str, what: &str) -> impl FnOnce(StepError) -> DeployError {
 }
 
 /// Carries a plan out. Returns a one-line summary.
-pub async fn execute(d: &Arc<Director>, task: &Task, prepared: &Prepared, manifest_text: &str) -> Result<String, DeployError> {
+pub async fn execute(
+    d: &Arc<Director>,
+    task: &Task,
+    prepared: &Prepared,
+    manifest_text: &str,
+) -> Result<String, DeployError> {
     let plan = &prepared.plan;
     let deployment = plan.deployment.clone();
     let now = now_secs();
-    let created_at = d.state.get::<DeploymentRecord>(Tree::Deployments, &deployment)?.map(|r| r.created_at).unwrap_or(now);
+    let created_at =
+        d.state.get::<DeploymentRecord>(Tree::Deployments, &deployment)?.map(|r| r.created_at).unwrap_or(now);
     d.state.put(
         Tree::Deployments,
         &deployment,
-        &DeploymentRecord { name: deployment.clone(), manifest: manifest_text.to_string(), cloud_config_version: prepared.cloud_config.version, created_at, updated_at: now },
+        &DeploymentRecord {
+            name: deployment.clone(),
+            manifest: manifest_text.to_string(),
+            cloud_config_version: prepared.cloud_config.version,
+            created_at,
+            updated_at: now,
+        },
     )?;
     store_variables(d, &deployment, &prepared.generated)?;
     d.state.flush().await?;
@@ -313,15 +382,31 @@ pub async fn execute(d: &Arc<Director>, task: &Task, prepared: &Prepared, manife
         for chunk in todo[canaries..].chunks(mif.max(1)) {
             batches.push((false, chunk.to_vec()));
         }
-        task.info("update", None, format!("instance group `{}`: {} to change, {canaries} canar{}, max in flight {mif}", g.name, todo.len(), if canaries == 1 { "y" } else { "ies" }));
+        task.info(
+            "update",
+            None,
+            format!(
+                "instance group `{}`: {} to change, {canaries} canar{}, max in flight {mif}",
+                g.name,
+                todo.len(),
+                if canaries == 1 { "y" } else { "ies" }
+            ),
+        );
         for (canary, batch) in batches {
             let watch = if canary { g.update.canary_watch_time } else { g.update.update_watch_time };
-            let runs = batch.iter().map(|i| converge_instance(d, task, &deployment, i, watch, g.update.script_timeout_ms, canary));
+            let runs = batch
+                .iter()
+                .map(|i| converge_instance(d, task, &deployment, i, watch, g.update.script_timeout_ms, canary));
             let results = futures::future::join_all(runs).await;
             changed += results.iter().filter(|r| r.is_ok()).count();
             if let Some(e) = results.into_iter().find_map(Result::err) {
                 if canary {
-                    task.event(bosun_types::api::EventLevel::Error, "update", None, "a canary failed; the deploy stops here and other instances are left as they were");
+                    task.event(
+                        bosun_types::api::EventLevel::Error,
+                        "update",
+                        None,
+                        "a canary failed; the deploy stops here and other instances are left as they were",
+                    );
                 }
                 return Err(e);
             }
@@ -348,9 +433,20 @@ fn fresh_record(deployment: &str, i: &InstancePlan) -> InstanceRecord {
     }
 }
 
-async fn converge_instance(d: &Arc<Director>, task: &Task, deployment: &str, i: &InstancePlan, watch: (u64, u64), script_timeout_ms: u64, canary: bool) -> Result<(), DeployError> {
+async fn converge_instance(
+    d: &Arc<Director>,
+    task: &Task,
+    deployment: &str,
+    i: &InstancePlan,
+    watch: (u64, u64),
+    script_timeout_ms: u64,
+    canary: bool,
+) -> Result<(), DeployError> {
     let name = i.name();
-    let mut rec: InstanceRecord = d.state.get(Tree::Instances, &instance_key(deployment, &i.uuid))?.unwrap_or_else(|| fresh_record(deployment, i));
+    let mut rec: InstanceRecord = d
+        .state
+        .get(Tree::Instances, &instance_key(deployment, &i.uuid))?
+        .unwrap_or_else(|| fresh_record(deployment, i));
     let label = format!("{}{} ({})", if canary { "canary " } else { "" }, i.action, i.reasons.join("; "));
     task.info("update", Some(&name), label);
     let timeout = Duration::from_millis(script_timeout_ms);
@@ -372,7 +468,10 @@ async fn converge_instance(d: &Arc<Director>, task: &Task, deployment: &str, i: 
         create_vm_for(d, task, &mut rec, i).await.map_err(step(&name, "creating the VM"))?;
     }
     let agent_id = rec.vm.as_ref().map(|v| v.agent_id.clone()).expect("has a VM now");
-    d.hub.wait_connected(&agent_id, d.config.agent_wait_timeout).await.map_err(|e| step(&name, "waiting for the agent")(e.into()))?;
+    d.hub
+        .wait_connected(&agent_id, d.config.agent_wait_timeout)
+        .await
+        .map_err(|e| step(&name, "waiting for the agent")(e.into()))?;
     attach_disks(d, task, &mut rec, i).await.map_err(step(&name, "attaching the persistent disk"))?;
     start_jobs(d, task, &mut rec, i, watch, timeout).await.map_err(step(&name, "starting jobs"))?;
     task.info("update", Some(&name), "running");
@@ -393,13 +492,26 @@ fn vm_tags(d: &Director, deployment: &str, rec: &InstanceRecord) -> BTreeMap<Str
     t
 }
 
-async fn create_vm_for(d: &Arc<Director>, task: &Task, rec: &mut InstanceRecord, i: &InstancePlan) -> Result<(), StepError> {
+async fn create_vm_for(
+    d: &Arc<Director>,
+    task: &Task,
+    rec: &mut InstanceRecord,
+    i: &InstancePlan,
+) -> Result<(), StepError> {
     let agent_id = format!("agent-{}", uuid::Uuid::new_v4());
-    let cert = d.ca.issue(&agent_id, std::slice::from_ref(&agent_id), LeafUsage { server: false, client: true }, 3650, false).map_err(|e| StepError::Failed(format!("issuing the agent's certificate: {e}")))?;
+    let cert =
+        d.ca.issue(&agent_id, std::slice::from_ref(&agent_id), LeafUsage { server: false, client: true }, 3650, false)
+            .map_err(|e| StepError::Failed(format!("issuing the agent's certificate: {e}")))?;
     d.state.put(
         Tree::Agents,
         &agent_id,
-        &AgentRecord { agent_id: agent_id.clone(), cert_digest: bosun_types::digest::sha256_digest(&cert.cert_der), deployment: rec.deployment.clone(), instance: rec.uuid.clone(), created_at: now_secs() },
+        &AgentRecord {
+            agent_id: agent_id.clone(),
+            cert_digest: bosun_types::digest::sha256_digest(&cert.cert_der),
+            deployment: rec.deployment.clone(),
+            instance: rec.uuid.clone(),
+            created_at: now_secs(),
+        },
     )?;
     let tags = vm_tags(d, &rec.deployment, rec);
     let mut env = i.env.clone();
@@ -430,12 +542,17 @@ async fn create_vm_for(d: &Arc<Director>, task: &Task, rec: &mut InstanceRecord,
         match d.cpi.create_vm(&request).await {
             Ok(x) => break x,
             Err(CpiError::VmCreationFailed { message, ok_to_retry: true }) if tries < MAX_VM_CREATE_TRIES => {
-                task.warn("create", Some(&rec.name()), format!("create_vm failed (try {tries} of {MAX_VM_CREATE_TRIES}): {message}"));
+                task.warn(
+                    "create",
+                    Some(&rec.name()),
+                    format!("create_vm failed (try {tries} of {MAX_VM_CREATE_TRIES}): {message}"),
+                );
             }
             Err(e) => return Err(e.into()),
         }
     };
-    rec.vm = Some(VmRecord { cid: vm_cid.clone(), agent_id, stemcell_cid: i.stemcell.cid.clone(), created_at: now_secs() });
+    rec.vm =
+        Some(VmRecord { cid: vm_cid.clone(), agent_id, stemcell_cid: i.stemcell.cid.clone(), created_at: now_secs() });
     d.state.put(Tree::Instances, &rec.key(), rec)?;
     d.state.flush().await?;
     match d.cpi.set_vm_metadata(&vm_cid, &tags).await {
@@ -446,7 +563,12 @@ async fn create_vm_for(d: &Arc<Director>, task: &Task, rec: &mut InstanceRecord,
     Ok(())
 }
 
-async fn attach_disks(d: &Arc<Director>, task: &Task, rec: &mut InstanceRecord, i: &InstancePlan) -> Result<(), StepError> {
+async fn attach_disks(
+    d: &Arc<Director>,
+    task: &Task,
+    rec: &mut InstanceRecord,
+    i: &InstancePlan,
+) -> Result<(), StepError> {
     let vm = rec.vm.clone().expect("has a VM");
     if let (Some((size, cp)), true) = (&i.persistent_disk, rec.disk_cids.is_empty()) {
         let cid = d.cpi.create_disk(*size, cp, Some(&vm.cid)).await?;
@@ -468,22 +590,41 @@ async fn attach_disks(d: &Arc<Director>, task: &Task, rec: &mut InstanceRecord, 
     Ok(())
 }
 
-fn build_spec(d: &Director, rec: &InstanceRecord, i: &InstancePlan, generation: u64) -> Result<(ApplySpec, Vec<String>), StepError> {
+fn build_spec(
+    d: &Director,
+    rec: &InstanceRecord,
+    i: &InstancePlan,
+    generation: u64,
+) -> Result<(ApplySpec, Vec<String>), StepError> {
     let mut digests = Vec::new();
     let mut jobs = Vec::new();
     for j in &i.jobs {
-        let files: BTreeMap<String, (u32, Vec<u8>)> = j.files.iter().map(|(p, (m, t))| (p.clone(), (*m, t.clone().into_bytes()))).collect();
-        let archive = bosun_types::tarball::deterministic_tgz(&files).map_err(|e| StepError::Failed(format!("packing rendered job `{}`: {e}", j.name)))?;
+        let files: BTreeMap<String, (u32, Vec<u8>)> =
+            j.files.iter().map(|(p, (m, t))| (p.clone(), (*m, t.clone().into_bytes()))).collect();
+        let archive = bosun_types::tarball::deterministic_tgz(&files)
+            .map_err(|e| StepError::Failed(format!("packing rendered job `{}`: {e}", j.name)))?;
         let blob = d.blobstore.put_bytes(&archive)?;
         digests.push(blob.digest.clone());
-        jobs.push(ApplyJob { name: j.name.clone(), release: j.release.clone(), fingerprint: j.fingerprint.clone(), rendered: blob, processes: j.processes.clone(), packages: j.packages.clone() });
+        jobs.push(ApplyJob {
+            name: j.name.clone(),
+            release: j.release.clone(),
+            fingerprint: j.fingerprint.clone(),
+            rendered: blob,
+            processes: j.processes.clone(),
+            packages: j.packages.clone(),
+        });
     }
     let packages = i
         .packages
         .iter()
         .map(|p| {
             digests.push(p.blob.digest.clone());
-            ApplyPackage { name: p.name.clone(), fingerprint: p.fingerprint.clone(), source: p.blob.clone(), dependencies: p.dependencies.clone() }
+            ApplyPackage {
+                name: p.name.clone(),
+                fingerprint: p.fingerprint.clone(),
+                source: p.blob.clone(),
+                dependencies: p.dependencies.clone(),
+            }
         })
         .collect();
     let spec = ApplySpec {
@@ -503,27 +644,62 @@ fn build_spec(d: &Director, rec: &InstanceRecord, i: &InstancePlan, generation: 
     Ok((spec, digests))
 }
 
-fn check_scripts(script: LifecycleScript, value: serde_json::Value, timeout: Duration) -> Result<Vec<ScriptResult>, StepError> {
-    let results: Vec<ScriptResult> = serde_json::from_value(value).map_err(|e| StepError::Failed(format!("the agent's {script} report is malformed: {e}")))?;
+fn check_scripts(
+    script: LifecycleScript,
+    value: serde_json::Value,
+    timeout: Duration,
+) -> Result<Vec<ScriptResult>, StepError> {
+    let results: Vec<ScriptResult> = serde_json::from_value(value)
+        .map_err(|e| StepError::Failed(format!("the agent's {script} report is malformed: {e}")))?;
     for r in &results {
         if r.timed_out {
-            return Err(StepError::Failed(format!("job `{}`: {script} did not finish within {} s and was killed; output:\n{}", r.job, timeout.as_secs(), r.output_tail.trim_end())));
+            return Err(StepError::Failed(format!(
+                "job `{}`: {script} did not finish within {} s and was killed; output:\n{}",
+                r.job,
+                timeout.as_secs(),
+                r.output_tail.trim_end()
+            )));
         }
         if r.exit_code != Some(0) {
             let code = r.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "a signal".into());
-            return Err(StepError::Failed(format!("job `{}`: {script} exited with {code}; output:\n{}", r.job, r.output_tail.trim_end())));
+            return Err(StepError::Failed(format!(
+                "job `{}`: {script} exited with {code}; output:\n{}",
+                r.job,
+                r.output_tail.trim_end()
+            )));
         }
     }
     Ok(results)
 }
 
-async fn run_script(d: &Director, agent_id: &str, script: LifecycleScript, args: Vec<String>, env: BTreeMap<String, String>, timeout: Duration) -> Result<Vec<ScriptResult>, StepError> {
+async fn run_script(
+    d: &Director,
+    agent_id: &str,
+    script: LifecycleScript,
+    args: Vec<String>,
+    env: BTreeMap<String, String>,
+    timeout: Duration,
+) -> Result<Vec<ScriptResult>, StepError> {
     // The agent enforces the timeout; the director allows a little more for the round trip.
-    let v = d.hub.call(agent_id, AgentCommand::RunScript { script, env, args, timeout_ms: timeout.as_millis() as u64 }, timeout + Duration::from_secs(30)).await?;
+    let v = d
+        .hub
+        .call(
+            agent_id,
+            AgentCommand::RunScript { script, env, args, timeout_ms: timeout.as_millis() as u64 },
+            timeout + Duration::from_secs(30),
+        )
+        .await?;
     check_scripts(script, v, timeout)
 }
 
-async fn start_jobs(d: &Arc<Director>, task: &Task, rec: &mut InstanceRecord, i: &InstancePlan, watch: (u64, u64), timeout: Duration) -> Result<(), StepError> {
+async fn start_jobs(
+    d: &Arc<Director>,
+    task: &Task,
+    rec: &mut InstanceRecord,
+    i: &InstancePlan,
+    watch: (u64, u64),
+    timeout: Duration,
+) -> Result<(), StepError> {
     let agent_id = rec.vm.as_ref().map(|v| v.agent_id.clone()).expect("has a VM");
     let generation = rec.generation + 1;
     let (spec, digests) = build_spec(d, rec, i, generation)?;
@@ -550,7 +726,9 @@ async fn wait_running(d: &Director, agent_id: &str, (min_ms, max_ms): (u64, u64)
     tokio::time::sleep(first).await;
     loop {
         let v = d.hub.call(agent_id, AgentCommand::GetState, COMMAND_TIMEOUT).await?;
-        let hb: bosun_types::protocol::Heartbeat = serde_json::from_value(v).map_err(|e| StepError::Failed(format!("malformed state: {e}")))?;
+        let hb: bosun_types::protocol::Heartbeat =
+            serde_json::from_value(v).map_err(|e| StepError::Failed(format!("malformed state: {e}")))?;
+        d.hub.observe(agent_id, hb.clone());
         if hb.job_state == JobState::Running {
             return Ok(());
         }
@@ -559,9 +737,21 @@ async fn wait_running(d: &Director, agent_id: &str, (min_ms, max_ms): (u64, u64)
                 .processes
                 .iter()
                 .filter(|p| p.state != bosun_types::protocol::ProcessStatus::Running)
-                .map(|p| format!("{}/{} is {:?}{}", p.job, p.name, p.state, p.last_exit.as_ref().map(|e| format!(" (last exit: {e})")).unwrap_or_default()))
+                .map(|p| {
+                    format!(
+                        "{}/{} is {:?}{}",
+                        p.job,
+                        p.name,
+                        p.state,
+                        p.last_exit.as_ref().map(|e| format!(" (last exit: {e})")).unwrap_or_default()
+                    )
+                })
                 .collect();
-            return Err(StepError::Failed(format!("not running after {} ms: {}", max_ms, if detail.is_empty() { format!("{:?}", hb.job_state) } else { detail.join(", ") })));
+            return Err(StepError::Failed(format!(
+                "not running after {} ms: {}",
+                max_ms,
+                if detail.is_empty() { format!("{:?}", hb.job_state) } else { detail.join(", ") }
+            )));
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -569,7 +759,14 @@ async fn wait_running(d: &Director, agent_id: &str, (min_ms, max_ms): (u64, u64)
 
 /// pre-stop, drain, stop, post-stop. With `tolerant`, an agent that cannot be reached is passed
 /// over (its VM is about to go), otherwise it is an error.
-async fn stop_jobs(d: &Arc<Director>, task: &Task, rec: &InstanceRecord, next: NextState, timeout: Duration, tolerant: bool) -> Result<(), StepError> {
+async fn stop_jobs(
+    d: &Arc<Director>,
+    task: &Task,
+    rec: &InstanceRecord,
+    next: NextState,
+    timeout: Duration,
+    tolerant: bool,
+) -> Result<(), StepError> {
     let Some(vm) = &rec.vm else { return Ok(()) };
     if rec.applied.is_none() && rec.generation == 0 {
         return Ok(()); // nothing was ever started
@@ -587,8 +784,13 @@ async fn stop_jobs(d: &Arc<Director>, task: &Task, rec: &InstanceRecord, next: N
     env.insert("BOSH_DEPLOYMENT_NEXT_STATE".to_string(), next.deployment.to_string());
     run_script(d, &vm.agent_id, LifecycleScript::PreStop, vec![], env.clone(), timeout).await?;
     let shutdown = next.vm == "delete";
-    let disk = if next.instance == "delete" { 0 } else { rec.applied.as_ref().map(|a| a.persistent_disk_mb).unwrap_or(0) };
-    env.insert("BOSH_JOB_STATE".to_string(), serde_json::json!({ "persistent_disk": rec.applied.as_ref().map(|a| a.persistent_disk_mb).unwrap_or(0) }).to_string());
+    let disk =
+        if next.instance == "delete" { 0 } else { rec.applied.as_ref().map(|a| a.persistent_disk_mb).unwrap_or(0) };
+    env.insert(
+        "BOSH_JOB_STATE".to_string(),
+        serde_json::json!({ "persistent_disk": rec.applied.as_ref().map(|a| a.persistent_disk_mb).unwrap_or(0) })
+            .to_string(),
+    );
     env.insert("BOSH_JOB_NEXT_STATE".to_string(), serde_json::json!({ "persistent_disk": disk }).to_string());
     drain(d, task, rec, &vm.agent_id, if shutdown { "job_shutdown" } else { "job_changed" }, env, timeout).await?;
     d.hub.call(&vm.agent_id, AgentCommand::Stop, COMMAND_TIMEOUT + Duration::from_secs(60)).await?;
@@ -598,7 +800,15 @@ async fn stop_jobs(d: &Arc<Director>, task: &Task, rec: &InstanceRecord, next: N
 
 /// BOSH's drain protocol: a script prints an integer; N ≥ 0 means wait N seconds, N < 0 means
 /// wait |N| seconds and ask again with `job_check_status`. Bounded by the script timeout overall.
-async fn drain(d: &Director, task: &Task, rec: &InstanceRecord, agent_id: &str, kind: &str, env: BTreeMap<String, String>, timeout: Duration) -> Result<(), StepError> {
+async fn drain(
+    d: &Director,
+    task: &Task,
+    rec: &InstanceRecord,
+    agent_id: &str,
+    kind: &str,
+    env: BTreeMap<String, String>,
+    timeout: Duration,
+) -> Result<(), StepError> {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut args = vec![kind.to_string(), "hash_changed".to_string()];
     loop {
@@ -611,7 +821,9 @@ async fn drain(d: &Director, task: &Task, rec: &InstanceRecord, agent_id: &str, 
         let mut again = false;
         for r in &results {
             let last = r.output_tail.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
-            let n: i64 = last.parse().map_err(|_| StepError::Failed(format!("job `{}`: drain printed `{last}`, not an integer", r.job)))?;
+            let n: i64 = last
+                .parse()
+                .map_err(|_| StepError::Failed(format!("job `{}`: drain printed `{last}`, not an integer", r.job)))?;
             if n < 0 {
                 again = true;
             }
@@ -634,16 +846,22 @@ async fn delete_vm_of(d: &Arc<Director>, task: &Task, rec: &mut InstanceRecord) 
     let Some(vm) = rec.vm.clone() else { return Ok(()) };
     for disk in &rec.disk_cids {
         if d.hub.is_responsive(&vm.agent_id) {
-            let _ = d.hub.call(&vm.agent_id, AgentCommand::UnmountDisk { disk_cid: disk.clone() }, COMMAND_TIMEOUT).await;
+            let _ =
+                d.hub.call(&vm.agent_id, AgentCommand::UnmountDisk { disk_cid: disk.clone() }, COMMAND_TIMEOUT).await;
         }
         match d.cpi.detach_disk(&vm.cid, disk).await {
-            Ok(()) | Err(CpiError::DiskNotAttached { .. }) | Err(CpiError::VmNotFound(_)) | Err(CpiError::DiskNotFound(_)) => {}
+            Ok(())
+            | Err(CpiError::DiskNotAttached { .. })
+            | Err(CpiError::VmNotFound(_))
+            | Err(CpiError::DiskNotFound(_)) => {}
             Err(e) => return Err(e.into()),
         }
     }
     match d.cpi.delete_vm(&vm.cid).await {
         Ok(()) => task.info("delete", Some(&rec.name()), format!("deleted VM {}", vm.cid)),
-        Err(CpiError::VmNotFound(_)) => task.warn("delete", Some(&rec.name()), format!("VM {} was already gone", vm.cid)),
+        Err(CpiError::VmNotFound(_)) => {
+            task.warn("delete", Some(&rec.name()), format!("VM {} was already gone", vm.cid))
+        }
         Err(e) => return Err(e.into()),
     }
     d.hub.forget(&vm.agent_id);
@@ -654,12 +872,21 @@ async fn delete_vm_of(d: &Arc<Director>, task: &Task, rec: &mut InstanceRecord) 
     Ok(())
 }
 
-async fn delete_instance(d: &Arc<Director>, task: &Task, mut rec: InstanceRecord, next: NextState) -> Result<(), DeployError> {
+async fn delete_instance(
+    d: &Arc<Director>,
+    task: &Task,
+    mut rec: InstanceRecord,
+    next: NextState,
+) -> Result<(), DeployError> {
     let name = rec.name();
     let timeout = Duration::from_secs(300);
     if let Err(e) = stop_jobs(d, task, &rec, next, timeout, true).await {
         // An instance that is going away must not be kept alive by a failing script.
-        task.warn("stop", Some(&name), format!("stopping before delete failed, deleting anyway: {}", crate::api::error_chain(&e)));
+        task.warn(
+            "stop",
+            Some(&name),
+            format!("stopping before delete failed, deleting anyway: {}", crate::api::error_chain(&e)),
+        );
     }
     delete_vm_of(d, task, &mut rec).await.map_err(step(&name, "deleting the VM"))?;
     for disk in rec.disk_cids.clone() {
@@ -675,9 +902,12 @@ async fn delete_instance(d: &Arc<Director>, task: &Task, mut rec: InstanceRecord
 
 async fn run_post_deploy(d: &Arc<Director>, task: &Task, deployment: &str) -> Result<(), DeployError> {
     let instances: Vec<InstanceRecord> = d.state.list(Tree::Instances, &format!("{deployment}/"))?;
-    let runs = instances.iter().filter_map(|r| r.vm.as_ref().map(|v| (r, v.agent_id.clone()))).map(|(r, agent)| async move {
-        run_script(d, &agent, LifecycleScript::PostDeploy, vec![], BTreeMap::new(), Duration::from_secs(300)).await.map_err(step(&r.name(), "post-deploy"))
-    });
+    let runs =
+        instances.iter().filter_map(|r| r.vm.as_ref().map(|v| (r, v.agent_id.clone()))).map(|(r, agent)| async move {
+            run_script(d, &agent, LifecycleScript::PostDeploy, vec![], BTreeMap::new(), Duration::from_secs(300))
+                .await
+                .map_err(step(&r.name(), "post-deploy"))
+        });
     for r in futures::future::join_all(runs).await {
         r?;
     }
@@ -716,12 +946,14 @@ pub fn instance_views(d: &Director, deployment: &str, with_processes: bool) -> R
             let status = r.vm.as_ref().and_then(|v| d.hub.status(&v.agent_id));
             let state = match (&r.vm, &status) {
                 (None, _) => InstanceState::Missing,
-                (Some(v), Some(s)) if d.hub.is_responsive(&v.agent_id) => match s.heartbeat.as_ref().map(|h| h.job_state) {
-                    Some(JobState::Running) => InstanceState::Running,
-                    Some(JobState::Failing) => InstanceState::Failing,
-                    Some(JobState::Starting) | None => InstanceState::Starting,
-                    Some(JobState::Stopped) | Some(JobState::None) => InstanceState::Stopped,
-                },
+                (Some(v), Some(s)) if d.hub.is_responsive(&v.agent_id) => {
+                    match s.heartbeat.as_ref().map(|h| h.job_state) {
+                        Some(JobState::Running) => InstanceState::Running,
+                        Some(JobState::Failing) => InstanceState::Failing,
+                        Some(JobState::Starting) | None => InstanceState::Starting,
+                        Some(JobState::Stopped) | Some(JobState::None) => InstanceState::Stopped,
+                    }
+                }
                 (Some(_), _) => InstanceState::Unresponsive,
             };
             let stemcell = status.as_ref().and_then(|s| s.stemcell.clone()).or_else(|| {
@@ -741,8 +973,22 @@ pub fn instance_views(d: &Director, deployment: &str, with_processes: bool) -> R
                 state,
                 bootstrap: r.bootstrap,
                 stemcell,
-                processes: if with_processes { Some(status.as_ref().and_then(|s| s.heartbeat.as_ref()).map(|h| h.processes.clone()).unwrap_or_default()) } else { None },
-                vitals: if with_processes { status.as_ref().and_then(|s| s.heartbeat.as_ref()).map(|h| h.vitals.clone()) } else { None },
+                processes: if with_processes {
+                    Some(
+                        status
+                            .as_ref()
+                            .and_then(|s| s.heartbeat.as_ref())
+                            .map(|h| h.processes.clone())
+                            .unwrap_or_default(),
+                    )
+                } else {
+                    None
+                },
+                vitals: if with_processes {
+                    status.as_ref().and_then(|s| s.heartbeat.as_ref()).map(|h| h.vitals.clone())
+                } else {
+                    None
+                },
                 disk_cids: r.disk_cids.clone(),
             }
         })

@@ -6,7 +6,9 @@
 use crate::records::AgentRecord;
 use crate::store::{State, Tree};
 use bosun_types::digest::sha256_digest;
-use bosun_types::protocol::{AgentCommand, AgentMessage, BlobHeader, CommandOutcome, DirectorMessage, Heartbeat, StemcellInfo, MAX_LINE_BYTES};
+use bosun_types::protocol::{
+    AgentCommand, AgentMessage, BlobHeader, CommandOutcome, DirectorMessage, Heartbeat, StemcellInfo, MAX_LINE_BYTES,
+};
 use futures::StreamExt;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -89,6 +91,14 @@ impl AgentHub {
         self.status(agent_id).is_some_and(|s| s.connected && s.last_seen.elapsed() < self.heartbeat_interval * 3)
     }
 
+    /// Records a state the director fetched itself (`get_state`), fresher than the last heartbeat.
+    pub fn observe(&self, agent_id: &str, heartbeat: Heartbeat) {
+        if let Some(s) = self.status.lock().expect("hub lock").get_mut(agent_id) {
+            s.last_seen = Instant::now();
+            s.heartbeat = Some(heartbeat);
+        }
+    }
+
     /// Forgets an agent whose VM is gone.
     pub fn forget(&self, agent_id: &str) {
         self.connections.lock().expect("hub lock").remove(agent_id);
@@ -115,9 +125,20 @@ impl AgentHub {
     }
 
     /// Sends a command and waits for its reply.
-    pub async fn call(&self, agent_id: &str, command: AgentCommand, timeout: Duration) -> Result<serde_json::Value, HubError> {
+    pub async fn call(
+        &self,
+        agent_id: &str,
+        command: AgentCommand,
+        timeout: Duration,
+    ) -> Result<serde_json::Value, HubError> {
         let name = command.name();
-        let conn = self.connections.lock().expect("hub lock").get(agent_id).cloned().ok_or_else(|| HubError::NotConnected(agent_id.to_string()))?;
+        let conn = self
+            .connections
+            .lock()
+            .expect("hub lock")
+            .get(agent_id)
+            .cloned()
+            .ok_or_else(|| HubError::NotConnected(agent_id.to_string()))?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         conn.pending.lock().expect("hub lock").insert(id, tx);
@@ -127,7 +148,9 @@ impl AgentHub {
         }
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(CommandOutcome::Ok(v))) => Ok(v),
-            Ok(Ok(CommandOutcome::Error(message))) => Err(HubError::Failed { agent: agent_id.to_string(), command: name, message }),
+            Ok(Ok(CommandOutcome::Error(message))) => {
+                Err(HubError::Failed { agent: agent_id.to_string(), command: name, message })
+            }
             Ok(Err(_)) => Err(HubError::Disconnected { agent: agent_id.to_string(), command: name }),
             Err(_) => {
                 conn.pending.lock().expect("hub lock").remove(&id);
@@ -161,7 +184,11 @@ impl AgentHub {
         }
     }
 
-    async fn handle(self: Arc<Self>, tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>, peer: std::net::SocketAddr) {
+    async fn handle(
+        self: Arc<Self>,
+        tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+        peer: std::net::SocketAddr,
+    ) {
         let cert_digest = match tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
             Some(c) => sha256_digest(c.as_ref()),
             None => return, // the verifier requires one; nothing to do without it
@@ -208,8 +235,14 @@ impl AgentHub {
             }
             AgentMessage::Hello { vm_cid, stemcell, applied_generation, .. } => {
                 let (tx, mut rx) = mpsc::channel::<DirectorMessage>(64);
-                let conn = Arc::new(Connection { id: self.next_id.fetch_add(1, Ordering::Relaxed), tx, pending: Mutex::new(HashMap::new()), displaced: Notify::new() });
-                let welcome = DirectorMessage::Welcome { heartbeat_interval_ms: self.heartbeat_interval.as_millis() as u64 };
+                let conn = Arc::new(Connection {
+                    id: self.next_id.fetch_add(1, Ordering::Relaxed),
+                    tx,
+                    pending: Mutex::new(HashMap::new()),
+                    displaced: Notify::new(),
+                });
+                let welcome =
+                    DirectorMessage::Welcome { heartbeat_interval_ms: self.heartbeat_interval.as_millis() as u64 };
                 let mut line = serde_json::to_vec(&welcome).expect("serializable");
                 line.push(b'\n');
                 if write.write_all(&line).await.is_err() {
@@ -261,9 +294,13 @@ impl AgentHub {
                                 let _ = tx.send(outcome);
                             }
                         }
-                        Ok(AgentMessage::Progress { id, message }) => tracing::debug!(agent_id = %claimed, id, message, "agent progress"),
+                        Ok(AgentMessage::Progress { id, message }) => {
+                            tracing::debug!(agent_id = %claimed, id, message, "agent progress")
+                        }
                         Ok(_) => tracing::warn!(agent_id = %claimed, "agent sent an unexpected message; ignored"),
-                        Err(e) => tracing::warn!(agent_id = %claimed, error = %e, "agent sent a malformed message; ignored"),
+                        Err(e) => {
+                            tracing::warn!(agent_id = %claimed, error = %e, "agent sent a malformed message; ignored")
+                        }
                     }
                 }
                 writer.abort();
@@ -294,7 +331,9 @@ impl AgentHub {
         };
         if !allowed {
             tracing::warn!(agent_id, digest, "refused a blob the agent's spec does not name");
-            let _ = out.write_all(&answer(BlobHeader { size: None, error: Some("blob not in this agent's spec".into()) })).await;
+            let _ = out
+                .write_all(&answer(BlobHeader { size: None, error: Some("blob not in this agent's spec".into()) }))
+                .await;
             return;
         }
         let path = match self.blobstore.path(digest) {

@@ -128,7 +128,8 @@ fn load_or_create_token(path: &Path) -> Result<String, DirectorError> {
             let mut b = [0u8; 32];
             rand::thread_rng().fill_bytes(&mut b);
             let token = hex::encode(b);
-            write_private(path, token.as_bytes()).map_err(|source| DirectorError::StateDir { path: path.to_path_buf(), source })?;
+            write_private(path, token.as_bytes())
+                .map_err(|source| DirectorError::StateDir { path: path.to_path_buf(), source })?;
             Ok(token)
         }
     }
@@ -168,20 +169,33 @@ pub async fn start(config: DirectorConfig, cpi: Arc<dyn Cpi>) -> Result<RunningD
     }
     let hub = hub::AgentHub::new(state.clone(), blobstore.clone(), config.heartbeat_interval);
 
-    let api_listener = tokio::net::TcpListener::bind(config.listen).await.map_err(|source| DirectorError::Bind { addr: config.listen, source })?;
-    let agent_listener = tokio::net::TcpListener::bind(config.agent_listen).await.map_err(|source| DirectorError::Bind { addr: config.agent_listen, source })?;
-    let api_address = api_listener.local_addr().map_err(|source| DirectorError::Bind { addr: config.listen, source })?;
-    let agent_bound = agent_listener.local_addr().map_err(|source| DirectorError::Bind { addr: config.agent_listen, source })?;
+    let api_listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| DirectorError::Bind { addr: config.listen, source })?;
+    let agent_listener = tokio::net::TcpListener::bind(config.agent_listen)
+        .await
+        .map_err(|source| DirectorError::Bind { addr: config.agent_listen, source })?;
+    let api_address =
+        api_listener.local_addr().map_err(|source| DirectorError::Bind { addr: config.listen, source })?;
+    let agent_bound =
+        agent_listener.local_addr().map_err(|source| DirectorError::Bind { addr: config.agent_listen, source })?;
     let agent_address = config.agent_advertise.clone().unwrap_or_else(|| agent_bound.to_string());
 
     // A fresh server certificate each start, for the addresses it serves on.
-    let mut sans = vec![DIRECTOR_SERVER_NAME.to_string(), "localhost".to_string(), api_address.ip().to_string(), agent_bound.ip().to_string()];
+    let mut sans = vec![
+        DIRECTOR_SERVER_NAME.to_string(),
+        "localhost".to_string(),
+        api_address.ip().to_string(),
+        agent_bound.ip().to_string(),
+    ];
     if let Some(host) = agent_address.rsplit_once(':').map(|(h, _)| h.to_string()) {
         sans.push(host);
     }
     sans.sort();
     sans.dedup();
-    let server = ca.issue(DIRECTOR_SERVER_NAME, &sans, LeafUsage { server: true, client: false }, 365, false).map_err(DirectorError::Pki)?;
+    let server = ca
+        .issue(DIRECTOR_SERVER_NAME, &sans, LeafUsage { server: true, client: false }, 365, false)
+        .map_err(DirectorError::Pki)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let key = pem_key(&server.key_pem).expect("a key we just made parses");
     let api_tls = rustls::ServerConfig::builder_with_provider(provider.clone())
@@ -204,7 +218,20 @@ pub async fn start(config: DirectorConfig, cpi: Arc<dyn Cpi>) -> Result<RunningD
         .with_single_cert(pem_certs(&server.cert_pem), key)
         .map_err(DirectorError::Tls)?;
 
-    let director = Arc::new(Director { config, uuid, state, cpi, hub: hub.clone(), blobstore, tasks, ca, secrets, token, agent_address, api_address });
+    let director = Arc::new(Director {
+        config,
+        uuid,
+        state,
+        cpi,
+        hub: hub.clone(),
+        blobstore,
+        tasks,
+        ca,
+        secrets,
+        token,
+        agent_address,
+        api_address,
+    });
     tokio::spawn(hub.serve(agent_listener, tokio_rustls::TlsAcceptor::from(Arc::new(agent_tls))));
     tokio::spawn(api::serve(director.clone(), api_listener, tokio_rustls::TlsAcceptor::from(Arc::new(api_tls))));
 
@@ -214,7 +241,8 @@ pub async fn start(config: DirectorConfig, cpi: Arc<dyn Cpi>) -> Result<RunningD
         dir.join("ca.pem").canonicalize().unwrap_or_else(|_| dir.join("ca.pem")).display(),
         director.token
     );
-    write_private(&env_file, env.as_bytes()).map_err(|source| DirectorError::StateDir { path: env_file.clone(), source })?;
+    write_private(&env_file, env.as_bytes())
+        .map_err(|source| DirectorError::StateDir { path: env_file.clone(), source })?;
     tracing::info!(api = %api_address, agents = %director.agent_address, cpi = director.cpi.name(), "director started");
     Ok(RunningDirector { director, env_file })
 }

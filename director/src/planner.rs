@@ -6,7 +6,9 @@
 //! Architecture invariant: no I/O here — no store, no CPI, no clock, no global randomness (ids
 //! come from the `rng` the caller passes, so tests are deterministic).
 
-use crate::records::{AppliedJob, AppliedState, InstanceRecord, ReleasePackage, ReleaseRecord, RenderedJob, StemcellRecord};
+use crate::records::{
+    AppliedJob, AppliedState, InstanceRecord, ReleasePackage, ReleaseRecord, RenderedJob, StemcellRecord,
+};
 use crate::render::{lookup, render_job, set_nested, LinkData};
 use bosun_types::api::InstanceAction;
 use bosun_types::cloud_config::{CloudConfig, NetworkType, ResolvedSubnet};
@@ -100,7 +102,8 @@ pub struct Plan {
 
 impl Plan {
     pub fn has_changes(&self) -> bool {
-        !self.deletes.is_empty() || self.groups.iter().flat_map(|g| &g.instances).any(|i| i.action != InstanceAction::Keep)
+        !self.deletes.is_empty()
+            || self.groups.iter().flat_map(|g| &g.instances).any(|i| i.action != InstanceAction::Keep)
     }
 }
 
@@ -149,7 +152,8 @@ pub fn plan(input: &PlanningInput<'_>, rng: &mut dyn RngCore) -> Result<Plan, Pl
     // this plan deletes (never hand out an address whose old VM may still be alive).
     let mut taken: BTreeSet<Ipv4Addr> = input.addresses_in_use_elsewhere.clone();
     let group_names: BTreeSet<&str> = m.instance_groups.iter().map(|g| g.name.as_str()).collect();
-    let mut deletes: Vec<InstanceRecord> = input.existing.iter().filter(|i| !group_names.contains(i.group.as_str())).cloned().collect();
+    let mut deletes: Vec<InstanceRecord> =
+        input.existing.iter().filter(|i| !group_names.contains(i.group.as_str())).cloned().collect();
     for d in &deletes {
         taken.extend(d.networks.values().filter_map(|n| n.ip.parse::<Ipv4Addr>().ok()));
     }
@@ -270,7 +274,12 @@ pub fn plan(input: &PlanningInput<'_>, rng: &mut dyn RngCore) -> Result<Plan, Pl
                 for path in rj.spec.properties.keys() {
                     prop_digests.insert(path.clone(), lookup(props, path).map(digest_json).unwrap_or_default());
                 }
-                applied_jobs.push(AppliedJob { name: j.name.clone(), release: format!("{}/{}", release.name, release.version), fingerprint: rj.fingerprint.clone(), properties: prop_digests });
+                applied_jobs.push(AppliedJob {
+                    name: j.name.clone(),
+                    release: format!("{}/{}", release.name, release.version),
+                    fingerprint: rj.fingerprint.clone(),
+                    properties: prop_digests,
+                });
                 jobs.push(RenderedJob {
                     name: j.name.clone(),
                     release: release.name.clone(),
@@ -340,7 +349,14 @@ fn validate_references(input: &PlanningInput<'_>) -> Result<(), PlanError> {
     for (gi, g) in m.instance_groups.iter().enumerate() {
         let at = |k: &str| format!("/instance_groups/{gi}/{k}");
         if !cc.vm_types.iter().any(|v| v.name == g.vm_type) {
-            return Err(perr(at("vm_type"), format!("unknown vm_type `{}` (the cloud-config has: {})", g.vm_type, names(cc.vm_types.iter().map(|v| &v.name)))));
+            return Err(perr(
+                at("vm_type"),
+                format!(
+                    "unknown vm_type `{}` (the cloud-config has: {})",
+                    g.vm_type,
+                    names(cc.vm_types.iter().map(|v| &v.name))
+                ),
+            ));
         }
         for (i, e) in g.vm_extensions.iter().enumerate() {
             if !cc.vm_extensions.iter().any(|v| &v.name == e) {
@@ -349,25 +365,50 @@ fn validate_references(input: &PlanningInput<'_>) -> Result<(), PlanError> {
         }
         for (i, az) in g.azs.iter().enumerate() {
             if !cc.azs.iter().any(|a| &a.name == az) {
-                return Err(perr(at(&format!("azs/{i}")), format!("unknown AZ `{az}` (the cloud-config has: {})", names(cc.azs.iter().map(|a| &a.name)))));
+                return Err(perr(
+                    at(&format!("azs/{i}")),
+                    format!("unknown AZ `{az}` (the cloud-config has: {})", names(cc.azs.iter().map(|a| &a.name))),
+                ));
             }
         }
         if g.azs.is_empty() && !cc.azs.is_empty() && g.instances > 0 {
             return Err(perr(at("azs"), "the cloud-config defines AZs; list the instance group's `azs`"));
         }
         if !m.stemcells.iter().any(|s| s.alias == g.stemcell) {
-            return Err(perr(at("stemcell"), format!("unknown stemcell alias `{}` (the manifest's stemcells: {})", g.stemcell, names(m.stemcells.iter().map(|s| &s.alias)))));
+            return Err(perr(
+                at("stemcell"),
+                format!(
+                    "unknown stemcell alias `{}` (the manifest's stemcells: {})",
+                    g.stemcell,
+                    names(m.stemcells.iter().map(|s| &s.alias))
+                ),
+            ));
         }
         if !input.stemcells.contains_key(&g.stemcell) {
             return Err(perr(at("stemcell"), format!("stemcell `{}` is not uploaded", g.stemcell)));
         }
         if let Some(t) = &g.persistent_disk_type {
             if !cc.disk_types.iter().any(|d| &d.name == t) {
-                return Err(perr(at("persistent_disk_type"), format!("unknown disk_type `{t}` (the cloud-config has: {})", names(cc.disk_types.iter().map(|d| &d.name)))));
+                return Err(perr(
+                    at("persistent_disk_type"),
+                    format!(
+                        "unknown disk_type `{t}` (the cloud-config has: {})",
+                        names(cc.disk_types.iter().map(|d| &d.name))
+                    ),
+                ));
             }
         }
         for (ni, n) in g.networks.iter().enumerate() {
-            let net = cc.network(&n.name).ok_or_else(|| perr(at(&format!("networks/{ni}/name")), format!("unknown network `{}` (the cloud-config has: {})", n.name, names(cc.networks.iter().map(|n| &n.name)))))?;
+            let net = cc.network(&n.name).ok_or_else(|| {
+                perr(
+                    at(&format!("networks/{ni}/name")),
+                    format!(
+                        "unknown network `{}` (the cloud-config has: {})",
+                        n.name,
+                        names(cc.networks.iter().map(|n| &n.name))
+                    ),
+                )
+            })?;
             if net.kind != NetworkType::Manual {
                 return Err(perr(at(&format!("networks/{ni}")), format!("network `{}` is {:?}; bosun places instances on manual networks (dynamic and vip networks come later)", n.name, net.kind)));
             }
@@ -375,13 +416,25 @@ fn validate_references(input: &PlanningInput<'_>) -> Result<(), PlanError> {
         for (ji, j) in g.jobs.iter().enumerate() {
             let jat = |k: &str| format!("/instance_groups/{gi}/jobs/{ji}/{k}");
             if !m.releases.iter().any(|r| r.name == j.release) {
-                return Err(perr(jat("release"), format!("release `{}` is not listed in the manifest's releases", j.release)));
+                return Err(perr(
+                    jat("release"),
+                    format!("release `{}` is not listed in the manifest's releases", j.release),
+                ));
             }
-            let release = input.releases.get(&j.release).ok_or_else(|| perr(jat("release"), format!("release `{}` is not uploaded", j.release)))?;
+            let release = input
+                .releases
+                .get(&j.release)
+                .ok_or_else(|| perr(jat("release"), format!("release `{}` is not uploaded", j.release)))?;
             if !release.jobs.iter().any(|x| x.name == j.name) {
                 return Err(perr(
                     jat("name"),
-                    format!("release `{}/{}` has no job `{}` (it has: {})", release.name, release.version, j.name, names(release.jobs.iter().map(|x| &x.name))),
+                    format!(
+                        "release `{}/{}` has no job `{}` (it has: {})",
+                        release.name,
+                        release.version,
+                        j.name,
+                        names(release.jobs.iter().map(|x| &x.name))
+                    ),
                 ));
             }
         }
@@ -395,11 +448,17 @@ fn validate_references(input: &PlanningInput<'_>) -> Result<(), PlanError> {
 /// Decides which instances a group keeps, creates and deletes, and their indexes and AZs.
 /// Scale-down removes the highest indexes, from the fullest AZ first; the bootstrap instance (the
 /// lowest index) stays; new instances go to the emptiest AZ.
-fn place_group(g: &InstanceGroup, existing: &[InstanceRecord], rng: &mut dyn RngCore) -> (Vec<Slot>, Vec<InstanceRecord>) {
-    let azs: Vec<Option<String>> = if g.azs.is_empty() { vec![None] } else { g.azs.iter().cloned().map(Some).collect() };
+fn place_group(
+    g: &InstanceGroup,
+    existing: &[InstanceRecord],
+    rng: &mut dyn RngCore,
+) -> (Vec<Slot>, Vec<InstanceRecord>) {
+    let azs: Vec<Option<String>> =
+        if g.azs.is_empty() { vec![None] } else { g.azs.iter().cloned().map(Some).collect() };
     let mut mine: Vec<InstanceRecord> = existing.iter().filter(|i| i.group == g.name).cloned().collect();
     mine.sort_by_key(|i| i.index);
-    let (mut keep, mut gone): (Vec<InstanceRecord>, Vec<InstanceRecord>) = mine.into_iter().partition(|i| azs.contains(&i.az));
+    let (mut keep, mut gone): (Vec<InstanceRecord>, Vec<InstanceRecord>) =
+        mine.into_iter().partition(|i| azs.contains(&i.az));
     let desired = g.instances as usize;
     while keep.len() > desired {
         let mut count: BTreeMap<Option<String>, usize> = BTreeMap::new();
@@ -408,10 +467,25 @@ fn place_group(g: &InstanceGroup, existing: &[InstanceRecord], rng: &mut dyn Rng
         }
         let max = count.values().copied().max().unwrap_or(0);
         // Among instances in the fullest AZs, the highest index goes.
-        let victim = keep.iter().enumerate().filter(|(_, i)| count[&i.az] == max).max_by_key(|(_, i)| i.index).map(|(k, _)| k).expect("non-empty");
+        let victim = keep
+            .iter()
+            .enumerate()
+            .filter(|(_, i)| count[&i.az] == max)
+            .max_by_key(|(_, i)| i.index)
+            .map(|(k, _)| k)
+            .expect("non-empty");
         gone.push(keep.remove(victim));
     }
-    let mut slots: Vec<Slot> = keep.into_iter().map(|e| Slot { uuid: e.uuid.clone(), index: e.index, az: e.az.clone(), networks: BTreeMap::new(), existing: Some(e) }).collect();
+    let mut slots: Vec<Slot> = keep
+        .into_iter()
+        .map(|e| Slot {
+            uuid: e.uuid.clone(),
+            index: e.index,
+            az: e.az.clone(),
+            networks: BTreeMap::new(),
+            existing: Some(e),
+        })
+        .collect();
     let mut used: BTreeSet<u32> = slots.iter().map(|s| s.index).collect();
     while slots.len() < desired {
         let mut count: BTreeMap<Option<String>, usize> = azs.iter().map(|a| (a.clone(), 0)).collect();
@@ -460,23 +534,44 @@ fn assign_addresses(
     for (ni, nref) in g.networks.iter().enumerate() {
         let at = format!("/instance_groups/{gi}/networks/{ni}");
         let subnets = cc.resolved_subnets(&nref.name).map_err(|e| perr(&at, e.to_string()))?;
-        let default = if g.networks.len() == 1 { vec!["dns".to_string(), "gateway".to_string()] } else { nref.default.clone() };
-        let current = |s: &Slot| s.existing.as_ref().and_then(|e| e.networks.get(&nref.name)).and_then(|n| n.ip.parse::<Ipv4Addr>().ok());
+        let default =
+            if g.networks.len() == 1 { vec!["dns".to_string(), "gateway".to_string()] } else { nref.default.clone() };
+        let current = |s: &Slot| {
+            s.existing.as_ref().and_then(|e| e.networks.get(&nref.name)).and_then(|n| n.ip.parse::<Ipv4Addr>().ok())
+        };
         if !nref.static_ips.is_empty() {
-            let statics = bosun_types::ip::expand_ip_list(&nref.static_ips).map_err(|m| perr(format!("{at}/static_ips"), m))?;
+            let statics =
+                bosun_types::ip::expand_ip_list(&nref.static_ips).map_err(|m| perr(format!("{at}/static_ips"), m))?;
             if statics.len() != slots.len() {
                 return Err(perr(
                     format!("{at}/static_ips"),
-                    format!("instance group `{}` has {} instances but {} static IPs on network `{}`", g.name, slots.len(), statics.len(), nref.name),
+                    format!(
+                        "instance group `{}` has {} instances but {} static IPs on network `{}`",
+                        g.name,
+                        slots.len(),
+                        statics.len(),
+                        nref.name
+                    ),
                 ));
             }
             for ip in &statics {
-                let s = subnets.iter().find(|s| s.network.contains(ip)).ok_or_else(|| perr(format!("{at}/static_ips"), format!("static IP {ip} is in no subnet of network `{}`", nref.name)))?;
+                let s = subnets.iter().find(|s| s.network.contains(ip)).ok_or_else(|| {
+                    perr(
+                        format!("{at}/static_ips"),
+                        format!("static IP {ip} is in no subnet of network `{}`", nref.name),
+                    )
+                })?;
                 if s.reserved.contains(ip) {
-                    return Err(perr(format!("{at}/static_ips"), format!("static IP {ip} is in the reserved range of network `{}`", nref.name)));
+                    return Err(perr(
+                        format!("{at}/static_ips"),
+                        format!("static IP {ip} is in the reserved range of network `{}`", nref.name),
+                    ));
                 }
                 if !s.static_pool.contains(ip) {
-                    return Err(perr(format!("{at}/static_ips"), format!("static IP {ip} is not in the static range of network `{}`", nref.name)));
+                    return Err(perr(
+                        format!("{at}/static_ips"),
+                        format!("static IP {ip} is not in the static range of network `{}`", nref.name),
+                    ));
                 }
             }
             let mut free: Vec<Ipv4Addr> = statics.clone();
@@ -491,13 +586,25 @@ fn assign_addresses(
                 }
             }
             for slot in slots.iter_mut().filter(|s| !s.networks.contains_key(&nref.name)) {
-                let pick = free.iter().position(|ip| subnets.iter().any(|s| s.network.contains(ip) && subnet_serves(s, &slot.az)));
+                let pick = free
+                    .iter()
+                    .position(|ip| subnets.iter().any(|s| s.network.contains(ip) && subnet_serves(s, &slot.az)));
                 let Some(k) = pick else {
-                    return Err(perr(format!("{at}/static_ips"), format!("no static IP of network `{}` is left for an instance in AZ `{}`", nref.name, slot.az.as_deref().unwrap_or("-"))));
+                    return Err(perr(
+                        format!("{at}/static_ips"),
+                        format!(
+                            "no static IP of network `{}` is left for an instance in AZ `{}`",
+                            nref.name,
+                            slot.az.as_deref().unwrap_or("-")
+                        ),
+                    ));
                 };
                 let ip = free.remove(k);
                 if elsewhere.contains(&ip) {
-                    return Err(perr(format!("{at}/static_ips"), format!("static IP {ip} is in use by another deployment")));
+                    return Err(perr(
+                        format!("{at}/static_ips"),
+                        format!("static IP {ip} is in use by another deployment"),
+                    ));
                 }
                 let s = subnets.iter().find(|s| s.network.contains(&ip)).expect("checked above");
                 slot.networks.insert(nref.name.clone(), settings(s, ip, default.clone()));
@@ -507,7 +614,9 @@ fn assign_addresses(
             // Keep a current dynamic address when it is still in a serving subnet's pool.
             for slot in slots.iter_mut() {
                 if let Some(ip) = current(slot) {
-                    if let Some(s) = subnets.iter().find(|s| subnet_serves(s, &slot.az) && s.dynamic_pool().any(|x| x == ip)) {
+                    if let Some(s) =
+                        subnets.iter().find(|s| subnet_serves(s, &slot.az) && s.dynamic_pool().any(|x| x == ip))
+                    {
                         slot.networks.insert(nref.name.clone(), settings(s, ip, default.clone()));
                     }
                 }
@@ -542,7 +651,11 @@ fn assign_addresses(
 }
 
 fn default_address(networks: &BTreeMap<String, NetworkSettings>) -> Option<String> {
-    networks.values().find(|n| n.default.iter().any(|d| d == "gateway")).or_else(|| networks.values().next()).map(|n| n.ip.clone())
+    networks
+        .values()
+        .find(|n| n.default.iter().any(|d| d == "gateway"))
+        .or_else(|| networks.values().next())
+        .map(|n| n.ip.clone())
 }
 
 /// A link some job provides: (group index, job index, link name as provided, type, exposed properties).
@@ -560,16 +673,31 @@ fn link_providers(input: &PlanningInput<'_>) -> Result<Vec<Provider>, PlanError>
     for (gi, g) in input.manifest.instance_groups.iter().enumerate() {
         for (ji, j) in g.jobs.iter().enumerate() {
             let spec = &job_of(input, &j.release, &j.name).expect("validated").spec;
-            for (name, _) in &j.provides {
+            for name in j.provides.keys() {
                 if !spec.provides.iter().any(|p| &p.name == name) {
-                    return Err(perr(format!("/instance_groups/{gi}/jobs/{ji}/provides/{name}"), format!("job `{}` provides no link `{name}`", j.name)));
+                    return Err(perr(
+                        format!("/instance_groups/{gi}/jobs/{ji}/provides/{name}"),
+                        format!("job `{}` provides no link `{name}`", j.name),
+                    ));
                 }
             }
             for p in &spec.provides {
                 match j.provides.get(&p.name) {
                     Some(None) => continue, // explicitly not provided
-                    Some(Some(ps)) => out.push(Provider { group: gi, job: ji, name: ps.alias.clone().unwrap_or(p.name.clone()), kind: p.kind.clone(), properties: p.properties.clone() }),
-                    None => out.push(Provider { group: gi, job: ji, name: p.name.clone(), kind: p.kind.clone(), properties: p.properties.clone() }),
+                    Some(Some(ps)) => out.push(Provider {
+                        group: gi,
+                        job: ji,
+                        name: ps.alias.clone().unwrap_or(p.name.clone()),
+                        kind: p.kind.clone(),
+                        properties: p.properties.clone(),
+                    }),
+                    None => out.push(Provider {
+                        group: gi,
+                        job: ji,
+                        name: p.name.clone(),
+                        kind: p.kind.clone(),
+                        properties: p.properties.clone(),
+                    }),
                 }
             }
         }
@@ -598,36 +726,76 @@ fn consumed_links(
     let mut out = BTreeMap::new();
     for c in &spec.consumes {
         let wiring = j.consumes.get(&c.name);
-        let provider = match wiring {
-            Some(None) => {
-                if !c.optional {
-                    return Err(perr(format!("{at}/{}", c.name), format!("link `{}` is not optional and cannot be set to nil", c.name)));
+        let provider =
+            match wiring {
+                Some(None) => {
+                    if !c.optional {
+                        return Err(perr(
+                            format!("{at}/{}", c.name),
+                            format!("link `{}` is not optional and cannot be set to nil", c.name),
+                        ));
+                    }
+                    continue;
                 }
-                continue;
-            }
-            Some(Some(w)) if w.from.is_some() => {
-                let from = w.from.as_deref().expect("checked");
-                let found: Vec<&Provider> = providers.iter().filter(|p| p.name == from).collect();
-                match found.as_slice() {
-                    [p] if p.kind == c.kind => *p,
-                    [p] => return Err(perr(format!("{at}/{}/from", c.name), format!("link `{from}` has type `{}`, job `{}` wants `{}`", p.kind, j.name, c.kind))),
-                    [] => return Err(perr(format!("{at}/{}/from", c.name), format!("no job in the deployment provides a link named `{from}`"))),
-                    _ => return Err(perr(format!("{at}/{}/from", c.name), format!("several jobs provide a link named `{from}`; give them distinct `as` names"))),
-                }
-            }
-            _ => {
-                let found: Vec<&Provider> = providers.iter().filter(|p| p.kind == c.kind).collect();
-                match found.as_slice() {
-                    [p] => *p,
-                    [] if c.optional => continue,
-                    [] => return Err(perr(format!("{at}/{}", c.name), format!("job `{}` consumes link `{}` of type `{}`, but no job in the deployment provides one", j.name, c.name, c.kind))),
-                    many => {
-                        let who: Vec<String> = many.iter().map(|p| format!("{}/{}", m.instance_groups[p.group].name, m.instance_groups[p.group].jobs[p.job].name)).collect();
-                        return Err(perr(format!("{at}/{}", c.name), format!("several jobs provide a link of type `{}` ({}); choose one with `from`", c.kind, who.join(", "))));
+                Some(Some(w)) if w.from.is_some() => {
+                    let from = w.from.as_deref().expect("checked");
+                    let found: Vec<&Provider> = providers.iter().filter(|p| p.name == from).collect();
+                    match found.as_slice() {
+                        [p] if p.kind == c.kind => *p,
+                        [p] => {
+                            return Err(perr(
+                                format!("{at}/{}/from", c.name),
+                                format!("link `{from}` has type `{}`, job `{}` wants `{}`", p.kind, j.name, c.kind),
+                            ))
+                        }
+                        [] => {
+                            return Err(perr(
+                                format!("{at}/{}/from", c.name),
+                                format!("no job in the deployment provides a link named `{from}`"),
+                            ))
+                        }
+                        _ => {
+                            return Err(perr(
+                                format!("{at}/{}/from", c.name),
+                                format!("several jobs provide a link named `{from}`; give them distinct `as` names"),
+                            ))
+                        }
                     }
                 }
-            }
-        };
+                _ => {
+                    let found: Vec<&Provider> = providers.iter().filter(|p| p.kind == c.kind).collect();
+                    match found.as_slice() {
+                        [p] => *p,
+                        [] if c.optional => continue,
+                        [] => return Err(perr(
+                            format!("{at}/{}", c.name),
+                            format!(
+                                "job `{}` consumes link `{}` of type `{}`, but no job in the deployment provides one",
+                                j.name, c.name, c.kind
+                            ),
+                        )),
+                        many => {
+                            let who: Vec<String> = many
+                                .iter()
+                                .map(|p| {
+                                    format!(
+                                        "{}/{}",
+                                        m.instance_groups[p.group].name, m.instance_groups[p.group].jobs[p.job].name
+                                    )
+                                })
+                                .collect();
+                            return Err(perr(
+                                format!("{at}/{}", c.name),
+                                format!(
+                                    "several jobs provide a link of type `{}` ({}); choose one with `from`",
+                                    c.kind,
+                                    who.join(", ")
+                                ),
+                            ));
+                        }
+                    }
+                }
+            };
         let pg = &m.instance_groups[provider.group];
         let slots = &placed.iter().find(|(i, _)| *i == provider.group).expect("placed").1;
         let bootstrap = slots.iter().map(|s| s.index).min();
@@ -653,7 +821,11 @@ fn consumed_links(
 }
 
 /// Every package the jobs need, with their dependencies, from the jobs' releases.
-fn package_closure(input: &PlanningInput<'_>, wanted: &BTreeSet<(String, String)>, gi: &usize) -> Result<Vec<ReleasePackage>, PlanError> {
+fn package_closure(
+    input: &PlanningInput<'_>,
+    wanted: &BTreeSet<(String, String)>,
+    gi: &usize,
+) -> Result<Vec<ReleasePackage>, PlanError> {
     let mut out: BTreeMap<String, ReleasePackage> = BTreeMap::new();
     let mut todo: Vec<(String, String)> = wanted.iter().cloned().collect();
     while let Some((release, name)) = todo.pop() {
@@ -661,7 +833,12 @@ fn package_closure(input: &PlanningInput<'_>, wanted: &BTreeSet<(String, String)
             continue;
         }
         let r = input.releases.get(&release).expect("validated");
-        let p = r.packages.iter().find(|p| p.name == name).ok_or_else(|| perr(format!("/instance_groups/{gi}/jobs"), format!("release `{}/{}` lacks package `{name}` that its jobs need", r.name, r.version)))?;
+        let p = r.packages.iter().find(|p| p.name == name).ok_or_else(|| {
+            perr(
+                format!("/instance_groups/{gi}/jobs"),
+                format!("release `{}/{}` lacks package `{name}` that its jobs need", r.name, r.version),
+            )
+        })?;
         for d in &p.dependencies {
             todo.push((release.clone(), d.clone()));
         }
@@ -690,7 +867,13 @@ pub fn configuration_hash(jobs: &[RenderedJob]) -> String {
 }
 
 /// What must happen to an instance, and why.
-fn decide(slot: &Slot, desired: &AppliedState, bootstrap: bool, recreate: bool, at: &str) -> Result<(InstanceAction, Vec<String>), PlanError> {
+fn decide(
+    slot: &Slot,
+    desired: &AppliedState,
+    bootstrap: bool,
+    recreate: bool,
+    at: &str,
+) -> Result<(InstanceAction, Vec<String>), PlanError> {
     let Some(existing) = &slot.existing else {
         return Ok((InstanceAction::Create, vec!["new instance".into()]));
     };
@@ -703,7 +886,10 @@ fn decide(slot: &Slot, desired: &AppliedState, bootstrap: bool, recreate: bool, 
         recreate_reasons.push("recreate requested".to_string());
     }
     if was.stemcell != desired.stemcell {
-        recreate_reasons.push(format!("stemcell {}/{} → {}/{}", was.stemcell.0, was.stemcell.1, desired.stemcell.0, desired.stemcell.1));
+        recreate_reasons.push(format!(
+            "stemcell {}/{} → {}/{}",
+            was.stemcell.0, was.stemcell.1, desired.stemcell.0, desired.stemcell.1
+        ));
     }
     if was.vm_type != desired.vm_type {
         recreate_reasons.push(format!("vm_type `{}` → `{}`", was.vm_type, desired.vm_type));
@@ -732,7 +918,13 @@ fn decide(slot: &Slot, desired: &AppliedState, bootstrap: bool, recreate: bool, 
     let had_disk = !existing.disk_cids.is_empty();
     if was.persistent_disk_mb != desired.persistent_disk_mb || had_disk != (desired.persistent_disk_mb > 0) {
         if had_disk {
-            return Err(perr(at, format!("persistent disk of instance {}/{} changes ({} → {} MiB): disk migration is not supported yet", existing.group, existing.uuid, was.persistent_disk_mb, desired.persistent_disk_mb)));
+            return Err(perr(
+                at,
+                format!(
+                    "persistent disk of instance {}/{} changes ({} → {} MiB): disk migration is not supported yet",
+                    existing.group, existing.uuid, was.persistent_disk_mb, desired.persistent_disk_mb
+                ),
+            ));
         }
         update_reasons.push(format!("persistent disk 0 → {} MiB", desired.persistent_disk_mb));
     }

@@ -52,12 +52,18 @@ pub fn set_nested(root: &mut serde_json::Value, dotted: &str, value: serde_json:
 }
 
 fn p_impl(props: &serde_json::Value, args: &[Value], what: &str) -> Result<Value, Error> {
-    let name = args.first().and_then(|v| v.as_str()).ok_or_else(|| Error::new(ErrorKind::InvalidOperation, format!("{what}p() needs a property name")))?;
+    let name = args
+        .first()
+        .and_then(|v| v.as_str())
+        .ok_or_else(|| Error::new(ErrorKind::InvalidOperation, format!("{what}p() needs a property name")))?;
     match lookup(props, name) {
         Some(v) => Ok(Value::from_serialize(v)),
         None => match args.get(1) {
             Some(d) => Ok(d.clone()),
-            None => Err(Error::new(ErrorKind::InvalidOperation, format!("{what}property `{name}` is not set and has no default"))),
+            None => Err(Error::new(
+                ErrorKind::InvalidOperation,
+                format!("{what}property `{name}` is not set and has no default"),
+            )),
         },
     }
 }
@@ -89,7 +95,12 @@ impl Object for LinkObject {
         }
     }
 
-    fn call_method(self: &Arc<Self>, _state: &minijinja::State<'_, '_>, method: &str, args: &[Value]) -> Result<Value, Error> {
+    fn call_method(
+        self: &Arc<Self>,
+        _state: &minijinja::State<'_, '_>,
+        method: &str,
+        args: &[Value],
+    ) -> Result<Value, Error> {
         match method {
             "p" => p_impl(&self.properties, args, &format!("link `{}`: ", self.name)),
             "if_p" => if_p_impl(&self.properties, args),
@@ -120,7 +131,9 @@ pub fn render_job(
     let links = Arc::new(links.clone());
     let job_name = job.to_string();
     env.add_function("link", move |name: String| -> Result<Value, Error> {
-        let l = links.get(&name).ok_or_else(|| Error::new(ErrorKind::InvalidOperation, format!("job `{job_name}` consumes no link `{name}`")))?;
+        let l = links.get(&name).ok_or_else(|| {
+            Error::new(ErrorKind::InvalidOperation, format!("job `{job_name}` consumes no link `{name}`"))
+        })?;
         let address = l.instances.first().and_then(|i| i.get("address")).cloned().unwrap_or(serde_json::Value::Null);
         Ok(Value::from_object(LinkObject {
             name: name.clone(),
@@ -141,7 +154,8 @@ pub fn render_job(
     for (src, text) in templates {
         env.add_template_owned(src.clone(), text.clone()).map_err(|e| err(src, &e))?;
     }
-    let ctx = minijinja::context! { spec => Value::from_serialize(spec), properties => Value::from_serialize(properties) };
+    let ctx =
+        minijinja::context! { spec => Value::from_serialize(spec), properties => Value::from_serialize(properties) };
     let mut out = BTreeMap::new();
     for (src, dest) in destinations {
         let t = env.get_template(src).map_err(|e| err(src, &e))?;
@@ -175,7 +189,12 @@ mod tests {
 
     #[test]
     fn p_spec_and_defaults() {
-        let out = one("{{ spec.name }}/{{ spec.index }} {{ p('a.b') }} {{ p('x.y', 7) }}", json!({"a": {"b": "v"}}), BTreeMap::new()).unwrap();
+        let out = one(
+            "{{ spec.name }}/{{ spec.index }} {{ p('a.b') }} {{ p('x.y', 7) }}",
+            json!({"a": {"b": "v"}}),
+            BTreeMap::new(),
+        )
+        .unwrap();
         assert_eq!(out, "etcd/0 v 7");
     }
 
@@ -191,7 +210,13 @@ mod tests {
         let mut links = BTreeMap::new();
         links.insert(
             "peers".to_string(),
-            LinkData { instances: vec![json!({"address": "127.0.10.2", "id": "a"}), json!({"address": "127.0.10.3", "id": "b"})], properties: json!({"port": 2380}) },
+            LinkData {
+                instances: vec![
+                    json!({"address": "127.0.10.2", "id": "a"}),
+                    json!({"address": "127.0.10.3", "id": "b"}),
+                ],
+                properties: json!({"port": 2380}),
+            },
         );
         let out = one(
             "{% if if_p('tls') %}tls{% else %}plain{% endif %} {% for i in link('peers').instances %}{{ i.id }}=http://{{ i.address }}:{{ link('peers').p('port') }}{% if not loop.last %},{% endif %}{% endfor %}",
@@ -200,12 +225,20 @@ mod tests {
         )
         .unwrap();
         assert_eq!(out, "plain a=http://127.0.10.2:2380,b=http://127.0.10.3:2380");
-        assert!(one("{{ link('nope') }}", json!({}), BTreeMap::new()).unwrap_err().message.contains("consumes no link `nope`"));
+        assert!(one("{{ link('nope') }}", json!({}), BTreeMap::new())
+            .unwrap_err()
+            .message
+            .contains("consumes no link `nope`"));
     }
 
     #[test]
     fn runaway_template_is_stopped() {
-        let e = one("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}", json!({}), BTreeMap::new()).unwrap_err();
+        let e = one(
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+            json!({}),
+            BTreeMap::new(),
+        )
+        .unwrap_err();
         assert!(e.message.contains("fuel"), "{e}");
     }
 }

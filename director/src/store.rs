@@ -70,7 +70,13 @@ pub trait KvStore: Send + Sync {
     fn delete(&self, tree: Tree, key: &str) -> Result<(), StoreError>;
     fn scan_prefix(&self, tree: Tree, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
     /// Sets `key` to `new` only if it currently holds `old` (`None`: absent). Returns whether it did.
-    fn compare_and_swap(&self, tree: Tree, key: &str, old: Option<&[u8]>, new: Option<&[u8]>) -> Result<bool, StoreError>;
+    fn compare_and_swap(
+        &self,
+        tree: Tree,
+        key: &str,
+        old: Option<&[u8]>,
+        new: Option<&[u8]>,
+    ) -> Result<bool, StoreError>;
     /// A durable, strictly increasing counter.
     fn next_id(&self, counter: &str) -> Result<u64, StoreError>;
     fn flush(&self) -> Result<(), StoreError>;
@@ -82,7 +88,10 @@ pub struct SledStore {
 
 impl SledStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = sled::Config::new().path(path).open().map_err(|source| StoreError::Open { path: path.display().to_string(), source })?;
+        let db = sled::Config::new()
+            .path(path)
+            .open()
+            .map_err(|source| StoreError::Open { path: path.display().to_string(), source })?;
         Ok(Self { db })
     }
     fn tree(&self, tree: Tree) -> Result<sled::Tree, StoreError> {
@@ -92,7 +101,11 @@ impl SledStore {
 
 impl KvStore for SledStore {
     fn get(&self, tree: Tree, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.tree(tree)?.get(key).map_err(|source| StoreError::Backend { tree: tree.name(), source })?.map(|v| v.to_vec()))
+        Ok(self
+            .tree(tree)?
+            .get(key)
+            .map_err(|source| StoreError::Backend { tree: tree.name(), source })?
+            .map(|v| v.to_vec()))
     }
     fn put(&self, tree: Tree, key: &str, value: &[u8]) -> Result<(), StoreError> {
         self.tree(tree)?.insert(key, value).map_err(|source| StoreError::Backend { tree: tree.name(), source })?;
@@ -111,8 +124,17 @@ impl KvStore for SledStore {
             })
             .collect()
     }
-    fn compare_and_swap(&self, tree: Tree, key: &str, old: Option<&[u8]>, new: Option<&[u8]>) -> Result<bool, StoreError> {
-        let r = self.tree(tree)?.compare_and_swap(key, old, new).map_err(|source| StoreError::Backend { tree: tree.name(), source })?;
+    fn compare_and_swap(
+        &self,
+        tree: Tree,
+        key: &str,
+        old: Option<&[u8]>,
+        new: Option<&[u8]>,
+    ) -> Result<bool, StoreError> {
+        let r = self
+            .tree(tree)?
+            .compare_and_swap(key, old, new)
+            .map_err(|source| StoreError::Backend { tree: tree.name(), source })?;
         Ok(r.is_ok())
     }
     fn next_id(&self, counter: &str) -> Result<u64, StoreError> {
@@ -148,7 +170,11 @@ impl State {
     pub fn get<T: DeserializeOwned>(&self, tree: Tree, key: &str) -> Result<Option<T>, StoreError> {
         match self.kv.get(tree, key)? {
             None => Ok(None),
-            Some(b) => serde_json::from_slice(&b).map(Some).map_err(|source| StoreError::Corrupt { tree: tree.name(), key: key.to_string(), source }),
+            Some(b) => serde_json::from_slice(&b).map(Some).map_err(|source| StoreError::Corrupt {
+                tree: tree.name(),
+                key: key.to_string(),
+                source,
+            }),
         }
     }
     pub fn put<T: Serialize>(&self, tree: Tree, key: &str, value: &T) -> Result<(), StoreError> {
@@ -161,7 +187,9 @@ impl State {
         self.kv
             .scan_prefix(tree, prefix)?
             .into_iter()
-            .map(|(k, v)| serde_json::from_slice(&v).map_err(|source| StoreError::Corrupt { tree: tree.name(), key: k, source }))
+            .map(|(k, v)| {
+                serde_json::from_slice(&v).map_err(|source| StoreError::Corrupt { tree: tree.name(), key: k, source })
+            })
             .collect()
     }
     pub fn next_id(&self, counter: &str) -> Result<u64, StoreError> {

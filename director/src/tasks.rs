@@ -38,14 +38,28 @@ impl Tasks {
         let lock_key = match (lock, deployment) {
             (true, Some(d)) => {
                 if !self.state.kv().compare_and_swap(Tree::Locks, d, None, Some(id.to_string().as_bytes()))? {
-                    let holder = self.state.kv().get(Tree::Locks, d)?.and_then(|b| String::from_utf8(b).ok()).and_then(|s| s.parse().ok()).unwrap_or(0);
+                    let holder = self
+                        .state
+                        .kv()
+                        .get(Tree::Locks, d)?
+                        .and_then(|b| String::from_utf8(b).ok())
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(0);
                     return Err(TaskError::Locked { deployment: d.to_string(), task: holder });
                 }
                 Some(d.to_string())
             }
             _ => None,
         };
-        let view = TaskView { id, state: TaskState::Processing, description: description.to_string(), deployment: deployment.map(str::to_string), started_at: now_secs(), ended_at: None, result: None };
+        let view = TaskView {
+            id,
+            state: TaskState::Processing,
+            description: description.to_string(),
+            deployment: deployment.map(str::to_string),
+            started_at: now_secs(),
+            ended_at: None,
+            result: None,
+        };
         self.state.put(Tree::Tasks, &task_key(id), &view)?;
         Ok(Task { id, tasks: self.clone(), lock_key })
     }
@@ -58,7 +72,11 @@ impl Tasks {
     pub fn list(&self, limit: usize, deployment: Option<&str>) -> Result<Vec<TaskView>, StoreError> {
         let mut all: Vec<TaskView> = self.state.list(Tree::Tasks, "")?;
         all.reverse();
-        Ok(all.into_iter().filter(|t| deployment.is_none() || t.deployment.as_deref() == deployment).take(limit).collect())
+        Ok(all
+            .into_iter()
+            .filter(|t| deployment.is_none() || t.deployment.as_deref() == deployment)
+            .take(limit)
+            .collect())
     }
 
     pub fn events(&self, id: u64, after: u64) -> Result<Vec<TaskEvent>, StoreError> {
@@ -117,7 +135,14 @@ impl Task {
         }
         let result = (|| -> Result<(), StoreError> {
             let seq = self.tasks.state.next_id(&format!("task-events/{}", self.id))?;
-            let ev = TaskEvent { seq, time_ms: now_ms(), level, stage: stage.to_string(), instance: instance.map(str::to_string), message };
+            let ev = TaskEvent {
+                seq,
+                time_ms: now_ms(),
+                level,
+                stage: stage.to_string(),
+                instance: instance.map(str::to_string),
+                message,
+            };
             self.tasks.state.put(Tree::TaskEvents, &format!("{}/{seq:010}", task_key(self.id)), &ev)
         })();
         if let Err(e) = result {

@@ -43,7 +43,8 @@ fn unpack_outer(tarball: &Path, dir: &Path) -> Result<(), UploadError> {
     let mut magic = [0u8; 2];
     let n = f.read(&mut magic).map_err(UploadError::Io)?;
     let f = std::fs::File::open(tarball).map_err(UploadError::Io)?;
-    let reader: Box<dyn Read> = if n == 2 && magic == [0x1f, 0x8b] { Box::new(flate2::read::GzDecoder::new(f)) } else { Box::new(f) };
+    let reader: Box<dyn Read> =
+        if n == 2 && magic == [0x1f, 0x8b] { Box::new(flate2::read::GzDecoder::new(f)) } else { Box::new(f) };
     let mut a = tar::Archive::new(reader);
     for entry in a.entries().map_err(|e| invalid(format!("not a tarball: {e}")))? {
         let mut entry = entry.map_err(|e| invalid(format!("corrupt tarball: {e}")))?;
@@ -65,8 +66,10 @@ fn file_digest(path: &Path) -> Result<String, UploadError> {
 pub fn upload_release(director: &Director, tarball: &Path, work: &Path) -> Result<UploadResult, UploadError> {
     let tarball_digest = file_digest(tarball)?;
     unpack_outer(tarball, work)?;
-    let mf_text = std::fs::read_to_string(work.join("release.MF")).map_err(|_| invalid("the tarball has no release.MF"))?;
-    let mf: ReleaseManifest = bosun_types::yaml::from_str("release.MF", &mf_text).map_err(|e| invalid(e.to_string()))?;
+    let mf_text =
+        std::fs::read_to_string(work.join("release.MF")).map_err(|_| invalid("the tarball has no release.MF"))?;
+    let mf: ReleaseManifest =
+        bosun_types::yaml::from_str("release.MF", &mf_text).map_err(|e| invalid(e.to_string()))?;
     bosun_types::manifest::check_name("release.MF", "/name", &mf.name).map_err(|e| invalid(e.to_string()))?;
     let version = mf.version.0.clone();
     let key = release_key(&mf.name, &version);
@@ -76,22 +79,39 @@ pub fn upload_release(director: &Director, tarball: &Path, work: &Path) -> Resul
         bosun_types::manifest::check_name("release.MF", "/packages", &p.name).map_err(|e| invalid(e.to_string()))?;
         let path = work.join("packages").join(format!("{}.tgz", p.name));
         if !path.is_file() {
-            return Err(invalid(format!("{}: packages/{}.tgz is missing from the tarball", at("package", &p.name), p.name)));
+            return Err(invalid(format!(
+                "{}: packages/{}.tgz is missing from the tarball",
+                at("package", &p.name),
+                p.name
+            )));
         }
         let digest = file_digest(&path)?;
         if digest != p.sha1 {
-            return Err(invalid(format!("{}: digest mismatch (release.MF says {}, the tarball holds {digest})", at("package", &p.name), p.sha1)));
+            return Err(invalid(format!(
+                "{}: digest mismatch (release.MF says {}, the tarball holds {digest})",
+                at("package", &p.name),
+                p.sha1
+            )));
         }
-        let files = read_tgz(&std::fs::read(&path).map_err(UploadError::Io)?, u64::MAX).map_err(|e| invalid(format!("{}: {e}", at("package", &p.name))))?;
+        let files = read_tgz(&std::fs::read(&path).map_err(UploadError::Io)?, u64::MAX)
+            .map_err(|e| invalid(format!("{}: {e}", at("package", &p.name))))?;
         if !files.contains_key("packaging") {
             return Err(invalid(format!("{}: no packaging script", at("package", &p.name))));
         }
         let fp = fingerprint(&files, &p.dependencies);
         if fp != p.fingerprint {
-            return Err(invalid(format!("{}: fingerprint mismatch (release.MF says {}, the content gives {fp})", at("package", &p.name), p.fingerprint)));
+            return Err(invalid(format!(
+                "{}: fingerprint mismatch (release.MF says {}, the content gives {fp})",
+                at("package", &p.name),
+                p.fingerprint
+            )));
         }
-        let blob = bosun_types::protocol::BlobRef { digest, size: std::fs::metadata(&path).map_err(UploadError::Io)?.len() };
-        packages.push((path, ReleasePackage { name: p.name.clone(), fingerprint: fp, blob, dependencies: p.dependencies.clone() }));
+        let blob =
+            bosun_types::protocol::BlobRef { digest, size: std::fs::metadata(&path).map_err(UploadError::Io)?.len() };
+        packages.push((
+            path,
+            ReleasePackage { name: p.name.clone(), fingerprint: fp, blob, dependencies: p.dependencies.clone() },
+        ));
     }
     for (_, p) in &packages {
         for d in &p.dependencies {
@@ -109,27 +129,44 @@ pub fn upload_release(director: &Director, tarball: &Path, work: &Path) -> Resul
         }
         let digest = file_digest(&path)?;
         if digest != j.sha1 {
-            return Err(invalid(format!("{}: digest mismatch (release.MF says {}, the tarball holds {digest})", at("job", &j.name), j.sha1)));
+            return Err(invalid(format!(
+                "{}: digest mismatch (release.MF says {}, the tarball holds {digest})",
+                at("job", &j.name),
+                j.sha1
+            )));
         }
-        let files = read_tgz(&std::fs::read(&path).map_err(UploadError::Io)?, JOB_LIMIT).map_err(|e| invalid(format!("{}: {e}", at("job", &j.name))))?;
+        let files = read_tgz(&std::fs::read(&path).map_err(UploadError::Io)?, JOB_LIMIT)
+            .map_err(|e| invalid(format!("{}: {e}", at("job", &j.name))))?;
         let fp = fingerprint(&files, &[]);
         if fp != j.fingerprint {
-            return Err(invalid(format!("{}: fingerprint mismatch (release.MF says {}, the content gives {fp})", at("job", &j.name), j.fingerprint)));
+            return Err(invalid(format!(
+                "{}: fingerprint mismatch (release.MF says {}, the content gives {fp})",
+                at("job", &j.name),
+                j.fingerprint
+            )));
         }
         let spec_bytes = &files.get("job.MF").ok_or_else(|| invalid(format!("{}: no job.MF", at("job", &j.name))))?.1;
-        let spec: JobSpec = bosun_types::yaml::from_str(&format!("jobs/{}.tgz:job.MF", j.name), &String::from_utf8_lossy(spec_bytes)).map_err(|e| invalid(e.to_string()))?;
+        let spec: JobSpec =
+            bosun_types::yaml::from_str(&format!("jobs/{}.tgz:job.MF", j.name), &String::from_utf8_lossy(spec_bytes))
+                .map_err(|e| invalid(e.to_string()))?;
         if spec.name != j.name {
             return Err(invalid(format!("{}: job.MF names it `{}`", at("job", &j.name), spec.name)));
         }
         let mut templates = BTreeMap::new();
         for src in spec.templates.keys() {
-            let (_, bytes) = files.get(&format!("templates/{src}")).ok_or_else(|| invalid(format!("{}: template `{src}` is missing", at("job", &j.name))))?;
-            let text = String::from_utf8(bytes.clone()).map_err(|_| invalid(format!("{}: template `{src}` is not UTF-8", at("job", &j.name))))?;
+            let (_, bytes) = files
+                .get(&format!("templates/{src}"))
+                .ok_or_else(|| invalid(format!("{}: template `{src}` is missing", at("job", &j.name))))?;
+            let text = String::from_utf8(bytes.clone())
+                .map_err(|_| invalid(format!("{}: template `{src}` is not UTF-8", at("job", &j.name))))?;
             templates.insert(src.clone(), text);
         }
         for dest in spec.templates.values() {
             if dest.starts_with('/') || dest.split('/').any(|c| c == ".." || c.is_empty()) {
-                return Err(invalid(format!("{}: template destination `{dest}` must be a relative path inside the job", at("job", &j.name))));
+                return Err(invalid(format!(
+                    "{}: template destination `{dest}` must be a relative path inside the job",
+                    at("job", &j.name)
+                )));
             }
         }
         for p in &spec.packages {
@@ -137,7 +174,8 @@ pub fn upload_release(director: &Director, tarball: &Path, work: &Path) -> Resul
                 return Err(invalid(format!("{}: needs package `{p}`, which the release lacks", at("job", &j.name))));
             }
         }
-        let blob = bosun_types::protocol::BlobRef { digest, size: std::fs::metadata(&path).map_err(UploadError::Io)?.len() };
+        let blob =
+            bosun_types::protocol::BlobRef { digest, size: std::fs::metadata(&path).map_err(UploadError::Io)?.len() };
         jobs.push((path, ReleaseJob { name: j.name.clone(), fingerprint: fp, blob, spec, templates }));
     }
     // Everything checked out; only now does the upload touch the director's state.
@@ -145,7 +183,9 @@ pub fn upload_release(director: &Director, tarball: &Path, work: &Path) -> Resul
         if existing.tarball_digest == tarball_digest {
             return Ok(UploadResult { name: mf.name, version, already_present: true });
         }
-        return Err(invalid(format!("release {key} is already uploaded with other content; give the new one another version")));
+        return Err(invalid(format!(
+            "release {key} is already uploaded with other content; give the new one another version"
+        )));
     }
     for (path, artifact) in packages.iter().map(|(p, a)| (p, &a.blob)).chain(jobs.iter().map(|(p, j)| (p, &j.blob))) {
         let stored = director.blobstore.put_file(path)?;
@@ -153,28 +193,45 @@ pub fn upload_release(director: &Director, tarball: &Path, work: &Path) -> Resul
     }
     let packages: Vec<ReleasePackage> = packages.into_iter().map(|(_, p)| p).collect();
     let jobs: Vec<ReleaseJob> = jobs.into_iter().map(|(_, j)| j).collect();
-    let record = ReleaseRecord { name: mf.name.clone(), version: version.clone(), commit_hash: mf.commit_hash.clone(), jobs, packages, tarball_digest, uploaded_at: now_secs() };
+    let record = ReleaseRecord {
+        name: mf.name.clone(),
+        version: version.clone(),
+        commit_hash: mf.commit_hash.clone(),
+        jobs,
+        packages,
+        tarball_digest,
+        uploaded_at: now_secs(),
+    };
     director.state.put(Tree::Releases, &key, &record)?;
     Ok(UploadResult { name: mf.name, version, already_present: false })
 }
 
 /// Processes an uploaded stemcell tarball: checks the image digest and the CPI's formats, then
 /// hands the image to the CPI.
-pub async fn upload_stemcell(director: &Director, tarball: PathBuf, work: PathBuf) -> Result<UploadResult, UploadError> {
+pub async fn upload_stemcell(
+    director: &Director,
+    tarball: PathBuf,
+    work: PathBuf,
+) -> Result<UploadResult, UploadError> {
     let (mf, image, digest) = {
         let work = work.clone();
         tokio::task::spawn_blocking(move || -> Result<_, UploadError> {
             let digest = file_digest(&tarball)?;
             unpack_outer(&tarball, &work)?;
-            let text = std::fs::read_to_string(work.join("stemcell.MF")).map_err(|_| invalid("the tarball has no stemcell.MF"))?;
-            let mf: StemcellManifest = bosun_types::yaml::from_str("stemcell.MF", &text).map_err(|e| invalid(e.to_string()))?;
+            let text = std::fs::read_to_string(work.join("stemcell.MF"))
+                .map_err(|_| invalid("the tarball has no stemcell.MF"))?;
+            let mf: StemcellManifest =
+                bosun_types::yaml::from_str("stemcell.MF", &text).map_err(|e| invalid(e.to_string()))?;
             let image = work.join("image");
             if !image.is_file() {
                 return Err(invalid("the tarball has no image"));
             }
             let image_digest = file_digest(&image)?;
             if image_digest != mf.sha1 {
-                return Err(invalid(format!("stemcell {}/{}: image digest mismatch (stemcell.MF says {}, the image is {image_digest})", mf.name, mf.version, mf.sha1)));
+                return Err(invalid(format!(
+                    "stemcell {}/{}: image digest mismatch (stemcell.MF says {}, the image is {image_digest})",
+                    mf.name, mf.version, mf.sha1
+                )));
             }
             Ok((mf, image, digest))
         })
@@ -199,7 +256,15 @@ pub async fn upload_stemcell(director: &Director, tarball: PathBuf, work: PathBu
         )));
     }
     let cid = director.cpi.create_stemcell(&image, &mf.cloud_properties).await.map_err(UploadError::Cpi)?;
-    let record = StemcellRecord { name: mf.name.clone(), version: mf.version.0.clone(), operating_system: mf.operating_system.clone(), cid, api_version: mf.api_version, digest, uploaded_at: now_secs() };
+    let record = StemcellRecord {
+        name: mf.name.clone(),
+        version: mf.version.0.clone(),
+        operating_system: mf.operating_system.clone(),
+        cid,
+        api_version: mf.api_version,
+        digest,
+        uploaded_at: now_secs(),
+    };
     director.state.put(Tree::Stemcells, &key, &record)?;
     Ok(UploadResult { name: mf.name, version: mf.version.0, already_present: false })
 }

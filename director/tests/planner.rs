@@ -74,15 +74,34 @@ processes: [{name: member, executable: bin/run}]
         name: "rel".into(),
         version: "1".into(),
         commit_hash: "abc".into(),
-        jobs: vec![ReleaseJob { name: "member".into(), fingerprint: "f1".into(), blob: BlobRef { digest: "sha256:00".into(), size: 1 }, spec, templates }],
-        packages: vec![ReleasePackage { name: "pkg".into(), fingerprint: "p1".into(), blob: BlobRef { digest: "sha256:01".into(), size: 1 }, dependencies: vec![] }],
+        jobs: vec![ReleaseJob {
+            name: "member".into(),
+            fingerprint: "f1".into(),
+            blob: BlobRef { digest: "sha256:00".into(), size: 1 },
+            spec,
+            templates,
+        }],
+        packages: vec![ReleasePackage {
+            name: "pkg".into(),
+            fingerprint: "p1".into(),
+            blob: BlobRef { digest: "sha256:01".into(), size: 1 },
+            dependencies: vec![],
+        }],
         tarball_digest: "sha256:02".into(),
         uploaded_at: 1,
     }
 }
 
 fn stemcell(version: &str) -> StemcellRecord {
-    StemcellRecord { name: "st".into(), version: version.into(), operating_system: "linux".into(), cid: format!("sc-{version}"), api_version: 2, digest: "d".into(), uploaded_at: 1 }
+    StemcellRecord {
+        name: "st".into(),
+        version: version.into(),
+        operating_system: "linux".into(),
+        cid: format!("sc-{version}"),
+        api_version: 2,
+        digest: "d".into(),
+        uploaded_at: 1,
+    }
 }
 
 struct World {
@@ -108,8 +127,17 @@ impl World {
     }
 
     fn plan_with(&self, manifest_text: &str, recreate: bool) -> Result<Plan, String> {
-        let m = DeploymentManifest::parse("manifest", serde_yaml::from_str(manifest_text).unwrap()).map_err(|e| e.to_string())?;
-        let input = PlanningInput { manifest: &m, cloud_config: &self.cloud, releases: &self.releases, stemcells: &self.stemcells, existing: &self.existing, addresses_in_use_elsewhere: &self.elsewhere, recreate };
+        let m = DeploymentManifest::parse("manifest", serde_yaml::from_str(manifest_text).unwrap())
+            .map_err(|e| e.to_string())?;
+        let input = PlanningInput {
+            manifest: &m,
+            cloud_config: &self.cloud,
+            releases: &self.releases,
+            stemcells: &self.stemcells,
+            existing: &self.existing,
+            addresses_in_use_elsewhere: &self.elsewhere,
+            recreate,
+        };
         plan(&input, &mut rand::rngs::StdRng::seed_from_u64(7)).map_err(|e| e.to_string())
     }
 
@@ -128,7 +156,12 @@ impl World {
                     az: i.az.clone(),
                     bootstrap: i.bootstrap,
                     networks: i.networks.clone(),
-                    vm: Some(VmRecord { cid: format!("vm-{}", i.uuid), agent_id: "a".into(), stemcell_cid: i.stemcell.cid.clone(), created_at: 0 }),
+                    vm: Some(VmRecord {
+                        cid: format!("vm-{}", i.uuid),
+                        agent_id: "a".into(),
+                        stemcell_cid: i.stemcell.cid.clone(),
+                        created_at: 0,
+                    }),
                     disk_cids: if i.persistent_disk.is_some() { vec!["disk".into()] } else { vec![] },
                     applied: Some(i.applied.clone()),
                     generation: 1,
@@ -148,8 +181,16 @@ fn creates_instances_balanced_across_azs_with_lowest_free_addresses() {
     let w = World::new();
     let p = w.plan(&manifest(3, "")).unwrap();
     let g = &p.groups[0];
-    let placed: Vec<(u32, Option<&str>, &str, bool)> = g.instances.iter().map(|i| (i.index, i.az.as_deref(), i.networks["net"].ip.as_str(), i.bootstrap)).collect();
-    assert_eq!(placed, vec![(0, Some("z1"), "10.0.0.20", true), (1, Some("z2"), "10.0.0.21", false), (2, Some("z3"), "10.0.0.22", false)]);
+    let placed: Vec<(u32, Option<&str>, &str, bool)> =
+        g.instances.iter().map(|i| (i.index, i.az.as_deref(), i.networks["net"].ip.as_str(), i.bootstrap)).collect();
+    assert_eq!(
+        placed,
+        vec![
+            (0, Some("z1"), "10.0.0.20", true),
+            (1, Some("z2"), "10.0.0.21", false),
+            (2, Some("z3"), "10.0.0.22", false)
+        ]
+    );
     assert!(g.instances.iter().all(|i| i.action == InstanceAction::Create));
     assert!(p.deletes.is_empty());
     assert_eq!(g.instances[0].networks["net"].netmask, "255.255.255.0");
@@ -200,8 +241,14 @@ fn vm_level_changes_recreate_with_reasons_and_keep_identity() {
     for (i, (_, action, reasons)) in actions(&p).into_iter().enumerate() {
         assert_eq!(action, InstanceAction::Recreate);
         assert_eq!(reasons, vec!["stemcell st/1 → st/2".to_string()]);
-        assert_eq!(p.groups[0].instances[i].uuid, first.groups[0].instances[i].uuid, "uuids are stable across recreation");
-        assert_eq!(p.groups[0].instances[i].networks, first.groups[0].instances[i].networks, "addresses are stable across recreation");
+        assert_eq!(
+            p.groups[0].instances[i].uuid, first.groups[0].instances[i].uuid,
+            "uuids are stable across recreation"
+        );
+        assert_eq!(
+            p.groups[0].instances[i].networks, first.groups[0].instances[i].networks,
+            "addresses are stable across recreation"
+        );
     }
     w.stemcells.insert("default".into(), stemcell("1"));
     let p = w.plan(&manifest(3, "").replace("vm_type: small", "vm_type: large")).unwrap();
@@ -209,7 +256,9 @@ fn vm_level_changes_recreate_with_reasons_and_keep_identity() {
     let p = w.plan(&manifest(3, "").replace("  jobs:", "  env: {bosh: {swap_size: 0}}\n  jobs:")).unwrap();
     assert_eq!(actions(&p)[0].2, vec!["env changed".to_string()]);
     let p = w.plan_with(&manifest(3, ""), true).unwrap();
-    assert!(actions(&p).iter().all(|(_, a, r)| *a == InstanceAction::Recreate && r == &vec!["recreate requested".to_string()]));
+    assert!(actions(&p)
+        .iter()
+        .all(|(_, a, r)| *a == InstanceAction::Recreate && r == &vec!["recreate requested".to_string()]));
 }
 
 #[test]
@@ -221,7 +270,10 @@ fn scaling_down_removes_the_highest_indexes_and_keeps_the_bootstrap_instance() {
     assert_eq!(p.deletes.iter().map(|d| d.index).collect::<Vec<_>>(), vec![1, 2]);
     let kept = &p.groups[0].instances;
     assert_eq!(kept.len(), 1);
-    assert_eq!((kept[0].index, kept[0].bootstrap, kept[0].uuid.clone()), (0, true, first.groups[0].instances[0].uuid.clone()));
+    assert_eq!(
+        (kept[0].index, kept[0].bootstrap, kept[0].uuid.clone()),
+        (0, true, first.groups[0].instances[0].uuid.clone())
+    );
     // The survivor's link now lists only itself: its configuration changes.
     assert_eq!(kept[0].action, InstanceAction::Update);
 }
@@ -232,8 +284,16 @@ fn scaling_up_fills_the_emptiest_azs_with_the_next_indexes() {
     let first = w.plan(&manifest(1, "")).unwrap();
     w.apply(&first);
     let p = w.plan(&manifest(4, "")).unwrap();
-    let placed: Vec<(u32, Option<&str>, InstanceAction)> = p.groups[0].instances.iter().map(|i| (i.index, i.az.as_deref(), i.action)).collect();
-    assert_eq!(placed[1..], [(1, Some("z2"), InstanceAction::Create), (2, Some("z3"), InstanceAction::Create), (3, Some("z1"), InstanceAction::Create)]);
+    let placed: Vec<(u32, Option<&str>, InstanceAction)> =
+        p.groups[0].instances.iter().map(|i| (i.index, i.az.as_deref(), i.action)).collect();
+    assert_eq!(
+        placed[1..],
+        [
+            (1, Some("z2"), InstanceAction::Create),
+            (2, Some("z3"), InstanceAction::Create),
+            (3, Some("z1"), InstanceAction::Create)
+        ]
+    );
     assert_eq!(placed[0].0, 0);
 }
 
@@ -253,16 +313,30 @@ fn a_removed_instance_group_is_deleted() {
 #[test]
 fn static_ips_are_assigned_and_checked() {
     let w = World::new();
-    let with_static = |ips: &str, n: u32| manifest(n, "").replace("networks: [{name: net}]", &format!("networks: [{{name: net, static_ips: [{ips}]}}]"));
+    let with_static = |ips: &str, n: u32| {
+        manifest(n, "").replace("networks: [{name: net}]", &format!("networks: [{{name: net, static_ips: [{ips}]}}]"))
+    };
     let p = w.plan(&with_static("10.0.0.10 - 10.0.0.12", 3)).unwrap();
-    assert_eq!(p.groups[0].instances.iter().map(|i| i.networks["net"].ip.as_str()).collect::<Vec<_>>(), ["10.0.0.10", "10.0.0.11", "10.0.0.12"]);
+    assert_eq!(
+        p.groups[0].instances.iter().map(|i| i.networks["net"].ip.as_str()).collect::<Vec<_>>(),
+        ["10.0.0.10", "10.0.0.11", "10.0.0.12"]
+    );
     assert_eq!(
         w.plan(&with_static("10.0.0.10 - 10.0.0.11", 3)).unwrap_err(),
         "/instance_groups/0/networks/0/static_ips: instance group `db` has 3 instances but 2 static IPs on network `net`"
     );
-    assert_eq!(w.plan(&with_static("10.0.5.10", 1)).unwrap_err(), "/instance_groups/0/networks/0/static_ips: static IP 10.0.5.10 is in no subnet of network `net`");
-    assert_eq!(w.plan(&with_static("10.0.0.3", 1)).unwrap_err(), "/instance_groups/0/networks/0/static_ips: static IP 10.0.0.3 is in the reserved range of network `net`");
-    assert_eq!(w.plan(&with_static("10.0.0.50", 1)).unwrap_err(), "/instance_groups/0/networks/0/static_ips: static IP 10.0.0.50 is not in the static range of network `net`");
+    assert_eq!(
+        w.plan(&with_static("10.0.5.10", 1)).unwrap_err(),
+        "/instance_groups/0/networks/0/static_ips: static IP 10.0.5.10 is in no subnet of network `net`"
+    );
+    assert_eq!(
+        w.plan(&with_static("10.0.0.3", 1)).unwrap_err(),
+        "/instance_groups/0/networks/0/static_ips: static IP 10.0.0.3 is in the reserved range of network `net`"
+    );
+    assert_eq!(
+        w.plan(&with_static("10.0.0.50", 1)).unwrap_err(),
+        "/instance_groups/0/networks/0/static_ips: static IP 10.0.0.50 is not in the static range of network `net`"
+    );
 }
 
 #[test]
@@ -274,26 +348,56 @@ fn address_exhaustion_is_found_before_anything_changes() {
     let mut w2 = World::new();
     w2.elsewhere.insert("10.1.0.5".parse().unwrap());
     let two = manifest(2, "").replace("networks: [{name: net}]", "networks: [{name: tiny}]");
-    assert!(w2.plan(&two).unwrap_err().contains("no free address left"), "addresses of other deployments count as taken");
+    assert!(
+        w2.plan(&two).unwrap_err().contains("no free address left"),
+        "addresses of other deployments count as taken"
+    );
 }
 
 #[test]
 fn unknown_references_are_named_with_their_path() {
     let w = World::new();
     let cases = [
-        ("vm_type: small", "vm_type: huge", "/instance_groups/0/vm_type: unknown vm_type `huge` (the cloud-config has: small, large)"),
-        ("networks: [{name: net}]", "networks: [{name: nope}]", "/instance_groups/0/networks/0/name: unknown network `nope` (the cloud-config has: net, tiny)"),
-        ("azs: [z1, z2, z3]", "azs: [z1, z9]", "/instance_groups/0/azs/1: unknown AZ `z9` (the cloud-config has: z1, z2, z3)"),
-        ("stemcell: default", "stemcell: other", "/instance_groups/0/stemcell: unknown stemcell alias `other` (the manifest's stemcells: default)"),
-        ("release: rel\n", "release: nope\n", "/instance_groups/0/jobs/0/release: release `nope` is not listed in the manifest's releases"),
-        ("- name: member", "- name: membr", "/instance_groups/0/jobs/0/name: release `rel/1` has no job `membr` (it has: member)"),
+        (
+            "vm_type: small",
+            "vm_type: huge",
+            "/instance_groups/0/vm_type: unknown vm_type `huge` (the cloud-config has: small, large)",
+        ),
+        (
+            "networks: [{name: net}]",
+            "networks: [{name: nope}]",
+            "/instance_groups/0/networks/0/name: unknown network `nope` (the cloud-config has: net, tiny)",
+        ),
+        (
+            "azs: [z1, z2, z3]",
+            "azs: [z1, z9]",
+            "/instance_groups/0/azs/1: unknown AZ `z9` (the cloud-config has: z1, z2, z3)",
+        ),
+        (
+            "stemcell: default",
+            "stemcell: other",
+            "/instance_groups/0/stemcell: unknown stemcell alias `other` (the manifest's stemcells: default)",
+        ),
+        (
+            "release: rel\n",
+            "release: nope\n",
+            "/instance_groups/0/jobs/0/release: release `nope` is not listed in the manifest's releases",
+        ),
+        (
+            "- name: member",
+            "- name: membr",
+            "/instance_groups/0/jobs/0/name: release `rel/1` has no job `membr` (it has: member)",
+        ),
     ];
     for (from, to, want) in cases {
         assert_eq!(w.plan(&manifest(1, "").replace(from, to)).unwrap_err(), want);
     }
     let mut no_release = World::new();
     no_release.releases.clear();
-    assert_eq!(no_release.plan(&manifest(1, "")).unwrap_err(), "/instance_groups/0/jobs/0/release: release `rel` is not uploaded");
+    assert_eq!(
+        no_release.plan(&manifest(1, "")).unwrap_err(),
+        "/instance_groups/0/jobs/0/release: release `rel` is not uploaded"
+    );
 }
 
 #[test]

@@ -148,7 +148,11 @@ impl ResolvedSubnet {
         let net = self.network.network();
         let bcast = self.network.broadcast();
         self.network.hosts().filter(move |ip| {
-            *ip != net && *ip != bcast && Some(*ip) != self.gateway && !self.reserved.contains(ip) && !self.static_pool.contains(ip)
+            *ip != net
+                && *ip != bcast
+                && Some(*ip) != self.gateway
+                && !self.reserved.contains(ip)
+                && !self.static_pool.contains(ip)
         })
     }
 }
@@ -184,7 +188,11 @@ impl CloudConfig {
                 }
             }
             if n.kind == NetworkType::Manual && n.subnets.is_empty() {
-                return Err(E::invalid(src, format!("/networks/{i}/subnets"), format!("manual network `{}` needs at least one subnet", n.name)));
+                return Err(E::invalid(
+                    src,
+                    format!("/networks/{i}/subnets"),
+                    format!("manual network `{}` needs at least one subnet", n.name),
+                ));
             }
         }
         if let Some(c) = &self.compilation {
@@ -221,7 +229,11 @@ impl CloudConfig {
             .enumerate()
             .find(|(_, n)| n.name == network)
             .ok_or_else(|| E::invalid("cloud-config", "/networks", format!("unknown network `{network}`")))?;
-        n.subnets.iter().enumerate().map(|(j, s)| resolve_subnet("cloud-config", &format!("/networks/{i}/subnets/{j}"), j, s)).collect()
+        n.subnets
+            .iter()
+            .enumerate()
+            .map(|(j, s)| resolve_subnet("cloud-config", &format!("/networks/{i}/subnets/{j}"), j, s))
+            .collect()
     }
 }
 
@@ -238,14 +250,21 @@ fn unique_names<'a>(src: &str, what: &str, names: impl Iterator<Item = &'a Strin
 
 fn resolve_subnet(src: &str, path: &str, index: usize, s: &Subnet) -> Result<ResolvedSubnet, E> {
     let range = s.range.as_deref().ok_or_else(|| E::invalid(src, path, "a manual subnet needs a `range`"))?;
-    let network: ipnet::Ipv4Net =
-        range.parse().map_err(|_| E::invalid(src, format!("{path}/range"), format!("`{range}` is not an IPv4 CIDR range")))?;
+    let network: ipnet::Ipv4Net = range
+        .parse()
+        .map_err(|_| E::invalid(src, format!("{path}/range"), format!("`{range}` is not an IPv4 CIDR range")))?;
     let network = network.trunc();
     let gateway = match &s.gateway {
         Some(g) => {
-            let ip: Ipv4Addr = g.parse().map_err(|_| E::invalid(src, format!("{path}/gateway"), format!("`{g}` is not an IPv4 address")))?;
+            let ip: Ipv4Addr = g
+                .parse()
+                .map_err(|_| E::invalid(src, format!("{path}/gateway"), format!("`{g}` is not an IPv4 address")))?;
             if !network.contains(&ip) || ip == network.network() || ip == network.broadcast() {
-                return Err(E::invalid(src, format!("{path}/gateway"), format!("gateway {ip} is not a usable address of {network}")));
+                return Err(E::invalid(
+                    src,
+                    format!("{path}/gateway"),
+                    format!("gateway {ip} is not a usable address of {network}"),
+                ));
             }
             Some(ip)
         }
@@ -255,7 +274,11 @@ fn resolve_subnet(src: &str, path: &str, index: usize, s: &Subnet) -> Result<Res
         for (k, e) in list.iter().enumerate() {
             let (a, b) = parse_ip_range(e).map_err(|m| E::invalid(src, format!("{path}/{what}/{k}"), m))?;
             if !network.contains(&a) || !network.contains(&b) {
-                return Err(E::invalid(src, format!("{path}/{what}/{k}"), format!("`{e}` is outside the subnet range {network}")));
+                return Err(E::invalid(
+                    src,
+                    format!("{path}/{what}/{k}"),
+                    format!("`{e}` is outside the subnet range {network}"),
+                ));
             }
         }
         Ok(expand_ip_list(list).map_err(|m| E::invalid(src, format!("{path}/{what}"), m))?.into_iter().collect())
@@ -274,7 +297,16 @@ fn resolve_subnet(src: &str, path: &str, index: usize, s: &Subnet) -> Result<Res
     if let Some(az) = &s.az {
         azs.push(az.clone());
     }
-    Ok(ResolvedSubnet { index, network, gateway, azs, reserved, static_pool, dns: s.dns.clone(), cloud_properties: s.cloud_properties.clone() })
+    Ok(ResolvedSubnet {
+        index,
+        network,
+        gateway,
+        azs,
+        reserved,
+        static_pool,
+        dns: s.dns.clone(),
+        cloud_properties: s.cloud_properties.clone(),
+    })
 }
 
 #[cfg(test)]
@@ -298,8 +330,12 @@ mod tests {
 
     #[test]
     fn static_outside_range_is_an_error() {
-        let e = parse("networks:\n- name: n\n  subnets:\n  - range: 10.0.0.0/24\n    static: [10.0.1.5]\n").unwrap_err();
-        assert_eq!(e.to_string(), "cc.yml: /networks/0/subnets/0/static/0: `10.0.1.5` is outside the subnet range 10.0.0.0/24");
+        let e =
+            parse("networks:\n- name: n\n  subnets:\n  - range: 10.0.0.0/24\n    static: [10.0.1.5]\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "cc.yml: /networks/0/subnets/0/static/0: `10.0.1.5` is outside the subnet range 10.0.0.0/24"
+        );
     }
 
     #[test]

@@ -168,14 +168,18 @@ fn replace(doc: &mut Value, tokens: &[Token], value: Value) -> Result<(), String
                     if !optional {
                         return Err(format!("no key `{key}` at `{here}`"));
                     }
-                    m.insert(k.clone(), if next_is_seq { Value::Sequence(vec![]) } else { Value::Mapping(Mapping::new()) });
+                    m.insert(
+                        k.clone(),
+                        if next_is_seq { Value::Sequence(vec![]) } else { Value::Mapping(Mapping::new()) },
+                    );
                 }
                 m.get_mut(&k).expect("inserted above")
             }
             Token::Index { index, .. } => {
                 let s = cur.as_sequence_mut().ok_or_else(|| format!("expected an array at `{here}`"))?;
                 let len = s.len();
-                let i = resolve_index(*index, len).ok_or_else(|| format!("index {index} is out of bounds at `{here}` (length {len})"))?;
+                let i = resolve_index(*index, len)
+                    .ok_or_else(|| format!("index {index} is out of bounds at `{here}` (length {len})"))?;
                 &mut s[i]
             }
             Token::Append => return Err(format!("`-` can only end a path (at `{here}`)")),
@@ -206,7 +210,8 @@ fn replace(doc: &mut Value, tokens: &[Token], value: Value) -> Result<(), String
         Token::Index { index, .. } => {
             let s = cur.as_sequence_mut().ok_or_else(|| format!("expected an array at `{here}`"))?;
             let len = s.len();
-            let i = resolve_index(*index, len).ok_or_else(|| format!("index {index} is out of bounds at `{here}` (length {len})"))?;
+            let i = resolve_index(*index, len)
+                .ok_or_else(|| format!("index {index} is out of bounds at `{here}` (length {len})"))?;
             s[i] = value;
         }
         Token::Append => {
@@ -304,7 +309,8 @@ mod tests {
         Ok(serde_json::to_string(&d).unwrap())
     }
 
-    const DOC: &str = "instance_groups:\n- name: etcd\n  instances: 3\n  jobs: [{name: etcd}]\n- name: worker\n  instances: 1\n";
+    const DOC: &str =
+        "instance_groups:\n- name: etcd\n  instances: 3\n  jobs: [{name: etcd}]\n- name: worker\n  instances: 1\n";
 
     #[test]
     fn replace_by_selector() {
@@ -321,7 +327,9 @@ mod tests {
 
     #[test]
     fn remove_and_optional_remove() {
-        let out = run(DOC, "- type: remove\n  path: /instance_groups/name=worker\n- type: remove\n  path: /nothing?/here\n").unwrap();
+        let out =
+            run(DOC, "- type: remove\n  path: /instance_groups/name=worker\n- type: remove\n  path: /nothing?/here\n")
+                .unwrap();
         assert!(!out.contains("worker"), "{out}");
     }
 

@@ -14,8 +14,8 @@ pub mod ip;
 pub mod manifest;
 pub mod pki;
 pub mod protocol;
-pub mod tarball;
 pub mod release;
+pub mod tarball;
 pub mod vars;
 pub mod yaml;
 

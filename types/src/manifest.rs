@@ -17,11 +17,13 @@ impl<'de> Deserialize<'de> for Version {
             I(i64),
             F(f64),
         }
-        Ok(Version(match Raw::deserialize(d).map_err(|_| serde::de::Error::custom("expected a version string or number"))? {
-            Raw::S(s) => s,
-            Raw::I(i) => i.to_string(),
-            Raw::F(f) => f.to_string(),
-        }))
+        Ok(Version(
+            match Raw::deserialize(d).map_err(|_| serde::de::Error::custom("expected a version string or number"))? {
+                Raw::S(s) => s,
+                Raw::I(i) => i.to_string(),
+                Raw::F(f) => f.to_string(),
+            },
+        ))
     }
 }
 
@@ -100,19 +102,25 @@ impl<'de> Deserialize<'de> for MaxInFlight {
         match &v {
             serde_yaml::Value::Number(n) => match n.as_u64() {
                 Some(n) if n >= 1 && n <= u64::from(u32::MAX) => Ok(MaxInFlight::Count(n as u32)),
-                _ => Err(serde::de::Error::custom("max_in_flight must be a whole number ≥ 1 or a percentage like \"25%\"")),
+                _ => Err(serde::de::Error::custom(
+                    "max_in_flight must be a whole number ≥ 1 or a percentage like \"25%\"",
+                )),
             },
             serde_yaml::Value::String(s) => {
                 let s = s.trim();
                 if let Some(p) = s.strip_suffix('%') {
                     match p.trim().parse::<u32>() {
                         Ok(p) if (1..=100).contains(&p) => Ok(MaxInFlight::Percent(p)),
-                        _ => Err(serde::de::Error::custom(format!("max_in_flight `{s}`: a percentage must be 1% to 100%"))),
+                        _ => Err(serde::de::Error::custom(format!(
+                            "max_in_flight `{s}`: a percentage must be 1% to 100%"
+                        ))),
                     }
                 } else {
                     match s.parse::<u32>() {
                         Ok(n) if n >= 1 => Ok(MaxInFlight::Count(n)),
-                        _ => Err(serde::de::Error::custom(format!("max_in_flight `{s}` is not a number ≥ 1 or a percentage"))),
+                        _ => Err(serde::de::Error::custom(format!(
+                            "max_in_flight `{s}` is not a number ≥ 1 or a percentage"
+                        ))),
                     }
                 }
             }
@@ -352,7 +360,9 @@ impl DeploymentManifest {
     fn validate(&self, src: &str) -> Result<(), crate::DocumentError> {
         use crate::DocumentError as E;
         check_name(src, "/name", &self.name)?;
-        for (key, v) in [("canaries", self.update.canaries.is_some()), ("max_in_flight", self.update.max_in_flight.is_some())] {
+        for (key, v) in
+            [("canaries", self.update.canaries.is_some()), ("max_in_flight", self.update.max_in_flight.is_some())]
+        {
             if !v {
                 return Err(E::invalid(src, "/update", format!("missing required key `{key}`")));
             }
@@ -361,37 +371,69 @@ impl DeploymentManifest {
         for (i, g) in self.instance_groups.iter().enumerate() {
             check_name(src, format!("/instance_groups/{i}/name"), &g.name)?;
             if !seen.insert(&g.name) {
-                return Err(E::invalid(src, format!("/instance_groups/{i}/name"), format!("instance group `{}` is defined twice", g.name)));
+                return Err(E::invalid(
+                    src,
+                    format!("/instance_groups/{i}/name"),
+                    format!("instance group `{}` is defined twice", g.name),
+                ));
             }
             if g.instances > 1000 {
-                return Err(E::invalid(src, format!("/instance_groups/{i}/instances"), "more than 1000 instances in one group"));
+                return Err(E::invalid(
+                    src,
+                    format!("/instance_groups/{i}/instances"),
+                    "more than 1000 instances in one group",
+                ));
             }
             if g.persistent_disk.is_some() && g.persistent_disk_type.is_some() {
-                return Err(E::invalid(src, format!("/instance_groups/{i}"), "`persistent_disk` and `persistent_disk_type` exclude each other"));
+                return Err(E::invalid(
+                    src,
+                    format!("/instance_groups/{i}"),
+                    "`persistent_disk` and `persistent_disk_type` exclude each other",
+                ));
             }
             let mut jobs = std::collections::BTreeSet::new();
             for (j, job) in g.jobs.iter().enumerate() {
                 if !jobs.insert(&job.name) {
-                    return Err(E::invalid(src, format!("/instance_groups/{i}/jobs/{j}/name"), format!("job `{}` appears twice in instance group `{}`", job.name, g.name)));
+                    return Err(E::invalid(
+                        src,
+                        format!("/instance_groups/{i}/jobs/{j}/name"),
+                        format!("job `{}` appears twice in instance group `{}`", job.name, g.name),
+                    ));
                 }
             }
             if g.networks.is_empty() {
-                return Err(E::invalid(src, format!("/instance_groups/{i}/networks"), "an instance group needs at least one network"));
+                return Err(E::invalid(
+                    src,
+                    format!("/instance_groups/{i}/networks"),
+                    "an instance group needs at least one network",
+                ));
             }
             if g.networks.len() > 1 && !g.networks.iter().any(|n| n.default.iter().any(|d| d == "gateway")) {
-                return Err(E::invalid(src, format!("/instance_groups/{i}/networks"), "with more than one network, one must be `default: [dns, gateway]`"));
+                return Err(E::invalid(
+                    src,
+                    format!("/instance_groups/{i}/networks"),
+                    "with more than one network, one must be `default: [dns, gateway]`",
+                ));
             }
         }
         let mut names = std::collections::BTreeSet::new();
         for (i, r) in self.releases.iter().enumerate() {
             if !names.insert(&r.name) {
-                return Err(E::invalid(src, format!("/releases/{i}/name"), format!("release `{}` is listed twice", r.name)));
+                return Err(E::invalid(
+                    src,
+                    format!("/releases/{i}/name"),
+                    format!("release `{}` is listed twice", r.name),
+                ));
             }
         }
         let mut aliases = std::collections::BTreeSet::new();
         for (i, s) in self.stemcells.iter().enumerate() {
             if !aliases.insert(&s.alias) {
-                return Err(E::invalid(src, format!("/stemcells/{i}/alias"), format!("stemcell alias `{}` is used twice", s.alias)));
+                return Err(E::invalid(
+                    src,
+                    format!("/stemcells/{i}/alias"),
+                    format!("stemcell alias `{}` is used twice", s.alias),
+                ));
             }
             if s.os.is_none() == s.name.is_none() {
                 return Err(E::invalid(src, format!("/stemcells/{i}"), "give exactly one of `os` and `name`"));
@@ -410,6 +452,10 @@ pub fn check_name(src: &str, path: impl std::fmt::Display, name: &str) -> Result
     if ok {
         Ok(())
     } else {
-        Err(crate::DocumentError::invalid(src, path, format!("`{name}` is not a valid name (letters, digits, `-`, `_`, `.`; at most 128)")))
+        Err(crate::DocumentError::invalid(
+            src,
+            path,
+            format!("`{name}` is not a valid name (letters, digits, `-`, `_`, `.`; at most 128)"),
+        ))
     }
 }

@@ -2,8 +2,8 @@
 //! `certificate` variables. ECDSA P-256 keys throughout.
 
 use rcgen::{
-    BasicConstraints, Certificate, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    KeyUsagePurpose,
+    BasicConstraints, Certificate, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -59,7 +59,10 @@ fn civil_from_days(z: i64) -> (i32, u8, u8) {
 }
 
 fn validity(params: &mut CertificateParams, days: u32) {
-    let today = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64 / 86_400).unwrap_or(0);
+    let today = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64 / 86_400)
+        .unwrap_or(0);
     let (y, m, d) = civil_from_days(today - 1);
     params.not_before = rcgen::date_time_ymd(y, m, d);
     let (y, m, d) = civil_from_days(today + i64::from(days.max(1)));
@@ -107,12 +110,20 @@ impl CertAuthority {
 
     /// Issues a leaf (or, with `is_ca`, an intermediate CA) certificate. `sans` may hold IP
     /// addresses and DNS names.
-    pub fn issue(&self, common_name: &str, sans: &[String], usage: LeafUsage, days: u32, is_ca: bool) -> Result<IssuedCert, PkiError> {
+    pub fn issue(
+        &self,
+        common_name: &str,
+        sans: &[String],
+        usage: LeafUsage,
+        days: u32,
+        is_ca: bool,
+    ) -> Result<IssuedCert, PkiError> {
         let mut p = CertificateParams::new(sans.to_vec()).map_err(gen_err(common_name))?;
         p.distinguished_name = dn(common_name, None);
         if is_ca {
             p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+            p.key_usages =
+                vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         } else {
             p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
             if usage.server {
@@ -142,7 +153,15 @@ mod tests {
     fn ca_round_trips_through_pem() {
         let ca = CertAuthority::generate("test-ca", None, 10).unwrap();
         let again = CertAuthority::from_pem(ca.cert_pem(), &ca.key_pem()).unwrap();
-        let leaf = again.issue("leaf", &["127.0.0.1".into(), "localhost".into()], LeafUsage { server: true, client: false }, 10, false).unwrap();
+        let leaf = again
+            .issue(
+                "leaf",
+                &["127.0.0.1".into(), "localhost".into()],
+                LeafUsage { server: true, client: false },
+                10,
+                false,
+            )
+            .unwrap();
         assert!(leaf.cert_pem.starts_with("-----BEGIN CERTIFICATE-----"));
     }
 }

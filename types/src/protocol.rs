@@ -44,7 +44,10 @@ pub struct DirectorEndpoint {
 impl std::fmt::Debug for DirectorEndpoint {
     // The private key must never reach a log.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DirectorEndpoint").field("address", &self.address).field("server_name", &self.server_name).finish_non_exhaustive()
+        f.debug_struct("DirectorEndpoint")
+            .field("address", &self.address)
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -173,7 +176,9 @@ pub enum AgentCommand {
     /// Reports the agent's current state (the same content as a heartbeat).
     GetState,
     /// Downloads, verifies and installs the spec's packages and jobs. Does not start anything.
-    Apply { spec: Box<ApplySpec> },
+    Apply {
+        spec: Box<ApplySpec>,
+    },
     /// Starts every process of the applied spec.
     Start,
     /// Stops every process: SIGTERM, the grace period, then SIGKILL.
@@ -187,8 +192,13 @@ pub enum AgentCommand {
         args: Vec<String>,
         timeout_ms: u64,
     },
-    MountDisk { disk_cid: String, hint: serde_json::Value },
-    UnmountDisk { disk_cid: String },
+    MountDisk {
+        disk_cid: String,
+        hint: serde_json::Value,
+    },
+    UnmountDisk {
+        disk_cid: String,
+    },
 }
 
 impl AgentCommand {
@@ -354,7 +364,15 @@ mod tests {
         let s = serde_json::to_string(&m).unwrap();
         assert_eq!(s, r#"{"type":"reply","id":7,"error":"nope"}"#);
         assert_eq!(serde_json::from_str::<AgentMessage>(&s).unwrap(), m);
-        let c = DirectorMessage::Command { id: 1, command: AgentCommand::RunScript { script: LifecycleScript::PreStart, env: Default::default(), args: vec![], timeout_ms: 5 } };
+        let c = DirectorMessage::Command {
+            id: 1,
+            command: AgentCommand::RunScript {
+                script: LifecycleScript::PreStart,
+                env: Default::default(),
+                args: vec![],
+                timeout_ms: 5,
+            },
+        };
         let s = serde_json::to_string(&c).unwrap();
         assert!(s.contains(r#""action":"run_script","script":"pre-start""#), "{s}");
         assert_eq!(serde_json::from_str::<DirectorMessage>(&s).unwrap(), c);

@@ -39,7 +39,10 @@ pub fn read_tgz(bytes: &[u8], limit: u64) -> std::io::Result<BTreeMap<String, En
         }
         let path = e.path()?.to_string_lossy().trim_start_matches("./").to_string();
         if path.starts_with('/') || path.split('/').any(|c| c == "..") {
-            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("archive path `{path}` escapes the archive")));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("archive path `{path}` escapes the archive"),
+            ));
         }
         total += e.header().size()?;
         if total > limit {
@@ -51,21 +54,6 @@ pub fn read_tgz(bytes: &[u8], limit: u64) -> std::io::Result<BTreeMap<String, En
         out.insert(path, (mode, buf));
     }
     Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    #[test]
-    fn same_files_same_bytes() {
-        let mut f = BTreeMap::new();
-        f.insert("bin/run".to_string(), (0o755, b"#!/bin/sh\n".to_vec()));
-        f.insert("config/a.yml".to_string(), (0o644, b"a: 1\n".to_vec()));
-        let a = deterministic_tgz(&f).unwrap();
-        assert_eq!(a, deterministic_tgz(&f).unwrap());
-        let back = read_tgz(&a, 1 << 20).unwrap();
-        assert_eq!(back, f);
-    }
 }
 
 /// The content fingerprint of a job or package: a digest over each file's path, executable bit and
@@ -89,4 +77,30 @@ pub fn fingerprint(files: &BTreeMap<String, Entry>, extra: &[String]) -> String 
         h.update(b"\n");
     }
     hex::encode(h.finalize())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn same_files_same_bytes() {
+        let mut f = BTreeMap::new();
+        f.insert("bin/run".to_string(), (0o755, b"#!/bin/sh\n".to_vec()));
+        f.insert("config/a.yml".to_string(), (0o644, b"a: 1\n".to_vec()));
+        let a = deterministic_tgz(&f).unwrap();
+        assert_eq!(a, deterministic_tgz(&f).unwrap());
+        let back = read_tgz(&a, 1 << 20).unwrap();
+        assert_eq!(back, f);
+    }
+
+    #[test]
+    fn fingerprints_follow_content_not_bytes() {
+        let mut f = BTreeMap::new();
+        f.insert("packaging".to_string(), (0o755, b"cp a b\n".to_vec()));
+        let a = fingerprint(&f, &["dep".into()]);
+        assert_eq!(a, fingerprint(&f, &["dep".into()]));
+        assert_ne!(a, fingerprint(&f, &[]), "dependencies count");
+        f.insert("packaging".to_string(), (0o644, b"cp a b\n".to_vec()));
+        assert_ne!(a, fingerprint(&f, &["dep".into()]), "the executable bit counts");
+    }
 }

@@ -83,7 +83,11 @@ fn walk_strings(v: &Value, f: &mut dyn FnMut(&str)) {
     }
 }
 
-fn lookup_expr(expr: &str, path: &str, lookup: &dyn Fn(&str) -> Option<Value>) -> Result<Option<Value>, InterpolationError> {
+fn lookup_expr(
+    expr: &str,
+    path: &str,
+    lookup: &dyn Fn(&str) -> Option<Value>,
+) -> Result<Option<Value>, InterpolationError> {
     let (name, keys) = split_name(expr);
     let Some(mut v) = lookup(name) else { return Ok(None) };
     for k in keys {
@@ -107,7 +111,11 @@ fn scalar_to_string(v: &Value) -> Option<String> {
 
 /// Replaces every placeholder `lookup` can answer. With `strict`, an unanswered one is an error;
 /// otherwise it is left in place (the director resolves the rest).
-pub fn interpolate(doc: &mut Value, lookup: &dyn Fn(&str) -> Option<Value>, strict: bool) -> Result<(), InterpolationError> {
+pub fn interpolate(
+    doc: &mut Value,
+    lookup: &dyn Fn(&str) -> Option<Value>,
+    strict: bool,
+) -> Result<(), InterpolationError> {
     let mut missing = Vec::new();
     interpolate_at(doc, "", lookup, &mut missing)?;
     if strict && !missing.is_empty() {
@@ -116,7 +124,12 @@ pub fn interpolate(doc: &mut Value, lookup: &dyn Fn(&str) -> Option<Value>, stri
     Ok(())
 }
 
-fn interpolate_at(v: &mut Value, path: &str, lookup: &dyn Fn(&str) -> Option<Value>, missing: &mut Vec<MissingVariable>) -> Result<(), InterpolationError> {
+fn interpolate_at(
+    v: &mut Value,
+    path: &str,
+    lookup: &dyn Fn(&str) -> Option<Value>,
+    missing: &mut Vec<MissingVariable>,
+) -> Result<(), InterpolationError> {
     match v {
         Value::String(s) => {
             let found = placeholders(s);
@@ -139,7 +152,8 @@ fn interpolate_at(v: &mut Value, path: &str, lookup: &dyn Fn(&str) -> Option<Val
                 out.push_str(&s[last..start]);
                 match lookup_expr(&expr, &here, lookup)? {
                     Some(val) => {
-                        let text = scalar_to_string(&val).ok_or_else(|| InterpolationError::NotAScalar { name: expr.clone(), path: here.clone() })?;
+                        let text = scalar_to_string(&val)
+                            .ok_or_else(|| InterpolationError::NotAScalar { name: expr.clone(), path: here.clone() })?;
                         out.push_str(&text);
                     }
                     None => {
@@ -213,11 +227,15 @@ pub fn generate(def: &VariableDefinition, existing: &dyn Fn(&str) -> Option<Valu
                     return Err(err(format!("extended_key_usage `{u}` is not one of client_auth, server_auth")));
                 }
             }
-            let usage = LeafUsage { server: usages.is_empty() || usages.iter().any(|u| u == "server_auth"), client: usages.iter().any(|u| u == "client_auth") };
+            let usage = LeafUsage {
+                server: usages.is_empty() || usages.iter().any(|u| u == "server_auth"),
+                client: usages.iter().any(|u| u == "client_auth"),
+            };
             let ca_name = opt_str("ca");
             let (signer, ca_pem) = match &ca_name {
                 None if is_ca => {
-                    let ca = CertAuthority::generate(&cn, opt_str("organization").as_deref(), days).map_err(|e| err(e.to_string()))?;
+                    let ca = CertAuthority::generate(&cn, opt_str("organization").as_deref(), days)
+                        .map_err(|e| err(e.to_string()))?;
                     let mut m = serde_yaml::Mapping::new();
                     m.insert("ca".into(), Value::String(ca.cert_pem().to_string()));
                     m.insert("certificate".into(), Value::String(ca.cert_pem().to_string()));
@@ -227,8 +245,14 @@ pub fn generate(def: &VariableDefinition, existing: &dyn Fn(&str) -> Option<Valu
                 None => return Err(err("options.ca names the signing CA variable (or set is_ca: true)".into())),
                 Some(name) => {
                     let ca = existing(name).ok_or_else(|| err(format!("its CA `{name}` is not defined")))?;
-                    let cert = ca.get("certificate").and_then(|v| v.as_str()).ok_or_else(|| err(format!("`{name}` has no certificate")))?;
-                    let key = ca.get("private_key").and_then(|v| v.as_str()).ok_or_else(|| err(format!("`{name}` has no private_key")))?;
+                    let cert = ca
+                        .get("certificate")
+                        .and_then(|v| v.as_str())
+                        .ok_or_else(|| err(format!("`{name}` has no certificate")))?;
+                    let key = ca
+                        .get("private_key")
+                        .and_then(|v| v.as_str())
+                        .ok_or_else(|| err(format!("`{name}` has no private_key")))?;
                     (CertAuthority::from_pem(cert, key).map_err(|e| err(e.to_string()))?, cert.to_string())
                 }
             };
@@ -239,7 +263,9 @@ pub fn generate(def: &VariableDefinition, existing: &dyn Fn(&str) -> Option<Valu
             m.insert("private_key".into(), Value::String(issued.key_pem));
             Ok(Value::Mapping(m))
         }
-        "rsa" | "ssh" => Err(err("generation of this type is not supported yet; pass the value with -v or --vars-file".into())),
+        "rsa" | "ssh" => {
+            Err(err("generation of this type is not supported yet; pass the value with -v or --vars-file".into()))
+        }
         other => Err(err(format!("unknown variable type `{other}` (password, certificate, rsa, ssh)"))),
     }
 }
@@ -262,7 +288,7 @@ pub fn generation_order(defs: &[VariableDefinition]) -> Vec<&VariableDefinition>
             !ready
         });
         if pending.len() == before {
-            out.extend(pending.drain(..)); // a cycle: let generation report it
+            out.append(&mut pending); // a cycle: let generation report it
         }
     }
     out
@@ -297,11 +323,19 @@ mod tests {
 
     #[test]
     fn generates_password_and_certificates() {
-        let p = generate(&VariableDefinition { name: "p".into(), kind: "password".into(), options: None, update_mode: None }, &|_| None).unwrap();
+        let p = generate(
+            &VariableDefinition { name: "p".into(), kind: "password".into(), options: None, update_mode: None },
+            &|_| None,
+        )
+        .unwrap();
         assert_eq!(p.as_str().unwrap().len(), 20);
-        let ca_def: VariableDefinition = serde_yaml::from_str("{name: ca, type: certificate, options: {is_ca: true, common_name: ca}}").unwrap();
+        let ca_def: VariableDefinition =
+            serde_yaml::from_str("{name: ca, type: certificate, options: {is_ca: true, common_name: ca}}").unwrap();
         let ca = generate(&ca_def, &|_| None).unwrap();
-        let leaf_def: VariableDefinition = serde_yaml::from_str("{name: tls, type: certificate, options: {ca: ca, common_name: etcd, alternative_names: [127.0.0.1]}}").unwrap();
+        let leaf_def: VariableDefinition = serde_yaml::from_str(
+            "{name: tls, type: certificate, options: {ca: ca, common_name: etcd, alternative_names: [127.0.0.1]}}",
+        )
+        .unwrap();
         let leaf = generate(&leaf_def, &|n| (n == "ca").then(|| ca.clone())).unwrap();
         assert_eq!(leaf.get("ca"), ca.get("certificate"));
         let defs = [leaf_def.clone(), ca_def.clone()];

@@ -67,7 +67,13 @@ pub fn kubo_release() -> PathBuf {
             let o = Command::new(bosun_bin()).arg("sync-blobs").arg(&dir).output().expect("bosun sync-blobs");
             assert!(o.status.success(), "sync-blobs failed: {}", String::from_utf8_lossy(&o.stderr));
             let tarball = scratch().join(format!("kubo-{}.tgz", std::process::id()));
-            let o = Command::new(bosun_bin()).arg("create-release").arg(&dir).arg("--tarball").arg(&tarball).output().expect("bosun create-release");
+            let o = Command::new(bosun_bin())
+                .arg("create-release")
+                .arg(&dir)
+                .arg("--tarball")
+                .arg(&tarball)
+                .output()
+                .expect("bosun create-release");
             assert!(o.status.success(), "create-release failed: {}", String::from_utf8_lossy(&o.stderr));
             tarball
         })
@@ -100,9 +106,24 @@ impl TestDirector {
     fn launch(&mut self) {
         let env_file = self.state_dir().join("env");
         let _ = std::fs::remove_file(&env_file);
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("director.log")).expect("director log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("director.log"))
+            .expect("director log");
         let child = Command::new(bosun_bin())
-            .args(["director", "--listen", "127.0.0.1:0", "--agent-listen", "127.0.0.1:0", "--heartbeat-interval-ms", "500", "--agent-wait-timeout", "60", "--state-dir"])
+            .args([
+                "director",
+                "--listen",
+                "127.0.0.1:0",
+                "--agent-listen",
+                "127.0.0.1:0",
+                "--heartbeat-interval-ms",
+                "500",
+                "--agent-wait-timeout",
+                "60",
+                "--state-dir",
+            ])
             .arg(self.state_dir())
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -110,7 +131,9 @@ impl TestDirector {
             .spawn()
             .expect("starting bosun director");
         self.child = Some(child);
-        let text = eventually("the director's env file", Duration::from_secs(30), || std::fs::read_to_string(&env_file).ok().filter(|t| t.contains("BOSUN_TOKEN")));
+        let text = eventually("the director's env file", Duration::from_secs(30), || {
+            std::fs::read_to_string(&env_file).ok().filter(|t| t.contains("BOSUN_TOKEN"))
+        });
         self.env = text
             .lines()
             .filter_map(|l| l.strip_prefix("export ")?.split_once('='))
@@ -149,7 +172,13 @@ impl TestDirector {
     /// Runs a command that must succeed; returns its stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let o = self.run(args);
-        assert!(o.status.success(), "bosun {args:?} failed ({:?}):\n{}\n{}", o.status.code(), String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "bosun {args:?} failed ({:?}):\n{}\n{}",
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
         String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
     }
 
@@ -157,7 +186,12 @@ impl TestDirector {
     pub fn fails(&self, code: i32, args: &[&str]) -> String {
         let o = self.run(args);
         let err = String::from_utf8_lossy(&o.stderr).into_owned();
-        assert_eq!(o.status.code(), Some(code), "bosun {args:?}: want exit {code}; stdout:\n{}\nstderr:\n{err}", String::from_utf8_lossy(&o.stdout));
+        assert_eq!(
+            o.status.code(),
+            Some(code),
+            "bosun {args:?}: want exit {code}; stdout:\n{}\nstderr:\n{err}",
+            String::from_utf8_lossy(&o.stdout)
+        );
         err
     }
 
@@ -166,7 +200,8 @@ impl TestDirector {
         a.push("--json");
         let o = self.run(&a);
         assert!(o.status.success(), "bosun {a:?} failed: {}", String::from_utf8_lossy(&o.stderr));
-        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("bosun {a:?}: not JSON ({e}): {}", String::from_utf8_lossy(&o.stdout)))
+        serde_json::from_slice(&o.stdout)
+            .unwrap_or_else(|e| panic!("bosun {a:?}: not JSON ({e}): {}", String::from_utf8_lossy(&o.stdout)))
     }
 
     /// Uploads a cloud-config, the stemcell and the kubo release.
@@ -210,23 +245,35 @@ pub fn http_post(addr: &str, path: &str, body: &str) -> Option<String> {
     let sock: std::net::SocketAddr = addr.parse().ok()?;
     let mut s = std::net::TcpStream::connect_timeout(&sock, Duration::from_secs(2)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-    write!(s, "POST {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).ok()?;
+    write!(
+        s,
+        "POST {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
     let (head, body) = out.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.1 200").then(|| body.to_string()).or_else(|| head.starts_with("HTTP/1.0 200").then(|| body.to_string()))
+    head.starts_with("HTTP/1.1 200")
+        .then(|| body.to_string())
+        .or_else(|| head.starts_with("HTTP/1.0 200").then(|| body.to_string()))
 }
 
 /// etcd's member list, through its HTTP gateway on one endpoint: (name, client URLs).
 pub fn etcd_members(ip: &str) -> Option<Vec<(String, Vec<String>)>> {
-    let v: serde_json::Value = serde_json::from_str(&http_post(&format!("{ip}:2379"), "/v3/cluster/member/list", "{}")?).ok()?;
+    let v: serde_json::Value =
+        serde_json::from_str(&http_post(&format!("{ip}:2379"), "/v3/cluster/member/list", "{}")?).ok()?;
     let members = v.get("members")?.as_array()?;
     Some(
         members
             .iter()
             .map(|m| {
                 let name = m.get("name").and_then(|n| n.as_str()).unwrap_or("").to_string();
-                let urls = m.get("clientURLs").and_then(|u| u.as_array()).map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect()).unwrap_or_default();
+                let urls = m
+                    .get("clientURLs")
+                    .and_then(|u| u.as_array())
+                    .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
+                    .unwrap_or_default();
                 (name, urls)
             })
             .collect(),
@@ -235,5 +282,6 @@ pub fn etcd_members(ip: &str) -> Option<Vec<(String, Vec<String>)>> {
 
 /// Writes a key through etcd's gateway (base64 key and value, as the v3 JSON API wants).
 pub fn etcd_put(ip: &str, key_b64: &str, value_b64: &str) -> bool {
-    http_post(&format!("{ip}:2379"), "/v3/kv/put", &format!("{{\"key\":\"{key_b64}\",\"value\":\"{value_b64}\"}}")).is_some()
+    http_post(&format!("{ip}:2379"), "/v3/kv/put", &format!("{{\"key\":\"{key_b64}\",\"value\":\"{value_b64}\"}}"))
+        .is_some()
 }
