@@ -258,7 +258,22 @@ fn bad_input_is_refused_with_a_clear_error_and_changes_nothing() {
 
     let tasks_after = d.json(&["tasks"]).as_array().unwrap().len();
     assert_eq!(tasks_after, tasks_before + 1, "only the tampered upload made a task; bad deploys made none");
+
+    // A deploy whose job cannot start fails at its canary: exit 1, the instance and cause named.
+    let broken = MANIFEST
+        .replace("etcd: {cluster_token: guarded}", "etcd: {cluster_token: guarded, heartbeat_interval: oops}")
+        .replace("canary_watch_time: 1000-60000", "canary_watch_time: 1000-3000");
+    let broken = d.write("broken.yml", &broken);
+    let err = d.fails(1, &["-n", "deploy", broken.to_str().unwrap()]);
+    assert!(err.contains("canary update (job `etcd`: property `etcd.heartbeat_interval` changed)"), "{err}");
+    assert!(
+        err.contains("starting jobs: not running after 3000 ms: etcd/etcd is Failing (last exit: exit status: "),
+        "{err}"
+    );
+    let tasks = d.json(&["tasks", "--recent", "1"]);
+    assert_eq!(tasks[0]["state"], "error", "{tasks}");
     d.ok(&["-n", "-d", "guarded", "delete-deployment"]);
+    assert!(d.vm_processes().is_empty(), "VM processes left: {:?}", d.vm_processes());
 }
 
 /// Rebuilds the kubo tarball with one byte of a job's archive changed, release.MF untouched.

@@ -1,6 +1,9 @@
 //! The foundation, end to end on the embedded defaults: the quickstart manifest deploys three real
 //! etcd members through real agents on the local CPI; a property change updates them in place; an
 //! unchanged manifest changes nothing; deleting the deployment leaves nothing behind.
+//!
+//! The cloud-config and manifest are the quickstart's own, moved by an ops-file to 127.0.11.0/24 so
+//! the test does not collide with a quickstart an operator left running on 127.0.10.0/24.
 
 mod common;
 
@@ -14,17 +17,25 @@ fn instances(d: &TestDirector) -> Vec<serde_json::Value> {
 #[test]
 fn quickstart_deploys_three_etcd_members_updates_in_place_and_deletes_cleanly() {
     let d = TestDirector::start();
-    d.prepare(&repo().join("manifests/cloud-config/local.yml"));
+    let cloud = std::fs::read_to_string(repo().join("manifests/cloud-config/local.yml"))
+        .unwrap()
+        .replace("127.0.10.", "127.0.11.");
+    d.prepare(&d.write("cloud.yml", &cloud));
+    let ops = d.write(
+        "move.yml",
+        "- type: replace\n  path: /instance_groups/name=etcd/networks/name=default/static_ips\n  value: [127.0.11.10 - 127.0.11.12]\n",
+    );
+    let ops = ops.to_str().unwrap();
 
     // The plan is shown before anything changes, and a dry run changes nothing.
-    let plan = d.ok(&["-d", "quickstart", "deploy", "manifests/quickstart.yml", "--dry-run"]);
+    let plan = d.ok(&["-d", "quickstart", "deploy", "manifests/quickstart.yml", "-o", ops, "--dry-run"]);
     assert_eq!(plan.matches("create: new instance").count(), 3, "{plan}");
     assert_eq!(d.json(&["deployments"]), serde_json::json!([]));
 
-    let out = d.ok(&["-n", "-d", "quickstart", "deploy", "manifests/quickstart.yml"]);
+    let out = d.ok(&["-n", "-d", "quickstart", "deploy", "manifests/quickstart.yml", "-o", ops]);
     assert!(out.contains("3 instances changed"), "{out}");
 
-    let ips = ["127.0.10.10", "127.0.10.11", "127.0.10.12"];
+    let ips = ["127.0.11.10", "127.0.11.11", "127.0.11.12"];
     let running = eventually("three running instances", Duration::from_secs(30), || {
         let list = instances(&d);
         (list.len() == 3 && list.iter().all(|i| i["state"] == "running")).then_some(list)
@@ -52,11 +63,11 @@ fn quickstart_deploys_three_etcd_members_updates_in_place_and_deletes_cleanly() 
         member_names.sort();
         assert_eq!(member_names, names);
     }
-    assert!(etcd_put("127.0.10.11", "Zm9v", "YmFy"), "a write through a member succeeds");
+    assert!(etcd_put("127.0.11.11", "Zm9v", "YmFy"), "a write through a member succeeds");
 
     // An unchanged manifest does nothing.
     let vms_before: Vec<String> = running.iter().map(|i| i["vm_cid"].as_str().unwrap().to_string()).collect();
-    let again = d.ok(&["-n", "-d", "quickstart", "deploy", "manifests/quickstart.yml"]);
+    let again = d.ok(&["-n", "-d", "quickstart", "deploy", "manifests/quickstart.yml", "-o", ops]);
     assert!(again.contains("No changes.") && again.contains("done: no changes"), "{again}");
 
     // A property change updates in place: same VMs, and the plan names the property.
@@ -64,9 +75,9 @@ fn quickstart_deploys_three_etcd_members_updates_in_place_and_deletes_cleanly() 
         .unwrap()
         .replace("heartbeat_interval: 100", "heartbeat_interval: 150");
     let changed = d.write("quickstart-changed.yml", &changed);
-    let plan = d.ok(&["-d", "quickstart", "deploy", changed.to_str().unwrap(), "--dry-run"]);
+    let plan = d.ok(&["-d", "quickstart", "deploy", changed.to_str().unwrap(), "-o", ops, "--dry-run"]);
     assert_eq!(plan.matches("update: job `etcd`: property `etcd.heartbeat_interval` changed").count(), 3, "{plan}");
-    d.ok(&["-n", "-d", "quickstart", "deploy", changed.to_str().unwrap()]);
+    d.ok(&["-n", "-d", "quickstart", "deploy", changed.to_str().unwrap(), "-o", ops]);
     let after = eventually("three running instances after the update", Duration::from_secs(30), || {
         let list = instances(&d);
         (list.len() == 3 && list.iter().all(|i| i["state"] == "running")).then_some(list)
@@ -74,7 +85,7 @@ fn quickstart_deploys_three_etcd_members_updates_in_place_and_deletes_cleanly() 
     let vms_after: Vec<String> = after.iter().map(|i| i["vm_cid"].as_str().unwrap().to_string()).collect();
     assert_eq!(vms_before, vms_after, "an in-place update keeps the VMs");
     eventually("etcd healthy after the update", Duration::from_secs(30), || {
-        etcd_members("127.0.10.10").filter(|m| m.len() == 3)
+        etcd_members("127.0.11.10").filter(|m| m.len() == 3)
     });
     let manifest = d.ok(&["-d", "quickstart", "manifest"]);
     assert!(manifest.contains("heartbeat_interval: 150"), "{manifest}");
@@ -89,5 +100,5 @@ fn quickstart_deploys_three_etcd_members_updates_in_place_and_deletes_cleanly() 
     assert!(d.vm_processes().is_empty(), "VM processes left: {:?}", d.vm_processes());
     let vms_left: Vec<_> = std::fs::read_dir(d.cpi_base().join("vms")).unwrap().collect();
     assert!(vms_left.is_empty(), "VM directories left: {vms_left:?}");
-    assert!(etcd_members("127.0.10.10").is_none(), "etcd still answers after the deployment was deleted");
+    assert!(etcd_members("127.0.11.10").is_none(), "etcd still answers after the deployment was deleted");
 }

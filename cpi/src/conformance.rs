@@ -224,10 +224,7 @@ pub async fn survives_director_restart(make: &CpiFactory, env: &ConformanceEnv) 
     drop(before);
     let after = make();
     let result = async {
-        ensure(
-            after.has_vm(&vm).await.map_err(ctx("has_vm after restart"))?,
-            "has_vm: VM lost across a restart",
-        )?;
+        ensure(after.has_vm(&vm).await.map_err(ctx("has_vm after restart"))?, "has_vm: VM lost across a restart")?;
         ensure(
             after.has_disk(&disk).await.map_err(ctx("has_disk after restart"))?,
             "has_disk: disk lost across a restart",

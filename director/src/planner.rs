@@ -726,76 +726,77 @@ fn consumed_links(
     let mut out = BTreeMap::new();
     for c in &spec.consumes {
         let wiring = j.consumes.get(&c.name);
-        let provider =
-            match wiring {
-                Some(None) => {
-                    if !c.optional {
+        let provider = match wiring {
+            Some(None) => {
+                if !c.optional {
+                    return Err(perr(
+                        format!("{at}/{}", c.name),
+                        format!("link `{}` is not optional and cannot be set to nil", c.name),
+                    ));
+                }
+                continue;
+            }
+            Some(Some(w)) if w.from.is_some() => {
+                let from = w.from.as_deref().expect("checked");
+                let found: Vec<&Provider> = providers.iter().filter(|p| p.name == from).collect();
+                match found.as_slice() {
+                    [p] if p.kind == c.kind => *p,
+                    [p] => {
                         return Err(perr(
-                            format!("{at}/{}", c.name),
-                            format!("link `{}` is not optional and cannot be set to nil", c.name),
-                        ));
+                            format!("{at}/{}/from", c.name),
+                            format!("link `{from}` has type `{}`, job `{}` wants `{}`", p.kind, j.name, c.kind),
+                        ))
                     }
-                    continue;
-                }
-                Some(Some(w)) if w.from.is_some() => {
-                    let from = w.from.as_deref().expect("checked");
-                    let found: Vec<&Provider> = providers.iter().filter(|p| p.name == from).collect();
-                    match found.as_slice() {
-                        [p] if p.kind == c.kind => *p,
-                        [p] => {
-                            return Err(perr(
-                                format!("{at}/{}/from", c.name),
-                                format!("link `{from}` has type `{}`, job `{}` wants `{}`", p.kind, j.name, c.kind),
-                            ))
-                        }
-                        [] => {
-                            return Err(perr(
-                                format!("{at}/{}/from", c.name),
-                                format!("no job in the deployment provides a link named `{from}`"),
-                            ))
-                        }
-                        _ => {
-                            return Err(perr(
-                                format!("{at}/{}/from", c.name),
-                                format!("several jobs provide a link named `{from}`; give them distinct `as` names"),
-                            ))
-                        }
+                    [] => {
+                        return Err(perr(
+                            format!("{at}/{}/from", c.name),
+                            format!("no job in the deployment provides a link named `{from}`"),
+                        ))
+                    }
+                    _ => {
+                        return Err(perr(
+                            format!("{at}/{}/from", c.name),
+                            format!("several jobs provide a link named `{from}`; give them distinct `as` names"),
+                        ))
                     }
                 }
-                _ => {
-                    let found: Vec<&Provider> = providers.iter().filter(|p| p.kind == c.kind).collect();
-                    match found.as_slice() {
-                        [p] => *p,
-                        [] if c.optional => continue,
-                        [] => return Err(perr(
+            }
+            _ => {
+                let found: Vec<&Provider> = providers.iter().filter(|p| p.kind == c.kind).collect();
+                match found.as_slice() {
+                    [p] => *p,
+                    [] if c.optional => continue,
+                    [] => {
+                        return Err(perr(
                             format!("{at}/{}", c.name),
                             format!(
                                 "job `{}` consumes link `{}` of type `{}`, but no job in the deployment provides one",
                                 j.name, c.name, c.kind
                             ),
-                        )),
-                        many => {
-                            let who: Vec<String> = many
-                                .iter()
-                                .map(|p| {
-                                    format!(
-                                        "{}/{}",
-                                        m.instance_groups[p.group].name, m.instance_groups[p.group].jobs[p.job].name
-                                    )
-                                })
-                                .collect();
-                            return Err(perr(
-                                format!("{at}/{}", c.name),
+                        ))
+                    }
+                    many => {
+                        let who: Vec<String> = many
+                            .iter()
+                            .map(|p| {
                                 format!(
-                                    "several jobs provide a link of type `{}` ({}); choose one with `from`",
-                                    c.kind,
-                                    who.join(", ")
-                                ),
-                            ));
-                        }
+                                    "{}/{}",
+                                    m.instance_groups[p.group].name, m.instance_groups[p.group].jobs[p.job].name
+                                )
+                            })
+                            .collect();
+                        return Err(perr(
+                            format!("{at}/{}", c.name),
+                            format!(
+                                "several jobs provide a link of type `{}` ({}); choose one with `from`",
+                                c.kind,
+                                who.join(", ")
+                            ),
+                        ));
                     }
                 }
-            };
+            }
+        };
         let pg = &m.instance_groups[provider.group];
         let slots = &placed.iter().find(|(i, _)| *i == provider.group).expect("placed").1;
         let bootstrap = slots.iter().map(|s| s.index).min();

@@ -1,0 +1,159 @@
+//! The CLI on its own: help texts, `interpolate` with ops-files and every variable source, and a
+//! vars store that generates passwords and certificates once and keeps them.
+
+mod common;
+
+use common::*;
+use std::process::Command;
+
+fn bosun(args: &[&str], dir: &std::path::Path) -> (i32, String, String) {
+    let o = Command::new(bosun_bin())
+        .args(args)
+        .current_dir(dir)
+        .env_remove("BOSUN_DIRECTOR")
+        .env("HOME", dir)
+        .output()
+        .unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn every_verb_documents_an_example() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, top, _) = bosun(&["--help"], dir.path());
+    assert_eq!(code, 0);
+    assert!(top.contains("Example:"), "{top}");
+    let verbs = [
+        "director",
+        "target",
+        "update-cloud-config",
+        "cloud-config",
+        "upload-release",
+        "create-release",
+        "sync-blobs",
+        "releases",
+        "upload-stemcell",
+        "stemcells",
+        "deploy",
+        "deployments",
+        "instances",
+        "manifest",
+        "tasks",
+        "task",
+        "delete-deployment",
+        "interpolate",
+    ];
+    for v in verbs {
+        let (code, out, err) = bosun(&[v, "--help"], dir.path());
+        assert_eq!(code, 0, "{v}: {err}");
+        let example = out.split("Example:").nth(1).unwrap_or("");
+        assert!(
+            example.contains(&format!("bosun {v}")) || example.contains("bosun -d") || example.contains("bosun target"),
+            "{v} --help has no example:\n{out}"
+        );
+    }
+}
+
+#[test]
+fn interpolate_applies_ops_files_variables_and_a_vars_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n).to_string_lossy().into_owned();
+    std::fs::write(
+        dir.path().join("m.yml"),
+        r#"
+name: ((name))
+instance_groups:
+- name: db
+  instances: 1
+  jobs:
+  - name: db
+    properties:
+      password: ((db_password))
+      tls: ((db_tls))
+      url: "postgres://admin:((db_password))@((host)):5432"
+variables:
+- name: db_password
+  type: password
+- name: db_ca
+  type: certificate
+  options: {is_ca: true, common_name: db-ca}
+- name: db_tls
+  type: certificate
+  options: {ca: db_ca, common_name: db, alternative_names: [127.0.0.1]}
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("ops.yml"),
+        "- type: replace\n  path: /instance_groups/name=db/instances\n  value: 3\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("vars.yml"), "host: db.internal\n").unwrap();
+    let store = p("creds.yml");
+    let (code, out, err) = bosun(
+        &[
+            "interpolate",
+            &p("m.yml"),
+            "-o",
+            &p("ops.yml"),
+            "-v",
+            "name=shop",
+            "-l",
+            &p("vars.yml"),
+            "--vars-store",
+            &store,
+            "--var-errs",
+        ],
+        dir.path(),
+    );
+    assert_eq!(code, 0, "{err}");
+    let doc: serde_yaml::Value = serde_yaml::from_str(&out).unwrap();
+    assert_eq!(doc["name"], "shop");
+    assert_eq!(doc["instance_groups"][0]["instances"], 3);
+    let props = &doc["instance_groups"][0]["jobs"][0]["properties"];
+    let password = props["password"].as_str().unwrap().to_string();
+    assert_eq!(password.len(), 20);
+    assert_eq!(props["url"].as_str().unwrap(), format!("postgres://admin:{password}@db.internal:5432"));
+    assert!(props["tls"]["certificate"].as_str().unwrap().starts_with("-----BEGIN CERTIFICATE-----"));
+    assert_eq!(props["tls"]["ca"], doc_ca(&store));
+    // The store keeps what it generated: the next run gives the same values.
+    let (_, again, _) = bosun(
+        &[
+            "interpolate",
+            &p("m.yml"),
+            "-v",
+            "name=shop",
+            "-v",
+            "host=h",
+            "--vars-store",
+            &store,
+            "--path",
+            "/instance_groups/0/jobs/0/properties/password",
+        ],
+        dir.path(),
+    );
+    assert_eq!(again.trim(), password);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&store).unwrap().permissions().mode() & 0o077, 0, "the vars store is private");
+
+    // Without --var-errs unanswered declared variables stay for the director; undeclared ones fail.
+    let (code, out, _) = bosun(&["interpolate", &p("m.yml"), "-v", "name=x", "-v", "host=h"], dir.path());
+    assert_eq!(code, 0);
+    assert!(out.contains("((db_password))"), "{out}");
+    let (code, _, err) = bosun(&["interpolate", &p("m.yml"), "-v", "name=x"], dir.path());
+    assert_eq!(code, 2);
+    assert!(err.contains("missing variable ((host)) at /instance_groups/0/jobs/0/properties/url"), "{err}");
+    let (code, _, err) =
+        bosun(&["interpolate", &p("m.yml"), "--path", "/nope", "-v", "name=x", "-v", "host=h"], dir.path());
+    assert_eq!(code, 2);
+    assert!(err.contains("--path /nope: no key `nope`"), "{err}");
+}
+
+fn doc_ca(store: &str) -> serde_yaml::Value {
+    let s: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(store).unwrap()).unwrap();
+    s["db_ca"]["certificate"].clone()
+}
