@@ -264,7 +264,23 @@ fn bad_input_is_refused_with_a_clear_error_and_changes_nothing() {
         .replace("etcd: {cluster_token: guarded}", "etcd: {cluster_token: guarded, heartbeat_interval: oops}")
         .replace("canary_watch_time: 1000-60000", "canary_watch_time: 1000-3000");
     let broken = d.write("broken.yml", &broken);
-    let err = d.fails(1, &["-n", "deploy", broken.to_str().unwrap()]);
+    let mut running = d
+        .command()
+        .args(["-n", "deploy", broken.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // While it holds the deployment's lock, a second deploy fails at once, naming the holder.
+    let holder = eventually("the broken deploy's task to run", Duration::from_secs(30), || {
+        let t = d.json(&["tasks", "--recent", "1"]);
+        (t[0]["state"] == "processing" && t[0]["deployment"] == "guarded").then(|| t[0]["id"].as_u64().unwrap())
+    });
+    let err = d.fails(2, &["-n", "deploy", good.to_str().unwrap()]);
+    assert!(err.contains(&format!("deployment `guarded` is locked by task {holder}")), "{err}");
+    let out = running.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(err.contains("canary update (job `etcd`: property `etcd.heartbeat_interval` changed)"), "{err}");
     assert!(
         err.contains("starting jobs: not running after 3000 ms: etcd/etcd is Failing (last exit: exit status: "),
@@ -272,6 +288,11 @@ fn bad_input_is_refused_with_a_clear_error_and_changes_nothing() {
     );
     let tasks = d.json(&["tasks", "--recent", "1"]);
     assert_eq!(tasks[0]["state"], "error", "{tasks}");
+    // The agent keeps restarting the process with backoff and reports it failing.
+    eventually("the instance reported failing with restarts", Duration::from_secs(30), || {
+        let i = d.json(&["-d", "guarded", "instances", "--ps"]);
+        (i[0]["state"] == "failing" && i[0]["processes"][0]["restarts"].as_u64().unwrap_or(0) >= 2).then_some(())
+    });
     d.ok(&["-n", "-d", "guarded", "delete-deployment"]);
     assert!(d.vm_processes().is_empty(), "VM processes left: {:?}", d.vm_processes());
 }

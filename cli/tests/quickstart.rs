@@ -90,6 +90,25 @@ fn quickstart_deploys_three_etcd_members_updates_in_place_and_deletes_cleanly() 
     let manifest = d.ok(&["-d", "quickstart", "manifest"]);
     assert!(manifest.contains("heartbeat_interval: 150"), "{manifest}");
 
+    // Uploads are idempotent.
+    let again = d.ok(&["upload-release", kubo_release().to_str().unwrap()]);
+    assert!(again.contains("was already uploaded"), "{again}");
+    let again = d.ok(&["upload-stemcell", stemcell("1").to_str().unwrap()]);
+    assert!(again.contains("was already uploaded"), "{again}");
+
+    // A remembered target serves a shell without the BOSUN_* variables.
+    d.ok(&["target"]);
+    let mut bare = d.command();
+    bare.env_remove("BOSUN_DIRECTOR").env_remove("BOSUN_CA_CERT").env_remove("BOSUN_TOKEN").args([
+        "-d",
+        "quickstart",
+        "instances",
+        "--json",
+    ]);
+    let o = bare.output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap().as_array().unwrap().len(), 3);
+
     // Tasks are listed with their outcome.
     let tasks = d.json(&["tasks"]);
     assert!(tasks.as_array().unwrap().iter().all(|t| t["state"] == "done"), "{tasks}");
