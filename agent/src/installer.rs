@@ -6,7 +6,7 @@
 use crate::layout::Layout;
 use crate::session::Dialer;
 use bosun_types::digest::{parse_sha256, Sha256Writer};
-use bosun_types::protocol::{AgentMessage, ApplyPackage, ApplySpec, BlobHeader, BlobRef};
+use bosun_types::protocol::{encode_line, AgentMessage, ApplyPackage, ApplySpec, BlobHeader, BlobRef};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -196,12 +196,8 @@ impl Installer<'_> {
         }
         let stream = self.dialer.connect().await.map_err(|e| err(format!("connecting to the director: {e}")))?;
         let mut stream = tokio::io::BufReader::new(stream);
-        let mut req = serde_json::to_vec(&AgentMessage::FetchBlob {
-            agent_id: self.agent_id.to_string(),
-            digest: blob.digest.clone(),
-        })
-        .expect("serializable");
-        req.push(b'\n');
+        let req =
+            encode_line(&AgentMessage::FetchBlob { agent_id: self.agent_id.to_string(), digest: blob.digest.clone() });
         stream.get_mut().write_all(&req).await.map_err(|e| err(format!("requesting: {e}")))?;
         let mut line = Vec::new();
         (&mut stream)

@@ -118,3 +118,43 @@ async fn run_one(
         duration_ms: started.elapsed().as_millis() as u64,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout_with(scripts: &[(&str, &str)]) -> (tempfile::TempDir, Layout) {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path());
+        layout.create().unwrap();
+        for (job, body) in scripts {
+            let d = layout.job(job).join("bin");
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("pre-start"), body).unwrap();
+            std::fs::set_permissions(d.join("pre-start"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        }
+        (dir, layout)
+    }
+
+    #[tokio::test]
+    async fn scripts_run_per_job_with_their_environment_and_a_timeout() {
+        let (_dir, layout) = layout_with(&[
+            ("ok", "#!/bin/sh\necho \"job=$BOSUN_JOB_NAME next=$BOSH_VM_NEXT_STATE arg=$1\"\n"),
+            ("bad", "#!/bin/sh\necho broken >&2\nexit 4\n"),
+            ("hung", "#!/bin/sh\nsleep 600\n"),
+        ]);
+        let jobs: Vec<String> = ["ok", "bad", "hung", "none"].iter().map(|s| s.to_string()).collect();
+        let mut env = BTreeMap::new();
+        env.insert("BOSH_VM_NEXT_STATE".to_string(), "keep".to_string());
+        let started = Instant::now();
+        let results =
+            run_all(&layout, &jobs, LifecycleScript::PreStart, &["x".into()], &env, Duration::from_millis(500)).await;
+        assert!(started.elapsed() < Duration::from_secs(10), "a hung script is killed at its timeout");
+        let by = |j: &str| results.iter().find(|r| r.job == j).unwrap().clone();
+        assert_eq!(results.len(), 3, "a job without the script is left out");
+        assert_eq!((by("ok").exit_code, by("ok").output_tail.trim()), (Some(0), "job=ok next=keep arg=x"));
+        assert_eq!((by("bad").exit_code, by("bad").output_tail.trim()), (Some(4), "broken"));
+        assert!(by("hung").timed_out && by("hung").exit_code.is_none());
+        assert!(std::fs::read_to_string(layout.log_dir("ok").join("pre-start.log")).unwrap().contains("job=ok"));
+    }
+}

@@ -5,8 +5,8 @@ use crate::layout::Layout;
 use crate::supervisor::Supervisor;
 use crate::AgentError;
 use bosun_types::protocol::{
-    AgentCommand, AgentMessage, AgentSettings, ApplySpec, CommandOutcome, DirectorEndpoint, DirectorMessage, Heartbeat,
-    StemcellInfo, MAX_LINE_BYTES,
+    encode_line, AgentCommand, AgentMessage, AgentSettings, ApplySpec, CommandOutcome, DirectorEndpoint,
+    DirectorMessage, Heartbeat, StemcellInfo, MAX_LINE_BYTES,
 };
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -162,9 +162,7 @@ impl Agent {
         let (tx, mut rx) = mpsc::channel::<AgentMessage>(64);
         let writer = tokio::spawn(async move {
             while let Some(m) = rx.recv().await {
-                let mut line = serde_json::to_vec(&m).expect("serializable");
-                line.push(b'\n');
-                if write.write_all(&line).await.is_err() {
+                if write.write_all(&encode_line(&m)).await.is_err() {
                     break;
                 }
             }
@@ -401,4 +399,71 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bosun_types::pki::{CertAuthority, LeafUsage};
+
+    fn agent(dir: &std::path::Path) -> Arc<Agent> {
+        let ca = CertAuthority::generate("test", None, 1).unwrap();
+        let leaf =
+            ca.issue("agent-1", &["agent-1".into()], LeafUsage { server: false, client: true }, 1, false).unwrap();
+        let settings = AgentSettings {
+            agent_id: "agent-1".into(),
+            vm_cid: "vm-1".into(),
+            director: DirectorEndpoint {
+                address: "127.0.0.1:9".into(),
+                server_name: "bosun-director".into(),
+                ca_cert: ca.cert_pem().into(),
+                client_cert: leaf.cert_pem,
+                client_key: leaf.key_pem,
+            },
+            networks: Default::default(),
+            disks: Default::default(),
+            env: serde_json::json!({}),
+        };
+        let layout = Layout::new(dir);
+        layout.create().unwrap();
+        Agent::new(settings, layout, None).unwrap()
+    }
+
+    fn spec(generation: u64, hash: &str) -> AgentCommand {
+        AgentCommand::Apply {
+            spec: Box::new(ApplySpec {
+                generation,
+                deployment: "d".into(),
+                name: "g".into(),
+                index: 0,
+                id: "u".into(),
+                az: None,
+                bootstrap: true,
+                networks: Default::default(),
+                jobs: vec![],
+                packages: vec![],
+                persistent_disk_mb: 0,
+                configuration_hash: hash.into(),
+            }),
+        }
+    }
+
+    #[tokio::test]
+    async fn never_applies_an_older_generation_and_remembers_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = agent(dir.path());
+        a.execute(spec(5, "h5")).await.unwrap();
+        a.execute(spec(5, "h5")).await.expect("the same spec again is a no-op");
+        let e = a.execute(spec(4, "h4")).await.unwrap_err();
+        assert_eq!(e, "refusing spec generation 4: generation 5 is already applied");
+        let e = a.execute(spec(5, "other")).await.unwrap_err();
+        assert!(e.contains("a different spec with that generation"), "{e}");
+        a.execute(spec(6, "h6")).await.unwrap();
+        // A restarted agent reads its ledger: the rule still holds.
+        let again = agent(dir.path());
+        assert_eq!(again.heartbeat().await.applied_generation, 6);
+        assert!(again.execute(spec(5, "h5")).await.is_err());
+        assert!(again.execute(AgentCommand::Start).await.is_ok());
+        assert_eq!(again.heartbeat().await.job_state, bosun_types::protocol::JobState::Running);
+    }
 }

@@ -287,3 +287,94 @@ async fn supervise(
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bosun_types::protocol::BlobRef;
+
+    fn job(layout: &Layout, name: &str, script: &str) -> ApplyJob {
+        let dir = layout.root.join("data/jobs").join(name);
+        std::fs::create_dir_all(dir.join("bin")).unwrap();
+        let exe = dir.join("bin/run");
+        std::fs::write(&exe, script).unwrap();
+        std::fs::set_permissions(&exe, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let _ = std::fs::remove_file(layout.job(name));
+        std::os::unix::fs::symlink(&dir, layout.job(name)).unwrap();
+        ApplyJob {
+            name: name.into(),
+            release: "r".into(),
+            fingerprint: "f".into(),
+            rendered: BlobRef { digest: "sha256:00".into(), size: 0 },
+            processes: vec![ProcessDefinition {
+                name: "main".into(),
+                executable: "bin/run".into(),
+                args: vec![],
+                env: Default::default(),
+                shutdown_grace: Some(1),
+            }],
+            packages: vec![],
+        }
+    }
+
+    async fn wait_for(sup: &Supervisor, what: &str, f: impl Fn(&ProcessState) -> bool) -> ProcessState {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(s) = sup.states().await.into_iter().find(|s| f(s)) {
+                return s;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}: {:?}", sup.states().await);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_process_that_keeps_dying_is_restarted_with_backoff_and_reported_failing() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path());
+        layout.create().unwrap();
+        let sup = Supervisor::new(layout.clone());
+        sup.start(&[job(&layout, "crashy", "#!/bin/sh\necho dying >&2\nexit 3\n")]).await;
+        let s = wait_for(&sup, "two restarts", |s| s.restarts >= 2).await;
+        assert_eq!(s.state, ProcessStatus::Failing);
+        assert_eq!(s.last_exit.as_deref(), Some("exit status: 3"));
+        assert_eq!(sup.job_state(true, true).await.0, JobState::Failing);
+        let log = std::fs::read_to_string(layout.log_dir("crashy").join("main.stderr.log")).unwrap();
+        assert!(log.contains("dying"), "the process's output goes to the job's log");
+        sup.stop().await;
+        assert_eq!(sup.job_state(true, false).await.0, JobState::Stopped);
+    }
+
+    #[tokio::test]
+    async fn stop_ends_the_whole_process_group_even_when_sigterm_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path());
+        layout.create().unwrap();
+        let sup = Supervisor::new(layout.clone());
+        let marker = dir.path().join("child.pid");
+        let script = format!(
+            "#!/bin/sh\ntrap '' TERM\nsleep 600 &\necho $! > {}\nwhile true; do sleep 1; done\n",
+            marker.display()
+        );
+        sup.start(&[job(&layout, "stubborn", &script)]).await;
+        let s = wait_for(&sup, "running", |s| s.state == ProcessStatus::Running).await;
+        assert_eq!(sup.job_state(true, true).await.0, JobState::Running);
+        let leader = s.pid.unwrap() as i32;
+        let child: i32 = loop {
+            if let Some(p) = std::fs::read_to_string(&marker).ok().and_then(|t| t.trim().parse().ok()) {
+                break p;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        // Starting again is idempotent: no second copy.
+        sup.start(&[job(&layout, "stubborn", &script)]).await;
+        assert_eq!(sup.states().await.len(), 1);
+        sup.stop().await;
+        for pid in [leader, child] {
+            let alive = nix::sys::signal::kill(Pid::from_raw(pid), None).is_ok()
+                && !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z");
+            assert!(!alive, "process {pid} survived stop");
+        }
+        assert!(!layout.run_dir("stubborn").join("main.pid").exists());
+    }
+}

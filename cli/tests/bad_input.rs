@@ -264,7 +264,7 @@ fn bad_input_is_refused_with_a_clear_error_and_changes_nothing() {
         .replace("etcd: {cluster_token: guarded}", "etcd: {cluster_token: guarded, heartbeat_interval: oops}")
         .replace("canary_watch_time: 1000-60000", "canary_watch_time: 1000-3000");
     let broken = d.write("broken.yml", &broken);
-    let mut running = d
+    let running = d
         .command()
         .args(["-n", "deploy", broken.to_str().unwrap()])
         .stdout(std::process::Stdio::piped())

@@ -7,7 +7,8 @@ use crate::records::AgentRecord;
 use crate::store::{State, Tree};
 use bosun_types::digest::sha256_digest;
 use bosun_types::protocol::{
-    AgentCommand, AgentMessage, BlobHeader, CommandOutcome, DirectorMessage, Heartbeat, StemcellInfo, MAX_LINE_BYTES,
+    encode_line, AgentCommand, AgentMessage, BlobHeader, CommandOutcome, DirectorMessage, Heartbeat, StemcellInfo,
+    MAX_LINE_BYTES,
 };
 use futures::StreamExt;
 use std::collections::{HashMap, HashSet};
@@ -243,16 +244,12 @@ impl AgentHub {
                 });
                 let welcome =
                     DirectorMessage::Welcome { heartbeat_interval_ms: self.heartbeat_interval.as_millis() as u64 };
-                let mut line = serde_json::to_vec(&welcome).expect("serializable");
-                line.push(b'\n');
-                if write.write_all(&line).await.is_err() {
+                if write.write_all(&encode_line(&welcome)).await.is_err() {
                     return;
                 }
                 let writer = tokio::spawn(async move {
                     while let Some(m) = rx.recv().await {
-                        let mut line = serde_json::to_vec(&m).expect("serializable");
-                        line.push(b'\n');
-                        if write.write_all(&line).await.is_err() {
+                        if write.write_all(&encode_line(&m)).await.is_err() {
                             break;
                         }
                     }
@@ -324,11 +321,7 @@ impl AgentHub {
 
     async fn serve_blob<S: tokio::io::AsyncWrite + Unpin>(&self, agent_id: &str, digest: &str, out: &mut S) {
         let allowed = self.allowed_blobs.lock().expect("hub lock").get(agent_id).is_some_and(|s| s.contains(digest));
-        let answer = |h: BlobHeader| {
-            let mut l = serde_json::to_vec(&h).expect("serializable");
-            l.push(b'\n');
-            l
-        };
+        let answer = |h: BlobHeader| encode_line(&h);
         if !allowed {
             tracing::warn!(agent_id, digest, "refused a blob the agent's spec does not name");
             let _ = out

@@ -16,7 +16,6 @@ use bosun_types::digest::sha256_digest;
 use bosun_types::manifest::{DeploymentManifest, InstanceGroup, ResolvedUpdatePolicy};
 use bosun_types::protocol::NetworkSettings;
 use rand::RngCore;
-use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
@@ -47,15 +46,6 @@ pub struct PlanningInput<'a> {
     pub recreate: bool,
 }
 
-/// The VM-level facts of an instance: a change to any of them means a new VM.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-pub struct VmShape {
-    pub stemcell: (String, String),
-    pub vm_type: String,
-    pub cloud_properties_digest: String,
-    pub env_digest: String,
-}
-
 #[derive(Debug, Clone)]
 pub struct InstancePlan {
     pub group: String,
@@ -70,7 +60,6 @@ pub struct InstancePlan {
     pub stemcell: StemcellRecord,
     pub cloud_properties: serde_json::Value,
     pub env: serde_json::Value,
-    pub vm_shape: VmShape,
     /// Size (MiB) and cloud properties of the persistent disk, if the instance has one.
     pub persistent_disk: Option<(u64, serde_json::Value)>,
     pub jobs: Vec<RenderedJob>,
@@ -233,12 +222,6 @@ pub fn plan(input: &PlanningInput<'_>, rng: &mut dyn RngCore) -> Result<Plan, Pl
             if let Some(az) = s.az.as_ref().and_then(|a| cc.azs.iter().find(|x| &x.name == a)) {
                 merge(&mut cloud_properties, &az.cloud_properties);
             }
-            let vm_shape = VmShape {
-                stemcell: (stemcell.name.clone(), stemcell.version.clone()),
-                vm_type: g.vm_type.clone(),
-                cloud_properties_digest: digest_json(&cloud_properties),
-                env_digest: digest_json(&env),
-            };
             let address = default_address(&s.networks);
             let bootstrap = Some(s.index) == bootstrap_index;
             let spec_base = serde_json::json!({
@@ -292,10 +275,10 @@ pub fn plan(input: &PlanningInput<'_>, rng: &mut dyn RngCore) -> Result<Plan, Pl
             let packages = package_closure(input, &package_names, gi)?;
             let configuration_hash = configuration_hash(&jobs);
             let applied = AppliedState {
-                stemcell: vm_shape.stemcell.clone(),
+                stemcell: (stemcell.name.clone(), stemcell.version.clone()),
                 vm_type: g.vm_type.clone(),
-                cloud_properties_digest: vm_shape.cloud_properties_digest.clone(),
-                env_digest: vm_shape.env_digest.clone(),
+                cloud_properties_digest: digest_json(&cloud_properties),
+                env_digest: digest_json(&env),
                 networks: s.networks.iter().map(|(n, ns)| (n.clone(), ns.ip.clone())).collect(),
                 jobs: applied_jobs,
                 packages: packages.iter().map(|p| (p.name.clone(), p.fingerprint.clone())).collect(),
@@ -316,7 +299,6 @@ pub fn plan(input: &PlanningInput<'_>, rng: &mut dyn RngCore) -> Result<Plan, Pl
                 stemcell: stemcell.clone(),
                 cloud_properties,
                 env: env.clone(),
-                vm_shape,
                 persistent_disk: persistent_disk.clone(),
                 jobs,
                 packages,

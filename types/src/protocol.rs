@@ -13,6 +13,13 @@ use std::collections::BTreeMap;
 /// Longest line either side accepts; anything longer is hostile or broken.
 pub const MAX_LINE_BYTES: usize = 4 * 1024 * 1024;
 
+/// One message as a protocol line: JSON and a newline.
+pub fn encode_line<T: Serialize>(message: &T) -> Vec<u8> {
+    let mut line = serde_json::to_vec(message).expect("protocol messages serialize");
+    line.push(b'\n');
+    line
+}
+
 /// Written by the CPI where the agent reads it (BOSH's registry-less settings).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
