@@ -35,6 +35,7 @@ instance_groups:
   instances: 1
   vm_type: default
   stemcell: default
+  persistent_disk: 64
   networks: [{name: default, static_ips: [127.0.20.10]}]
   jobs:
   - name: etcd
@@ -72,6 +73,12 @@ fn bad_input_is_refused_with_a_clear_error_and_changes_nothing() {
     d.ok(&["-n", "deploy", good.to_str().unwrap()]);
     eventually("the guarded instance running", Duration::from_secs(30), || {
         (d.json(&["-d", "guarded", "instances"])[0]["state"] == "running").then_some(())
+    });
+    // The persistent disk was created, attached and mounted at the store: etcd's data is on it.
+    let disks = d.json(&["-d", "guarded", "instances"])[0]["disk_cids"].clone();
+    let disk = disks[0].as_str().expect("the instance has a persistent disk").to_string();
+    eventually("etcd's data on the persistent disk", Duration::from_secs(30), || {
+        d.cpi_base().join("disks").join(&disk).join("data/etcd/member").is_dir().then_some(())
     });
     let before = snapshot(&d);
     let tasks_before = d.json(&["tasks"]).as_array().unwrap().len();
@@ -295,6 +302,7 @@ fn bad_input_is_refused_with_a_clear_error_and_changes_nothing() {
     });
     d.ok(&["-n", "-d", "guarded", "delete-deployment"]);
     assert!(d.vm_processes().is_empty(), "VM processes left: {:?}", d.vm_processes());
+    assert!(!d.cpi_base().join("disks").join(&disk).exists(), "the deployment's disk was deleted with it");
 }
 
 /// Rebuilds the kubo tarball with one byte of a job's archive changed, release.MF untouched.

@@ -464,7 +464,8 @@ async fn converge_instance(
     rec.networks = i.networks.clone();
     rec.az = i.az.clone();
     rec.bootstrap = i.bootstrap;
-    if rec.vm.is_none() {
+    let fresh_vm = rec.vm.is_none();
+    if fresh_vm {
         create_vm_for(d, task, &mut rec, i).await.map_err(step(&name, "creating the VM"))?;
     }
     let agent_id = rec.vm.as_ref().map(|v| v.agent_id.clone()).expect("has a VM now");
@@ -472,7 +473,7 @@ async fn converge_instance(
         .wait_connected(&agent_id, d.config.agent_wait_timeout)
         .await
         .map_err(|e| step(&name, "waiting for the agent")(e.into()))?;
-    attach_disks(d, task, &mut rec, i).await.map_err(step(&name, "attaching the persistent disk"))?;
+    attach_disks(d, task, &mut rec, i, fresh_vm).await.map_err(step(&name, "attaching the persistent disk"))?;
     start_jobs(d, task, &mut rec, i, watch, timeout).await.map_err(step(&name, "starting jobs"))?;
     task.info("update", Some(&name), "running");
     Ok(())
@@ -568,16 +569,20 @@ async fn attach_disks(
     task: &Task,
     rec: &mut InstanceRecord,
     i: &InstancePlan,
+    fresh_vm: bool,
 ) -> Result<(), StepError> {
     let vm = rec.vm.clone().expect("has a VM");
+    // Disks already on a VM that stays are left as they are; a new VM or a new disk is attached.
+    let mut to_attach = if fresh_vm { rec.disk_cids.clone() } else { vec![] };
     if let (Some((size, cp)), true) = (&i.persistent_disk, rec.disk_cids.is_empty()) {
         let cid = d.cpi.create_disk(*size, cp, Some(&vm.cid)).await?;
         rec.disk_cids.push(cid.clone());
         d.state.put(Tree::Instances, &rec.key(), rec)?;
         d.state.flush().await?;
         task.info("disk", Some(&rec.name()), format!("created persistent disk {cid} ({size} MiB)"));
+        to_attach.push(cid);
     }
-    for disk in rec.disk_cids.clone() {
+    for disk in to_attach {
         let hint = d.cpi.attach_disk(&vm.cid, &disk).await?;
         let mut meta = vm_tags(d, &rec.deployment, rec);
         meta.insert("instance_index".into(), rec.index.to_string());
