@@ -389,17 +389,7 @@ impl Agent {
     }
 }
 
-/// An error with its sources, once each: `a: b: c`.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
+pub use bosun_types::error_chain;
 
 #[cfg(test)]
 mod tests {

@@ -64,20 +64,7 @@ impl From<TaskError> for ApiError {
     }
 }
 
-/// An error with its sources, once each: `a: b: c`.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let t = c.to_string();
-        if !s.ends_with(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        cur = c.source();
-    }
-    s
-}
+pub use bosun_types::error_chain;
 
 type Shared = State<Arc<Director>>;
 

@@ -20,3 +20,19 @@ pub mod vars;
 pub mod yaml;
 
 pub use yaml::{DocumentError, YamlPath};
+
+/// An error and its sources, each once: `a: b: c`. Messages describe their own layer only (house
+/// style), so the chain reads as a path from the operation down to the cause.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !s.ends_with(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = c.source();
+    }
+    s
+}
