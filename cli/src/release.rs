@@ -129,6 +129,15 @@ fn walk(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     Ok(())
 }
 
+/// The directories directly inside `dir`, sorted (none if it does not exist).
+fn subdirs(dir: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect())
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
 fn mode_of(path: &Path) -> Result<u32> {
     use std::os::unix::fs::PermissionsExt;
     Ok(if std::fs::metadata(path)?.permissions().mode() & 0o111 != 0 { 0o755 } else { 0o644 })
@@ -145,11 +154,7 @@ pub fn create_release(dir: &Path, version: Option<&str>, tarball: Option<&Path>)
     }
     let mut packages = Vec::new();
     let mut package_tgz = BTreeMap::new();
-    let mut pkg_dirs: Vec<PathBuf> = std::fs::read_dir(dir.join("packages"))
-        .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect())
-        .unwrap_or_default();
-    pkg_dirs.sort();
-    for pdir in pkg_dirs {
+    for pdir in subdirs(&dir.join("packages")) {
         let spec_path = pdir.join("spec");
         let spec: PackageSpec = bosun_types::yaml::from_str(
             &spec_path.display().to_string(),
@@ -205,11 +210,7 @@ pub fn create_release(dir: &Path, version: Option<&str>, tarball: Option<&Path>)
     }
     let mut jobs = Vec::new();
     let mut job_tgz = BTreeMap::new();
-    let mut job_dirs: Vec<PathBuf> = std::fs::read_dir(dir.join("jobs"))
-        .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect())
-        .unwrap_or_default();
-    job_dirs.sort();
-    for jdir in job_dirs {
+    for jdir in subdirs(&dir.join("jobs")) {
         let spec_path = jdir.join("spec");
         let spec_text =
             std::fs::read_to_string(&spec_path).map_err(|e| input(format!("{}: {e}", spec_path.display())))?;

@@ -113,32 +113,15 @@ async fn authenticate(State(d): Shared, headers: HeaderMap, request: Request, ne
 /// Serves the API over TLS until the listener fails.
 pub async fn serve(d: Arc<Director>, listener: tokio::net::TcpListener, acceptor: tokio_rustls::TlsAcceptor) {
     let app = router(d);
-    loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!(error = %e, "API accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let acceptor = acceptor.clone();
-        let app = app.clone();
-        tokio::spawn(async move {
-            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                Ok(Ok(t)) => t,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "API TLS handshake failed");
-                    return;
-                }
-                Err(_) => return,
-            };
-            let service = hyper_util::service::TowerToHyperService::new(app);
+    crate::serve_tls("api", listener, acceptor, move |tls, _peer| {
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        async move {
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
                 .await;
-        });
-    }
+        }
+    })
+    .await
 }
 
 async fn info(State(d): Shared) -> Json<DirectorInfo> {

@@ -161,28 +161,9 @@ impl AgentHub {
         }
     }
 
-    /// Accepts agent connections until the listener fails.
+    /// Accepts agent connections (mutual TLS) until the process ends.
     pub async fn serve(self: Arc<Self>, listener: tokio::net::TcpListener, acceptor: tokio_rustls::TlsAcceptor) {
-        loop {
-            let (tcp, peer) = match listener.accept().await {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "agent listener accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            let hub = self.clone();
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let _ = tcp.set_nodelay(true);
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(tls)) => hub.handle(tls, peer).await,
-                    Ok(Err(e)) => tracing::warn!(%peer, error = %e, "agent TLS handshake failed"),
-                    Err(_) => tracing::warn!(%peer, "agent TLS handshake timed out"),
-                }
-            });
-        }
+        crate::serve_tls("agents", listener, acceptor, move |tls, peer| self.clone().handle(tls, peer)).await
     }
 
     async fn handle(

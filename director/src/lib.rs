@@ -68,6 +68,42 @@ pub enum DirectorError {
     Tls(#[source] rustls::Error),
 }
 
+/// Accepts TLS connections until the process ends: each accepted connection gets its handshake
+/// (bounded, so a silent peer cannot hold a task forever) and then `handle`, on its own task.
+/// `what` names the listener in logs.
+pub(crate) async fn serve_tls<F, Fut>(
+    what: &'static str,
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    handle: F,
+) where
+    F: Fn(tokio_rustls::server::TlsStream<tokio::net::TcpStream>, SocketAddr) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of file descriptors and the like: back off rather than spin.
+                tracing::warn!(listener = what, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let acceptor = acceptor.clone();
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            let _ = tcp.set_nodelay(true);
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => handle(tls, peer).await,
+                Ok(Err(e)) => tracing::warn!(listener = what, %peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::warn!(listener = what, %peer, "TLS handshake timed out"),
+            }
+        });
+    }
+}
+
 /// Writes a file only its owner can read (keys, tokens).
 pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;

@@ -6,8 +6,9 @@ use crate::records::{now_secs, ReleaseJob, ReleasePackage, ReleaseRecord, Stemce
 use crate::store::Tree;
 use crate::Director;
 use bosun_types::api::UploadResult;
-use bosun_types::release::{JobSpec, ReleaseManifest, StemcellManifest};
-use bosun_types::tarball::{fingerprint, read_tgz};
+use bosun_types::protocol::BlobRef;
+use bosun_types::release::{JobSpec, ReleaseArtifact, ReleaseManifest, StemcellManifest};
+use bosun_types::tarball::{fingerprint, read_tgz, Entry};
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -62,6 +63,62 @@ fn file_digest(path: &Path) -> Result<String, UploadError> {
     Ok(h.finish())
 }
 
+#[derive(Clone, Copy)]
+enum Kind {
+    Package,
+    Job,
+}
+
+impl Kind {
+    fn noun(self) -> &'static str {
+        match self {
+            Kind::Package => "package",
+            Kind::Job => "job",
+        }
+    }
+    fn dir(self) -> &'static str {
+        match self {
+            Kind::Package => "packages",
+            Kind::Job => "jobs",
+        }
+    }
+}
+
+/// Checks one job or package of release.MF against its archive in the unpacked tarball: a safe
+/// name, the archive present, its digest and its content fingerprint as listed. Returns the
+/// archive's path, its blob reference and its files.
+fn verify_artifact(
+    work: &Path,
+    key: &str,
+    kind: Kind,
+    a: &ReleaseArtifact,
+    extra: &[String],
+    limit: u64,
+) -> Result<(PathBuf, BlobRef, BTreeMap<String, Entry>), UploadError> {
+    let (noun, dir) = (kind.noun(), kind.dir());
+    bosun_types::manifest::check_name("release.MF", format!("/{dir}"), &a.name).map_err(|e| invalid(e.to_string()))?;
+    let at = format!("release {key}: {noun} `{}`", a.name);
+    let path = work.join(dir).join(format!("{}.tgz", a.name));
+    if !path.is_file() {
+        return Err(invalid(format!("{at}: {dir}/{}.tgz is missing from the tarball", a.name)));
+    }
+    let digest = file_digest(&path)?;
+    if digest != a.sha1 {
+        return Err(invalid(format!("{at}: digest mismatch (release.MF says {}, the tarball holds {digest})", a.sha1)));
+    }
+    let bytes = std::fs::read(&path).map_err(UploadError::Io)?;
+    let files = read_tgz(&bytes, limit).map_err(|e| invalid(format!("{at}: {e}")))?;
+    let fp = fingerprint(&files, extra);
+    if fp != a.fingerprint {
+        return Err(invalid(format!(
+            "{at}: fingerprint mismatch (release.MF says {}, the content gives {fp})",
+            a.fingerprint
+        )));
+    }
+    let blob = BlobRef { digest, size: bytes.len() as u64 };
+    Ok((path, blob, files))
+}
+
 /// Processes an uploaded release tarball. Blocking: run it on a blocking thread.
 pub fn upload_release(director: &Director, tarball: &Path, work: &Path) -> Result<UploadResult, UploadError> {
     let tarball_digest = file_digest(tarball)?;
@@ -76,38 +133,11 @@ pub fn upload_release(director: &Director, tarball: &Path, work: &Path) -> Resul
     let at = |what: &str, name: &str| format!("release {key}: {what} `{name}`");
     let mut packages = Vec::new();
     for p in &mf.packages {
-        bosun_types::manifest::check_name("release.MF", "/packages", &p.name).map_err(|e| invalid(e.to_string()))?;
-        let path = work.join("packages").join(format!("{}.tgz", p.name));
-        if !path.is_file() {
-            return Err(invalid(format!(
-                "{}: packages/{}.tgz is missing from the tarball",
-                at("package", &p.name),
-                p.name
-            )));
-        }
-        let digest = file_digest(&path)?;
-        if digest != p.sha1 {
-            return Err(invalid(format!(
-                "{}: digest mismatch (release.MF says {}, the tarball holds {digest})",
-                at("package", &p.name),
-                p.sha1
-            )));
-        }
-        let files = read_tgz(&std::fs::read(&path).map_err(UploadError::Io)?, u64::MAX)
-            .map_err(|e| invalid(format!("{}: {e}", at("package", &p.name))))?;
+        let (path, blob, files) = verify_artifact(work, &key, Kind::Package, p, &p.dependencies, u64::MAX)?;
         if !files.contains_key("packaging") {
             return Err(invalid(format!("{}: no packaging script", at("package", &p.name))));
         }
-        let fp = fingerprint(&files, &p.dependencies);
-        if fp != p.fingerprint {
-            return Err(invalid(format!(
-                "{}: fingerprint mismatch (release.MF says {}, the content gives {fp})",
-                at("package", &p.name),
-                p.fingerprint
-            )));
-        }
-        let blob =
-            bosun_types::protocol::BlobRef { digest, size: std::fs::metadata(&path).map_err(UploadError::Io)?.len() };
+        let fp = p.fingerprint.clone();
         packages.push((
             path,
             ReleasePackage { name: p.name.clone(), fingerprint: fp, blob, dependencies: p.dependencies.clone() },
@@ -122,29 +152,8 @@ pub fn upload_release(director: &Director, tarball: &Path, work: &Path) -> Resul
     }
     let mut jobs = Vec::new();
     for j in &mf.jobs {
-        bosun_types::manifest::check_name("release.MF", "/jobs", &j.name).map_err(|e| invalid(e.to_string()))?;
-        let path = work.join("jobs").join(format!("{}.tgz", j.name));
-        if !path.is_file() {
-            return Err(invalid(format!("{}: jobs/{}.tgz is missing from the tarball", at("job", &j.name), j.name)));
-        }
-        let digest = file_digest(&path)?;
-        if digest != j.sha1 {
-            return Err(invalid(format!(
-                "{}: digest mismatch (release.MF says {}, the tarball holds {digest})",
-                at("job", &j.name),
-                j.sha1
-            )));
-        }
-        let files = read_tgz(&std::fs::read(&path).map_err(UploadError::Io)?, JOB_LIMIT)
-            .map_err(|e| invalid(format!("{}: {e}", at("job", &j.name))))?;
-        let fp = fingerprint(&files, &[]);
-        if fp != j.fingerprint {
-            return Err(invalid(format!(
-                "{}: fingerprint mismatch (release.MF says {}, the content gives {fp})",
-                at("job", &j.name),
-                j.fingerprint
-            )));
-        }
+        let (path, blob, files) = verify_artifact(work, &key, Kind::Job, j, &[], JOB_LIMIT)?;
+        let fp = j.fingerprint.clone();
         let spec_bytes = &files.get("job.MF").ok_or_else(|| invalid(format!("{}: no job.MF", at("job", &j.name))))?.1;
         let spec: JobSpec =
             bosun_types::yaml::from_str(&format!("jobs/{}.tgz:job.MF", j.name), &String::from_utf8_lossy(spec_bytes))
@@ -174,8 +183,6 @@ pub fn upload_release(director: &Director, tarball: &Path, work: &Path) -> Resul
                 return Err(invalid(format!("{}: needs package `{p}`, which the release lacks", at("job", &j.name))));
             }
         }
-        let blob =
-            bosun_types::protocol::BlobRef { digest, size: std::fs::metadata(&path).map_err(UploadError::Io)?.len() };
         jobs.push((path, ReleaseJob { name: j.name.clone(), fingerprint: fp, blob, spec, templates }));
     }
     // Everything checked out; only now does the upload touch the director's state.
