@@ -166,30 +166,22 @@ async fn update_cloud_config(State(d): Shared, body: String) -> Result<Json<Clou
     Ok(Json(CloudConfigUpdated { version, changed: true }))
 }
 
-fn deployments_using(d: &Director) -> Result<Vec<(String, bosun_types::manifest::DeploymentManifest)>, ApiError> {
-    let mut out = Vec::new();
-    for rec in d.state.list::<DeploymentRecord>(Tree::Deployments, "")? {
-        // Stored manifests parsed before; placeholders for director variables may make the
-        // typed parse fail, so read the parts listed here leniently.
-        if let Ok(v) = serde_yaml::from_str::<serde_yaml::Value>(&rec.manifest) {
-            let releases = v.get("releases").cloned().unwrap_or_default();
-            let stemcells = v.get("stemcells").cloned().unwrap_or_default();
-            let m = bosun_types::manifest::DeploymentManifest {
-                name: rec.name.clone(),
-                director_uuid: None,
-                releases: serde_yaml::from_value(releases).unwrap_or_default(),
-                stemcells: serde_yaml::from_value(stemcells).unwrap_or_default(),
-                update: Default::default(),
-                instance_groups: vec![],
-                variables: vec![],
-                properties: None,
-                tags: Default::default(),
-                features: None,
-            };
-            out.push((rec.name, m));
-        }
-    }
-    Ok(out)
+/// The releases and stemcells a stored manifest names. Read leniently: a stored manifest may hold
+/// placeholders for director variables that the typed parse would refuse.
+#[derive(Default, serde::Deserialize)]
+struct ManifestRefs {
+    #[serde(default)]
+    releases: Vec<bosun_types::manifest::ReleaseRef>,
+    #[serde(default)]
+    stemcells: Vec<bosun_types::manifest::StemcellRef>,
+}
+
+fn deployments_using(d: &Director) -> Result<Vec<(String, ManifestRefs)>, ApiError> {
+    Ok(d.state
+        .list::<DeploymentRecord>(Tree::Deployments, "")?
+        .into_iter()
+        .map(|rec| (rec.name, serde_yaml::from_str(&rec.manifest).unwrap_or_default()))
+        .collect())
 }
 
 async fn list_releases(State(d): Shared) -> Result<Json<Vec<ReleaseView>>, ApiError> {
