@@ -385,6 +385,39 @@ impl Agent {
                 self.save_ledger(&ledger).await?;
                 Ok(serde_json::Value::Null)
             }
+            AgentCommand::MigrateDisk { from_disk_cid, to_disk_cid, hint } => {
+                let _op = self.op_lock.lock().await;
+                let to =
+                    hint.get("path").and_then(|p| p.as_str()).map(PathBuf::from).ok_or("the disk hint has no path")?;
+                let mut ledger = self.ledger.lock().await;
+                match &ledger.mounted_disk {
+                    // Done before (the director asks again after losing the answer).
+                    Some((cid, _)) if *cid == to_disk_cid => return Ok(serde_json::Value::Null),
+                    Some((cid, _)) if *cid == from_disk_cid => {}
+                    other => {
+                        return Err(format!(
+                            "cannot migrate from disk `{from_disk_cid}`: the mounted disk is {}",
+                            other.as_ref().map(|(c, _)| format!("`{c}`")).unwrap_or_else(|| "none".into())
+                        ))
+                    }
+                }
+                if ledger.running {
+                    return Err("jobs are running; stop them before migrating the disk".into());
+                }
+                let from = ledger.mounted_disk.as_ref().map(|(_, p)| p.clone()).expect("matched above");
+                crate::disks::copy_tree(&from, &to)
+                    .await
+                    .map_err(|e| format!("copying disk `{from_disk_cid}` to `{to_disk_cid}`: {e}"))?;
+                let store = self.layout.store();
+                let staged = store.with_extension("migrating");
+                let _ = tokio::fs::remove_file(&staged).await;
+                tokio::fs::symlink(&to, &staged).await.map_err(|e| e.to_string())?;
+                // rename(2) swaps the link atomically: the store is the old disk or the new one.
+                tokio::fs::rename(&staged, &store).await.map_err(|e| e.to_string())?;
+                ledger.mounted_disk = Some((to_disk_cid, to));
+                self.save_ledger(&ledger).await?;
+                Ok(serde_json::Value::Null)
+            }
         }
     }
 }

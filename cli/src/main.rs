@@ -11,6 +11,7 @@ mod release;
 
 use anyhow::{Context, Result};
 use bosun_types::api::*;
+use bosun_types::manifest::MaxInFlight;
 use clap::{Parser, Subcommand};
 use client::{Client, Target};
 use std::path::PathBuf;
@@ -71,26 +72,7 @@ enum Command {
     #[command(
         after_help = "Example:\n  bosun director --state-dir ~/.bosun/director --listen 127.0.0.1:25555 --cpi local"
     )]
-    Director {
-        #[arg(long, value_name = "DIR")]
-        state_dir: PathBuf,
-        #[arg(long, default_value = "127.0.0.1:25555")]
-        listen: std::net::SocketAddr,
-        /// Where agents connect (mutual TLS). Defaults to the API's address, port + 1.
-        #[arg(long)]
-        agent_listen: Option<std::net::SocketAddr>,
-        /// The CPI: `local` (processes on this machine).
-        #[arg(long, default_value = "local")]
-        cpi: String,
-        #[arg(long, default_value = "bosun")]
-        name: String,
-        /// Agent heartbeat interval, in milliseconds.
-        #[arg(long, default_value_t = 2000)]
-        heartbeat_interval_ms: u64,
-        /// How long a new VM's agent has to connect, in seconds.
-        #[arg(long, default_value_t = 120)]
-        agent_wait_timeout: u64,
-    },
+    Director(DirectorArgs),
     /// Remember the current target (from flags or BOSUN_* variables), or show it.
     #[command(after_help = "Example:\n  eval \"$(cat state/env)\" && bosun target")]
     Target,
@@ -146,7 +128,37 @@ enum Command {
         /// Recreate every VM.
         #[arg(long)]
         recreate: bool,
+        #[command(flatten)]
+        update: UpdateArgs,
     },
+    /// Recreate the VMs of a deployment, an instance group or instances (disks and addresses stay).
+    #[command(after_help = "Example:\n  bosun -d quickstart recreate etcd/0 --max-in-flight 1")]
+    Recreate(InstanceCommandArgs),
+    /// Restart the jobs of a deployment, an instance group or instances.
+    #[command(after_help = "Example:\n  bosun -d quickstart restart etcd")]
+    Restart(InstanceCommandArgs),
+    /// Stop the jobs (with --hard also delete the VMs, keeping persistent disks).
+    #[command(after_help = "Example:\n  bosun -d quickstart stop etcd/2 --hard")]
+    Stop {
+        #[command(flatten)]
+        args: InstanceCommandArgs,
+        /// Also delete the VM; the persistent disk and the instance's identity stay.
+        #[arg(long)]
+        hard: bool,
+    },
+    /// Start stopped instances (recreating the VMs of hard-stopped ones).
+    #[command(after_help = "Example:\n  bosun -d quickstart start etcd/2")]
+    Start(InstanceCommandArgs),
+    /// List persistent disks no instance uses (kept for a while, then deleted).
+    #[command(after_help = "Example:\n  bosun disks --orphaned")]
+    Disks {
+        /// Orphaned disks (the only kind listed for now).
+        #[arg(long, required = true)]
+        orphaned: bool,
+    },
+    /// Delete an orphaned persistent disk now.
+    #[command(after_help = "Example:\n  bosun delete-disk disk-3f1c0e8a -n")]
+    DeleteDisk { disk_cid: String },
     /// List deployments.
     #[command(after_help = "Example:\n  bosun deployments")]
     Deployments,
@@ -260,10 +272,7 @@ fn confirm(cli: &Cli) -> Result<bool> {
 
 async fn run(cli: Cli) -> Result<()> {
     match &cli.command {
-        Command::Director { state_dir, listen, agent_listen, cpi, name, heartbeat_interval_ms, agent_wait_timeout } => {
-            run_director(state_dir, *listen, *agent_listen, cpi, name, *heartbeat_interval_ms, *agent_wait_timeout)
-                .await
-        }
+        Command::Director(args) => run_director(args).await,
         Command::Target => {
             let t = Target::resolve(cli.director.as_deref(), cli.ca_cert.as_deref(), cli.token.as_deref())?;
             let c = Client::new(t.clone())?;
@@ -386,7 +395,7 @@ async fn run(cli: Cli) -> Result<()> {
             println!("(*) in use");
             Ok(())
         }
-        Command::Deploy { manifest: path, vars, dry_run, recreate } => {
+        Command::Deploy { manifest: path, vars, dry_run, recreate, update } => {
             let doc = manifest::load(path, vars, false)?;
             let name = doc
                 .get("name")
@@ -402,7 +411,11 @@ async fn run(cli: Cli) -> Result<()> {
                     .into());
                 }
             }
-            let request = DeployRequest { manifest: serde_yaml::to_string(&doc)?, recreate: *recreate };
+            let request = DeployRequest {
+                manifest: serde_yaml::to_string(&doc)?,
+                recreate: *recreate,
+                overrides: update.overrides(),
+            };
             let c = client(&cli)?;
             let plan: PlanView = c.post_json(&format!("/v1/deployments/{name}/plan"), &request).await?;
             if cli.json && *dry_run {
@@ -511,6 +524,48 @@ async fn run(cli: Cli) -> Result<()> {
             }
             c.follow_task(*id, false).await.map(|_| ())
         }
+        Command::Recreate(args) => instance_command(&cli, InstanceCommand::Recreate, args, false).await,
+        Command::Restart(args) => instance_command(&cli, InstanceCommand::Restart, args, false).await,
+        Command::Stop { args, hard } => instance_command(&cli, InstanceCommand::Stop, args, *hard).await,
+        Command::Start(args) => instance_command(&cli, InstanceCommand::Start, args, false).await,
+        Command::Disks { .. } => {
+            let v: Vec<OrphanedDiskView> = client(&cli)?.get("/v1/disks/orphaned").await?;
+            if cli.json {
+                return print_json(&v);
+            }
+            let rows: Vec<Vec<String>> = v
+                .iter()
+                .map(|o| {
+                    vec![
+                        o.disk_cid.clone(),
+                        format!("{} MiB", o.size_mb),
+                        o.deployment.clone(),
+                        o.instance.clone(),
+                        o.az.clone().unwrap_or_else(|| "-".into()),
+                        output::unix_time(o.orphaned_at),
+                        output::unix_time(o.delete_after),
+                        o.reason.clone(),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                output::table(
+                    &["Disk CID", "Size", "Deployment", "Instance", "AZ", "Orphaned at", "Deleted after", "Why"],
+                    &rows
+                )
+            );
+            Ok(())
+        }
+        Command::DeleteDisk { disk_cid } => {
+            let c = client(&cli)?;
+            eprintln!("Deleting orphaned disk '{disk_cid}'; its data cannot be brought back.");
+            if !confirm(&cli)? {
+                return Err(InputError::new("delete cancelled").into());
+            }
+            let t: TaskCreated = c.delete(&format!("/v1/disks/{disk_cid}")).await?;
+            c.follow_task(t.task_id, cli.json).await.map(|_| ())
+        }
         Command::DeleteDeployment => {
             let d = deployment(&cli)?;
             let c = client(&cli)?;
@@ -553,16 +608,37 @@ async fn run(cli: Cli) -> Result<()> {
     }
 }
 
-async fn run_director(
-    state_dir: &std::path::Path,
+#[derive(clap::Args, Debug)]
+struct DirectorArgs {
+    #[arg(long, value_name = "DIR")]
+    state_dir: PathBuf,
+    #[arg(long, default_value = "127.0.0.1:25555")]
     listen: std::net::SocketAddr,
+    /// Where agents connect (mutual TLS). Defaults to the API's address, port + 1.
+    #[arg(long)]
     agent_listen: Option<std::net::SocketAddr>,
-    cpi: &str,
-    name: &str,
+    /// The CPI: `local` (processes on this machine).
+    #[arg(long, default_value = "local")]
+    cpi: String,
+    #[arg(long, default_value = "bosun")]
+    name: String,
+    /// Agent heartbeat interval, in milliseconds.
+    #[arg(long, default_value_t = 2000)]
     heartbeat_interval_ms: u64,
+    /// How long a new VM's agent has to connect, in seconds.
+    #[arg(long, default_value_t = 120)]
     agent_wait_timeout: u64,
-) -> Result<()> {
-    let cpi: std::sync::Arc<dyn bosun_cpi::Cpi> = match cpi {
+    /// How long an orphaned persistent disk is kept before it is deleted, in seconds (BOSH: 5 days).
+    #[arg(long, default_value_t = 5 * 24 * 3600)]
+    orphaned_disk_retention: u64,
+}
+
+async fn run_director(args: &DirectorArgs) -> Result<()> {
+    let DirectorArgs { state_dir, listen, agent_listen, cpi, name, heartbeat_interval_ms, agent_wait_timeout, .. } =
+        args;
+    let (listen, agent_listen, heartbeat_interval_ms, agent_wait_timeout) =
+        (*listen, *agent_listen, *heartbeat_interval_ms, *agent_wait_timeout);
+    let cpi: std::sync::Arc<dyn bosun_cpi::Cpi> = match cpi.as_str() {
         "local" => std::sync::Arc::new(
             bosun_cpi::local::LocalCpi::new(state_dir.join("cpi-local"))
                 .with_context(|| format!("preparing the local CPI under {}", state_dir.display()))?,
@@ -584,6 +660,7 @@ async fn run_director(
         agent_advertise: None,
         heartbeat_interval: Duration::from_millis(heartbeat_interval_ms),
         agent_wait_timeout: Duration::from_secs(agent_wait_timeout),
+        orphaned_disk_retention: Duration::from_secs(args.orphaned_disk_retention),
     };
     let running = bosun_director::start(config, cpi).await?;
     print!("{}", std::fs::read_to_string(&running.env_file)?);
@@ -598,4 +675,70 @@ async fn run_director(
     tracing::info!("director stopping; VMs keep running");
     running.director.state.flush().await?;
     Ok(())
+}
+
+/// How an update runs: BOSH's command-line overrides.
+#[derive(clap::Args, Debug)]
+struct UpdateArgs {
+    /// Skip pre-stop and drain scripts.
+    #[arg(long)]
+    skip_drain: bool,
+    /// Override every instance group's canaries.
+    #[arg(long)]
+    canaries: Option<u32>,
+    /// Override every instance group's max_in_flight (a number or a percentage such as 25%).
+    #[arg(long, value_parser = parse_max_in_flight)]
+    max_in_flight: Option<MaxInFlight>,
+}
+
+impl UpdateArgs {
+    fn overrides(&self) -> UpdateOverrides {
+        UpdateOverrides { skip_drain: self.skip_drain, canaries: self.canaries, max_in_flight: self.max_in_flight }
+    }
+}
+
+fn parse_max_in_flight(s: &str) -> Result<MaxInFlight, String> {
+    s.parse()
+}
+
+#[derive(clap::Args, Debug)]
+struct InstanceCommandArgs {
+    /// `group`, `group/uuid` or `group/index`; none means every instance of the deployment.
+    #[arg(value_parser = parse_selector)]
+    instances: Vec<String>,
+    /// Show the plan and stop.
+    #[arg(long)]
+    dry_run: bool,
+    #[command(flatten)]
+    update: UpdateArgs,
+}
+
+fn parse_selector(s: &str) -> Result<String, String> {
+    s.parse::<InstanceSelector>().map(|_| s.to_string())
+}
+
+/// recreate / restart / stop / start: show the plan, confirm, follow the task.
+async fn instance_command(cli: &Cli, command: InstanceCommand, args: &InstanceCommandArgs, hard: bool) -> Result<()> {
+    let d = deployment(cli)?;
+    let c = client(cli)?;
+    let request = InstanceCommandRequest {
+        command,
+        instances: args.instances.clone(),
+        hard,
+        overrides: args.update.overrides(),
+        dry_run: args.dry_run,
+    };
+    let plan: PlanView = c.post_json(&format!("/v1/deployments/{d}/instance-commands/plan"), &request).await?;
+    if cli.json && args.dry_run {
+        return print_json(&plan);
+    }
+    eprint!("{}", output::render_plan(&plan));
+    if args.dry_run || !plan.changes {
+        return Ok(());
+    }
+    if !confirm(cli)? {
+        return Err(InputError::new(format!("{command} cancelled")).into());
+    }
+    let t: TaskCreated = c.post_json(&format!("/v1/deployments/{d}/instance-commands"), &request).await?;
+    c.follow_task(t.task_id, cli.json).await.map(|_| ())
 }

@@ -49,7 +49,12 @@ pub fn render_plan(plan: &PlanView) -> String {
                 InstanceAction::Create => '+',
                 InstanceAction::Delete => '-',
                 InstanceAction::Keep => ' ',
-                InstanceAction::Update | InstanceAction::Recreate => '~',
+                InstanceAction::Update
+                | InstanceAction::Recreate
+                | InstanceAction::Restart
+                | InstanceAction::Stop
+                | InstanceAction::Detach
+                | InstanceAction::Start => '~',
             };
             let reasons = if i.reasons.is_empty() { String::new() } else { format!(": {}", i.reasons.join("; ")) };
             out.push_str(&format!(
@@ -61,10 +66,27 @@ pub fn render_plan(plan: &PlanView) -> String {
                 i.action
             ));
         }
+        if !g.batches.is_empty() {
+            out.push_str(&format!("  update order ({})\n", g.update));
+            for (n, b) in g.batches.iter().enumerate() {
+                out.push_str(&format!(
+                    "    batch {}{}{}: {}\n",
+                    n + 1,
+                    if b.canary { " (canary)" } else { "" },
+                    b.az.as_deref().map(|a| format!(", az {a}")).unwrap_or_default(),
+                    b.instances.join(", ")
+                ));
+            }
+        }
         out.push('\n');
     }
     if !plan.changes {
         out.push_str("No changes.\n");
     }
     out
+}
+
+/// Unix seconds as RFC 3339.
+pub fn unix_time(secs: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs)).to_string()
 }

@@ -2,7 +2,11 @@
 //! is anonymous. Mutating calls create tasks; errors are JSON with a stable code.
 
 use crate::deploy::{self, DeployError};
-use crate::records::{now_secs, CloudConfigRecord, DeploymentRecord, ReleaseRecord, StemcellRecord};
+use crate::planner::{Requests, Selection};
+use crate::records::{
+    now_secs, CloudConfigRecord, DeploymentRecord, DesiredState, InstanceRecord, OrphanedDiskRecord, ReleaseRecord,
+    StemcellRecord,
+};
 use crate::store::Tree;
 use crate::tasks::TaskError;
 use crate::Director;
@@ -11,7 +15,7 @@ use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use bosun_types::api::*;
 use futures::StreamExt;
@@ -36,6 +40,9 @@ impl ApiError {
     }
     fn not_found(m: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", m)
+    }
+    fn conflict(m: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "conflict", m)
     }
     fn internal(e: &dyn std::error::Error) -> Self {
         tracing::error!(error = %error_chain(e), "request failed");
@@ -83,6 +90,10 @@ pub fn router(d: Arc<Director>) -> Router {
         .route("/v1/deployments/{name}/manifest", get(get_manifest))
         .route("/v1/deployments/{name}/instances", get(list_instances))
         .route("/v1/deployments/{name}/plan", post(plan))
+        .route("/v1/deployments/{name}/instance-commands", post(instance_command))
+        .route("/v1/deployments/{name}/instance-commands/plan", post(instance_command_plan))
+        .route("/v1/disks/orphaned", get(list_orphaned_disks))
+        .route("/v1/disks/{cid}", delete(delete_disk))
         .route("/v1/tasks", get(list_tasks))
         .route("/v1/tasks/{id}", get(get_task))
         .route("/v1/tasks/{id}/events", get(task_events))
@@ -381,6 +392,78 @@ fn manifest_name(text: &str) -> Result<String, ApiError> {
     Ok(name.to_string())
 }
 
+fn deploy_requests(req: &DeployRequest) -> Requests {
+    Requests {
+        recreate: if req.recreate { Selection::All } else { Selection::None },
+        canaries: req.overrides.canaries,
+        max_in_flight: req.overrides.max_in_flight,
+        ..Requests::default()
+    }
+}
+
+/// `bosun recreate | restart | stop | start`: what they ask of the planner.
+fn command_requests(req: &InstanceCommandRequest) -> Result<Requests, ApiError> {
+    let selection = if req.instances.is_empty() {
+        Selection::All
+    } else {
+        Selection::Some(
+            req.instances
+                .iter()
+                .map(|s| s.parse::<InstanceSelector>().map_err(|e| ApiError::bad_request(format!("instances: {e}"))))
+                .collect::<Result<_, _>>()?,
+        )
+    };
+    if req.hard && req.command != InstanceCommand::Stop {
+        return Err(ApiError::bad_request("`hard` goes with `stop` only"));
+    }
+    let mut r = Requests {
+        canaries: req.overrides.canaries,
+        max_in_flight: req.overrides.max_in_flight,
+        ..Requests::default()
+    };
+    match req.command {
+        InstanceCommand::Recreate => r.recreate = selection,
+        InstanceCommand::Restart => r.restart = selection,
+        InstanceCommand::Stop => {
+            r.state = Some((selection, if req.hard { DesiredState::Detached } else { DesiredState::Stopped }))
+        }
+        InstanceCommand::Start => r.state = Some((selection, DesiredState::Started)),
+    }
+    Ok(r)
+}
+
+/// Plans off the async threads (rendering and variable generation are CPU work).
+async fn prepare(d: &Arc<Director>, text: &str, requests: &Requests) -> Result<deploy::Prepared, ApiError> {
+    let (d2, text, requests) = (d.clone(), text.to_string(), requests.clone());
+    tokio::task::spawn_blocking(move || deploy::prepare(&d2, &text, &requests))
+        .await
+        .map_err(|e| ApiError::internal(&e))?
+        .map_err(deploy_error)
+}
+
+/// Starts an update task: the plan is checked first (bad input fails the request and changes
+/// nothing), then made again under the deployment's lock, as the state may have moved.
+async fn start_update(
+    d: Arc<Director>,
+    name: &str,
+    description: String,
+    manifest: String,
+    requests: Requests,
+    opts: deploy::ExecOptions,
+) -> Result<Json<TaskCreated>, ApiError> {
+    prepare(&d, &manifest, &requests).await?;
+    let task = d.tasks.create(&description, Some(name), true)?;
+    let id = task.id;
+    tokio::spawn(async move {
+        let outcome = match prepare(&d, &manifest, &requests).await {
+            Ok(prepared) => deploy::execute(&d, &task, &prepared, &manifest, opts).await.map_err(|e| error_chain(&e)),
+            Err(e) => Err(e.message),
+        };
+        task.finish(outcome).await;
+    });
+    Ok(Json(TaskCreated { task_id: id }))
+}
+
 async fn plan(
     State(d): Shared,
     Path(name): Path<String>,
@@ -389,42 +472,84 @@ async fn plan(
     if manifest_name(&req.manifest)? != name {
         return Err(ApiError::bad_request(format!("the manifest is for another deployment than `{name}`")));
     }
-    let d2 = d.clone();
-    let text = req.manifest.clone();
-    let prepared = tokio::task::spawn_blocking(move || deploy::prepare(&d2, &text, req.recreate))
-        .await
-        .map_err(|e| ApiError::internal(&e))?
-        .map_err(deploy_error)?;
+    let prepared = prepare(&d, &req.manifest, &deploy_requests(&req)).await?;
     let old = d.state.get::<DeploymentRecord>(Tree::Deployments, &name)?.map(|r| r.manifest);
     Ok(Json(deploy::plan_view(&prepared.plan, old.as_deref(), &req.manifest)))
 }
 
 async fn deploy(State(d): Shared, Json(req): Json<DeployRequest>) -> Result<Json<TaskCreated>, ApiError> {
     let name = manifest_name(&req.manifest)?;
-    // Bad input fails the request and changes nothing; only a valid plan becomes a task.
-    let d2 = d.clone();
-    let text = req.manifest.clone();
-    let prepared = tokio::task::spawn_blocking(move || deploy::prepare(&d2, &text, req.recreate))
-        .await
-        .map_err(|e| ApiError::internal(&e))?
-        .map_err(deploy_error)?;
-    let task = d.tasks.create(&format!("deploy {name}"), Some(&name), true)?;
+    let requests = deploy_requests(&req);
+    let opts = deploy::ExecOptions { skip_drain: req.overrides.skip_drain };
+    start_update(d, &name, format!("deploy {name}"), req.manifest, requests, opts).await
+}
+
+async fn instance_command_plan(
+    State(d): Shared,
+    Path(name): Path<String>,
+    Json(req): Json<InstanceCommandRequest>,
+) -> Result<Json<PlanView>, ApiError> {
+    let manifest = deployment_record(&d, &name)?.manifest;
+    let prepared = prepare(&d, &manifest, &command_requests(&req)?).await?;
+    Ok(Json(deploy::plan_view(&prepared.plan, Some(&manifest), &manifest)))
+}
+
+async fn instance_command(
+    State(d): Shared,
+    Path(name): Path<String>,
+    Json(req): Json<InstanceCommandRequest>,
+) -> Result<Json<TaskCreated>, ApiError> {
+    let manifest = deployment_record(&d, &name)?.manifest;
+    let requests = command_requests(&req)?;
+    let what = if req.instances.is_empty() { name.clone() } else { format!("{name} {}", req.instances.join(" ")) };
+    let description = format!("{}{} {what}", req.command, if req.hard { " --hard" } else { "" });
+    let opts = deploy::ExecOptions { skip_drain: req.overrides.skip_drain };
+    start_update(d, &name, description, manifest, requests, opts).await
+}
+
+async fn list_orphaned_disks(State(d): Shared) -> Result<Json<Vec<OrphanedDiskView>>, ApiError> {
+    let retention = d.config.orphaned_disk_retention.as_secs();
+    let mut out: Vec<OrphanedDiskView> = d
+        .state
+        .list::<OrphanedDiskRecord>(Tree::OrphanedDisks, "")?
+        .into_iter()
+        .map(|r| OrphanedDiskView {
+            delete_after: r.orphaned_at + retention,
+            disk_cid: r.disk_cid,
+            size_mb: r.size_mb,
+            deployment: r.deployment,
+            instance: r.instance,
+            az: r.az,
+            orphaned_at: r.orphaned_at,
+            reason: r.reason,
+        })
+        .collect();
+    out.sort_by_key(|o| std::cmp::Reverse(o.orphaned_at));
+    Ok(Json(out))
+}
+
+/// Deletes an orphaned disk now. A disk an instance uses is refused, naming the instance.
+async fn delete_disk(State(d): Shared, Path(cid): Path<String>) -> Result<Json<TaskCreated>, ApiError> {
+    if d.state.get::<OrphanedDiskRecord>(Tree::OrphanedDisks, &cid)?.is_none() {
+        let user = d
+            .state
+            .list::<InstanceRecord>(Tree::Instances, "")?
+            .into_iter()
+            .find(|i| i.disk_cids.contains(&cid) || i.migrating_disk.as_deref() == Some(cid.as_str()));
+        return Err(match user {
+            Some(i) => ApiError::conflict(format!(
+                "disk `{cid}` is the persistent disk of {} in deployment `{}`; only orphaned disks can be deleted",
+                i.name(),
+                i.deployment
+            )),
+            None => ApiError::not_found(format!("no orphaned disk `{cid}` (see `bosun disks --orphaned`)")),
+        });
+    }
+    let task = d.tasks.create(&format!("delete disk {cid}"), None, false)?;
     let id = task.id;
     tokio::spawn(async move {
-        // Plan again under the lock: the state may have moved since the check above.
-        let d2 = d.clone();
-        let text = req.manifest.clone();
-        let fresh = tokio::task::spawn_blocking(move || deploy::prepare(&d2, &text, req.recreate)).await;
-        let prepared = match fresh {
-            Ok(Ok(p)) => p,
-            Ok(Err(e)) => {
-                task.finish(Err(error_chain(&e))).await;
-                return;
-            }
-            Err(_) => prepared,
-        };
-        let outcome = deploy::execute(&d, &task, &prepared, &req.manifest).await.map_err(|e| error_chain(&e));
-        task.finish(outcome).await;
+        let outcome = crate::disks::delete_orphan(&d, &cid).await.map(|()| format!("deleted disk {cid}"));
+        task.finish(outcome.map_err(|e| error_chain(&e))).await;
     });
     Ok(Json(TaskCreated { task_id: id }))
 }

@@ -4,18 +4,20 @@
 //! `max_in_flight` — recording every outcome in the store as it happens.
 
 use crate::hub::HubError;
-use crate::planner::{plan, InstancePlan, Plan, PlanningInput};
+use crate::planner::{plan, DiskPlan, GroupPlan, InstancePlan, Plan, PlanningInput, Requests};
 use crate::records::{
-    instance_key, now_secs, AgentRecord, CloudConfigRecord, DeploymentRecord, InstanceRecord, ReleaseRecord,
-    StemcellRecord, VmRecord,
+    instance_key, now_secs, AgentRecord, CloudConfigRecord, DeploymentRecord, DesiredState, InstanceRecord,
+    OrphanedDiskRecord, ReleaseRecord, StemcellRecord, VmRecord,
 };
 use crate::store::{State, StoreError, Tree};
 use crate::tasks::Task;
 use crate::Director;
 use bosun_cpi::{CpiError, CreateVmRequest};
-use bosun_types::api::{GroupPlanView, InstanceAction, InstancePlanView, InstanceState, InstanceView, PlanView};
+use bosun_types::api::{
+    BatchView, GroupPlanView, InstanceAction, InstancePlanView, InstanceState, InstanceView, PlanView,
+};
 use bosun_types::cloud_config::CloudConfig;
-use bosun_types::manifest::{DeploymentManifest, VariableDefinition};
+use bosun_types::manifest::{DeploymentManifest, VariableDefinition, VmStrategy};
 use bosun_types::pki::LeafUsage;
 use bosun_types::protocol::{AgentCommand, ApplyJob, ApplyPackage, ApplySpec, JobState, LifecycleScript, ScriptResult};
 use std::collections::{BTreeMap, BTreeSet};
@@ -115,7 +117,7 @@ fn version_order(a: &str, b: &str) -> std::cmp::Ordering {
 }
 
 /// Resolves variables, parses the manifest, resolves releases and stemcells and plans.
-pub fn prepare(d: &Director, manifest_text: &str, recreate: bool) -> Result<Prepared, DeployError> {
+pub fn prepare(d: &Director, manifest_text: &str, requests: &Requests) -> Result<Prepared, DeployError> {
     let input = |m: String| DeployError::Input(m);
     let mut raw = bosun_types::yaml::parse_value("manifest", manifest_text).map_err(|e| input(e.to_string()))?;
     let name =
@@ -205,11 +207,8 @@ pub fn prepare(d: &Director, manifest_text: &str, recreate: bool) -> Result<Prep
     }
     let everyone: Vec<InstanceRecord> = d.state.list(Tree::Instances, "")?;
     let existing: Vec<InstanceRecord> = everyone.iter().filter(|i| i.deployment == name).cloned().collect();
-    let elsewhere: BTreeSet<Ipv4Addr> = everyone
-        .iter()
-        .filter(|i| i.deployment != name)
-        .flat_map(|i| i.networks.values().filter_map(|n| n.ip.parse().ok()))
-        .collect();
+    let elsewhere: BTreeSet<Ipv4Addr> =
+        everyone.iter().filter(|i| i.deployment != name).flat_map(|i| i.held_addresses()).collect();
     let planning = PlanningInput {
         manifest: &manifest,
         cloud_config: &cloud_config,
@@ -217,7 +216,7 @@ pub fn prepare(d: &Director, manifest_text: &str, recreate: bool) -> Result<Prep
         stemcells: &stemcells,
         existing: &existing,
         addresses_in_use_elsewhere: &elsewhere,
-        recreate,
+        requests,
     };
     let plan = plan(&planning, &mut rand::thread_rng()).map_err(|e| input(format!("manifest: {e}")))?;
     Ok(Prepared { manifest, cloud_config: cc_record, plan, generated })
@@ -252,6 +251,15 @@ fn redacted_yaml(text: &str) -> String {
     }
 }
 
+/// A new instance's uuid is drawn when the deploy runs, not in a dry run: it shows by index.
+fn instance_label(i: &InstancePlan) -> String {
+    if i.existing.is_some() {
+        i.name()
+    } else {
+        format!("{}/(new, index {})", i.group, i.index)
+    }
+}
+
 pub fn plan_view(plan: &Plan, old_manifest: Option<&str>, new_manifest: &str) -> PlanView {
     let old = old_manifest.map(redacted_yaml).unwrap_or_default();
     let new = redacted_yaml(new_manifest);
@@ -275,12 +283,35 @@ pub fn plan_view(plan: &Plan, old_manifest: Option<&str>, new_manifest: &str) ->
         .iter()
         .map(|g| GroupPlanView {
             name: g.name.clone(),
+            update: format!(
+                "canaries {}, max_in_flight {}, canary_watch_time {}-{} ms, update_watch_time {}-{} ms, serial {}, vm_strategy {}, script timeout {} s",
+                g.update.canaries,
+                g.update.max_in_flight,
+                g.update.canary_watch_time.0,
+                g.update.canary_watch_time.1,
+                g.update.update_watch_time.0,
+                g.update.update_watch_time.1,
+                g.update.serial,
+                match g.update.vm_strategy {
+                    VmStrategy::DeleteCreate => "delete-create",
+                    VmStrategy::CreateSwapDelete => "create-swap-delete",
+                },
+                g.script_timeout_ms / 1000
+            ),
+            batches: g
+                .batches
+                .iter()
+                .map(|b| BatchView {
+                    canary: b.canary,
+                    az: b.az.clone(),
+                    instances: b.instances.iter().map(|&k| instance_label(&g.instances[k])).collect(),
+                })
+                .collect(),
             instances: g
                 .instances
                 .iter()
                 .map(|i| InstancePlanView {
-                    // A new instance's uuid is drawn when the deploy runs, not in a dry run.
-                    instance: if i.existing.is_some() { i.name() } else { format!("{}/(new)", i.group) },
+                    instance: instance_label(i),
                     index: i.index,
                     az: i.az.clone(),
                     ips: i.networks.values().map(|n| n.ip.clone()).collect(),
@@ -301,7 +332,12 @@ pub fn plan_view(plan: &Plan, old_manifest: Option<&str>, new_manifest: &str) ->
         };
         match groups.iter_mut().find(|g| g.name == d.group) {
             Some(g) => g.instances.push(view),
-            None => groups.push(GroupPlanView { name: d.group.clone(), instances: vec![view] }),
+            None => groups.push(GroupPlanView {
+                name: d.group.clone(),
+                update: String::new(),
+                instances: vec![view],
+                batches: vec![],
+            }),
         }
     }
     PlanView { deployment: plan.deployment.clone(), manifest_diff, groups, changes: plan.has_changes() }
@@ -320,10 +356,30 @@ const NEXT_RECREATE: NextState = NextState { vm: "delete", instance: "keep", dep
 const NEXT_SCALE_IN: NextState = NextState { vm: "delete", instance: "delete", deployment: "keep" };
 const NEXT_DELETE_DEPLOYMENT: NextState = NextState { vm: "delete", instance: "delete", deployment: "delete" };
 
+/// How the stop path runs for one instance.
+#[derive(Debug, Clone, Copy)]
+struct StopHow {
+    next: NextState,
+    /// BOSH's drain type: `job_shutdown` (the VM, the disk or the jobs' running state goes) or
+    /// `job_changed` (an in-place update).
+    shutdown: bool,
+    /// The persistent disk size (MiB) the drain script is told comes next.
+    next_disk_mb: u64,
+    skip_drain: bool,
+    /// Pass over an agent that cannot be reached (its VM is going anyway).
+    tolerant: bool,
+}
+
 fn step(instance: &str, what: &str) -> impl FnOnce(StepError) -> DeployError {
     let instance = instance.to_string();
     let what = what.to_string();
     move |source| DeployError::Step { instance, step: what, source }
+}
+
+/// How an update runs beyond what the plan says.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ExecOptions {
+    pub skip_drain: bool,
 }
 
 /// Carries a plan out. Returns a one-line summary.
@@ -332,6 +388,7 @@ pub async fn execute(
     task: &Task,
     prepared: &Prepared,
     manifest_text: &str,
+    opts: ExecOptions,
 ) -> Result<String, DeployError> {
     let plan = &prepared.plan;
     let deployment = plan.deployment.clone();
@@ -355,65 +412,101 @@ pub async fn execute(
         task.info("plan", None, "no changes");
         return Ok("no changes".into());
     }
+    // Deletes first, each group's at its max_in_flight (BOSH's "Deleting unneeded instances").
+    let mut deletes_by_group: BTreeMap<&str, Vec<&InstanceRecord>> = BTreeMap::new();
     for rec in &plan.deletes {
-        task.info("delete", Some(&rec.name()), "deleting instance (no longer in the manifest)");
-        delete_instance(d, task, rec.clone(), NEXT_SCALE_IN).await?;
+        deletes_by_group.entry(rec.group.as_str()).or_default().push(rec);
     }
+    for (group, recs) in deletes_by_group {
+        let in_flight = plan
+            .groups
+            .iter()
+            .find(|g| g.name == group)
+            .map(|g| g.update.max_in_flight_for(recs.len()))
+            .unwrap_or(recs.len());
+        for chunk in recs.chunks(in_flight.max(1)) {
+            let runs = chunk.iter().map(|rec| {
+                task.info("delete", Some(&rec.name()), "deleting instance (no longer in the manifest)");
+                delete_instance(d, task, (*rec).clone(), NEXT_SCALE_IN, DiskFate::Orphan, opts)
+            });
+            for r in futures::future::join_all(runs).await {
+                r?;
+            }
+        }
+    }
+    // Instance groups in manifest order; consecutive groups with `serial: false` run together.
     let mut changed = 0usize;
-    for g in &plan.groups {
-        let todo: Vec<&InstancePlan> = g.instances.iter().filter(|i| i.action != InstanceAction::Keep).collect();
-        if todo.is_empty() {
-            continue;
-        }
-        // New instances are recorded at once, so their addresses are reserved and `instances`
-        // shows them while the deploy runs.
-        for i in &todo {
-            if i.existing.is_none() {
-                d.state.put(Tree::Instances, &instance_key(&deployment, &i.uuid), &fresh_record(&deployment, i))?;
+    let mut k = 0;
+    while k < plan.groups.len() {
+        let mut end = k + 1;
+        if !plan.groups[k].update.serial {
+            while end < plan.groups.len() && !plan.groups[end].update.serial {
+                end += 1;
             }
         }
-        d.state.flush().await?;
-        let canaries = (g.update.canaries as usize).min(todo.len());
-        let mif = g.update.max_in_flight_for(g.instances.len());
-        let mut batches: Vec<(bool, Vec<&InstancePlan>)> = Vec::new();
-        for chunk in todo[..canaries].chunks(mif.max(1)) {
-            batches.push((true, chunk.to_vec()));
+        let runs = plan.groups[k..end].iter().map(|g| update_group(d, task, &deployment, g, opts));
+        for r in futures::future::join_all(runs).await {
+            changed += r?;
         }
-        for chunk in todo[canaries..].chunks(mif.max(1)) {
-            batches.push((false, chunk.to_vec()));
-        }
-        task.info(
-            "update",
-            None,
-            format!(
-                "instance group `{}`: {} to change, {canaries} canar{}, max in flight {mif}",
-                g.name,
-                todo.len(),
-                if canaries == 1 { "y" } else { "ies" }
-            ),
-        );
-        for (canary, batch) in batches {
-            let watch = if canary { g.update.canary_watch_time } else { g.update.update_watch_time };
-            let runs = batch
-                .iter()
-                .map(|i| converge_instance(d, task, &deployment, i, watch, g.update.script_timeout_ms, canary));
-            let results = futures::future::join_all(runs).await;
-            changed += results.iter().filter(|r| r.is_ok()).count();
-            if let Some(e) = results.into_iter().find_map(Result::err) {
-                if canary {
-                    task.event(
-                        bosun_types::api::EventLevel::Error,
-                        "update",
-                        None,
-                        "a canary failed; the deploy stops here and other instances are left as they were",
-                    );
-                }
-                return Err(e);
-            }
-        }
+        k = end;
     }
     run_post_deploy(d, task, &deployment).await?;
     Ok(format!("{} instance{} changed, {} deleted", changed, if changed == 1 { "" } else { "s" }, plan.deletes.len()))
+}
+
+/// One instance group: its batches in order, each batch's instances at once. A failure stops the
+/// group (and the deploy) after the batch it happened in; what was done stays done.
+async fn update_group(
+    d: &Arc<Director>,
+    task: &Task,
+    deployment: &str,
+    g: &GroupPlan,
+    opts: ExecOptions,
+) -> Result<usize, DeployError> {
+    if g.batches.is_empty() {
+        return Ok(0);
+    }
+    // New instances are recorded at once, so their addresses are reserved and `instances`
+    // shows them while the deploy runs.
+    for i in g.instances.iter().filter(|i| i.existing.is_none()) {
+        d.state.put(Tree::Instances, &instance_key(deployment, &i.uuid), &fresh_record(deployment, i))?;
+    }
+    d.state.flush().await?;
+    let todo: usize = g.batches.iter().map(|b| b.instances.len()).sum();
+    let canaries: usize = g.batches.iter().filter(|b| b.canary).map(|b| b.instances.len()).sum();
+    task.info(
+        "update",
+        None,
+        format!(
+            "instance group `{}`: {todo} to change in {} batch{}, {canaries} canar{}, max_in_flight {}",
+            g.name,
+            g.batches.len(),
+            if g.batches.len() == 1 { "" } else { "es" },
+            if canaries == 1 { "y" } else { "ies" },
+            g.update.max_in_flight
+        ),
+    );
+    let mut changed = 0;
+    for batch in &g.batches {
+        let watch = if batch.canary { g.update.canary_watch_time } else { g.update.update_watch_time };
+        let runs = batch.instances.iter().map(|&k| {
+            converge_instance(d, task, deployment, &g.instances[k], watch, g.script_timeout_ms, batch.canary, opts)
+        });
+        let results = futures::future::join_all(runs).await;
+        changed += results.iter().filter(|r| r.is_ok()).count();
+        if let Some(e) = results.into_iter().find_map(Result::err) {
+            if batch.canary {
+                task.event(
+                    bosun_types::api::EventLevel::Error,
+                    "update",
+                    None,
+                    "a canary failed; the deploy stops here and the remaining instances are left as they were",
+                );
+            }
+            return Err(e);
+        }
+    }
+    Ok(changed)
 }
 
 fn fresh_record(deployment: &str, i: &InstancePlan) -> InstanceRecord {
@@ -429,10 +522,14 @@ fn fresh_record(deployment: &str, i: &InstancePlan) -> InstanceRecord {
         disk_cids: vec![],
         applied: None,
         generation: 0,
-        desired_running: true,
+        state: i.state,
+        migrating_disk: None,
+        replacement_vm: None,
+        replacement_networks: BTreeMap::new(),
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn converge_instance(
     d: &Arc<Director>,
     task: &Task,
@@ -441,6 +538,7 @@ async fn converge_instance(
     watch: (u64, u64),
     script_timeout_ms: u64,
     canary: bool,
+    opts: ExecOptions,
 ) -> Result<(), DeployError> {
     let name = i.name();
     let mut rec: InstanceRecord = d
@@ -450,32 +548,79 @@ async fn converge_instance(
     let label = format!("{}{} ({})", if canary { "canary " } else { "" }, i.action, i.reasons.join("; "));
     task.info("update", Some(&name), label);
     let timeout = Duration::from_millis(script_timeout_ms);
+    let was_running = rec.state == DesiredState::Started && rec.vm.is_some();
+    let disk_changes = matches!(i.disk, DiskPlan::Migrate { .. } | DiskPlan::Orphan);
+    let how = |next: NextState, shutdown: bool, tolerant: bool| StopHow {
+        next,
+        shutdown: shutdown || disk_changes,
+        next_disk_mb: i.persistent_disk.as_ref().map(|(mb, _)| *mb).unwrap_or(0),
+        skip_drain: opts.skip_drain,
+        tolerant,
+    };
+    let mut fresh_vm = false;
     match i.action {
         InstanceAction::Keep | InstanceAction::Delete => return Ok(()),
-        InstanceAction::Create => {}
-        InstanceAction::Update => {
-            stop_jobs(d, task, &rec, NEXT_UPDATE, timeout, false).await.map_err(step(&name, "stopping jobs"))?;
+        InstanceAction::Create | InstanceAction::Start => {}
+        InstanceAction::Update | InstanceAction::Restart => {
+            if was_running {
+                stop_jobs(d, task, &rec, how(NEXT_UPDATE, false, false), timeout)
+                    .await
+                    .map_err(step(&name, "stopping jobs"))?;
+            }
+        }
+        InstanceAction::Stop => {
+            stop_jobs(d, task, &rec, how(NEXT_UPDATE, true, false), timeout)
+                .await
+                .map_err(step(&name, "stopping jobs"))?;
+            rec.state = DesiredState::Stopped;
+            d.state.put(Tree::Instances, &rec.key(), &rec)?;
+            d.state.flush().await?;
+            task.info("update", Some(&name), "stopped");
+            return Ok(());
+        }
+        InstanceAction::Detach => {
+            stop_jobs(d, task, &rec, how(NEXT_RECREATE, true, true), timeout)
+                .await
+                .map_err(step(&name, "stopping jobs"))?;
+            delete_vm_of(d, task, &mut rec).await.map_err(step(&name, "deleting the VM"))?;
+            rec.state = DesiredState::Detached;
+            d.state.put(Tree::Instances, &rec.key(), &rec)?;
+            d.state.flush().await?;
+            task.info("update", Some(&name), "detached: VM deleted, persistent disk kept");
+            return Ok(());
+        }
+        InstanceAction::Recreate if i.create_swap_delete => {
+            swap_vm(d, task, &mut rec, i, how(NEXT_RECREATE, true, true), timeout)
+                .await
+                .map_err(step(&name, "replacing the VM (create-swap-delete)"))?;
+            fresh_vm = true;
         }
         InstanceAction::Recreate => {
-            stop_jobs(d, task, &rec, NEXT_RECREATE, timeout, true).await.map_err(step(&name, "stopping jobs"))?;
+            stop_jobs(d, task, &rec, how(NEXT_RECREATE, true, true), timeout)
+                .await
+                .map_err(step(&name, "stopping jobs"))?;
             delete_vm_of(d, task, &mut rec).await.map_err(step(&name, "deleting the old VM"))?;
         }
     }
     rec.networks = i.networks.clone();
     rec.az = i.az.clone();
     rec.bootstrap = i.bootstrap;
-    let fresh_vm = rec.vm.is_none();
-    if fresh_vm {
-        create_vm_for(d, task, &mut rec, i).await.map_err(step(&name, "creating the VM"))?;
+    rec.state = i.state;
+    if rec.vm.is_none() {
+        create_vm_for(d, task, &mut rec, i, false).await.map_err(step(&name, "creating the VM"))?;
+        fresh_vm = true;
     }
     let agent_id = rec.vm.as_ref().map(|v| v.agent_id.clone()).expect("has a VM now");
     d.hub
         .wait_connected(&agent_id, d.config.agent_wait_timeout)
         .await
         .map_err(|e| step(&name, "waiting for the agent")(e.into()))?;
-    attach_disks(d, task, &mut rec, i, fresh_vm).await.map_err(step(&name, "attaching the persistent disk"))?;
-    start_jobs(d, task, &mut rec, i, watch, timeout).await.map_err(step(&name, "starting jobs"))?;
-    task.info("update", Some(&name), "running");
+    converge_disk(d, task, &mut rec, i, fresh_vm).await.map_err(step(&name, "converging the persistent disk"))?;
+    let start = i.state == DesiredState::Started;
+    apply_and_start(d, task, &mut rec, i, start.then_some(watch), timeout)
+        .await
+        .map_err(step(&name, if start { "starting jobs" } else { "applying the spec" }))?;
+    task.info("update", Some(&name), if start { "running" } else { "applied; jobs left stopped" });
     Ok(())
 }
 
@@ -493,11 +638,15 @@ fn vm_tags(d: &Director, deployment: &str, rec: &InstanceRecord) -> BTreeMap<Str
     t
 }
 
+/// Creates a VM for the instance: an agent identity and certificate first (recorded), then the
+/// CPI call, then the VM recorded at once. With `replacement`, the VM is made on the plan's
+/// (new) addresses and recorded as the instance's replacement, not yet its VM.
 async fn create_vm_for(
     d: &Arc<Director>,
     task: &Task,
     rec: &mut InstanceRecord,
     i: &InstancePlan,
+    replacement: bool,
 ) -> Result<(), StepError> {
     let agent_id = format!("agent-{}", uuid::Uuid::new_v4());
     let cert =
@@ -514,6 +663,11 @@ async fn create_vm_for(
             created_at: now_secs(),
         },
     )?;
+    if replacement {
+        rec.replacement_networks = i.networks.clone();
+        d.state.put(Tree::Instances, &rec.key(), rec)?;
+    }
+    d.state.flush().await?;
     let tags = vm_tags(d, &rec.deployment, rec);
     let mut env = i.env.clone();
     if !env.is_object() {
@@ -533,7 +687,7 @@ async fn create_vm_for(
         agent_id: agent_id.clone(),
         stemcell_cid: i.stemcell.cid.clone(),
         cloud_properties: i.cloud_properties.clone(),
-        networks: rec.networks.clone(),
+        networks: if replacement { i.networks.clone() } else { rec.networks.clone() },
         disk_cids: rec.disk_cids.clone(),
         env,
     };
@@ -552,16 +706,199 @@ async fn create_vm_for(
             Err(e) => return Err(e.into()),
         }
     };
-    rec.vm =
-        Some(VmRecord { cid: vm_cid.clone(), agent_id, stemcell_cid: i.stemcell.cid.clone(), created_at: now_secs() });
+    let vm = VmRecord { cid: vm_cid.clone(), agent_id, stemcell_cid: i.stemcell.cid.clone(), created_at: now_secs() };
+    if replacement {
+        rec.replacement_vm = Some(vm);
+    } else {
+        rec.vm = Some(vm);
+    }
     d.state.put(Tree::Instances, &rec.key(), rec)?;
     d.state.flush().await?;
     match d.cpi.set_vm_metadata(&vm_cid, &tags).await {
         Ok(()) | Err(CpiError::NotImplemented(_)) => {}
         Err(e) => task.warn("create", Some(&rec.name()), format!("set_vm_metadata failed: {e}")),
     }
-    task.info("create", Some(&rec.name()), format!("created VM {vm_cid}"));
+    task.info(
+        "create",
+        Some(&rec.name()),
+        format!("created {}VM {vm_cid}", if replacement { "replacement " } else { "" }),
+    );
     Ok(())
+}
+
+/// create-swap-delete: the replacement VM is created on its own addresses and its agent awaited
+/// while the old VM still runs; then the old VM's jobs stop, its disks are detached, it is
+/// deleted, and the replacement becomes the instance's VM. No two VMs ever hold one address.
+async fn swap_vm(
+    d: &Arc<Director>,
+    task: &Task,
+    rec: &mut InstanceRecord,
+    i: &InstancePlan,
+    how: StopHow,
+    timeout: Duration,
+) -> Result<(), StepError> {
+    if rec.replacement_vm.is_none() {
+        create_vm_for(d, task, rec, i, true).await?;
+    }
+    let new_agent = rec.replacement_vm.as_ref().map(|v| v.agent_id.clone()).expect("created above");
+    d.hub.wait_connected(&new_agent, d.config.agent_wait_timeout).await?;
+    stop_jobs(d, task, rec, how, timeout).await?;
+    delete_vm_of(d, task, rec).await?;
+    rec.vm = rec.replacement_vm.take();
+    rec.networks = std::mem::take(&mut rec.replacement_networks);
+    d.state.put(Tree::Instances, &rec.key(), rec)?;
+    d.state.flush().await?;
+    task.info("update", Some(&rec.name()), "the replacement VM took the old one's place");
+    Ok(())
+}
+
+/// Brings the instance's persistent disk to what the plan says: attach what it has to a new VM,
+/// create one, migrate (resize or copy) or orphan it. Jobs are stopped.
+async fn converge_disk(
+    d: &Arc<Director>,
+    task: &Task,
+    rec: &mut InstanceRecord,
+    i: &InstancePlan,
+    fresh_vm: bool,
+) -> Result<(), StepError> {
+    if matches!(i.disk, DiskPlan::Orphan) {
+        let vm = rec.vm.clone().expect("has a VM");
+        for disk in std::mem::take(&mut rec.disk_cids) {
+            if !fresh_vm {
+                detach_disk(d, &vm, &disk).await?;
+            }
+            let size = rec.applied.as_ref().map(|a| a.persistent_disk_mb).unwrap_or(0);
+            orphan_disk(d, task, rec, &disk, size, "the instance group no longer has a persistent disk")?;
+        }
+        d.state.put(Tree::Instances, &rec.key(), rec)?;
+        d.state.flush().await?;
+        return Ok(());
+    }
+    attach_disks(d, task, rec, i, fresh_vm).await?;
+    if let DiskPlan::Migrate { from_mb, to_mb, type_changed } = i.disk {
+        migrate_disk(d, task, rec, i, from_mb, to_mb, type_changed).await?;
+    }
+    Ok(())
+}
+
+/// Unmounts a disk on the VM's agent (when it answers) and detaches it, tolerating what is gone.
+async fn detach_disk(d: &Director, vm: &VmRecord, disk: &str) -> Result<(), StepError> {
+    if d.hub.is_responsive(&vm.agent_id) {
+        d.hub.call(&vm.agent_id, AgentCommand::UnmountDisk { disk_cid: disk.to_string() }, COMMAND_TIMEOUT).await?;
+    }
+    match d.cpi.detach_disk(&vm.cid, disk).await {
+        Ok(())
+        | Err(CpiError::DiskNotAttached { .. })
+        | Err(CpiError::VmNotFound(_))
+        | Err(CpiError::DiskNotFound(_)) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Records a disk as orphaned: kept for the director's retention time, then deleted.
+fn orphan_disk(
+    d: &Director,
+    task: &Task,
+    rec: &InstanceRecord,
+    disk: &str,
+    size_mb: u64,
+    reason: &str,
+) -> Result<(), StoreError> {
+    d.state.put(
+        Tree::OrphanedDisks,
+        disk,
+        &OrphanedDiskRecord {
+            disk_cid: disk.to_string(),
+            size_mb,
+            deployment: rec.deployment.clone(),
+            instance: rec.name(),
+            az: rec.az.clone(),
+            orphaned_at: now_secs(),
+            reason: reason.to_string(),
+        },
+    )?;
+    task.info("disk", Some(&rec.name()), format!("orphaned disk {disk} ({reason})"));
+    Ok(())
+}
+
+/// A disk size or type change: `resize_disk` when the CPI can grow the disk in place, else a new
+/// disk, the agent copies the data over and mounts it, and the old disk is orphaned. If the copy
+/// fails the new disk is orphaned instead and the instance keeps its old one.
+async fn migrate_disk(
+    d: &Arc<Director>,
+    task: &Task,
+    rec: &mut InstanceRecord,
+    i: &InstancePlan,
+    from_mb: u64,
+    to_mb: u64,
+    type_changed: bool,
+) -> Result<(), StepError> {
+    let vm = rec.vm.clone().expect("has a VM");
+    let Some(old) = rec.disk_cids.first().cloned() else { return Ok(()) };
+    if !type_changed && to_mb > from_mb {
+        match d.cpi.resize_disk(&old, to_mb).await {
+            Ok(()) => {
+                task.info("disk", Some(&rec.name()), format!("resized disk {old}: {from_mb} → {to_mb} MiB"));
+                return Ok(());
+            }
+            Err(CpiError::NotImplemented(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let (size, cloud_properties) = i.persistent_disk.clone().expect("a migration has a target disk");
+    let new = match rec.migrating_disk.clone() {
+        Some(cid) => cid, // an interrupted migration's disk: reuse it
+        None => {
+            let cid = d.cpi.create_disk(size, &cloud_properties, Some(&vm.cid)).await?;
+            rec.migrating_disk = Some(cid.clone());
+            d.state.put(Tree::Instances, &rec.key(), rec)?;
+            d.state.flush().await?;
+            cid
+        }
+    };
+    task.info("disk", Some(&rec.name()), format!("migrating disk {old} ({from_mb} MiB) to {new} ({to_mb} MiB)"));
+    let copied = async {
+        let hint = d.cpi.attach_disk(&vm.cid, &new).await?;
+        d.hub
+            .call(
+                &vm.agent_id,
+                AgentCommand::MigrateDisk { from_disk_cid: old.clone(), to_disk_cid: new.clone(), hint },
+                APPLY_TIMEOUT,
+            )
+            .await?;
+        Ok::<_, StepError>(())
+    }
+    .await;
+    if let Err(e) = copied {
+        let _ = detach_disk(d, &vm, &new).await;
+        orphan_disk(d, task, rec, &new, size, "a disk migration onto it failed")?;
+        rec.migrating_disk = None;
+        d.state.put(Tree::Instances, &rec.key(), rec)?;
+        d.state.flush().await?;
+        return Err(e);
+    }
+    // The agent now has the new disk at the store; the old one is detached and kept as an orphan.
+    match d.cpi.detach_disk(&vm.cid, &old).await {
+        Ok(()) | Err(CpiError::DiskNotAttached { .. }) | Err(CpiError::DiskNotFound(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    rec.disk_cids = vec![new.clone()];
+    rec.migrating_disk = None;
+    orphan_disk(d, task, rec, &old, from_mb, "replaced by a disk migration")?;
+    d.state.put(Tree::Instances, &rec.key(), rec)?;
+    d.state.flush().await?;
+    set_disk_tags(d, task, rec, &new).await;
+    task.info("disk", Some(&rec.name()), format!("disk {new} is the instance's persistent disk now"));
+    Ok(())
+}
+
+async fn set_disk_tags(d: &Director, task: &Task, rec: &InstanceRecord, disk: &str) {
+    let mut meta = vm_tags(d, &rec.deployment, rec);
+    meta.insert("instance_index".into(), rec.index.to_string());
+    match d.cpi.set_disk_metadata(disk, &meta).await {
+        Ok(()) | Err(CpiError::NotImplemented(_)) => {}
+        Err(e) => task.warn("disk", Some(&rec.name()), format!("set_disk_metadata failed: {e}")),
+    }
 }
 
 async fn attach_disks(
@@ -584,12 +921,7 @@ async fn attach_disks(
     }
     for disk in to_attach {
         let hint = d.cpi.attach_disk(&vm.cid, &disk).await?;
-        let mut meta = vm_tags(d, &rec.deployment, rec);
-        meta.insert("instance_index".into(), rec.index.to_string());
-        match d.cpi.set_disk_metadata(&disk, &meta).await {
-            Ok(()) | Err(CpiError::NotImplemented(_)) => {}
-            Err(e) => task.warn("disk", Some(&rec.name()), format!("set_disk_metadata failed: {e}")),
-        }
+        set_disk_tags(d, task, rec, &disk).await;
         d.hub.call(&vm.agent_id, AgentCommand::MountDisk { disk_cid: disk.clone(), hint }, COMMAND_TIMEOUT).await?;
     }
     Ok(())
@@ -697,12 +1029,14 @@ async fn run_script(
     check_scripts(script, v, timeout)
 }
 
-async fn start_jobs(
+/// Applies the plan's spec; when `watch` is given also runs pre-start, starts the jobs, waits
+/// until they run within the watch time, and runs post-start.
+async fn apply_and_start(
     d: &Arc<Director>,
     task: &Task,
     rec: &mut InstanceRecord,
     i: &InstancePlan,
-    watch: (u64, u64),
+    watch: Option<(u64, u64)>,
     timeout: Duration,
 ) -> Result<(), StepError> {
     let agent_id = rec.vm.as_ref().map(|v| v.agent_id.clone()).expect("has a VM");
@@ -713,22 +1047,24 @@ async fn start_jobs(
     rec.generation = generation;
     d.state.put(Tree::Instances, &rec.key(), rec)?;
     task.info("update", Some(&rec.name()), format!("applied spec generation {generation}"));
-    run_script(d, &agent_id, LifecycleScript::PreStart, vec![], BTreeMap::new(), timeout).await?;
-    d.hub.call(&agent_id, AgentCommand::Start, COMMAND_TIMEOUT).await?;
-    wait_running(d, &agent_id, watch).await?;
-    run_script(d, &agent_id, LifecycleScript::PostStart, vec![], BTreeMap::new(), timeout).await?;
+    if let Some(watch) = watch {
+        run_script(d, &agent_id, LifecycleScript::PreStart, vec![], BTreeMap::new(), timeout).await?;
+        d.hub.call(&agent_id, AgentCommand::Start, COMMAND_TIMEOUT).await?;
+        wait_running(d, &agent_id, watch).await?;
+        run_script(d, &agent_id, LifecycleScript::PostStart, vec![], BTreeMap::new(), timeout).await?;
+    }
     rec.applied = Some(i.applied.clone());
-    rec.desired_running = true;
     d.state.put(Tree::Instances, &rec.key(), rec)?;
     d.state.flush().await?;
     Ok(())
 }
 
-/// Waits, within the watch time, until every process of the instance runs.
+/// BOSH's watch schedule: first look at `min`, then every (max − min)/9 (¼ s to 15 s) until every
+/// process runs or `max` has passed.
 async fn wait_running(d: &Director, agent_id: &str, (min_ms, max_ms): (u64, u64)) -> Result<(), StepError> {
     let start = tokio::time::Instant::now();
-    let first = Duration::from_millis(min_ms.min(1000));
-    tokio::time::sleep(first).await;
+    let step = Duration::from_millis(((max_ms.saturating_sub(min_ms)) / 9).clamp(250, 15_000));
+    tokio::time::sleep(Duration::from_millis(min_ms)).await;
     loop {
         let v = d.hub.call(agent_id, AgentCommand::GetState, COMMAND_TIMEOUT).await?;
         let hb: bosun_types::protocol::Heartbeat =
@@ -758,46 +1094,46 @@ async fn wait_running(d: &Director, agent_id: &str, (min_ms, max_ms): (u64, u64)
                 if detail.is_empty() { format!("{:?}", hb.job_state) } else { detail.join(", ") }
             )));
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        let left = Duration::from_millis(max_ms).saturating_sub(start.elapsed());
+        tokio::time::sleep(step.min(left.max(Duration::from_millis(50)))).await;
     }
 }
 
-/// pre-stop, drain, stop, post-stop. With `tolerant`, an agent that cannot be reached is passed
-/// over (its VM is about to go), otherwise it is an error.
+/// pre-stop, drain, stop, post-stop (BOSH's order and environment).
 async fn stop_jobs(
     d: &Arc<Director>,
     task: &Task,
     rec: &InstanceRecord,
-    next: NextState,
+    how: StopHow,
     timeout: Duration,
-    tolerant: bool,
 ) -> Result<(), StepError> {
     let Some(vm) = &rec.vm else { return Ok(()) };
     if rec.applied.is_none() && rec.generation == 0 {
         return Ok(()); // nothing was ever started
     }
     if !d.hub.is_responsive(&vm.agent_id) {
-        if tolerant {
+        if how.tolerant {
             task.warn("stop", Some(&rec.name()), "the agent is not responding; skipping drain and stop");
             return Ok(());
         }
         return Err(HubError::NotConnected(vm.agent_id.clone()).into());
     }
-    let mut env = BTreeMap::new();
-    env.insert("BOSH_VM_NEXT_STATE".to_string(), next.vm.to_string());
-    env.insert("BOSH_INSTANCE_NEXT_STATE".to_string(), next.instance.to_string());
-    env.insert("BOSH_DEPLOYMENT_NEXT_STATE".to_string(), next.deployment.to_string());
-    run_script(d, &vm.agent_id, LifecycleScript::PreStop, vec![], env.clone(), timeout).await?;
-    let shutdown = next.vm == "delete";
-    let disk =
-        if next.instance == "delete" { 0 } else { rec.applied.as_ref().map(|a| a.persistent_disk_mb).unwrap_or(0) };
-    env.insert(
-        "BOSH_JOB_STATE".to_string(),
-        serde_json::json!({ "persistent_disk": rec.applied.as_ref().map(|a| a.persistent_disk_mb).unwrap_or(0) })
-            .to_string(),
-    );
-    env.insert("BOSH_JOB_NEXT_STATE".to_string(), serde_json::json!({ "persistent_disk": disk }).to_string());
-    drain(d, task, rec, &vm.agent_id, if shutdown { "job_shutdown" } else { "job_changed" }, env, timeout).await?;
+    let next = how.next;
+    if how.skip_drain {
+        task.info("stop", Some(&rec.name()), "skipping pre-stop and drain (--skip-drain)");
+    } else {
+        let mut env = BTreeMap::new();
+        env.insert("BOSH_VM_NEXT_STATE".to_string(), next.vm.to_string());
+        env.insert("BOSH_INSTANCE_NEXT_STATE".to_string(), next.instance.to_string());
+        env.insert("BOSH_DEPLOYMENT_NEXT_STATE".to_string(), next.deployment.to_string());
+        run_script(d, &vm.agent_id, LifecycleScript::PreStop, vec![], env.clone(), timeout).await?;
+        let current = rec.applied.as_ref().map(|a| a.persistent_disk_mb).unwrap_or(0);
+        let next_disk = if next.instance == "delete" { 0 } else { how.next_disk_mb };
+        env.insert("BOSH_JOB_STATE".to_string(), serde_json::json!({ "persistent_disk": current }).to_string());
+        env.insert("BOSH_JOB_NEXT_STATE".to_string(), serde_json::json!({ "persistent_disk": next_disk }).to_string());
+        let kind = if how.shutdown || next.vm == "delete" { "job_shutdown" } else { "job_changed" };
+        drain(d, task, rec, &vm.agent_id, kind, env, timeout).await?;
+    }
     d.hub.call(&vm.agent_id, AgentCommand::Stop, COMMAND_TIMEOUT + Duration::from_secs(60)).await?;
     run_script(d, &vm.agent_id, LifecycleScript::PostStop, vec![], BTreeMap::new(), timeout).await?;
     Ok(())
@@ -850,17 +1186,7 @@ async fn drain(
 async fn delete_vm_of(d: &Arc<Director>, task: &Task, rec: &mut InstanceRecord) -> Result<(), StepError> {
     let Some(vm) = rec.vm.clone() else { return Ok(()) };
     for disk in &rec.disk_cids {
-        if d.hub.is_responsive(&vm.agent_id) {
-            let _ =
-                d.hub.call(&vm.agent_id, AgentCommand::UnmountDisk { disk_cid: disk.clone() }, COMMAND_TIMEOUT).await;
-        }
-        match d.cpi.detach_disk(&vm.cid, disk).await {
-            Ok(())
-            | Err(CpiError::DiskNotAttached { .. })
-            | Err(CpiError::VmNotFound(_))
-            | Err(CpiError::DiskNotFound(_)) => {}
-            Err(e) => return Err(e.into()),
-        }
+        detach_disk(d, &vm, disk).await?;
     }
     match d.cpi.delete_vm(&vm.cid).await {
         Ok(()) => task.info("delete", Some(&rec.name()), format!("deleted VM {}", vm.cid)),
@@ -877,15 +1203,27 @@ async fn delete_vm_of(d: &Arc<Director>, task: &Task, rec: &mut InstanceRecord) 
     Ok(())
 }
 
+/// What becomes of a deleted instance's persistent disks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DiskFate {
+    /// Scale-in, a removed group or AZ: kept as orphans for the retention time (BOSH's rule).
+    Orphan,
+    /// The whole deployment goes: the operator asked for everything to go.
+    Delete,
+}
+
 async fn delete_instance(
     d: &Arc<Director>,
     task: &Task,
     mut rec: InstanceRecord,
     next: NextState,
+    disks: DiskFate,
+    opts: ExecOptions,
 ) -> Result<(), DeployError> {
     let name = rec.name();
     let timeout = Duration::from_secs(300);
-    if let Err(e) = stop_jobs(d, task, &rec, next, timeout, true).await {
+    let how = StopHow { next, shutdown: true, next_disk_mb: 0, skip_drain: opts.skip_drain, tolerant: true };
+    if let Err(e) = stop_jobs(d, task, &rec, how, timeout).await {
         // An instance that is going away must not be kept alive by a failing script.
         task.warn(
             "stop",
@@ -893,11 +1231,26 @@ async fn delete_instance(
             format!("stopping before delete failed, deleting anyway: {}", crate::api::error_chain(&e)),
         );
     }
+    if let Some(replacement) = rec.replacement_vm.take() {
+        // A create-swap-delete that never finished: its VM goes too.
+        match d.cpi.delete_vm(&replacement.cid).await {
+            Ok(()) | Err(CpiError::VmNotFound(_)) => {}
+            Err(e) => return Err(step(&name, "deleting the replacement VM")(e.into())),
+        }
+        d.hub.forget(&replacement.agent_id);
+        d.state.delete(Tree::Agents, &replacement.agent_id)?;
+    }
     delete_vm_of(d, task, &mut rec).await.map_err(step(&name, "deleting the VM"))?;
-    for disk in rec.disk_cids.clone() {
-        match d.cpi.delete_disk(&disk).await {
-            Ok(()) | Err(CpiError::DiskNotFound(_)) => task.info("delete", Some(&name), format!("deleted disk {disk}")),
-            Err(e) => return Err(step(&name, "deleting the persistent disk")(e.into())),
+    let size = rec.applied.as_ref().map(|a| a.persistent_disk_mb).unwrap_or(0);
+    for disk in rec.disk_cids.iter().chain(rec.migrating_disk.iter()) {
+        match disks {
+            DiskFate::Orphan => orphan_disk(d, task, &rec, disk, size, "its instance was deleted")?,
+            DiskFate::Delete => match d.cpi.delete_disk(disk).await {
+                Ok(()) | Err(CpiError::DiskNotFound(_)) => {
+                    task.info("delete", Some(&name), format!("deleted disk {disk}"))
+                }
+                Err(e) => return Err(step(&name, "deleting the persistent disk")(e.into())),
+            },
         }
     }
     d.state.delete(Tree::Instances, &rec.key())?;
@@ -907,8 +1260,11 @@ async fn delete_instance(
 
 async fn run_post_deploy(d: &Arc<Director>, task: &Task, deployment: &str) -> Result<(), DeployError> {
     let instances: Vec<InstanceRecord> = d.state.list(Tree::Instances, &format!("{deployment}/"))?;
-    let runs =
-        instances.iter().filter_map(|r| r.vm.as_ref().map(|v| (r, v.agent_id.clone()))).map(|(r, agent)| async move {
+    let runs = instances
+        .iter()
+        .filter(|r| r.state == DesiredState::Started)
+        .filter_map(|r| r.vm.as_ref().map(|v| (r, v.agent_id.clone())))
+        .map(|(r, agent)| async move {
             run_script(d, &agent, LifecycleScript::PostDeploy, vec![], BTreeMap::new(), Duration::from_secs(300))
                 .await
                 .map_err(step(&r.name(), "post-deploy"))
@@ -920,13 +1276,13 @@ async fn run_post_deploy(d: &Arc<Director>, task: &Task, deployment: &str) -> Re
     Ok(())
 }
 
-/// Deletes every instance of a deployment, then the deployment.
+/// Deletes every instance of a deployment (and their disks), then the deployment.
 pub async fn delete_deployment(d: &Arc<Director>, task: &Task, deployment: &str) -> Result<String, DeployError> {
     let instances: Vec<InstanceRecord> = d.state.list(Tree::Instances, &format!("{deployment}/"))?;
     let n = instances.len();
     let runs = instances.into_iter().map(|rec| {
         task.info("delete", Some(&rec.name()), "deleting instance");
-        delete_instance(d, task, rec, NEXT_DELETE_DEPLOYMENT)
+        delete_instance(d, task, rec, NEXT_DELETE_DEPLOYMENT, DiskFate::Delete, ExecOptions::default())
     });
     for r in futures::future::join_all(runs).await {
         r?;

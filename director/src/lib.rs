@@ -8,6 +8,7 @@
 pub mod api;
 pub mod blobstore;
 pub mod deploy;
+pub mod disks;
 pub mod hub;
 pub mod planner;
 pub mod records;
@@ -40,6 +41,8 @@ pub struct DirectorConfig {
     pub heartbeat_interval: Duration,
     /// How long a new VM's agent has to connect.
     pub agent_wait_timeout: Duration,
+    /// How long an orphaned persistent disk is kept before the director deletes it.
+    pub orphaned_disk_retention: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -268,6 +271,7 @@ pub async fn start(config: DirectorConfig, cpi: Arc<dyn Cpi>) -> Result<RunningD
         agent_address,
         api_address,
     });
+    tokio::spawn(disks::sweep_expired_orphans(director.clone()));
     tokio::spawn(hub.serve(agent_listener, tokio_rustls::TlsAcceptor::from(Arc::new(agent_tls))));
     tokio::spawn(api::serve(director.clone(), api_listener, tokio_rustls::TlsAcceptor::from(Arc::new(api_tls))));
 

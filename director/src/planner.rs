@@ -7,13 +7,13 @@
 //! come from the `rng` the caller passes, so tests are deterministic).
 
 use crate::records::{
-    AppliedJob, AppliedState, InstanceRecord, ReleasePackage, ReleaseRecord, RenderedJob, StemcellRecord,
+    AppliedJob, AppliedState, DesiredState, InstanceRecord, ReleasePackage, ReleaseRecord, RenderedJob, StemcellRecord,
 };
 use crate::render::{lookup, render_job, set_nested, LinkData};
-use bosun_types::api::InstanceAction;
+use bosun_types::api::{InstanceAction, InstanceSelector};
 use bosun_types::cloud_config::{CloudConfig, NetworkType, ResolvedSubnet};
 use bosun_types::digest::sha256_digest;
-use bosun_types::manifest::{DeploymentManifest, InstanceGroup, ResolvedUpdatePolicy};
+use bosun_types::manifest::{DeploymentManifest, InstanceGroup, MaxInFlight, ResolvedUpdatePolicy, VmStrategy};
 use bosun_types::protocol::NetworkSettings;
 use rand::RngCore;
 use std::collections::{BTreeMap, BTreeSet};
@@ -42,8 +42,64 @@ pub struct PlanningInput<'a> {
     pub existing: &'a [InstanceRecord],
     /// Addresses held by other deployments.
     pub addresses_in_use_elsewhere: &'a BTreeSet<Ipv4Addr>,
-    /// `deploy --recreate`.
-    pub recreate: bool,
+    /// What the operator asked for beyond the manifest.
+    pub requests: &'a Requests,
+}
+
+/// Which instances a request is about.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Selection {
+    #[default]
+    None,
+    All,
+    Some(Vec<InstanceSelector>),
+}
+
+impl Selection {
+    pub fn matches(&self, group: &str, uuid: &str, index: u32) -> bool {
+        match self {
+            Selection::None => false,
+            Selection::All => true,
+            Selection::Some(v) => v.iter().any(|s| s.matches(group, uuid, index)),
+        }
+    }
+}
+
+/// An operator's requests beyond the manifest: `deploy --recreate`, `bosun recreate | restart |
+/// stop | start`, and the `--canaries` / `--max-in-flight` overrides.
+#[derive(Debug, Clone, Default)]
+pub struct Requests {
+    pub recreate: Selection,
+    pub restart: Selection,
+    /// Instances whose desired state changes, and to what.
+    pub state: Option<(Selection, DesiredState)>,
+    pub canaries: Option<u32>,
+    pub max_in_flight: Option<MaxInFlight>,
+}
+
+/// What happens to an instance's persistent disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiskPlan {
+    /// It has none and gets none.
+    None,
+    /// It keeps the disk it has.
+    Keep,
+    /// A new disk is made (a new instance, or a group that gains a disk).
+    Create,
+    /// The disk's size or type changes: resized by the CPI where it can, else copied to a new disk
+    /// whose predecessor is orphaned.
+    Migrate { from_mb: u64, to_mb: u64, type_changed: bool },
+    /// The group no longer has a disk: the instance's is detached and orphaned.
+    Orphan,
+}
+
+/// One step of a group's update: these instances are updated at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch {
+    pub canary: bool,
+    pub az: Option<String>,
+    /// Positions in the group's `instances`.
+    pub instances: Vec<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -57,6 +113,12 @@ pub struct InstancePlan {
     pub action: InstanceAction,
     pub reasons: Vec<String>,
     pub existing: Option<InstanceRecord>,
+    /// The state the instance is left in.
+    pub state: DesiredState,
+    /// `create-swap-delete`: the replacement VM is made (on `networks`, new addresses) before the
+    /// old VM (on the existing record's addresses) is deleted.
+    pub create_swap_delete: bool,
+    pub disk: DiskPlan,
     pub stemcell: StemcellRecord,
     pub cloud_properties: serde_json::Value,
     pub env: serde_json::Value,
@@ -79,7 +141,14 @@ pub struct GroupPlan {
     pub name: String,
     pub update: ResolvedUpdatePolicy,
     pub instances: Vec<InstancePlan>,
+    /// The order of the update: canary batches, then each AZ's batches.
+    pub batches: Vec<Batch>,
+    /// Each lifecycle script's time limit: the manifest's `update.script_timeout`, else the
+    /// longest its jobs' specs give, else 5 minutes.
+    pub script_timeout_ms: u64,
 }
+
+const DEFAULT_SCRIPT_TIMEOUT_MS: u64 = 300_000;
 
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -104,6 +173,10 @@ struct Slot {
     az: Option<String>,
     existing: Option<InstanceRecord>,
     networks: BTreeMap<String, NetworkSettings>,
+    /// Why its VM must be replaced (empty: it need not be).
+    recreate: Vec<String>,
+    /// Its replacement VM takes new addresses (create-swap-delete).
+    swap: bool,
 }
 
 fn new_uuid(rng: &mut dyn RngCore) -> String {
@@ -144,7 +217,7 @@ pub fn plan(input: &PlanningInput<'_>, rng: &mut dyn RngCore) -> Result<Plan, Pl
     let mut deletes: Vec<InstanceRecord> =
         input.existing.iter().filter(|i| !group_names.contains(i.group.as_str())).cloned().collect();
     for d in &deletes {
-        taken.extend(d.networks.values().filter_map(|n| n.ip.parse::<Ipv4Addr>().ok()));
+        taken.extend(d.held_addresses());
     }
 
     // Pass 1: place instances (index, AZ) and assign addresses, group by group.
@@ -152,11 +225,7 @@ pub fn plan(input: &PlanningInput<'_>, rng: &mut dyn RngCore) -> Result<Plan, Pl
     for (gi, g) in m.instance_groups.iter().enumerate() {
         let (slots, gone) = place_group(g, input.existing, rng);
         for d in &gone {
-            for n in d.networks.values() {
-                if let Ok(ip) = n.ip.parse() {
-                    taken.insert(ip);
-                }
-            }
+            taken.extend(d.held_addresses());
         }
         deletes.extend(gone);
         placed.push((gi, slots));
@@ -164,18 +233,51 @@ pub fn plan(input: &PlanningInput<'_>, rng: &mut dyn RngCore) -> Result<Plan, Pl
     for (_, slots) in &placed {
         for s in slots {
             if let Some(e) = &s.existing {
-                for n in e.networks.values() {
-                    if let Ok(ip) = n.ip.parse::<Ipv4Addr>() {
-                        // Kept instances keep their address unless the network says otherwise;
-                        // reserve them before anyone new is given one.
-                        taken.insert(ip);
-                    }
-                }
+                // Kept instances keep their address unless the network says otherwise; reserve
+                // them before anyone new is given one.
+                taken.extend(e.held_addresses());
             }
         }
     }
     for (gi, slots) in placed.iter_mut() {
         assign_addresses(*gi, &m.instance_groups[*gi], cc, slots, &mut taken, input.addresses_in_use_elsewhere)?;
+    }
+    check_selections(input, &placed)?;
+
+    // Pass 1.5: which VMs are replaced, and under create-swap-delete, the replacement's addresses
+    // (decided before rendering, so links and templates see the addresses the VMs will have).
+    for (gi, slots) in placed.iter_mut() {
+        let g = &m.instance_groups[*gi];
+        let update = m.update.resolve(g.update.as_ref());
+        for slot in slots.iter_mut() {
+            slot.recreate = recreate_reasons(input, g, slot);
+            let Some(existing) = slot.existing.as_ref().filter(|e| e.vm.is_some()) else { continue };
+            if slot.recreate.is_empty() || update.vm_strategy != VmStrategy::CreateSwapDelete {
+                continue;
+            }
+            if g.networks.iter().any(|n| !n.static_ips.is_empty()) {
+                slot.recreate.push(
+                    "create-swap-delete needs a second address; with static IPs the old VM is deleted first".into(),
+                );
+                continue;
+            }
+            match spare_addresses(g, cc, &slot.az, &mut taken) {
+                Some(networks) => {
+                    let was: Vec<String> = existing.ips();
+                    let now: Vec<String> = networks.values().map(|n| n.ip.clone()).collect();
+                    slot.recreate.push(format!(
+                        "create-swap-delete: the replacement VM takes {} (was {})",
+                        now.join(", "),
+                        was.join(", ")
+                    ));
+                    slot.networks = networks;
+                    slot.swap = true;
+                }
+                None => slot.recreate.push(
+                    "create-swap-delete: no spare address for a replacement VM; the old VM is deleted first".into(),
+                ),
+            }
+        }
     }
 
     // Pass 2: properties, links, rendering, and what changes.
@@ -199,10 +301,15 @@ pub fn plan(input: &PlanningInput<'_>, rng: &mut dyn RngCore) -> Result<Plan, Pl
     let mut groups = Vec::new();
     for (gi, slots) in &placed {
         let g = &m.instance_groups[*gi];
-        let update = m.update.resolve(g.update.as_ref());
+        let mut update = m.update.resolve(g.update.as_ref());
+        if let Some(c) = input.requests.canaries {
+            update.canaries = c;
+        }
+        if let Some(mif) = input.requests.max_in_flight {
+            update.max_in_flight = mif;
+        }
         let stemcell = input.stemcells.get(&g.stemcell).expect("validated").clone();
-        let vm_type = cc.vm_types.iter().find(|v| v.name == g.vm_type).expect("validated");
-        let env = g.env.clone().unwrap_or(serde_json::Value::Object(Default::default()));
+        let env = vm_env(g);
         let persistent_disk = match (&g.persistent_disk, &g.persistent_disk_type) {
             (Some(mb), _) if *mb > 0 => Some((*mb, serde_json::json!({}))),
             (_, Some(t)) => {
@@ -214,14 +321,7 @@ pub fn plan(input: &PlanningInput<'_>, rng: &mut dyn RngCore) -> Result<Plan, Pl
         let bootstrap_index = slots.iter().map(|s| s.index).min();
         let mut instances = Vec::new();
         for s in slots {
-            let mut cloud_properties = vm_type.cloud_properties.clone();
-            for ext in &g.vm_extensions {
-                let e = cc.vm_extensions.iter().find(|x| &x.name == ext).expect("validated");
-                merge(&mut cloud_properties, &e.cloud_properties);
-            }
-            if let Some(az) = s.az.as_ref().and_then(|a| cc.azs.iter().find(|x| &x.name == a)) {
-                merge(&mut cloud_properties, &az.cloud_properties);
-            }
+            let cloud_properties = vm_cloud_properties(cc, g, &s.az);
             let address = default_address(&s.networks);
             let bootstrap = Some(s.index) == bootstrap_index;
             let spec_base = serde_json::json!({
@@ -284,8 +384,9 @@ pub fn plan(input: &PlanningInput<'_>, rng: &mut dyn RngCore) -> Result<Plan, Pl
                 packages: packages.iter().map(|p| (p.name.clone(), p.fingerprint.clone())).collect(),
                 configuration_hash: configuration_hash.clone(),
                 persistent_disk_mb: persistent_disk.as_ref().map(|(mb, _)| *mb).unwrap_or(0),
+                persistent_disk_digest: persistent_disk.as_ref().map(|(_, cp)| digest_json(cp)).unwrap_or_default(),
             };
-            let (action, reasons) = decide(s, &applied, bootstrap, input.recreate, &format!("/instance_groups/{gi}"))?;
+            let d = decide(s, &applied, bootstrap, &g.name, input.requests);
             instances.push(InstancePlan {
                 group: g.name.clone(),
                 uuid: s.uuid.clone(),
@@ -293,9 +394,12 @@ pub fn plan(input: &PlanningInput<'_>, rng: &mut dyn RngCore) -> Result<Plan, Pl
                 az: s.az.clone(),
                 bootstrap,
                 networks: s.networks.clone(),
-                action,
-                reasons,
+                action: d.action,
+                reasons: d.reasons,
                 existing: s.existing.clone(),
+                state: d.state,
+                create_swap_delete: s.swap && d.action == InstanceAction::Recreate,
+                disk: d.disk,
                 stemcell: stemcell.clone(),
                 cloud_properties,
                 env: env.clone(),
@@ -306,7 +410,16 @@ pub fn plan(input: &PlanningInput<'_>, rng: &mut dyn RngCore) -> Result<Plan, Pl
                 applied,
             });
         }
-        groups.push(GroupPlan { name: g.name.clone(), update, instances });
+        let batches = compose_batches(&update, &instances);
+        let script_timeout_ms = update.script_timeout_ms.unwrap_or_else(|| {
+            g.jobs
+                .iter()
+                .filter_map(|j| job_of(input, &j.release, &j.name).and_then(|rj| rj.spec.script_timeout))
+                .max()
+                .map(|s| s * 1000)
+                .unwrap_or(DEFAULT_SCRIPT_TIMEOUT_MS)
+        });
+        groups.push(GroupPlan { name: g.name.clone(), update, instances, batches, script_timeout_ms });
     }
     deletes.sort_by(|a, b| (a.group.as_str(), a.index).cmp(&(b.group.as_str(), b.index)));
     Ok(Plan { deployment: m.name.clone(), groups, deletes })
@@ -466,6 +579,8 @@ fn place_group(
             az: e.az.clone(),
             networks: BTreeMap::new(),
             existing: Some(e),
+            recreate: vec![],
+            swap: false,
         })
         .collect();
     let mut used: BTreeSet<u32> = slots.iter().map(|s| s.index).collect();
@@ -477,7 +592,15 @@ fn place_group(
         let az = azs.iter().min_by_key(|a| count[*a]).cloned().expect("at least one AZ");
         let index = (0..).find(|i| !used.contains(i)).expect("a free index");
         used.insert(index);
-        slots.push(Slot { uuid: new_uuid(rng), index, az, existing: None, networks: BTreeMap::new() });
+        slots.push(Slot {
+            uuid: new_uuid(rng),
+            index,
+            az,
+            existing: None,
+            networks: BTreeMap::new(),
+            recreate: vec![],
+            swap: false,
+        });
     }
     slots.sort_by_key(|s| s.index);
     (slots, gone)
@@ -516,8 +639,7 @@ fn assign_addresses(
     for (ni, nref) in g.networks.iter().enumerate() {
         let at = format!("/instance_groups/{gi}/networks/{ni}");
         let subnets = cc.resolved_subnets(&nref.name).map_err(|e| perr(&at, e.to_string()))?;
-        let default =
-            if g.networks.len() == 1 { vec!["dns".to_string(), "gateway".to_string()] } else { nref.default.clone() };
+        let default = default_gateway_for(g, nref);
         let current = |s: &Slot| {
             s.existing.as_ref().and_then(|e| e.networks.get(&nref.name)).and_then(|n| n.ip.parse::<Ipv4Addr>().ok())
         };
@@ -605,14 +727,7 @@ fn assign_addresses(
             }
             let mut needing = slots.iter().filter(|s| !s.networks.contains_key(&nref.name)).count();
             for slot in slots.iter_mut().filter(|s| !s.networks.contains_key(&nref.name)) {
-                let mut found = None;
-                for s in subnets.iter().filter(|s| subnet_serves(s, &slot.az)) {
-                    if let Some(ip) = s.dynamic_pool().find(|ip| !taken.contains(ip)) {
-                        found = Some((s, ip));
-                        break;
-                    }
-                }
-                let Some((s, ip)) = found else {
+                let Some((s, ip)) = pick_dynamic(&subnets, &slot.az, taken) else {
                     return Err(perr(
                         format!("{at}/name"),
                         format!(
@@ -849,67 +964,198 @@ pub fn configuration_hash(jobs: &[RenderedJob]) -> String {
     h.finish()
 }
 
-/// What must happen to an instance, and why.
-fn decide(
-    slot: &Slot,
-    desired: &AppliedState,
-    bootstrap: bool,
-    recreate: bool,
-    at: &str,
-) -> Result<(InstanceAction, Vec<String>), PlanError> {
-    let Some(existing) = &slot.existing else {
-        return Ok((InstanceAction::Create, vec!["new instance".into()]));
-    };
-    if existing.vm.is_none() {
-        return Ok((InstanceAction::Create, vec!["the instance has no VM".into()]));
+/// The VM-level facts of an instance group in an AZ: cloud properties (vm_type, extensions, AZ
+/// merged) and env.
+fn vm_cloud_properties(cc: &CloudConfig, g: &InstanceGroup, az: &Option<String>) -> serde_json::Value {
+    let vm_type = cc.vm_types.iter().find(|v| v.name == g.vm_type).expect("validated");
+    let mut cloud_properties = vm_type.cloud_properties.clone();
+    for ext in &g.vm_extensions {
+        let e = cc.vm_extensions.iter().find(|x| &x.name == ext).expect("validated");
+        merge(&mut cloud_properties, &e.cloud_properties);
     }
+    if let Some(az) = az.as_ref().and_then(|a| cc.azs.iter().find(|x| &x.name == a)) {
+        merge(&mut cloud_properties, &az.cloud_properties);
+    }
+    cloud_properties
+}
+
+fn vm_env(g: &InstanceGroup) -> serde_json::Value {
+    g.env.clone().unwrap_or(serde_json::Value::Object(Default::default()))
+}
+
+/// Why an existing instance's VM must be replaced: stemcell, vm_type or cloud properties, env,
+/// addresses, or the operator asked. Empty when it need not be (or it has no VM).
+fn recreate_reasons(input: &PlanningInput<'_>, g: &InstanceGroup, slot: &Slot) -> Vec<String> {
+    let Some(existing) = slot.existing.as_ref().filter(|e| e.vm.is_some()) else { return vec![] };
     let was = existing.applied.clone().unwrap_or_default();
-    let mut recreate_reasons = Vec::new();
-    if recreate {
-        recreate_reasons.push("recreate requested".to_string());
+    let mut reasons = Vec::new();
+    if input.requests.recreate.matches(&g.name, &slot.uuid, slot.index) {
+        reasons.push("recreate requested".to_string());
     }
-    if was.stemcell != desired.stemcell {
-        recreate_reasons.push(format!(
-            "stemcell {}/{} → {}/{}",
-            was.stemcell.0, was.stemcell.1, desired.stemcell.0, desired.stemcell.1
-        ));
+    let stemcell = input.stemcells.get(&g.stemcell).expect("validated");
+    if was.stemcell != (stemcell.name.clone(), stemcell.version.clone()) {
+        reasons
+            .push(format!("stemcell {}/{} → {}/{}", was.stemcell.0, was.stemcell.1, stemcell.name, stemcell.version));
     }
-    if was.vm_type != desired.vm_type {
-        recreate_reasons.push(format!("vm_type `{}` → `{}`", was.vm_type, desired.vm_type));
-    } else if was.cloud_properties_digest != desired.cloud_properties_digest {
-        recreate_reasons.push("cloud properties changed".into());
+    if was.vm_type != g.vm_type {
+        reasons.push(format!("vm_type `{}` → `{}`", was.vm_type, g.vm_type));
+    } else if was.cloud_properties_digest != digest_json(&vm_cloud_properties(input.cloud_config, g, &slot.az)) {
+        reasons.push("cloud properties changed".into());
     }
-    if was.env_digest != desired.env_digest {
-        recreate_reasons.push("env changed".into());
+    if was.env_digest != digest_json(&vm_env(g)) {
+        reasons.push("env changed".into());
     }
-    for (net, ip) in &desired.networks {
+    for (net, n) in &slot.networks {
         match existing.networks.get(net) {
-            Some(n) if &n.ip == ip => {}
-            Some(n) => recreate_reasons.push(format!("network `{net}`: {} → {ip}", n.ip)),
-            None => recreate_reasons.push(format!("network `{net}` added ({ip})")),
+            Some(old) if old.ip == n.ip => {}
+            Some(old) => reasons.push(format!("network `{net}`: {} → {}", old.ip, n.ip)),
+            None => reasons.push(format!("network `{net}` added ({})", n.ip)),
         }
     }
     for net in existing.networks.keys() {
-        if !desired.networks.contains_key(net) {
-            recreate_reasons.push(format!("network `{net}` removed"));
+        if !slot.networks.contains_key(net) {
+            reasons.push(format!("network `{net}` removed"));
         }
+    }
+    reasons
+}
+
+/// Addresses for a create-swap-delete replacement VM: a free dynamic address on each network.
+fn spare_addresses(
+    g: &InstanceGroup,
+    cc: &CloudConfig,
+    az: &Option<String>,
+    taken: &mut BTreeSet<Ipv4Addr>,
+) -> Option<BTreeMap<String, NetworkSettings>> {
+    let mut out = BTreeMap::new();
+    let mut picked = Vec::new();
+    for nref in &g.networks {
+        let subnets = cc.resolved_subnets(&nref.name).ok()?;
+        let default = default_gateway_for(g, nref);
+        let Some((s, ip)) = pick_dynamic(&subnets, az, taken) else {
+            for ip in picked {
+                taken.remove(&ip);
+            }
+            return None;
+        };
+        taken.insert(ip);
+        picked.push(ip);
+        out.insert(nref.name.clone(), settings(s, ip, default));
+    }
+    Some(out)
+}
+
+/// The lowest free dynamic address of a subnet serving the AZ.
+fn pick_dynamic<'s>(
+    subnets: &'s [ResolvedSubnet],
+    az: &Option<String>,
+    taken: &BTreeSet<Ipv4Addr>,
+) -> Option<(&'s ResolvedSubnet, Ipv4Addr)> {
+    subnets
+        .iter()
+        .filter(|s| subnet_serves(s, az))
+        .find_map(|s| s.dynamic_pool().find(|ip| !taken.contains(ip)).map(|ip| (s, ip)))
+}
+
+fn default_gateway_for(g: &InstanceGroup, nref: &bosun_types::manifest::NetworkRef) -> Vec<String> {
+    if g.networks.len() == 1 {
+        vec!["dns".to_string(), "gateway".to_string()]
+    } else {
+        nref.default.clone()
+    }
+}
+
+/// Every instance an operator named must exist.
+fn check_selections(input: &PlanningInput<'_>, placed: &[(usize, Vec<Slot>)]) -> Result<(), PlanError> {
+    let r = input.requests;
+    let lists = [Some(&r.recreate), Some(&r.restart), r.state.as_ref().map(|(s, _)| s)];
+    for sel in lists.into_iter().flatten() {
+        let Selection::Some(selectors) = sel else { continue };
+        for selector in selectors {
+            let found = placed.iter().any(|(gi, slots)| {
+                let g = &input.manifest.instance_groups[*gi];
+                slots.iter().any(|s| s.existing.is_some() && selector.matches(&g.name, &s.uuid, s.index))
+            });
+            if !found {
+                return Err(perr("instances", format!("no instance of the deployment matches `{selector}`")));
+            }
+        }
+    }
+    Ok(())
+}
+
+struct Decision {
+    action: InstanceAction,
+    reasons: Vec<String>,
+    disk: DiskPlan,
+    state: DesiredState,
+}
+
+/// What must happen to an instance, and why.
+fn decide(slot: &Slot, desired: &AppliedState, bootstrap: bool, group: &str, req: &Requests) -> Decision {
+    let current_state = slot.existing.as_ref().map(|e| e.state).unwrap_or_default();
+    let state = match &req.state {
+        Some((sel, st)) if sel.matches(group, &slot.uuid, slot.index) => *st,
+        _ => current_state,
+    };
+    let wants_disk = desired.persistent_disk_mb > 0;
+    let decision = |action, reasons, disk| Decision { action, reasons, disk, state };
+    let Some(existing) = &slot.existing else {
+        let disk = if wants_disk { DiskPlan::Create } else { DiskPlan::None };
+        return decision(InstanceAction::Create, vec!["new instance".into()], disk);
+    };
+    let had_disk = !existing.disk_cids.is_empty();
+    let was = existing.applied.clone().unwrap_or_default();
+    let disk = match (had_disk, wants_disk) {
+        (false, false) => DiskPlan::None,
+        (false, true) => DiskPlan::Create,
+        (true, false) => DiskPlan::Orphan,
+        (true, true) => {
+            // Records from before disk types were tracked have no digest: only size counts then.
+            let type_changed =
+                !was.persistent_disk_digest.is_empty() && was.persistent_disk_digest != desired.persistent_disk_digest;
+            if was.persistent_disk_mb != desired.persistent_disk_mb || type_changed {
+                DiskPlan::Migrate { from_mb: was.persistent_disk_mb, to_mb: desired.persistent_disk_mb, type_changed }
+            } else {
+                DiskPlan::Keep
+            }
+        }
+    };
+    if existing.vm.is_none() {
+        if state == DesiredState::Detached {
+            // Changes wait for `bosun start`.
+            let disk = if had_disk { DiskPlan::Keep } else { DiskPlan::None };
+            return decision(InstanceAction::Keep, vec![], disk);
+        }
+        let why = if current_state == DesiredState::Detached {
+            "start requested (the instance was stopped with --hard)"
+        } else {
+            "the instance has no VM"
+        };
+        return decision(InstanceAction::Create, vec![why.into()], disk);
+    }
+    if state == DesiredState::Detached {
+        let disk = if had_disk { DiskPlan::Keep } else { DiskPlan::None };
+        return decision(
+            InstanceAction::Detach,
+            vec!["stop --hard requested: the VM goes, the disk stays".into()],
+            disk,
+        );
     }
     let mut update_reasons = Vec::new();
     if existing.applied.is_none() {
         update_reasons.push("jobs were never applied (an earlier deploy did not finish)".into());
     }
-    let had_disk = !existing.disk_cids.is_empty();
-    if was.persistent_disk_mb != desired.persistent_disk_mb || had_disk != (desired.persistent_disk_mb > 0) {
-        if had_disk {
-            return Err(perr(
-                at,
-                format!(
-                    "persistent disk of instance {}/{} changes ({} → {} MiB): disk migration is not supported yet",
-                    existing.group, existing.uuid, was.persistent_disk_mb, desired.persistent_disk_mb
-                ),
-            ));
+    match &disk {
+        DiskPlan::Create => update_reasons.push(format!("persistent disk 0 → {} MiB", desired.persistent_disk_mb)),
+        DiskPlan::Orphan => {
+            update_reasons.push(format!("persistent disk {} MiB → none (the disk is orphaned)", was.persistent_disk_mb))
         }
-        update_reasons.push(format!("persistent disk 0 → {} MiB", desired.persistent_disk_mb));
+        DiskPlan::Migrate { from_mb, to_mb, type_changed } => update_reasons.push(format!(
+            "persistent disk {from_mb} → {to_mb} MiB{}: migrate",
+            if *type_changed { ", disk type changed" } else { "" }
+        )),
+        DiskPlan::None | DiskPlan::Keep => {}
     }
     for j in &desired.jobs {
         match was.jobs.iter().find(|w| w.name == j.name) {
@@ -946,12 +1192,68 @@ fn decide(
     if existing.bootstrap != bootstrap {
         update_reasons.push(format!("bootstrap {} → {}", existing.bootstrap, bootstrap));
     }
-    if !recreate_reasons.is_empty() {
-        recreate_reasons.extend(update_reasons);
-        return Ok((InstanceAction::Recreate, recreate_reasons));
+    if !slot.recreate.is_empty() {
+        let mut reasons = slot.recreate.clone();
+        reasons.extend(update_reasons);
+        return decision(InstanceAction::Recreate, reasons, disk);
     }
     if !update_reasons.is_empty() {
-        return Ok((InstanceAction::Update, update_reasons));
+        return decision(InstanceAction::Update, update_reasons, disk);
     }
-    Ok((InstanceAction::Keep, vec![]))
+    match (current_state, state) {
+        (DesiredState::Started, DesiredState::Stopped) => {
+            return decision(InstanceAction::Stop, vec!["stop requested".into()], disk)
+        }
+        (DesiredState::Stopped, DesiredState::Started) => {
+            return decision(InstanceAction::Start, vec!["start requested".into()], disk)
+        }
+        _ => {}
+    }
+    if state == DesiredState::Started && req.restart.matches(group, &slot.uuid, slot.index) {
+        return decision(InstanceAction::Restart, vec!["restart requested".into()], disk);
+    }
+    decision(InstanceAction::Keep, vec![], disk)
+}
+
+/// The order in which a group's changing instances are updated (BOSH's): the bootstrap
+/// instance's AZ first, then instances without an AZ, then the other AZs by name; inside an AZ by
+/// index. Canaries are the first `canaries` instances of the first AZ, one batch per
+/// `max_in_flight` of them; then each AZ in turn in batches of `max_in_flight`, a percentage
+/// taken of that AZ's changing instances.
+pub fn compose_batches(update: &ResolvedUpdatePolicy, instances: &[InstancePlan]) -> Vec<Batch> {
+    let changing: Vec<usize> = (0..instances.len()).filter(|&k| instances[k].action != InstanceAction::Keep).collect();
+    if changing.is_empty() {
+        return vec![];
+    }
+    let bootstrap_az = instances.iter().find(|i| i.bootstrap).and_then(|i| i.az.clone());
+    let az_rank = |az: &Option<String>| -> (u8, Option<String>) {
+        match az {
+            a if *a == bootstrap_az && a.is_some() => (0, None),
+            None => (1, None),
+            Some(a) => (2, Some(a.clone())),
+        }
+    };
+    let mut azs: Vec<Option<String>> = Vec::new();
+    for &k in &changing {
+        if !azs.contains(&instances[k].az) {
+            azs.push(instances[k].az.clone());
+        }
+    }
+    azs.sort_by_key(az_rank);
+    let mut batches = Vec::new();
+    let mut canaries_left = update.canaries as usize;
+    for az in azs {
+        let mut here: Vec<usize> = changing.iter().copied().filter(|&k| instances[k].az == az).collect();
+        here.sort_by_key(|&k| (!instances[k].bootstrap, instances[k].index));
+        let in_flight = update.max_in_flight.resolve(here.len());
+        let canaries = canaries_left.min(here.len());
+        canaries_left = 0; // canaries come from the first AZ only
+        for chunk in here[..canaries].chunks(in_flight) {
+            batches.push(Batch { canary: true, az: az.clone(), instances: chunk.to_vec() });
+        }
+        for chunk in here[canaries..].chunks(in_flight) {
+            batches.push(Batch { canary: false, az: az.clone(), instances: chunk.to_vec() });
+        }
+    }
+    batches
 }

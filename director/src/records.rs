@@ -93,6 +93,9 @@ pub struct AppliedState {
     pub packages: BTreeMap<String, String>,
     pub configuration_hash: String,
     pub persistent_disk_mb: u64,
+    /// Digest of the persistent disk's cloud properties (its disk type).
+    #[serde(default)]
+    pub persistent_disk_digest: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -119,8 +122,43 @@ pub struct InstanceRecord {
     pub applied: Option<AppliedState>,
     /// The generation of the last spec sent to the agent.
     pub generation: u64,
-    /// Whether the operator wants its jobs running.
-    pub desired_running: bool,
+    /// What the operator wants: jobs running, stopped, or no VM at all.
+    pub state: DesiredState,
+    /// A disk being migrated to: recorded as soon as the CPI has made it and until it becomes the
+    /// instance's disk, so an interrupted migration leaves nothing unaccounted for.
+    #[serde(default)]
+    pub migrating_disk: Option<String>,
+    /// create-swap-delete: the replacement VM, from its creation until it takes the old one's
+    /// place, and the addresses it holds meanwhile (reserved like any instance's).
+    #[serde(default)]
+    pub replacement_vm: Option<VmRecord>,
+    #[serde(default)]
+    pub replacement_networks: BTreeMap<String, NetworkSettings>,
+}
+
+/// The state an operator asks an instance to be in (`bosun start | stop | stop --hard`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DesiredState {
+    #[default]
+    Started,
+    Stopped,
+    /// Stopped with its VM deleted; the persistent disk is kept.
+    Detached,
+}
+
+/// A persistent disk no instance uses any more: kept for a while in case it is wanted back, then
+/// deleted by the director.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct OrphanedDiskRecord {
+    pub disk_cid: String,
+    pub size_mb: u64,
+    pub deployment: String,
+    /// `group/uuid` of the instance that had it.
+    pub instance: String,
+    pub az: Option<String>,
+    pub orphaned_at: u64,
+    pub reason: String,
 }
 
 impl InstanceRecord {
@@ -132,6 +170,10 @@ impl InstanceRecord {
     }
     pub fn ips(&self) -> Vec<String> {
         self.networks.values().map(|n| n.ip.clone()).collect()
+    }
+    /// Every address the instance holds: its own and, mid create-swap-delete, its replacement's.
+    pub fn held_addresses(&self) -> impl Iterator<Item = std::net::Ipv4Addr> + '_ {
+        self.networks.values().chain(self.replacement_networks.values()).filter_map(|n| n.ip.parse().ok())
     }
 }
 

@@ -18,6 +18,7 @@ pub enum Tree {
     TaskEvents,
     Locks,
     Variables,
+    OrphanedDisks,
     Meta,
 }
 
@@ -34,6 +35,7 @@ impl Tree {
             Tree::TaskEvents => "task_events",
             Tree::Locks => "locks",
             Tree::Variables => "variables",
+            Tree::OrphanedDisks => "orphaned_disks",
             Tree::Meta => "meta",
         }
     }

@@ -1,9 +1,11 @@
 //! Planner scenarios, pure: manifest + cloud-config + releases + stemcells + existing instances →
 //! plan. No store, no CPI, no clock; a seeded RNG.
 
-use bosun_director::planner::{plan, Plan, PlanningInput};
-use bosun_director::records::{InstanceRecord, ReleaseJob, ReleasePackage, ReleaseRecord, StemcellRecord, VmRecord};
-use bosun_types::api::InstanceAction;
+use bosun_director::planner::{plan, Batch, DiskPlan, Plan, PlanningInput, Requests, Selection};
+use bosun_director::records::{
+    DesiredState, InstanceRecord, ReleaseJob, ReleasePackage, ReleaseRecord, StemcellRecord, VmRecord,
+};
+use bosun_types::api::{InstanceAction, InstanceSelector};
 use bosun_types::cloud_config::CloudConfig;
 use bosun_types::manifest::DeploymentManifest;
 use bosun_types::protocol::BlobRef;
@@ -123,10 +125,10 @@ impl World {
     }
 
     fn plan(&self, manifest_text: &str) -> Result<Plan, String> {
-        self.plan_with(manifest_text, false)
+        self.plan_with(manifest_text, &Requests::default())
     }
 
-    fn plan_with(&self, manifest_text: &str, recreate: bool) -> Result<Plan, String> {
+    fn plan_with(&self, manifest_text: &str, requests: &Requests) -> Result<Plan, String> {
         let m = DeploymentManifest::parse("manifest", serde_yaml::from_str(manifest_text).unwrap())
             .map_err(|e| e.to_string())?;
         let input = PlanningInput {
@@ -136,7 +138,7 @@ impl World {
             stemcells: &self.stemcells,
             existing: &self.existing,
             addresses_in_use_elsewhere: &self.elsewhere,
-            recreate,
+            requests,
         };
         plan(&input, &mut rand::rngs::StdRng::seed_from_u64(7)).map_err(|e| e.to_string())
     }
@@ -147,7 +149,20 @@ impl World {
         self.existing.retain(|e| !deleted.contains(&e.uuid));
         for g in &p.groups {
             for i in &g.instances {
+                let before = self.existing.iter().find(|e| e.uuid == i.uuid).cloned();
                 self.existing.retain(|e| e.uuid != i.uuid);
+                let disk_cids = match (&i.disk, before.as_ref()) {
+                    (DiskPlan::Keep, Some(b)) => b.disk_cids.clone(),
+                    (DiskPlan::Create, _) => vec![format!("disk-{}", i.uuid)],
+                    (DiskPlan::Migrate { to_mb, .. }, _) => vec![format!("disk-{}-{to_mb}", i.uuid)],
+                    _ => vec![],
+                };
+                let vm = (i.action != InstanceAction::Detach && i.state != DesiredState::Detached).then(|| VmRecord {
+                    cid: format!("vm-{}", i.uuid),
+                    agent_id: "a".into(),
+                    stemcell_cid: i.stemcell.cid.clone(),
+                    created_at: 0,
+                });
                 self.existing.push(InstanceRecord {
                     deployment: "dep".into(),
                     group: i.group.clone(),
@@ -156,16 +171,14 @@ impl World {
                     az: i.az.clone(),
                     bootstrap: i.bootstrap,
                     networks: i.networks.clone(),
-                    vm: Some(VmRecord {
-                        cid: format!("vm-{}", i.uuid),
-                        agent_id: "a".into(),
-                        stemcell_cid: i.stemcell.cid.clone(),
-                        created_at: 0,
-                    }),
-                    disk_cids: if i.persistent_disk.is_some() { vec!["disk".into()] } else { vec![] },
+                    vm,
+                    disk_cids,
                     applied: Some(i.applied.clone()),
                     generation: 1,
-                    desired_running: true,
+                    state: i.state,
+                    migrating_disk: None,
+                    replacement_vm: None,
+                    replacement_networks: BTreeMap::new(),
                 });
             }
         }
@@ -255,7 +268,7 @@ fn vm_level_changes_recreate_with_reasons_and_keep_identity() {
     assert_eq!(actions(&p)[0].2, vec!["vm_type `small` → `large`".to_string()]);
     let p = w.plan(&manifest(3, "").replace("  jobs:", "  env: {bosh: {swap_size: 0}}\n  jobs:")).unwrap();
     assert_eq!(actions(&p)[0].2, vec!["env changed".to_string()]);
-    let p = w.plan_with(&manifest(3, ""), true).unwrap();
+    let p = w.plan_with(&manifest(3, ""), &Requests { recreate: Selection::All, ..Requests::default() }).unwrap();
     assert!(actions(&p)
         .iter()
         .all(|(_, a, r)| *a == InstanceAction::Recreate && r == &vec!["recreate requested".to_string()]));
@@ -414,4 +427,298 @@ fn adding_a_persistent_disk_to_a_new_group_plans_it() {
     let w = World::new();
     let p = w.plan(&manifest(1, "").replace("  jobs:", "  persistent_disk_type: ssd\n  jobs:")).unwrap();
     assert_eq!(p.groups[0].instances[0].persistent_disk.as_ref().map(|d| d.0), Some(2048));
+}
+
+fn with_disk(n: u32, disk: &str) -> String {
+    manifest(n, "").replace("  jobs:", &format!("  {disk}\n  jobs:"))
+}
+
+#[test]
+fn every_change_detection_rule_names_its_reason() {
+    let mut w = World::new();
+    let first = w.plan(&with_disk(3, "persistent_disk: 1024")).unwrap();
+    w.apply(&first);
+    let reasons = |w: &World, text: &str| -> (InstanceAction, Vec<String>, DiskPlan) {
+        let p = w.plan(text).unwrap();
+        let i = &p.groups[0].instances[0];
+        (i.action, i.reasons.clone(), i.disk.clone())
+    };
+    let base = with_disk(3, "persistent_disk: 1024");
+    // Nothing changed: nothing happens, not even for a changed update block.
+    let (a, r, d) = reasons(&w, &base.replace("max_in_flight: 2", "max_in_flight: 3"));
+    assert_eq!((a, r, d), (InstanceAction::Keep, vec![], DiskPlan::Keep));
+
+    // VM-level: recreate.
+    let mut cloud_changed = World { existing: w.existing.clone(), ..World::new() };
+    cloud_changed.cloud = CloudConfig::parse(
+        "cc",
+        serde_yaml::from_str(
+            &CLOUD.replace("{name: small, cloud_properties: {cpu: 1}}", "{name: small, cloud_properties: {cpu: 2}}"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(reasons(&cloud_changed, &base).1, vec!["cloud properties changed"]);
+    let mut az_changed = World { existing: w.existing.clone(), ..World::new() };
+    az_changed.cloud = CloudConfig::parse(
+        "cc",
+        serde_yaml::from_str(&CLOUD.replace("{name: z1}", "{name: z1, cloud_properties: {zone: a}}")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(reasons(&az_changed, &base).0, InstanceAction::Recreate, "AZ cloud properties are VM properties");
+    let net = base.replace("networks: [{name: net}]", "networks: [{name: net, static_ips: [10.0.0.10 - 10.0.0.12]}]");
+    let (a, r, _) = reasons(&w, &net);
+    assert_eq!(a, InstanceAction::Recreate);
+    assert_eq!(r[0], "network `net`: 10.0.0.20 → 10.0.0.10");
+
+    // Jobs, packages, templates: in place.
+    let mut templates = World { existing: w.existing.clone(), ..World::new() };
+    templates.releases.get_mut("rel").unwrap().jobs[0].fingerprint = "f2".into();
+    assert_eq!(
+        reasons(&templates, &base),
+        (InstanceAction::Update, vec!["job `member`: templates changed".to_string()], DiskPlan::Keep)
+    );
+    let mut package = World { existing: w.existing.clone(), ..World::new() };
+    package.releases.get_mut("rel").unwrap().packages[0].fingerprint = "p2".into();
+    assert_eq!(reasons(&package, &base).1, vec!["package `pkg` changed"]);
+
+    // Persistent disk: size or type change migrates, dropping it orphans; no new VM for either.
+    assert_eq!(
+        reasons(&w, &with_disk(3, "persistent_disk: 2048")),
+        (
+            InstanceAction::Update,
+            vec!["persistent disk 1024 → 2048 MiB: migrate".to_string()],
+            DiskPlan::Migrate { from_mb: 1024, to_mb: 2048, type_changed: false }
+        )
+    );
+    let (a, r, d) = reasons(&w, &with_disk(3, "persistent_disk_type: ssd"));
+    assert_eq!(a, InstanceAction::Update);
+    assert_eq!(r, vec!["persistent disk 1024 → 2048 MiB: migrate"]);
+    assert_eq!(d, DiskPlan::Migrate { from_mb: 1024, to_mb: 2048, type_changed: false });
+    let (a, r, d) = reasons(&w, &manifest(3, ""));
+    assert_eq!((a, d), (InstanceAction::Update, DiskPlan::Orphan));
+    assert_eq!(r, vec!["persistent disk 1024 MiB → none (the disk is orphaned)"]);
+
+    // A disk type with the same size but other cloud properties is a type change.
+    let mut typed = World::new();
+    let t = typed.plan(&with_disk(1, "persistent_disk_type: ssd")).unwrap();
+    typed.apply(&t);
+    typed.cloud =
+        CloudConfig::parse(
+            "cc",
+            serde_yaml::from_str(&CLOUD.replace(
+                "{name: ssd, disk_size: 2048}",
+                "{name: ssd, disk_size: 2048, cloud_properties: {iops: 9000}}",
+            ))
+            .unwrap(),
+        )
+        .unwrap();
+    let p = typed.plan(&with_disk(1, "persistent_disk_type: ssd")).unwrap();
+    assert_eq!(p.groups[0].instances[0].disk, DiskPlan::Migrate { from_mb: 2048, to_mb: 2048, type_changed: true });
+    assert_eq!(p.groups[0].instances[0].reasons, vec!["persistent disk 2048 → 2048 MiB, disk type changed: migrate"]);
+}
+
+#[test]
+fn instances_with_disks_never_move_az_and_leave_a_removed_az_by_deletion() {
+    let mut w = World::new();
+    let first = w.plan(&with_disk(3, "persistent_disk: 1024")).unwrap();
+    w.apply(&first);
+    let text =
+        with_disk(3, "persistent_disk: 1024").replace("azs: [z1, z2, z3]\n  instances", "azs: [z1, z2]\n  instances");
+    let p = w.plan(&text).unwrap();
+    assert_eq!(p.deletes.iter().map(|d| (d.index, d.az.as_deref())).collect::<Vec<_>>(), vec![(2, Some("z3"))]);
+    let placed: Vec<(u32, Option<&str>, InstanceAction)> =
+        p.groups[0].instances.iter().map(|i| (i.index, i.az.as_deref(), i.action)).collect();
+    // They stay where they are; only their links change (the member list did).
+    assert_eq!(placed[0], (0, Some("z1"), InstanceAction::Update));
+    assert_eq!(placed[1], (1, Some("z2"), InstanceAction::Update));
+    assert_eq!(
+        p.groups[0].instances[0].reasons,
+        vec!["rendered configuration changed (links, addresses or instance spec)"]
+    );
+    assert_eq!((placed[2].1, placed[2].2), (Some("z1"), InstanceAction::Create));
+}
+
+#[test]
+fn scale_down_takes_the_highest_index_from_the_fullest_az() {
+    let mut w = World::new();
+    let first = w.plan(&manifest(5, "")).unwrap(); // z1: 0, 3; z2: 1, 4; z3: 2
+    w.apply(&first);
+    let p = w.plan(&manifest(3, "")).unwrap();
+    assert_eq!(p.deletes.iter().map(|d| d.index).collect::<Vec<_>>(), vec![3, 4]);
+    let p = w.plan(&manifest(4, "")).unwrap();
+    assert_eq!(p.deletes.iter().map(|d| d.index).collect::<Vec<_>>(), vec![4]);
+}
+
+fn batches(p: &Plan) -> Vec<(bool, Vec<u32>)> {
+    let g = &p.groups[0];
+    g.batches.iter().map(|b: &Batch| (b.canary, b.instances.iter().map(|&k| g.instances[k].index).collect())).collect()
+}
+
+#[test]
+fn canaries_come_first_then_az_by_az_batches_of_max_in_flight() {
+    let mut w = World::new();
+    let first = w.plan(&manifest(9, "")).unwrap(); // z1: 0 3 6, z2: 1 4 7, z3: 2 5 8
+                                                   // A first deploy goes in the same order.
+    assert_eq!(
+        batches(&first),
+        vec![
+            (true, vec![0]),
+            (false, vec![3, 6]),
+            (false, vec![1, 4]),
+            (false, vec![7]),
+            (false, vec![2, 5]),
+            (false, vec![8])
+        ]
+    );
+    w.apply(&first);
+    let change = |t: &str| t.replace("port: 7000", "port: 7001");
+    let p = w
+        .plan(&change(&manifest(9, "").replace("canaries: 1, max_in_flight: 2", "canaries: 2, max_in_flight: 1")))
+        .unwrap();
+    assert_eq!(
+        batches(&p),
+        vec![
+            (true, vec![0]),
+            (true, vec![3]),
+            (false, vec![6]),
+            (false, vec![1]),
+            (false, vec![4]),
+            (false, vec![7]),
+            (false, vec![2]),
+            (false, vec![5]),
+            (false, vec![8])
+        ]
+    );
+    // Percentages are of each AZ's changing instances, floored, at least one.
+    let p = w.plan(&change(&manifest(9, "").replace("max_in_flight: 2", "max_in_flight: 50%"))).unwrap();
+    assert_eq!(
+        batches(&p),
+        vec![
+            (true, vec![0]),
+            (false, vec![3]),
+            (false, vec![6]),
+            (false, vec![1]),
+            (false, vec![4]),
+            (false, vec![7]),
+            (false, vec![2]),
+            (false, vec![5]),
+            (false, vec![8])
+        ]
+    );
+    let p = w
+        .plan(&change(&manifest(9, "").replace("canaries: 1, max_in_flight: 2", "canaries: 0, max_in_flight: 100%")))
+        .unwrap();
+    assert_eq!(batches(&p), vec![(false, vec![0, 3, 6]), (false, vec![1, 4, 7]), (false, vec![2, 5, 8])]);
+    // Only changing instances are batched; the canary is the first of the first AZ with changes.
+    let mut only = World { existing: w.existing.clone(), ..World::new() };
+    only.existing.retain(|e| e.index != 4 && e.index != 8);
+    let p = only.plan(&manifest(9, "")).unwrap();
+    assert_eq!(batches(&p), vec![(true, vec![4]), (false, vec![8])]);
+    // The command-line overrides win over the manifest.
+    let p = w
+        .plan_with(
+            &change(&manifest(9, "")),
+            &Requests { canaries: Some(0), max_in_flight: Some("3".parse().unwrap()), ..Requests::default() },
+        )
+        .unwrap();
+    assert_eq!(batches(&p), vec![(false, vec![0, 3, 6]), (false, vec![1, 4, 7]), (false, vec![2, 5, 8])]);
+}
+
+#[test]
+fn commands_select_instances_and_set_their_state() {
+    let mut w = World::new();
+    let first = w.plan(&with_disk(3, "persistent_disk: 1024")).unwrap();
+    w.apply(&first);
+    let base = with_disk(3, "persistent_disk: 1024");
+    let sel = |s: &str| Selection::Some(vec![s.parse::<InstanceSelector>().unwrap()]);
+    let acts = |p: &Plan| p.groups[0].instances.iter().map(|i| i.action).collect::<Vec<_>>();
+    use InstanceAction::*;
+
+    let p = w.plan_with(&base, &Requests { recreate: sel("db/1"), ..Requests::default() }).unwrap();
+    assert_eq!(acts(&p), vec![Keep, Recreate, Keep]);
+    assert_eq!(p.groups[0].instances[1].reasons, vec!["recreate requested"]);
+    let uuid = first.groups[0].instances[2].uuid.clone();
+    let p = w.plan_with(&base, &Requests { restart: sel(&format!("db/{uuid}")), ..Requests::default() }).unwrap();
+    assert_eq!(acts(&p), vec![Keep, Keep, Restart]);
+
+    let stop = w
+        .plan_with(&base, &Requests { state: Some((sel("db/0"), DesiredState::Stopped)), ..Requests::default() })
+        .unwrap();
+    assert_eq!(acts(&stop), vec![Stop, Keep, Keep]);
+    let hard = w
+        .plan_with(&base, &Requests { state: Some((sel("db"), DesiredState::Detached)), ..Requests::default() })
+        .unwrap();
+    assert_eq!(acts(&hard), vec![Detach, Detach, Detach]);
+    assert!(hard.groups[0].instances.iter().all(|i| i.disk == DiskPlan::Keep), "a hard stop keeps the disks");
+
+    // A stopped instance stays stopped through deploys until started.
+    w.apply(&stop);
+    let p = w.plan(&base.replace("port: 7000", "port: 7001")).unwrap();
+    assert_eq!(acts(&p), vec![Update, Update, Update]);
+    assert_eq!(p.groups[0].instances[0].state, DesiredState::Stopped);
+    let p = w
+        .plan_with(&base, &Requests { state: Some((Selection::All, DesiredState::Started)), ..Requests::default() })
+        .unwrap();
+    assert_eq!(acts(&p), vec![Start, Keep, Keep]);
+
+    // A detached instance has no VM and gets none until started; then it is created again.
+    w.apply(&hard);
+    assert!(!w.plan(&base).unwrap().has_changes());
+    let p = w
+        .plan_with(&base, &Requests { state: Some((sel("db/2"), DesiredState::Started)), ..Requests::default() })
+        .unwrap();
+    assert_eq!(acts(&p), vec![Keep, Keep, Create]);
+    assert_eq!(p.groups[0].instances[2].reasons, vec!["start requested (the instance was stopped with --hard)"]);
+    assert_eq!(p.groups[0].instances[2].disk, DiskPlan::Keep);
+
+    // An instance that does not exist is named.
+    assert_eq!(
+        w.plan_with(&base, &Requests { recreate: sel("db/7"), ..Requests::default() }).unwrap_err(),
+        "instances: no instance of the deployment matches `db/7`"
+    );
+}
+
+#[test]
+fn create_swap_delete_gives_the_replacement_a_free_address_and_static_ips_fall_back() {
+    let mut w = World::new();
+    let text = manifest(3, "").replace(
+        "update: {canaries: 1, max_in_flight: 2}",
+        "update: {canaries: 1, max_in_flight: 2, vm_strategy: create-swap-delete}",
+    );
+    let first = w.plan(&text).unwrap();
+    w.apply(&first);
+    w.stemcells.insert("default".into(), stemcell("2"));
+    let p = w.plan(&text).unwrap();
+    let mut seen = BTreeSet::new();
+    for (k, i) in p.groups[0].instances.iter().enumerate() {
+        assert_eq!(i.action, InstanceAction::Recreate);
+        assert!(i.create_swap_delete);
+        let old = &first.groups[0].instances[k].networks["net"].ip;
+        let new = &i.networks["net"].ip;
+        assert_ne!(old, new, "the replacement never takes an address a live VM holds");
+        assert!(seen.insert(new.clone()) && !first.groups[0].instances.iter().any(|f| &f.networks["net"].ip == new));
+        assert_eq!(i.reasons[1], format!("create-swap-delete: the replacement VM takes {new} (was {old})"));
+    }
+    // Rendering sees the new addresses.
+    assert!(p.groups[0].instances[0].jobs[0].files["config/cfg"].1.starts_with("me=10.0.0.23 "));
+
+    let statics =
+        text.replace("networks: [{name: net}]", "networks: [{name: net, static_ips: [10.0.0.10 - 10.0.0.12]}]");
+    let mut s = World::new();
+    s.apply(&s.plan(&statics).unwrap());
+    s.stemcells.insert("default".into(), stemcell("2"));
+    let p = s.plan(&statics).unwrap();
+    assert!(p.groups[0].instances.iter().all(|i| i.action == InstanceAction::Recreate && !i.create_swap_delete));
+    assert!(p.groups[0].instances[0].reasons[1].contains("with static IPs the old VM is deleted first"));
+
+    // No spare address: delete-create, said so, not a failure.
+    let tiny =
+        text.replace("networks: [{name: net}]", "networks: [{name: tiny}]").replace("instances: 3", "instances: 2");
+    let mut t = World::new();
+    t.apply(&t.plan(&tiny).unwrap());
+    t.stemcells.insert("default".into(), stemcell("2"));
+    let p = t.plan(&tiny).unwrap();
+    assert!(p.groups[0].instances.iter().all(|i| !i.create_swap_delete));
+    assert!(p.groups[0].instances[0].reasons[1].contains("no spare address"));
 }

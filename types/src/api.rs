@@ -1,5 +1,6 @@
 //! The director's HTTP API (`/v1/...`): request and response bodies.
 
+use crate::manifest::MaxInFlight;
 use crate::protocol::{ProcessState, StemcellInfo, Vitals};
 use serde::{Deserialize, Serialize};
 
@@ -93,6 +94,21 @@ pub struct TaskCreated {
     pub task_id: u64,
 }
 
+/// How an update runs, as the operator overrides it on the command line.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateOverrides {
+    /// Skip pre-stop and drain scripts.
+    #[serde(default)]
+    pub skip_drain: bool,
+    /// Replaces every instance group's `canaries`.
+    #[serde(default)]
+    pub canaries: Option<u32>,
+    /// Replaces every instance group's `max_in_flight`.
+    #[serde(default)]
+    pub max_in_flight: Option<MaxInFlight>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields)]
 pub struct DeployRequest {
@@ -100,6 +116,98 @@ pub struct DeployRequest {
     pub manifest: String,
     #[serde(default)]
     pub recreate: bool,
+    #[serde(default)]
+    pub overrides: UpdateOverrides,
+}
+
+/// `bosun recreate | restart | stop | start` on a deployment or some of its instances.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum InstanceCommand {
+    Recreate,
+    Restart,
+    Stop,
+    Start,
+}
+
+impl std::fmt::Display for InstanceCommand {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            InstanceCommand::Recreate => "recreate",
+            InstanceCommand::Restart => "restart",
+            InstanceCommand::Stop => "stop",
+            InstanceCommand::Start => "start",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceCommandRequest {
+    pub command: InstanceCommand,
+    /// `group`, `group/uuid` or `group/index`; empty means every instance.
+    #[serde(default)]
+    pub instances: Vec<String>,
+    /// `stop --hard`: also delete the VM, keeping the persistent disk.
+    #[serde(default)]
+    pub hard: bool,
+    #[serde(default)]
+    pub overrides: UpdateOverrides,
+    /// Only show the plan.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// Which instances a command is about: `group`, `group/uuid` or `group/index`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InstanceSelector {
+    Group(String),
+    Uuid(String, String),
+    Index(String, u32),
+}
+
+impl std::str::FromStr for InstanceSelector {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("`{s}` is not `group`, `group/uuid` or `group/index`");
+        let (group, rest) = match s.split_once('/') {
+            Some((g, r)) => (g, Some(r)),
+            None => (s, None),
+        };
+        if group.is_empty() || !group.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            return Err(bad());
+        }
+        match rest {
+            None => Ok(InstanceSelector::Group(group.into())),
+            Some(r) if !r.is_empty() && r.chars().all(|c| c.is_ascii_digit()) => {
+                Ok(InstanceSelector::Index(group.into(), r.parse().map_err(|_| bad())?))
+            }
+            Some(r) if !r.is_empty() && r.chars().all(|c| c.is_ascii_hexdigit() || c == '-') => {
+                Ok(InstanceSelector::Uuid(group.into(), r.to_ascii_lowercase()))
+            }
+            Some(_) => Err(bad()),
+        }
+    }
+}
+
+impl InstanceSelector {
+    pub fn matches(&self, group: &str, uuid: &str, index: u32) -> bool {
+        match self {
+            InstanceSelector::Group(g) => g == group,
+            InstanceSelector::Uuid(g, u) => g == group && u == uuid,
+            InstanceSelector::Index(g, i) => g == group && *i == index,
+        }
+    }
+}
+
+impl std::fmt::Display for InstanceSelector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            InstanceSelector::Group(g) => write!(f, "{g}"),
+            InstanceSelector::Uuid(g, u) => write!(f, "{g}/{u}"),
+            InstanceSelector::Index(g, i) => write!(f, "{g}/{i}"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -108,8 +216,18 @@ pub enum InstanceAction {
     Create,
     Delete,
     Keep,
+    /// Jobs, packages or properties change: stop, apply, start on the same VM.
     Update,
+    /// A new VM (stemcell, vm_type, cloud properties, env, network, or asked for).
     Recreate,
+    /// Stop and start the jobs, nothing else changes.
+    Restart,
+    /// Stop the jobs; the VM stays.
+    Stop,
+    /// Stop the jobs and delete the VM; the persistent disk stays.
+    Detach,
+    /// Start a stopped instance's jobs.
+    Start,
 }
 
 impl std::fmt::Display for InstanceAction {
@@ -120,6 +238,10 @@ impl std::fmt::Display for InstanceAction {
             InstanceAction::Keep => "keep",
             InstanceAction::Update => "update",
             InstanceAction::Recreate => "recreate",
+            InstanceAction::Restart => "restart",
+            InstanceAction::Stop => "stop",
+            InstanceAction::Detach => "detach",
+            InstanceAction::Start => "start",
         })
     }
 }
@@ -138,7 +260,33 @@ pub struct InstancePlanView {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct GroupPlanView {
     pub name: String,
+    /// The update policy in effect, in words (`canaries 1, max_in_flight 25% …`).
+    #[serde(default)]
+    pub update: String,
     pub instances: Vec<InstancePlanView>,
+    /// The order of the update: each batch's instances run at once; canary batches first.
+    #[serde(default)]
+    pub batches: Vec<BatchView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BatchView {
+    pub canary: bool,
+    pub az: Option<String>,
+    pub instances: Vec<String>,
+}
+
+/// A persistent disk no instance uses any more, kept until `delete_after`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct OrphanedDiskView {
+    pub disk_cid: String,
+    pub size_mb: u64,
+    pub deployment: String,
+    pub instance: String,
+    pub az: Option<String>,
+    pub orphaned_at: u64,
+    pub delete_after: u64,
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

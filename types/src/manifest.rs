@@ -90,7 +90,7 @@ pub struct StemcellRef {
 }
 
 /// `max_in_flight`: a number or a percentage of the instances (per AZ), at least 1.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MaxInFlight {
     Count(u32),
     Percent(u32),
@@ -129,12 +129,43 @@ impl<'de> Deserialize<'de> for MaxInFlight {
     }
 }
 
+/// Written back the way an operator writes it: `2` or `"25%"`.
+impl Serialize for MaxInFlight {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            MaxInFlight::Count(n) => s.serialize_u32(*n),
+            MaxInFlight::Percent(p) => s.serialize_str(&format!("{p}%")),
+        }
+    }
+}
+
+impl std::str::FromStr for MaxInFlight {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let v = match s.trim().parse::<u64>() {
+            Ok(n) => serde_yaml::Value::Number(n.into()),
+            Err(_) => serde_yaml::Value::String(s.to_string()),
+        };
+        serde_yaml::from_value(v).map_err(|e| e.to_string())
+    }
+}
+
+impl std::fmt::Display for MaxInFlight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MaxInFlight::Count(n) => write!(f, "{n}"),
+            MaxInFlight::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
 impl MaxInFlight {
-    /// How many instances of `total` may be updated at once (at least 1).
+    /// How many of `total` changing instances may be updated at once: a percentage is floored,
+    /// at least 1 and at most `total` (BOSH's rule); a count is at least 1.
     pub fn resolve(self, total: usize) -> usize {
         match self {
             MaxInFlight::Count(n) => n as usize,
-            MaxInFlight::Percent(p) => (total * p as usize / 100).max(1),
+            MaxInFlight::Percent(p) => (total * p as usize / 100).min(total),
         }
         .max(1)
     }
@@ -208,18 +239,13 @@ pub struct UpdatePolicy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResolvedUpdatePolicy {
     pub canaries: u32,
-    pub max_in_flight: MaxInFlightResolved,
+    pub max_in_flight: MaxInFlight,
     pub canary_watch_time: (u64, u64),
     pub update_watch_time: (u64, u64),
     pub serial: bool,
     pub vm_strategy: VmStrategy,
-    pub script_timeout_ms: u64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum MaxInFlightResolved {
-    Count(u32),
-    Percent(u32),
+    /// The manifest's script timeout, if it sets one (else the jobs' specs decide).
+    pub script_timeout_ms: Option<u64>,
 }
 
 impl UpdatePolicy {
@@ -231,25 +257,19 @@ impl UpdatePolicy {
         let uw = g.update_watch_time.or(self.update_watch_time).unwrap_or(WatchTime { min_ms: 1000, max_ms: 60000 });
         ResolvedUpdatePolicy {
             canaries: g.canaries.or(self.canaries).unwrap_or(1),
-            max_in_flight: match mif {
-                MaxInFlight::Count(n) => MaxInFlightResolved::Count(n),
-                MaxInFlight::Percent(p) => MaxInFlightResolved::Percent(p),
-            },
+            max_in_flight: mif,
             canary_watch_time: (cw.min_ms, cw.max_ms),
             update_watch_time: (uw.min_ms, uw.max_ms),
             serial: g.serial.or(self.serial).unwrap_or(true),
             vm_strategy: g.vm_strategy.or(self.vm_strategy).unwrap_or_default(),
-            script_timeout_ms: g.script_timeout.or(self.script_timeout).unwrap_or(300_000),
+            script_timeout_ms: g.script_timeout.or(self.script_timeout),
         }
     }
 }
 
 impl ResolvedUpdatePolicy {
     pub fn max_in_flight_for(&self, total: usize) -> usize {
-        match self.max_in_flight {
-            MaxInFlightResolved::Count(n) => MaxInFlight::Count(n).resolve(total),
-            MaxInFlightResolved::Percent(p) => MaxInFlight::Percent(p).resolve(total),
-        }
+        self.max_in_flight.resolve(total)
     }
 }
 

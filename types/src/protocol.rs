@@ -206,6 +206,13 @@ pub enum AgentCommand {
     UnmountDisk {
         disk_cid: String,
     },
+    /// Copies the mounted persistent disk's contents to a newly attached disk and mounts the new
+    /// one at the store directory in its place (jobs are stopped first).
+    MigrateDisk {
+        from_disk_cid: String,
+        to_disk_cid: String,
+        hint: serde_json::Value,
+    },
 }
 
 impl AgentCommand {
@@ -218,6 +225,7 @@ impl AgentCommand {
             AgentCommand::RunScript { .. } => "run_script",
             AgentCommand::MountDisk { .. } => "mount_disk",
             AgentCommand::UnmountDisk { .. } => "unmount_disk",
+            AgentCommand::MigrateDisk { .. } => "migrate_disk",
         }
     }
 }
