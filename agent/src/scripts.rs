@@ -82,6 +82,7 @@ async fn run_one(
                 exit_code: None,
                 timed_out: false,
                 output_tail: format!("could not start {}: {e}", path.display()),
+                stdout_tail: String::new(),
                 duration_ms: 0,
             };
         }
@@ -105,7 +106,8 @@ async fn run_one(
     if let Some(pid) = pid {
         let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
     }
-    let mut tail = out.await.unwrap_or_default();
+    let stdout = out.await.unwrap_or_default();
+    let mut tail = stdout.clone();
     tail.extend(err.await.unwrap_or_default());
     if tail.len() > TAIL_BYTES {
         tail.drain(..tail.len() - TAIL_BYTES);
@@ -115,6 +117,7 @@ async fn run_one(
         exit_code,
         timed_out,
         output_tail: String::from_utf8_lossy(&tail).into_owned(),
+        stdout_tail: String::from_utf8_lossy(&stdout).into_owned(),
         duration_ms: started.elapsed().as_millis() as u64,
     }
 }

@@ -523,6 +523,7 @@ fn fresh_record(deployment: &str, i: &InstancePlan) -> InstanceRecord {
         applied: None,
         generation: 0,
         state: i.state,
+        dirty: false,
         migrating_disk: None,
         replacement_vm: None,
         replacement_networks: BTreeMap::new(),
@@ -547,6 +548,11 @@ async fn converge_instance(
         .unwrap_or_else(|| fresh_record(deployment, i));
     let label = format!("{}{} ({})", if canary { "canary " } else { "" }, i.action, i.reasons.join("; "));
     task.info("update", Some(&name), label);
+    if !rec.dirty {
+        rec.dirty = true;
+        d.state.put(Tree::Instances, &rec.key(), &rec)?;
+        d.state.flush().await?;
+    }
     let timeout = Duration::from_millis(script_timeout_ms);
     let was_running = rec.state == DesiredState::Started && rec.vm.is_some();
     let disk_changes = matches!(i.disk, DiskPlan::Migrate { .. } | DiskPlan::Orphan);
@@ -573,6 +579,7 @@ async fn converge_instance(
                 .await
                 .map_err(step(&name, "stopping jobs"))?;
             rec.state = DesiredState::Stopped;
+            rec.dirty = false;
             d.state.put(Tree::Instances, &rec.key(), &rec)?;
             d.state.flush().await?;
             task.info("update", Some(&name), "stopped");
@@ -584,6 +591,7 @@ async fn converge_instance(
                 .map_err(step(&name, "stopping jobs"))?;
             delete_vm_of(d, task, &mut rec).await.map_err(step(&name, "deleting the VM"))?;
             rec.state = DesiredState::Detached;
+            rec.dirty = false;
             d.state.put(Tree::Instances, &rec.key(), &rec)?;
             d.state.flush().await?;
             task.info("update", Some(&name), "detached: VM deleted, persistent disk kept");
@@ -1017,13 +1025,26 @@ async fn run_script(
     env: BTreeMap<String, String>,
     timeout: Duration,
 ) -> Result<Vec<ScriptResult>, StepError> {
+    run_script_within(d, agent_id, script, args, env, timeout, timeout).await
+}
+
+/// Runs a script with what is left of its time (`left`); errors name the configured `timeout`.
+async fn run_script_within(
+    d: &Director,
+    agent_id: &str,
+    script: LifecycleScript,
+    args: Vec<String>,
+    env: BTreeMap<String, String>,
+    left: Duration,
+    timeout: Duration,
+) -> Result<Vec<ScriptResult>, StepError> {
     // The agent enforces the timeout; the director allows a little more for the round trip.
     let v = d
         .hub
         .call(
             agent_id,
-            AgentCommand::RunScript { script, env, args, timeout_ms: timeout.as_millis() as u64 },
-            timeout + Duration::from_secs(30),
+            AgentCommand::RunScript { script, env, args, timeout_ms: left.as_millis() as u64 },
+            left + Duration::from_secs(30),
         )
         .await?;
     check_scripts(script, v, timeout)
@@ -1054,6 +1075,7 @@ async fn apply_and_start(
         run_script(d, &agent_id, LifecycleScript::PostStart, vec![], BTreeMap::new(), timeout).await?;
     }
     rec.applied = Some(i.applied.clone());
+    rec.dirty = false;
     d.state.put(Tree::Instances, &rec.key(), rec)?;
     d.state.flush().await?;
     Ok(())
@@ -1157,11 +1179,13 @@ async fn drain(
         if remaining.is_zero() {
             return Err(StepError::Failed(format!("drain did not finish within {} s", timeout.as_secs())));
         }
-        let results = run_script(d, agent_id, LifecycleScript::Drain, args.clone(), env.clone(), remaining).await?;
+        let results =
+            run_script_within(d, agent_id, LifecycleScript::Drain, args.clone(), env.clone(), remaining, timeout)
+                .await?;
         let mut wait = 0i64;
         let mut again = false;
         for r in &results {
-            let last = r.output_tail.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
+            let last = r.stdout_tail.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
             let n: i64 = last
                 .parse()
                 .map_err(|_| StepError::Failed(format!("job `{}`: drain printed `{last}`, not an integer", r.job)))?;
@@ -1306,6 +1330,7 @@ pub fn instance_views(d: &Director, deployment: &str, with_processes: bool) -> R
         .map(|r| {
             let status = r.vm.as_ref().and_then(|v| d.hub.status(&v.agent_id));
             let state = match (&r.vm, &status) {
+                (None, _) if r.state == DesiredState::Detached => InstanceState::Detached,
                 (None, _) => InstanceState::Missing,
                 (Some(v), Some(s)) if d.hub.is_responsive(&v.agent_id) => {
                     match s.heartbeat.as_ref().map(|h| h.job_state) {

@@ -1145,6 +1145,8 @@ fn decide(slot: &Slot, desired: &AppliedState, bootstrap: bool, group: &str, req
     let mut update_reasons = Vec::new();
     if existing.applied.is_none() {
         update_reasons.push("jobs were never applied (an earlier deploy did not finish)".into());
+    } else if existing.dirty {
+        update_reasons.push("an earlier update of this instance did not finish".into());
     }
     match &disk {
         DiskPlan::Create => update_reasons.push(format!("persistent disk 0 → {} MiB", desired.persistent_disk_mb)),

@@ -124,6 +124,10 @@ pub struct InstanceRecord {
     pub generation: u64,
     /// What the operator wants: jobs running, stopped, or no VM at all.
     pub state: DesiredState,
+    /// An update of this instance began and did not finish: the next plan updates it in full
+    /// (BOSH's `dirty`), whatever `applied` says.
+    #[serde(default)]
+    pub dirty: bool,
     /// A disk being migrated to: recorded as soon as the CPI has made it and until it becomes the
     /// instance's disk, so an interrupted migration leaves nothing unaccounted for.
     #[serde(default)]

@@ -176,6 +176,7 @@ impl World {
                     applied: Some(i.applied.clone()),
                     generation: 1,
                     state: i.state,
+                    dirty: false,
                     migrating_disk: None,
                     replacement_vm: None,
                     replacement_networks: BTreeMap::new(),

@@ -317,6 +317,8 @@ pub enum InstanceState {
     Stopped,
     Unresponsive,
     Missing,
+    /// `stop --hard`: no VM on purpose; the persistent disk is kept.
+    Detached,
 }
 
 impl std::fmt::Display for InstanceState {
@@ -328,6 +330,7 @@ impl std::fmt::Display for InstanceState {
             InstanceState::Stopped => "stopped",
             InstanceState::Unresponsive => "unresponsive",
             InstanceState::Missing => "missing",
+            InstanceState::Detached => "detached",
         })
     }
 }

@@ -365,8 +365,11 @@ pub struct ScriptResult {
     pub job: String,
     pub exit_code: Option<i32>,
     pub timed_out: bool,
-    /// The last lines of its output, for the task log.
+    /// The last lines of its output (stdout then stderr), for the task log.
     pub output_tail: String,
+    /// The last lines of its stdout alone (a drain script's answer is there).
+    #[serde(default)]
+    pub stdout_tail: String,
     pub duration_ms: u64,
 }
 

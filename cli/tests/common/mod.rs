@@ -61,23 +61,35 @@ pub fn stemcell(version: &str) -> PathBuf {
 /// The kubo release as a tarball, blobs synced through apt (once per test binary).
 pub fn kubo_release() -> PathBuf {
     static TARBALL: OnceLock<PathBuf> = OnceLock::new();
-    TARBALL
-        .get_or_init(|| {
-            let dir = repo().join("releases/kubo");
-            let o = Command::new(bosun_bin()).arg("sync-blobs").arg(&dir).output().expect("bosun sync-blobs");
-            assert!(o.status.success(), "sync-blobs failed: {}", String::from_utf8_lossy(&o.stderr));
-            let tarball = scratch().join(format!("kubo-{}.tgz", std::process::id()));
-            let o = Command::new(bosun_bin())
-                .arg("create-release")
-                .arg(&dir)
-                .arg("--tarball")
-                .arg(&tarball)
-                .output()
-                .expect("bosun create-release");
-            assert!(o.status.success(), "create-release failed: {}", String::from_utf8_lossy(&o.stderr));
-            tarball
-        })
-        .clone()
+    TARBALL.get_or_init(|| release_tarball(&repo().join("releases/kubo"), "kubo")).clone()
+}
+
+/// The update engine's test release (`cli/tests/fixtures/testbed`: a sleeper job), once per binary.
+pub fn testbed_release() -> PathBuf {
+    static TARBALL: OnceLock<PathBuf> = OnceLock::new();
+    TARBALL.get_or_init(|| release_tarball(&repo().join("cli/tests/fixtures/testbed"), "testbed")).clone()
+}
+
+fn release_tarball(dir: &Path, name: &str) -> PathBuf {
+    let o = Command::new(bosun_bin()).arg("sync-blobs").arg(dir).output().expect("bosun sync-blobs");
+    assert!(o.status.success(), "sync-blobs failed: {}", String::from_utf8_lossy(&o.stderr));
+    let tarball = scratch().join(format!("{name}-{}.tgz", std::process::id()));
+    let o = Command::new(bosun_bin())
+        .arg("create-release")
+        .arg(dir)
+        .arg("--tarball")
+        .arg(&tarball)
+        .output()
+        .expect("bosun create-release");
+    assert!(o.status.success(), "create-release failed: {}", String::from_utf8_lossy(&o.stderr));
+    tarball
+}
+
+/// The local cloud-config moved onto `127.0.<subnet>.0/24`, so each test has its own addresses.
+pub fn local_cloud_config(subnet: u8) -> String {
+    std::fs::read_to_string(repo().join("manifests/cloud-config/local.yml"))
+        .expect("local cloud-config")
+        .replace("127.0.10.", &format!("127.0.{subnet}."))
 }
 
 pub struct TestDirector {
@@ -206,9 +218,27 @@ impl TestDirector {
 
     /// Uploads a cloud-config, the stemcell and the kubo release.
     pub fn prepare(&self, cloud_config: &Path) {
+        self.prepare_with(cloud_config, &kubo_release());
+    }
+
+    /// Uploads a cloud-config, stemcell version 1 and a release.
+    pub fn prepare_with(&self, cloud_config: &Path, release: &Path) {
         self.ok(&["update-cloud-config", cloud_config.to_str().expect("utf-8 path")]);
         self.ok(&["upload-stemcell", stemcell("1").to_str().expect("utf-8 path")]);
-        self.ok(&["upload-release", kubo_release().to_str().expect("utf-8 path")]);
+        self.ok(&["upload-release", release.to_str().expect("utf-8 path")]);
+    }
+
+    /// The instances of a deployment as `bosun instances --ps --json` shows them.
+    pub fn instances(&self, deployment: &str) -> Vec<serde_json::Value> {
+        self.json(&["-d", deployment, "instances", "--ps"]).as_array().expect("a list").clone()
+    }
+
+    /// Waits until the deployment has `n` instances, all running.
+    pub fn running(&self, deployment: &str, n: usize) -> Vec<serde_json::Value> {
+        eventually(&format!("{n} running instances of {deployment}"), Duration::from_secs(60), || {
+            let list = self.instances(deployment);
+            (list.len() == n && list.iter().all(|i| i["state"] == "running")).then_some(list)
+        })
     }
 
     /// Processes of this director's VMs that are still alive.
@@ -278,6 +308,70 @@ pub fn etcd_members(ip: &str) -> Option<Vec<(String, Vec<String>)>> {
             })
             .collect(),
     )
+}
+
+/// Reads a key through etcd's gateway: its value (base64) if it exists.
+pub fn etcd_get(ip: &str, key_b64: &str) -> Option<Option<String>> {
+    let v: serde_json::Value =
+        serde_json::from_str(&http_post(&format!("{ip}:2379"), "/v3/kv/range", &format!("{{\"key\":\"{key_b64}\"}}"))?)
+            .ok()?;
+    Some(v.get("kvs").and_then(|k| k.get(0)).and_then(|kv| kv.get("value")).and_then(|x| x.as_str()).map(String::from))
+}
+
+/// A client writing a new key every 50 ms for as long as it runs, trying each endpoint in turn
+/// until one accepts the write. A write is lost only when every endpoint refused it.
+pub struct EtcdWriter {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: Option<std::thread::JoinHandle<(Vec<String>, Vec<String>)>>,
+}
+
+pub struct WriterReport {
+    /// Keys (base64) whose write some endpoint accepted.
+    pub written: Vec<String>,
+    /// Keys no endpoint accepted.
+    pub failed: Vec<String>,
+}
+
+impl EtcdWriter {
+    pub fn start(endpoints: &[&str]) -> Self {
+        use base64::Engine;
+        let endpoints: Vec<String> = endpoints.iter().map(|s| s.to_string()).collect();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let (mut written, mut failed) = (Vec::new(), Vec::new());
+            let mut n = 0usize;
+            while !flag.load(std::sync::atomic::Ordering::SeqCst) {
+                let next = Instant::now() + Duration::from_millis(50);
+                let key = base64::engine::general_purpose::STANDARD.encode(format!("load/{n:06}"));
+                let value = base64::engine::general_purpose::STANDARD.encode(format!("v{n}"));
+                let ok = (0..endpoints.len()).any(|k| etcd_put(&endpoints[(n + k) % endpoints.len()], &key, &value));
+                if ok {
+                    written.push(key)
+                } else {
+                    failed.push(key)
+                }
+                n += 1;
+                if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                    std::thread::park_timeout(wait);
+                }
+            }
+            (written, failed)
+        });
+        EtcdWriter { stop, handle: Some(handle) }
+    }
+
+    pub fn finish(mut self) -> WriterReport {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let (written, failed) = self.handle.take().expect("running").join().expect("the writer thread");
+        WriterReport { written, failed }
+    }
+}
+
+impl Drop for EtcdWriter {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// Writes a key through etcd's gateway (base64 key and value, as the v3 JSON API wants).

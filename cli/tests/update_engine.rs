@@ -1,0 +1,253 @@
+//! The update engine on real agents through the local CPI, with the testbed release's `sleeper`
+//! job (a process that records each start on the instance's store and sleeps): a failing canary,
+//! a hanging drain, create-swap-delete, and the recreate / restart / stop / start commands. Each
+//! test has its own subnet (127.0.43–46.0/24).
+
+mod common;
+
+use common::*;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// A sleeper deployment: `update` lines go into the update block, `group` lines into the instance
+/// group, `properties` under the job's properties.
+fn sleeper_manifest(name: &str, instances: u32, update: &str, group: &str, properties: &str) -> String {
+    format!(
+        r#"name: {name}
+releases: [{{name: testbed, version: latest}}]
+stemcells: [{{alias: default, os: local, version: latest}}]
+update:
+  canaries: 1
+  max_in_flight: 1
+  canary_watch_time: 500-5000
+  update_watch_time: 500-5000
+{update}
+instance_groups:
+- name: sleeper
+  azs: [z1, z2, z3]
+  instances: {instances}
+  vm_type: default
+  stemcell: default
+  networks: [{{name: default}}]
+{group}
+  jobs:
+  - name: sleeper
+    release: testbed
+    properties:
+      message: hello
+{properties}
+"#
+    )
+}
+
+fn by_index(list: &[serde_json::Value]) -> Vec<serde_json::Value> {
+    let mut v = list.to_vec();
+    v.sort_by_key(|i| i["index"].as_u64());
+    v
+}
+
+fn pid(i: &serde_json::Value) -> u64 {
+    i["processes"][0]["pid"].as_u64().expect("a running process has a pid")
+}
+
+/// The lines the sleeper wrote on the persistent disk, one per start.
+fn starts_on_disk(d: &TestDirector, disk_cid: &str) -> Vec<String> {
+    std::fs::read_to_string(d.cpi_base().join("disks").join(disk_cid).join("data/starts"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn deploy(d: &TestDirector, dep: &str, manifest: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["-n", "-d", dep, "deploy", manifest.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    d.run(&args)
+}
+
+#[test]
+fn a_failing_canary_stops_the_deploy_and_leaves_the_other_instances_untouched() {
+    let d = TestDirector::start();
+    d.prepare_with(&d.write("cloud.yml", &local_cloud_config(43)), &testbed_release());
+    let ok = d.write("ok.yml", &sleeper_manifest("canary", 3, "", "", ""));
+    d.ok(&["-n", "-d", "canary", "deploy", ok.to_str().unwrap()]);
+    let before = by_index(&d.running("canary", 3));
+
+    let bad = d.write("bad.yml", &sleeper_manifest("canary", 3, "", "", "      fail_start: true"));
+    let plan = d.ok(&["-d", "canary", "deploy", bad.to_str().unwrap(), "--dry-run"]);
+    assert_eq!(plan.matches("update: job `sleeper`: property `fail_start` changed").count(), 3, "{plan}");
+    assert!(plan.contains("batch 1 (canary), az z1: sleeper/"), "{plan}");
+    assert!(plan.contains("batch 3, az z3: sleeper/"), "{plan}");
+
+    let out = deploy(&d, "canary", &bad, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let canary = before[0]["instance"].as_str().unwrap();
+    assert!(err.contains(&format!("instance {canary}: starting jobs")), "{err}");
+    assert!(err.contains("not running after 5000 ms: sleeper/sleeper is"), "{err}");
+    assert!(err.contains("a canary failed; the deploy stops here"), "{err}");
+
+    let after = by_index(&d.instances("canary"));
+    assert_eq!(after[0]["state"], "failing", "{:?}", after[0]);
+    for k in 1..3 {
+        assert_eq!(after[k]["state"], "running");
+        assert_eq!(after[k]["vm_cid"], before[k]["vm_cid"], "instance {k} kept its VM");
+        assert_eq!(pid(&after[k]), pid(&before[k]), "instance {k} was not restarted");
+    }
+    // Fixing the manifest converges: the canary first, then the rest (which have nothing to do).
+    d.ok(&["-n", "-d", "canary", "deploy", ok.to_str().unwrap()]);
+    d.running("canary", 3);
+}
+
+#[test]
+fn a_hanging_drain_fails_after_its_timeout_and_skip_drain_passes_it() {
+    let d = TestDirector::start();
+    d.prepare_with(&d.write("cloud.yml", &local_cloud_config(44)), &testbed_release());
+    let first =
+        d.write("first.yml", &sleeper_manifest("drain", 1, "  script_timeout: 2000", "", "      drain_seconds: 600"));
+    d.ok(&["-n", "-d", "drain", "deploy", first.to_str().unwrap()]);
+    d.running("drain", 1);
+
+    let changed = std::fs::read_to_string(&first).unwrap().replace("message: hello", "message: changed");
+    let changed = d.write("changed.yml", &changed);
+    let started = Instant::now();
+    let out = deploy(&d, "drain", &changed, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("stopping jobs"), "{err}");
+    assert!(err.contains("job `sleeper`: drain did not finish within 2 s and was killed"), "{err}");
+    assert!(started.elapsed() >= Duration::from_secs(2), "the drain ran for its timeout");
+    assert_eq!(d.instances("drain")[0]["state"], "running", "a failed drain leaves the jobs running");
+
+    let out = d.ok(&["-n", "-d", "drain", "deploy", changed.to_str().unwrap(), "--skip-drain"]);
+    assert!(out.contains("skipping pre-stop and drain (--skip-drain)"), "{out}");
+    d.running("drain", 1);
+}
+
+/// Every VM directory of the local CPI with the addresses its settings give it.
+fn vm_addresses(base: &Path) -> Vec<(PathBuf, Vec<String>)> {
+    let Ok(rd) = std::fs::read_dir(base.join("vms")) else { return vec![] };
+    rd.flatten()
+        .filter_map(|e| {
+            let text = std::fs::read_to_string(e.path().join("settings.json")).ok()?;
+            let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+            let ips =
+                v["networks"].as_object()?.values().filter_map(|n| n["ip"].as_str().map(str::to_string)).collect();
+            Some((e.path(), ips))
+        })
+        .collect()
+}
+
+#[test]
+fn create_swap_delete_never_puts_two_vms_on_one_address_and_moves_the_disk() {
+    let d = TestDirector::start();
+    d.prepare_with(&d.write("cloud.yml", &local_cloud_config(45)), &testbed_release());
+    let m = d.write(
+        "csd.yml",
+        &sleeper_manifest("csd", 3, "  vm_strategy: create-swap-delete", "  persistent_disk: 64", ""),
+    );
+    d.ok(&["-n", "-d", "csd", "deploy", m.to_str().unwrap()]);
+    let before = by_index(&d.running("csd", 3));
+
+    let plan = d.ok(&["-d", "csd", "recreate", "--dry-run"]);
+    assert_eq!(
+        plan.matches("recreate: recreate requested; create-swap-delete: the replacement VM takes").count(),
+        3,
+        "{plan}"
+    );
+
+    // Watch the CPI's VMs while the recreate runs: no address may be held by two VMs at once.
+    let base = d.cpi_base();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watching = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let (mut most, mut clashes) = (0usize, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let vms = vm_addresses(&base);
+                most = most.max(vms.len());
+                let mut seen = BTreeSet::new();
+                for (vm, ips) in &vms {
+                    for ip in ips {
+                        if !seen.insert(ip.clone()) {
+                            clashes.push(format!("{ip} held twice (one by {})", vm.display()));
+                        }
+                    }
+                }
+                std::thread::park_timeout(Duration::from_millis(10));
+            }
+            (most, clashes)
+        })
+    };
+    let out = d.ok(&["-n", "-d", "csd", "recreate"]);
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (most, clashes) = watching.join().unwrap();
+    assert!(clashes.is_empty(), "{clashes:?}");
+    assert_eq!(most, 4, "one replacement VM at a time beside the three (max_in_flight 1)");
+    assert_eq!(out.matches("the replacement VM took the old one's place").count(), 3, "{out}");
+
+    let after = by_index(&d.running("csd", 3));
+    assert_eq!(vm_addresses(&d.cpi_base()).len(), 3, "the old VMs are gone");
+    for (b, a) in before.iter().zip(&after) {
+        assert_eq!(a["id"], b["id"], "same instance");
+        assert_ne!(a["vm_cid"], b["vm_cid"], "a new VM");
+        assert_ne!(a["ips"], b["ips"], "create-swap-delete gives the replacement a free address");
+        assert_eq!(a["disk_cids"], b["disk_cids"], "the disk moved to the new VM");
+        let disk = a["disk_cids"][0].as_str().unwrap();
+        assert_eq!(starts_on_disk(&d, disk).len(), 2, "the data on the disk survived the swap");
+    }
+}
+
+#[test]
+fn restart_stop_start_and_hard_stop_act_on_the_instances_named() {
+    let d = TestDirector::start();
+    d.prepare_with(&d.write("cloud.yml", &local_cloud_config(46)), &testbed_release());
+    let m = d.write("cmd.yml", &sleeper_manifest("cmd", 2, "", "  persistent_disk: 64", ""));
+    d.ok(&["-n", "-d", "cmd", "deploy", m.to_str().unwrap()]);
+    let before = by_index(&d.running("cmd", 2));
+
+    d.ok(&["-n", "-d", "cmd", "restart", "sleeper/0"]);
+    let after = by_index(&d.running("cmd", 2));
+    assert_ne!(pid(&after[0]), pid(&before[0]), "restarted");
+    assert_eq!(after[0]["vm_cid"], before[0]["vm_cid"], "on the same VM");
+    assert_eq!(pid(&after[1]), pid(&before[1]), "the other instance was left alone");
+
+    let uuid = before[1]["id"].as_str().unwrap();
+    d.ok(&["-n", "-d", "cmd", "stop", &format!("sleeper/{uuid}")]);
+    let stopped = eventually("sleeper/1 stopped", Duration::from_secs(30), || {
+        let l = by_index(&d.instances("cmd"));
+        (l[1]["state"] == "stopped").then_some(l)
+    });
+    assert_eq!(stopped[0]["state"], "running");
+    // A deploy updates a stopped instance but leaves it stopped.
+    let changed = d.write("changed.yml", &std::fs::read_to_string(&m).unwrap().replace("hello", "bonjour"));
+    d.ok(&["-n", "-d", "cmd", "deploy", changed.to_str().unwrap()]);
+    assert_eq!(by_index(&d.instances("cmd"))[1]["state"], "stopped");
+    d.ok(&["-n", "-d", "cmd", "start", "sleeper/1"]);
+    d.running("cmd", 2);
+
+    // stop --hard: the VM goes, the disk stays; start brings a new VM onto the same disk.
+    let disk = before[1]["disk_cids"][0].as_str().unwrap().to_string();
+    d.ok(&["-n", "-d", "cmd", "stop", "--hard", "sleeper/1"]);
+    let hard = by_index(&d.instances("cmd"));
+    assert_eq!(hard[1]["state"], "detached");
+    assert!(hard[1]["vm_cid"].is_null());
+    assert_eq!(hard[1]["disk_cids"][0], disk.as_str());
+    assert!(d.run(&["-d", "cmd", "deploy", changed.to_str().unwrap(), "--dry-run"]).status.success());
+    let plan = d.ok(&["-d", "cmd", "deploy", changed.to_str().unwrap(), "--dry-run"]);
+    assert!(plan.contains("No changes."), "a detached instance stays detached through deploys: {plan}");
+    d.ok(&["-n", "-d", "cmd", "start", "sleeper/1"]);
+    let back = by_index(&d.running("cmd", 2));
+    assert_ne!(back[1]["vm_cid"], before[1]["vm_cid"]);
+    assert_eq!(back[1]["ips"], before[1]["ips"], "same address");
+    assert_eq!(back[1]["disk_cids"][0], disk.as_str(), "same disk");
+    let starts = starts_on_disk(&d, &disk);
+    assert_eq!(starts.last().map(String::as_str), Some(format!("{uuid} bonjour").as_str()), "{starts:?}");
+
+    // Naming an instance that does not exist changes nothing and says what is wrong.
+    let err = d.fails(2, &["-n", "-d", "cmd", "restart", "sleeper/7"]);
+    assert!(err.contains("no instance of the deployment matches `sleeper/7`"), "{err}");
+    let err = d.fails(2, &["-n", "-d", "cmd", "restart", "sleeper/not a uuid"]);
+    assert!(err.contains("is not `group`, `group/uuid` or `group/index`"), "{err}");
+}
