@@ -631,6 +631,9 @@ struct DirectorArgs {
     /// How long an orphaned persistent disk is kept before it is deleted, in seconds (BOSH: 5 days).
     #[arg(long, default_value_t = 5 * 24 * 3600)]
     orphaned_disk_retention: u64,
+    /// Grow persistent disks through the CPI's resize_disk where it can, instead of copying.
+    #[arg(long)]
+    enable_cpi_resize_disk: bool,
 }
 
 async fn run_director(args: &DirectorArgs) -> Result<()> {
@@ -661,6 +664,7 @@ async fn run_director(args: &DirectorArgs) -> Result<()> {
         heartbeat_interval: Duration::from_millis(heartbeat_interval_ms),
         agent_wait_timeout: Duration::from_secs(agent_wait_timeout),
         orphaned_disk_retention: Duration::from_secs(args.orphaned_disk_retention),
+        cpi_resize_disk: args.enable_cpi_resize_disk,
     };
     let running = bosun_director::start(config, cpi).await?;
     print!("{}", std::fs::read_to_string(&running.env_file)?);

@@ -4,7 +4,9 @@
 //! `max_in_flight` — recording every outcome in the store as it happens.
 
 use crate::hub::HubError;
-use crate::planner::{plan, DiskPlan, GroupPlan, InstancePlan, Plan, PlanningInput, Requests};
+use crate::planner::{
+    plan, DiskPlan, GroupPlan, InstancePlan, Plan, PlanningInput, Requests, DEFAULT_SCRIPT_TIMEOUT_MS,
+};
 use crate::records::{
     instance_key, now_secs, AgentRecord, CloudConfigRecord, DeploymentRecord, DesiredState, InstanceRecord,
     OrphanedDiskRecord, ReleaseRecord, StemcellRecord, VmRecord,
@@ -418,16 +420,17 @@ pub async fn execute(
         deletes_by_group.entry(rec.group.as_str()).or_default().push(rec);
     }
     for (group, recs) in deletes_by_group {
-        let in_flight = plan
-            .groups
-            .iter()
-            .find(|g| g.name == group)
-            .map(|g| g.update.max_in_flight_for(recs.len()))
-            .unwrap_or(recs.len());
+        let group_plan = plan.groups.iter().find(|g| g.name == group);
+        let in_flight = group_plan.map(|g| g.update.max_in_flight_for(recs.len())).unwrap_or(recs.len());
+        let timeout =
+            Duration::from_millis(group_plan.map(|g| g.script_timeout_ms).unwrap_or(DEFAULT_SCRIPT_TIMEOUT_MS));
+        // Highest index first, as the scale-in took them.
+        let mut recs = recs;
+        recs.sort_by_key(|r| std::cmp::Reverse(r.index));
         for chunk in recs.chunks(in_flight.max(1)) {
             let runs = chunk.iter().map(|rec| {
                 task.info("delete", Some(&rec.name()), "deleting instance (no longer in the manifest)");
-                delete_instance(d, task, (*rec).clone(), NEXT_SCALE_IN, DiskFate::Orphan, opts)
+                delete_instance(d, task, (*rec).clone(), NEXT_SCALE_IN, DiskFate::Orphan, timeout, opts)
             });
             for r in futures::future::join_all(runs).await {
                 r?;
@@ -843,7 +846,7 @@ async fn migrate_disk(
 ) -> Result<(), StepError> {
     let vm = rec.vm.clone().expect("has a VM");
     let Some(old) = rec.disk_cids.first().cloned() else { return Ok(()) };
-    if !type_changed && to_mb > from_mb {
+    if d.config.cpi_resize_disk && !type_changed && to_mb > from_mb {
         match d.cpi.resize_disk(&old, to_mb).await {
             Ok(()) => {
                 task.info("disk", Some(&rec.name()), format!("resized disk {old}: {from_mb} → {to_mb} MiB"));
@@ -1242,18 +1245,22 @@ async fn delete_instance(
     mut rec: InstanceRecord,
     next: NextState,
     disks: DiskFate,
+    timeout: Duration,
     opts: ExecOptions,
 ) -> Result<(), DeployError> {
     let name = rec.name();
-    let timeout = Duration::from_secs(300);
     let how = StopHow { next, shutdown: true, next_disk_mb: 0, skip_drain: opts.skip_drain, tolerant: true };
-    if let Err(e) = stop_jobs(d, task, &rec, how, timeout).await {
-        // An instance that is going away must not be kept alive by a failing script.
-        task.warn(
+    match stop_jobs(d, task, &rec, how, timeout).await {
+        Ok(()) => {}
+        // Deleting the whole deployment: a failing script must not keep it alive.
+        Err(e) if disks == DiskFate::Delete => task.warn(
             "stop",
             Some(&name),
             format!("stopping before delete failed, deleting anyway: {}", crate::api::error_chain(&e)),
-        );
+        ),
+        // Scale-in: the drain may have to hand work over (an etcd member leaving its cluster);
+        // deleting the VM regardless could cost the rest their quorum. `--skip-drain` overrides.
+        Err(e) => return Err(step(&name, "stopping jobs before the instance is deleted")(e)),
     }
     if let Some(replacement) = rec.replacement_vm.take() {
         // A create-swap-delete that never finished: its VM goes too.
@@ -1306,7 +1313,15 @@ pub async fn delete_deployment(d: &Arc<Director>, task: &Task, deployment: &str)
     let n = instances.len();
     let runs = instances.into_iter().map(|rec| {
         task.info("delete", Some(&rec.name()), "deleting instance");
-        delete_instance(d, task, rec, NEXT_DELETE_DEPLOYMENT, DiskFate::Delete, ExecOptions::default())
+        delete_instance(
+            d,
+            task,
+            rec,
+            NEXT_DELETE_DEPLOYMENT,
+            DiskFate::Delete,
+            Duration::from_millis(DEFAULT_SCRIPT_TIMEOUT_MS),
+            ExecOptions::default(),
+        )
     });
     for r in futures::future::join_all(runs).await {
         r?;

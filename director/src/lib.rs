@@ -43,6 +43,9 @@ pub struct DirectorConfig {
     pub agent_wait_timeout: Duration,
     /// How long an orphaned persistent disk is kept before the director deletes it.
     pub orphaned_disk_retention: Duration,
+    /// Grow persistent disks with the CPI's `resize_disk` instead of copying to a new disk (BOSH's
+    /// `enable_cpi_resize_disk`, off by default there too: a copy also works across disk types).
+    pub cpi_resize_disk: bool,
 }
 
 #[derive(Debug, thiserror::Error)]

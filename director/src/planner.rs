@@ -148,7 +148,8 @@ pub struct GroupPlan {
     pub script_timeout_ms: u64,
 }
 
-const DEFAULT_SCRIPT_TIMEOUT_MS: u64 = 300_000;
+/// A lifecycle script's time limit when neither the manifest nor the job spec gives one.
+pub const DEFAULT_SCRIPT_TIMEOUT_MS: u64 = 300_000;
 
 #[derive(Debug, Clone)]
 pub struct Plan {
