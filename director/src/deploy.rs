@@ -1050,7 +1050,11 @@ async fn run_script_within(
             left + Duration::from_secs(30),
         )
         .await?;
-    check_scripts(script, v, timeout)
+    let results = check_scripts(script, v, timeout)?;
+    for r in &results {
+        tracing::info!(agent_id, job = %r.job, %script, duration_ms = r.duration_ms, "script finished");
+    }
+    Ok(results)
 }
 
 /// Applies the plan's spec; when `watch` is given also runs pre-start, starts the jobs, waits
@@ -1084,11 +1088,12 @@ async fn apply_and_start(
     Ok(())
 }
 
-/// BOSH's watch schedule: first look at `min`, then every (max − min)/9 (¼ s to 15 s) until every
-/// process runs or `max` has passed.
+/// The watch time: first look at `min`, then every half second until every process runs or `max`
+/// has passed. (BOSH looks every (max − min)/9, at least 1 s: with a long range that means waiting
+/// up to minutes after the jobs run; asking an agent is cheap, so bosun asks often.)
 async fn wait_running(d: &Director, agent_id: &str, (min_ms, max_ms): (u64, u64)) -> Result<(), StepError> {
     let start = tokio::time::Instant::now();
-    let step = Duration::from_millis(((max_ms.saturating_sub(min_ms)) / 9).clamp(250, 15_000));
+    let step = Duration::from_millis(500);
     tokio::time::sleep(Duration::from_millis(min_ms)).await;
     loop {
         let v = d.hub.call(agent_id, AgentCommand::GetState, COMMAND_TIMEOUT).await?;

@@ -260,7 +260,7 @@ impl Drop for TestDirector {
             let _ = c.kill();
             let _ = c.wait();
         }
-        if std::thread::panicking() {
+        if std::thread::panicking() || std::env::var_os("BOSUN_KEEP_TEST_STATE").is_some() {
             // Keep the evidence: the director's and agents' logs.
             let kept = self.dir.path().to_path_buf();
             eprintln!("test failed; director state kept in {}", kept.display());
