@@ -143,11 +143,23 @@ impl Client {
     }
 
     pub async fn post_text<T: DeserializeOwned>(&self, path: &str, body: String) -> Result<T> {
+        self.text_body(reqwest::Method::POST, path, body).await
+    }
+
+    pub async fn put_text<T: DeserializeOwned>(&self, path: &str, body: String) -> Result<T> {
+        self.text_body(reqwest::Method::PUT, path, body).await
+    }
+
+    async fn text_body<T: DeserializeOwned>(&self, method: reqwest::Method, path: &str, body: String) -> Result<T> {
         Ok(self
-            .send(self.request(reqwest::Method::POST, path).header("content-type", "application/yaml").body(body))
+            .send(self.request(method, path).header("content-type", "application/yaml").body(body))
             .await?
             .json()
             .await?)
+    }
+
+    pub async fn put_json<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
+        Ok(self.send(self.request(reqwest::Method::PUT, path).json(body)).await?.json().await?)
     }
 
     pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T> {

@@ -159,6 +159,47 @@ enum Command {
     /// Delete an orphaned persistent disk now.
     #[command(after_help = "Example:\n  bosun delete-disk disk-3f1c0e8a -n")]
     DeleteDisk { disk_cid: String },
+    /// The event timeline: tasks, instance state changes, health findings, resurrections, cck.
+    #[command(after_help = "Example:\n  bosun -d quickstart events --instance etcd/0c3e --since 1h")]
+    Events {
+        /// `group/uuid` or a prefix of it (`group`).
+        #[arg(long)]
+        instance: Option<String>,
+        #[arg(long)]
+        task: Option<u64>,
+        /// Only newer events: a duration ago (`90s`, `1h`) or an RFC 3339 time.
+        #[arg(long, value_parser = parse_time_ms)]
+        since: Option<u64>,
+        /// Only older events: a duration ago or an RFC 3339 time.
+        #[arg(long, value_parser = parse_time_ms)]
+        before: Option<u64>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Turn resurrection on or off, for the director or (with -d) one deployment.
+    #[command(after_help = "Example:\n  bosun -d quickstart update-resurrection off")]
+    UpdateResurrection {
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+    },
+    /// Upload resurrection rules: `rules: [{enabled, include: {deployments, instance_groups}, exclude: …}]`.
+    #[command(after_help = "Example:\n  bosun update-resurrection-config manifests/resurrection.yml")]
+    UpdateResurrectionConfig { file: PathBuf },
+    /// Cloud check: find what differs between the director's records and the cloud, and repair it.
+    #[command(
+        after_help = "Example:\n  bosun -d quickstart cck --report\n  bosun -d quickstart cck --resolution missing_vm=recreate_vm"
+    )]
+    Cck {
+        /// Apply each problem's default resolution.
+        #[arg(long)]
+        auto: bool,
+        /// Only list the problems (exit 1 when there are any).
+        #[arg(long, conflicts_with = "auto")]
+        report: bool,
+        /// `KIND=RESOLUTION` for every problem of that kind (e.g. `orphan_vm=delete_vm`).
+        #[arg(long, value_name = "KIND=RESOLUTION")]
+        resolution: Vec<String>,
+    },
     /// List deployments.
     #[command(after_help = "Example:\n  bosun deployments")]
     Deployments,
@@ -524,6 +565,70 @@ async fn run(cli: Cli) -> Result<()> {
             }
             c.follow_task(*id, false).await.map(|_| ())
         }
+        Command::Events { instance, task, since, before, limit } => {
+            let mut q = vec![format!("limit={limit}")];
+            if let Some(d) = &cli.deployment {
+                q.push(format!("deployment={d}"));
+            }
+            if let Some(i) = instance {
+                q.push(format!("instance={i}"));
+            }
+            if let Some(t) = task {
+                q.push(format!("task={t}"));
+            }
+            if let Some(s) = since {
+                q.push(format!("since_ms={s}"));
+            }
+            if let Some(b) = before {
+                q.push(format!("before_ms={b}"));
+            }
+            let v: Vec<EventView> = client(&cli)?.get(&format!("/v1/events?{}", q.join("&"))).await?;
+            if cli.json {
+                return print_json(&v);
+            }
+            let rows: Vec<Vec<String>> = v
+                .iter()
+                .map(|e| {
+                    vec![
+                        e.id.to_string(),
+                        output::unix_time(e.time_ms / 1000),
+                        e.action.clone(),
+                        format!("{} {}", e.object_type, e.object_name),
+                        e.deployment.clone().unwrap_or_else(|| "-".into()),
+                        e.task.map(|t| t.to_string()).unwrap_or_else(|| "-".into()),
+                        e.cause.clone(),
+                        e.message.clone(),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                output::table(&["ID", "Time", "Action", "Object", "Deployment", "Task", "Cause", "Message"], &rows)
+            );
+            Ok(())
+        }
+        Command::UpdateResurrection { state } => {
+            let req = ResurrectionSwitch { deployment: cli.deployment.clone(), enabled: state == "on" };
+            let _: serde_json::Value = client(&cli)?.put_json("/v1/resurrection", &req).await?;
+            eprintln!(
+                "Resurrection {state} for {}",
+                cli.deployment.as_deref().map(|d| format!("deployment '{d}'")).unwrap_or_else(|| "the director".into())
+            );
+            Ok(())
+        }
+        Command::UpdateResurrectionConfig { file } => {
+            let text =
+                std::fs::read_to_string(file).map_err(|e| InputError::new(format!("{}: {e}", file.display())))?;
+            bosun_types::yaml::parse_value(&file.display().to_string(), &text)
+                .map_err(|e| InputError::new(e.to_string()))?;
+            let v: serde_json::Value = client(&cli)?.put_text("/v1/resurrection/config", text).await?;
+            if cli.json {
+                return print_json(&v);
+            }
+            eprintln!("Resurrection config updated ({} rule(s))", v["rules"].as_array().map(Vec::len).unwrap_or(0));
+            Ok(())
+        }
+        Command::Cck { auto, report, resolution } => cck(&cli, *auto, *report, resolution).await,
         Command::Recreate(args) => instance_command(&cli, InstanceCommand::Recreate, args, false).await,
         Command::Restart(args) => instance_command(&cli, InstanceCommand::Restart, args, false).await,
         Command::Stop { args, hard } => instance_command(&cli, InstanceCommand::Stop, args, *hard).await,
@@ -634,6 +739,18 @@ struct DirectorArgs {
     /// Grow persistent disks through the CPI's resize_disk where it can, instead of copying.
     #[arg(long)]
     enable_cpi_resize_disk: bool,
+    /// Heartbeats an agent may miss before it is unresponsive.
+    #[arg(long, default_value_t = 3)]
+    missed_heartbeats: u32,
+    /// Meltdown: at least this many instances of a deployment turned unhealthy ...
+    #[arg(long, default_value_t = 5)]
+    meltdown_min_instances: usize,
+    /// ... and at least this percentage of them ...
+    #[arg(long, default_value_t = 20)]
+    meltdown_percent: u32,
+    /// ... within this many seconds stops resurrection for the deployment.
+    #[arg(long, default_value_t = 600)]
+    meltdown_window: u64,
 }
 
 async fn run_director(args: &DirectorArgs) -> Result<()> {
@@ -665,6 +782,12 @@ async fn run_director(args: &DirectorArgs) -> Result<()> {
         agent_wait_timeout: Duration::from_secs(agent_wait_timeout),
         orphaned_disk_retention: Duration::from_secs(args.orphaned_disk_retention),
         cpi_resize_disk: args.enable_cpi_resize_disk,
+        missed_heartbeats: args.missed_heartbeats,
+        meltdown: bosun_director::health::MeltdownConfig {
+            min_instances: args.meltdown_min_instances,
+            percent: args.meltdown_percent,
+            window: Duration::from_secs(args.meltdown_window),
+        },
     };
     let running = bosun_director::start(config, cpi).await?;
     print!("{}", std::fs::read_to_string(&running.env_file)?);
@@ -745,4 +868,92 @@ async fn instance_command(cli: &Cli, command: InstanceCommand, args: &InstanceCo
     }
     let t: TaskCreated = c.post_json(&format!("/v1/deployments/{d}/instance-commands"), &request).await?;
     c.follow_task(t.task_id, cli.json).await.map(|_| ())
+}
+
+/// `--since 1h`, `--since 90s` or `--since 2026-11-21T10:00:00Z`, as Unix milliseconds.
+fn parse_time_ms(s: &str) -> Result<u64, String> {
+    let now = std::time::SystemTime::now();
+    let t = match humantime::parse_duration(s) {
+        Ok(ago) => now.checked_sub(ago).ok_or("too long ago")?,
+        Err(_) => humantime::parse_rfc3339_weak(s)
+            .map_err(|_| format!("`{s}` is neither a duration (`90s`, `1h`) nor an RFC 3339 time"))?,
+    };
+    Ok(t.duration_since(std::time::UNIX_EPOCH).map_err(|e| e.to_string())?.as_millis() as u64)
+}
+
+/// Lists a deployment's problems, then resolves them: `--report` stops after the list, `--auto`
+/// takes the defaults, `--resolution KIND=RES` picks per kind, otherwise each is asked for.
+async fn cck(cli: &Cli, auto: bool, report: bool, resolution: &[String]) -> Result<()> {
+    let d = deployment(cli)?;
+    let c = client(cli)?;
+    let mut by_kind = std::collections::BTreeMap::new();
+    for r in resolution {
+        let (k, v) =
+            r.split_once('=').ok_or_else(|| InputError::new(format!("--resolution `{r}`: write KIND=RESOLUTION")))?;
+        by_kind.insert(k.to_string(), v.to_string());
+    }
+    let problems: Vec<ProblemView> = c.get(&format!("/v1/deployments/{d}/problems")).await?;
+    if cli.json && report {
+        print_json(&problems)?;
+    } else {
+        let rows: Vec<Vec<String>> = problems
+            .iter()
+            .enumerate()
+            .map(|(n, p)| vec![(n + 1).to_string(), p.kind.clone(), p.description.clone(), p.resolutions.join(", ")])
+            .collect();
+        eprint!("{}", output::table(&["#", "Type", "Description", "Resolutions (first: default)"], &rows));
+    }
+    if report {
+        if problems.is_empty() {
+            return Ok(());
+        }
+        return Err(anyhow::anyhow!("{} problem(s) found", problems.len()));
+    }
+    if problems.is_empty() {
+        eprintln!("No problems.");
+        return Ok(());
+    }
+    let mut picks = std::collections::BTreeMap::new();
+    for p in &problems {
+        let choice = if let Some(r) = by_kind.get(&p.kind) {
+            if !p.resolutions.contains(r) {
+                return Err(InputError::new(format!(
+                    "--resolution {}={r}: choose from {}",
+                    p.kind,
+                    p.resolutions.join(", ")
+                ))
+                .into());
+            }
+            r.clone()
+        } else if auto || cli.non_interactive {
+            p.resolutions[0].clone()
+        } else {
+            ask_resolution(p)?
+        };
+        picks.insert(p.id.clone(), choice);
+    }
+    let t: TaskCreated =
+        c.post_json(&format!("/v1/deployments/{d}/problems/resolve"), &ResolveRequest { resolutions: picks }).await?;
+    c.follow_task(t.task_id, cli.json).await.map(|_| ())
+}
+
+fn ask_resolution(p: &ProblemView) -> Result<String> {
+    use std::io::{BufRead, Write};
+    eprintln!("\n{}", p.description);
+    for (n, r) in p.resolutions.iter().enumerate() {
+        eprintln!("  {}: {r}", n + 1);
+    }
+    eprint!("Resolution [1]: ");
+    std::io::stderr().flush()?;
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    let line = line.trim();
+    if line.is_empty() {
+        return Ok(p.resolutions[0].clone());
+    }
+    line.parse::<usize>()
+        .ok()
+        .and_then(|n| p.resolutions.get(n.wrapping_sub(1)))
+        .cloned()
+        .ok_or_else(|| InputError::new(format!("`{line}` is not one of 1-{}", p.resolutions.len())).into())
 }

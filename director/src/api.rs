@@ -15,7 +15,7 @@ use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use bosun_types::api::*;
 use futures::StreamExt;
@@ -93,6 +93,11 @@ pub fn router(d: Arc<Director>) -> Router {
         .route("/v1/deployments/{name}/instance-commands", post(instance_command))
         .route("/v1/deployments/{name}/instance-commands/plan", post(instance_command_plan))
         .route("/v1/disks/orphaned", get(list_orphaned_disks))
+        .route("/v1/events", get(list_events))
+        .route("/v1/resurrection", get(get_resurrection).put(switch_resurrection))
+        .route("/v1/resurrection/config", put(update_resurrection_config))
+        .route("/v1/deployments/{name}/problems", get(list_problems))
+        .route("/v1/deployments/{name}/problems/resolve", post(resolve_problems))
         .route("/v1/disks/{cid}", delete(delete_disk))
         .route("/v1/tasks", get(list_tasks))
         .route("/v1/tasks/{id}", get(get_task))
@@ -505,6 +510,99 @@ async fn instance_command(
     let description = format!("{}{} {what}", req.command, if req.hard { " --hard" } else { "" });
     let opts = deploy::ExecOptions { skip_drain: req.overrides.skip_drain };
     start_update(d, &name, description, manifest, requests, opts).await
+}
+
+async fn list_events(
+    State(d): Shared,
+    Query(f): Query<crate::events::EventFilter>,
+) -> Result<Json<Vec<EventView>>, ApiError> {
+    Ok(Json(d.events.list(&f)?))
+}
+
+async fn get_resurrection(State(d): Shared) -> Result<Json<crate::health::ResurrectionConfig>, ApiError> {
+    Ok(Json(crate::health::ResurrectionConfig::load(&d)?))
+}
+
+async fn switch_resurrection(
+    State(d): Shared,
+    Json(req): Json<ResurrectionSwitch>,
+) -> Result<Json<crate::health::ResurrectionConfig>, ApiError> {
+    let mut c = crate::health::ResurrectionConfig::load(&d)?;
+    match &req.deployment {
+        Some(dep) => {
+            deployment_record(&d, dep)?;
+            c.deployments.insert(dep.clone(), req.enabled);
+        }
+        None => c.enabled = Some(req.enabled),
+    }
+    c.save(&d)?;
+    d.state.flush().await?;
+    let subject = match &req.deployment {
+        Some(dep) => crate::events::EventSubject::deployment(dep),
+        None => crate::events::EventSubject {
+            object_type: "director",
+            object_name: d.config.name.clone(),
+            ..Default::default()
+        },
+    };
+    d.events.record(
+        subject,
+        "update_resurrection",
+        "operator",
+        format!("resurrection {}", if req.enabled { "on" } else { "off" }),
+    );
+    Ok(Json(c))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResurrectionRules {
+    #[serde(default)]
+    rules: Vec<crate::health::ResurrectionRule>,
+}
+
+async fn update_resurrection_config(
+    State(d): Shared,
+    body: String,
+) -> Result<Json<crate::health::ResurrectionConfig>, ApiError> {
+    let parsed: ResurrectionRules =
+        bosun_types::yaml::from_str("resurrection config", &body).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let mut c = crate::health::ResurrectionConfig::load(&d)?;
+    c.rules = parsed.rules;
+    c.save(&d)?;
+    d.state.flush().await?;
+    d.events.record(
+        crate::events::EventSubject {
+            object_type: "director",
+            object_name: d.config.name.clone(),
+            ..Default::default()
+        },
+        "update_resurrection_config",
+        "operator",
+        format!("{} resurrection rule(s)", c.rules.len()),
+    );
+    Ok(Json(c))
+}
+
+async fn list_problems(State(d): Shared, Path(name): Path<String>) -> Result<Json<Vec<ProblemView>>, ApiError> {
+    deployment_record(&d, &name)?;
+    let problems = crate::cck::scan(&d, &name).await.map_err(|e| ApiError::internal(&e))?;
+    Ok(Json(problems.into_iter().map(|p| p.view).collect()))
+}
+
+async fn resolve_problems(
+    State(d): Shared,
+    Path(name): Path<String>,
+    Json(req): Json<ResolveRequest>,
+) -> Result<Json<TaskCreated>, ApiError> {
+    deployment_record(&d, &name)?;
+    let task = d.tasks.create(&format!("cck {name}"), Some(&name), true)?;
+    let id = task.id;
+    tokio::spawn(async move {
+        let outcome = crate::cck::resolve(&d, &task, &name, &req.resolutions).await;
+        task.finish(outcome).await;
+    });
+    Ok(Json(TaskCreated { task_id: id }))
 }
 
 async fn list_orphaned_disks(State(d): Shared) -> Result<Json<Vec<OrphanedDiskView>>, ApiError> {

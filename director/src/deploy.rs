@@ -3,6 +3,7 @@
 //! deletes first, then each instance group in order, canaries first, then batches of
 //! `max_in_flight` — recording every outcome in the store as it happens.
 
+use crate::events::EventSubject;
 use crate::hub::HubError;
 use crate::planner::{
     plan, DiskPlan, GroupPlan, InstancePlan, Plan, PlanningInput, Requests, DEFAULT_SCRIPT_TIMEOUT_MS,
@@ -551,6 +552,7 @@ async fn converge_instance(
         .unwrap_or_else(|| fresh_record(deployment, i));
     let label = format!("{}{} ({})", if canary { "canary " } else { "" }, i.action, i.reasons.join("; "));
     task.info("update", Some(&name), label);
+    instance_event(task, &rec, &i.action.to_string(), i.reasons.join("; "));
     if !rec.dirty {
         rec.dirty = true;
         d.state.put(Tree::Instances, &rec.key(), &rec)?;
@@ -586,6 +588,7 @@ async fn converge_instance(
             d.state.put(Tree::Instances, &rec.key(), &rec)?;
             d.state.flush().await?;
             task.info("update", Some(&name), "stopped");
+            instance_event(task, &rec, "stopped", "jobs stopped");
             return Ok(());
         }
         InstanceAction::Detach => {
@@ -598,6 +601,7 @@ async fn converge_instance(
             d.state.put(Tree::Instances, &rec.key(), &rec)?;
             d.state.flush().await?;
             task.info("update", Some(&name), "detached: VM deleted, persistent disk kept");
+            instance_event(task, &rec, "detached", "VM deleted, persistent disk kept");
             return Ok(());
         }
         InstanceAction::Recreate if i.create_swap_delete => {
@@ -631,8 +635,15 @@ async fn converge_instance(
     apply_and_start(d, task, &mut rec, i, start.then_some(watch), timeout)
         .await
         .map_err(step(&name, if start { "starting jobs" } else { "applying the spec" }))?;
-    task.info("update", Some(&name), if start { "running" } else { "applied; jobs left stopped" });
+    let outcome = if start { "running" } else { "applied; jobs left stopped" };
+    task.info("update", Some(&name), outcome);
+    instance_event(task, &rec, if start { "running" } else { "stopped" }, outcome);
     Ok(())
+}
+
+/// An instance's state change on the event timeline, caused by `task`.
+fn instance_event(task: &Task, rec: &InstanceRecord, action: &str, message: impl Into<String>) {
+    task.record(EventSubject::instance(&rec.deployment, &rec.name()), action, message);
 }
 
 fn vm_tags(d: &Director, deployment: &str, rec: &InstanceRecord) -> BTreeMap<String, String> {
@@ -717,6 +728,7 @@ async fn create_vm_for(
             Err(e) => return Err(e.into()),
         }
     };
+    crate::fault::crash_point("after_create_vm");
     let vm = VmRecord { cid: vm_cid.clone(), agent_id, stemcell_cid: i.stemcell.cid.clone(), created_at: now_secs() };
     if replacement {
         rec.replacement_vm = Some(vm);
@@ -729,11 +741,9 @@ async fn create_vm_for(
         Ok(()) | Err(CpiError::NotImplemented(_)) => {}
         Err(e) => task.warn("create", Some(&rec.name()), format!("set_vm_metadata failed: {e}")),
     }
-    task.info(
-        "create",
-        Some(&rec.name()),
-        format!("created {}VM {vm_cid}", if replacement { "replacement " } else { "" }),
-    );
+    let what = format!("created {}VM {vm_cid}", if replacement { "replacement " } else { "" });
+    task.info("create", Some(&rec.name()), &what);
+    instance_event(task, rec, "create_vm", what);
     Ok(())
 }
 
@@ -829,6 +839,7 @@ fn orphan_disk(
         },
     )?;
     task.info("disk", Some(&rec.name()), format!("orphaned disk {disk} ({reason})"));
+    instance_event(task, rec, "orphan_disk", format!("orphaned disk {disk} ({reason})"));
     Ok(())
 }
 
@@ -1072,6 +1083,7 @@ async fn apply_and_start(
     let (spec, digests) = build_spec(d, rec, i, generation)?;
     d.hub.allow_blobs(&agent_id, digests);
     d.hub.call(&agent_id, AgentCommand::Apply { spec: Box::new(spec) }, APPLY_TIMEOUT).await?;
+    crate::fault::crash_point("after_apply");
     rec.generation = generation;
     d.state.put(Tree::Instances, &rec.key(), rec)?;
     task.info("update", Some(&rec.name()), format!("applied spec generation {generation}"));
@@ -1227,6 +1239,8 @@ async fn delete_vm_of(d: &Arc<Director>, task: &Task, rec: &mut InstanceRecord) 
         }
         Err(e) => return Err(e.into()),
     }
+    crate::fault::crash_point("after_delete_vm");
+    instance_event(task, rec, "delete_vm", format!("deleted VM {}", vm.cid));
     d.hub.forget(&vm.agent_id);
     d.state.delete(Tree::Agents, &vm.agent_id)?;
     rec.vm = None;
@@ -1291,6 +1305,7 @@ async fn delete_instance(
     }
     d.state.delete(Tree::Instances, &rec.key())?;
     d.state.flush().await?;
+    instance_event(task, &rec, "delete", "instance deleted");
     Ok(())
 }
 

@@ -34,6 +34,8 @@ pub enum HubError {
     Failed { agent: String, command: &'static str, message: String },
     #[error("agent `{agent}` did not connect within {seconds} s")]
     NeverConnected { agent: String, seconds: u64 },
+    #[error("journaling `{command}` for agent `{agent}`: {message}")]
+    Journal { agent: String, command: &'static str, message: String },
 }
 
 /// What the director last heard from an agent.
@@ -57,7 +59,12 @@ struct Connection {
 pub struct AgentHub {
     state: State,
     blobstore: crate::blobstore::Blobstore,
+    journal: crate::journal::Journal,
     heartbeat_interval: Duration,
+    /// Heartbeats an agent may miss before it counts as unresponsive.
+    missed_heartbeats: u32,
+    /// When this director started: the last sign of life of an agent not heard from since.
+    started: Instant,
     connections: Mutex<HashMap<String, Arc<Connection>>>,
     status: Mutex<HashMap<String, AgentStatus>>,
     allowed_blobs: Mutex<HashMap<String, HashSet<String>>>,
@@ -66,11 +73,20 @@ pub struct AgentHub {
 }
 
 impl AgentHub {
-    pub fn new(state: State, blobstore: crate::blobstore::Blobstore, heartbeat_interval: Duration) -> Arc<Self> {
+    pub fn new(
+        state: State,
+        blobstore: crate::blobstore::Blobstore,
+        journal: crate::journal::Journal,
+        heartbeat_interval: Duration,
+        missed_heartbeats: u32,
+    ) -> Arc<Self> {
         Arc::new(Self {
             state,
             blobstore,
+            journal,
             heartbeat_interval,
+            missed_heartbeats,
+            started: Instant::now(),
             connections: Mutex::new(HashMap::new()),
             status: Mutex::new(HashMap::new()),
             allowed_blobs: Mutex::new(HashMap::new()),
@@ -89,7 +105,21 @@ impl AgentHub {
 
     /// Whether the agent has been heard from within three heartbeat intervals.
     pub fn is_responsive(&self, agent_id: &str) -> bool {
-        self.status(agent_id).is_some_and(|s| s.connected && s.last_seen.elapsed() < self.heartbeat_interval * 3)
+        self.status(agent_id).is_some_and(|s| s.connected && s.last_seen.elapsed() < self.unresponsive_after())
+    }
+
+    /// Silence longer than this makes an agent unresponsive.
+    pub fn unresponsive_after(&self) -> Duration {
+        self.heartbeat_interval * self.missed_heartbeats
+    }
+
+    /// How long the agent has been silent: since its last message, or, if this director has not
+    /// heard from it, since the later of the director's start and `not_before` (its VM's creation).
+    pub fn silent_for(&self, agent_id: &str, not_before: Instant) -> Duration {
+        match self.status(agent_id) {
+            Some(s) => s.last_seen.elapsed(),
+            None => not_before.max(self.started).elapsed(),
+        }
     }
 
     /// Records a state the director fetched itself (`get_state`), fresher than the last heartbeat.
@@ -133,6 +163,29 @@ impl AgentHub {
         timeout: Duration,
     ) -> Result<serde_json::Value, HubError> {
         let name = command.name();
+        // Commands that change something are journaled; reading state is not.
+        let intent = match command {
+            AgentCommand::GetState => None,
+            _ => Some(self.journal.begin(name, agent_id).await.map_err(|e| HubError::Journal {
+                agent: agent_id.to_string(),
+                command: name,
+                message: e.to_string(),
+            })?),
+        };
+        let out = self.send(agent_id, name, command, timeout).await;
+        if let Some(id) = intent {
+            self.journal.end(id);
+        }
+        out
+    }
+
+    async fn send(
+        &self,
+        agent_id: &str,
+        name: &'static str,
+        command: AgentCommand,
+        timeout: Duration,
+    ) -> Result<serde_json::Value, HubError> {
         let conn = self
             .connections
             .lock()

@@ -7,10 +7,16 @@
 
 pub mod api;
 pub mod blobstore;
+pub mod cck;
 pub mod deploy;
 pub mod disks;
+pub mod events;
+pub mod fault;
+pub mod health;
 pub mod hub;
+pub mod journal;
 pub mod planner;
+pub mod reconcile;
 pub mod records;
 pub mod render;
 pub mod secrets;
@@ -46,6 +52,9 @@ pub struct DirectorConfig {
     /// Grow persistent disks with the CPI's `resize_disk` instead of copying to a new disk (BOSH's
     /// `enable_cpi_resize_disk`, off by default there too: a copy also works across disk types).
     pub cpi_resize_disk: bool,
+    /// Heartbeats an agent may miss before it is unresponsive (3; with 2 s heartbeats, 6 s).
+    pub missed_heartbeats: u32,
+    pub meltdown: health::MeltdownConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -130,6 +139,8 @@ pub struct Director {
     pub hub: Arc<hub::AgentHub>,
     pub blobstore: blobstore::Blobstore,
     pub tasks: tasks::Tasks,
+    pub events: events::Events,
+    pub journal: journal::Journal,
     pub ca: CertAuthority,
     pub secrets: secrets::SecretBox,
     pub token: String,
@@ -204,12 +215,21 @@ pub async fn start(config: DirectorConfig, cpi: Arc<dyn Cpi>) -> Result<RunningD
         }
     };
     let blobstore = blobstore::Blobstore::open(&dir.join("blobs"))?;
-    let tasks = tasks::Tasks::new(state.clone());
+    let events = events::Events::new(state.clone());
+    let tasks = tasks::Tasks::new(state.clone(), events.clone());
     let interrupted = tasks.recover_after_restart()?;
     if interrupted > 0 {
         tracing::warn!(interrupted, "marked tasks interrupted by the last stop as failed");
     }
-    let hub = hub::AgentHub::new(state.clone(), blobstore.clone(), config.heartbeat_interval);
+    let journal = journal::Journal::new(state.clone());
+    let cpi: Arc<dyn Cpi> = Arc::new(journal::JournaledCpi::new(cpi, journal.clone()));
+    let hub = hub::AgentHub::new(
+        state.clone(),
+        blobstore.clone(),
+        journal.clone(),
+        config.heartbeat_interval,
+        config.missed_heartbeats.max(1),
+    );
 
     let api_listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -268,13 +288,27 @@ pub async fn start(config: DirectorConfig, cpi: Arc<dyn Cpi>) -> Result<RunningD
         hub: hub.clone(),
         blobstore,
         tasks,
+        events,
+        journal,
         ca,
         secrets,
         token,
         agent_address,
         api_address,
     });
+    let settled = reconcile::after_restart(&director).await;
+    director.events.record(
+        events::EventSubject {
+            object_type: "director",
+            object_name: director.config.name.clone(),
+            ..Default::default()
+        },
+        "start",
+        "director",
+        format!("director started; {interrupted} interrupted task(s); {settled}"),
+    );
     tokio::spawn(disks::sweep_expired_orphans(director.clone()));
+    tokio::spawn(health::monitor(director.clone()));
     tokio::spawn(hub.serve(agent_listener, tokio_rustls::TlsAcceptor::from(Arc::new(agent_tls))));
     tokio::spawn(api::serve(director.clone(), api_listener, tokio_rustls::TlsAcceptor::from(Arc::new(api_tls))));
 

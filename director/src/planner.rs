@@ -75,6 +75,9 @@ pub struct Requests {
     pub state: Option<(Selection, DesiredState)>,
     pub canaries: Option<u32>,
     pub max_in_flight: Option<MaxInFlight>,
+    /// Resurrection and repairs: the old VM is always deleted before its replacement is made
+    /// (never two VMs with one identity), whatever the group's `vm_strategy`.
+    pub fence: bool,
 }
 
 /// What happens to an instance's persistent disk.
@@ -253,7 +256,7 @@ pub fn plan(input: &PlanningInput<'_>, rng: &mut dyn RngCore) -> Result<Plan, Pl
         for slot in slots.iter_mut() {
             slot.recreate = recreate_reasons(input, g, slot);
             let Some(existing) = slot.existing.as_ref().filter(|e| e.vm.is_some()) else { continue };
-            if slot.recreate.is_empty() || update.vm_strategy != VmStrategy::CreateSwapDelete {
+            if slot.recreate.is_empty() || update.vm_strategy != VmStrategy::CreateSwapDelete || input.requests.fence {
                 continue;
             }
             if g.networks.iter().any(|n| !n.static_ips.is_empty()) {

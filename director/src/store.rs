@@ -19,6 +19,8 @@ pub enum Tree {
     Locks,
     Variables,
     OrphanedDisks,
+    Events,
+    Intents,
     Meta,
 }
 
@@ -36,6 +38,8 @@ impl Tree {
             Tree::Locks => "locks",
             Tree::Variables => "variables",
             Tree::OrphanedDisks => "orphaned_disks",
+            Tree::Events => "events",
+            Tree::Intents => "intents",
             Tree::Meta => "meta",
         }
     }

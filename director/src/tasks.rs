@@ -2,6 +2,7 @@
 //! stream the CLI follows. One lock per deployment: a second mutating task on a locked deployment
 //! fails at once, naming the task that holds the lock.
 
+use crate::events::{EventSubject, Events};
 use crate::records::{now_ms, now_secs};
 use crate::store::{State, StoreError, Tree};
 use bosun_types::api::{EventLevel, TaskEvent, TaskEventsPage, TaskState, TaskView};
@@ -21,6 +22,7 @@ pub enum TaskError {
 pub struct Tasks {
     state: State,
     changed: Arc<Notify>,
+    events: Events,
 }
 
 fn task_key(id: u64) -> String {
@@ -28,8 +30,8 @@ fn task_key(id: u64) -> String {
 }
 
 impl Tasks {
-    pub fn new(state: State) -> Self {
-        Self { state, changed: Arc::new(Notify::new()) }
+    pub fn new(state: State, events: Events) -> Self {
+        Self { state, changed: Arc::new(Notify::new()), events }
     }
 
     /// Creates a task, taking the deployment's lock when `lock` is set.
@@ -61,7 +63,9 @@ impl Tasks {
             result: None,
         };
         self.state.put(Tree::Tasks, &task_key(id), &view)?;
-        Ok(Task { id, tasks: self.clone(), lock_key })
+        let task = Task { id, tasks: self.clone(), lock_key, description: description.to_string() };
+        self.events.record(task.subject(deployment), "start", &task.cause(), description);
+        Ok(task)
     }
 
     pub fn get(&self, id: u64) -> Result<Option<TaskView>, StoreError> {
@@ -107,6 +111,14 @@ impl Tasks {
                 t.ended_at = Some(now_secs());
                 t.result = Some("the director stopped while this task ran".into());
                 self.state.put(Tree::Tasks, &task_key(t.id), &t)?;
+                let subject = EventSubject {
+                    object_type: "task",
+                    object_name: t.id.to_string(),
+                    deployment: t.deployment.clone(),
+                    task: Some(t.id),
+                    ..Default::default()
+                };
+                self.events.record(subject, "end", "director", "interrupted: the director stopped while it ran");
                 n += 1;
             }
         }
@@ -123,9 +135,30 @@ pub struct Task {
     pub id: u64,
     tasks: Tasks,
     lock_key: Option<String>,
+    description: String,
 }
 
 impl Task {
+    /// How events name this task as their cause.
+    pub fn cause(&self) -> String {
+        format!("task {} ({})", self.id, self.description)
+    }
+
+    fn subject(&self, deployment: Option<&str>) -> EventSubject {
+        EventSubject {
+            object_type: "task",
+            object_name: self.id.to_string(),
+            deployment: deployment.map(str::to_string),
+            task: Some(self.id),
+            ..Default::default()
+        }
+    }
+
+    /// Records an event on the timeline, caused by this task.
+    pub fn record(&self, subject: EventSubject, action: &str, message: impl Into<String>) {
+        self.tasks.events.record(subject.with_task(self.id), action, &self.cause(), message);
+    }
+
     pub fn event(&self, level: EventLevel, stage: &str, instance: Option<&str>, message: impl Into<String>) {
         let message = message.into();
         match level {
@@ -167,6 +200,13 @@ impl Task {
                 (TaskState::Error, e)
             }
         };
+        let deployment = self.tasks.get(self.id).ok().flatten().and_then(|t| t.deployment);
+        self.tasks.events.record(
+            self.subject(deployment.as_deref()),
+            "end",
+            &self.cause(),
+            format!("{state}: {}", result.lines().next().unwrap_or("")),
+        );
         let write = || -> Result<(), StoreError> {
             if let Some(mut t) = self.tasks.get(self.id)? {
                 t.state = state;

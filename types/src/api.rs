@@ -382,3 +382,57 @@ pub struct UploadResult {
     pub version: String,
     pub already_present: bool,
 }
+
+/// One entry of the director's event timeline (`bosun events`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EventView {
+    pub id: u64,
+    /// Unix milliseconds.
+    pub time_ms: u64,
+    /// What happened: `start`, `end`, `create`, `delete`, `recreate`, `running`, `failing`,
+    /// `unresponsive`, `missing`, `recovered`, `resurrect`, `meltdown`, `resolve`, …
+    pub action: String,
+    /// What it happened to: `task`, `instance`, `vm`, `disk`, `deployment`, `director`.
+    pub object_type: String,
+    pub object_name: String,
+    #[serde(default)]
+    pub deployment: Option<String>,
+    #[serde(default)]
+    pub instance: Option<String>,
+    #[serde(default)]
+    pub task: Option<u64>,
+    /// Who or what caused it: `task 12 (deploy quickstart)`, `health monitor`, `director`.
+    pub cause: String,
+    pub message: String,
+}
+
+/// A problem `bosun cck` found, with the ways it can be resolved.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ProblemView {
+    /// Stable while the problem lasts: `<type>:<object>`.
+    pub id: String,
+    /// `missing_vm`, `unresponsive_agent`, `missing_disk`, `unattached_disk`, `mount_mismatch`,
+    /// `orphan_vm`, `orphan_disk`.
+    pub kind: String,
+    pub description: String,
+    #[serde(default)]
+    pub instance: Option<String>,
+    /// The first is the default (what `--auto` does).
+    pub resolutions: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ResolveRequest {
+    /// Problem id → resolution. Problems not named are left alone.
+    pub resolutions: std::collections::BTreeMap<String, String>,
+}
+
+/// Resurrection switched for the whole director (`deployment` none) or one deployment.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ResurrectionSwitch {
+    #[serde(default)]
+    pub deployment: Option<String>,
+    pub enabled: bool,
+}

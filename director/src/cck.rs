@@ -1,0 +1,324 @@
+//! Cloud check (`bosun cck`): compares what the store says a deployment has with what the CPI
+//! and the agents say exists, lists the differences as problems, and resolves them the way the
+//! operator picks (BOSH's resolutions, plus orphans found by the director's tags).
+
+use crate::events::EventSubject;
+use crate::planner::Selection;
+use crate::records::{now_secs, DesiredState, InstanceRecord, OrphanedDiskRecord};
+use crate::store::{StoreError, Tree};
+use crate::tasks::Task;
+use crate::Director;
+use bosun_cpi::CpiError;
+use bosun_types::api::{InstanceSelector, ProblemView};
+use bosun_types::protocol::AgentCommand;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CckError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("asking the CPI")]
+    Cpi(#[from] CpiError),
+}
+
+/// A problem and what it is about.
+#[derive(Debug, Clone)]
+pub struct Problem {
+    pub view: ProblemView,
+    subject: Subject,
+}
+
+#[derive(Debug, Clone)]
+enum Subject {
+    Instance(InstanceRecord),
+    InstanceDisk(InstanceRecord, String),
+    OrphanVm(String),
+    OrphanDisk { cid: String, size_mb: u64 },
+}
+
+fn problem(
+    kind: &str,
+    object: &str,
+    instance: Option<String>,
+    description: String,
+    resolutions: &[&str],
+    subject: Subject,
+) -> Problem {
+    Problem {
+        view: ProblemView {
+            id: format!("{kind}:{object}"),
+            kind: kind.to_string(),
+            description,
+            instance,
+            resolutions: resolutions.iter().map(|r| r.to_string()).collect(),
+        },
+        subject,
+    }
+}
+
+/// Every problem of a deployment, instances first, then orphans.
+pub async fn scan(d: &Director, deployment: &str) -> Result<Vec<Problem>, CckError> {
+    let mut out = Vec::new();
+    let instances: Vec<InstanceRecord> = d.state.list(Tree::Instances, &format!("{deployment}/"))?;
+    for rec in &instances {
+        let name = rec.name();
+        let Some(vm) = &rec.vm else {
+            if rec.state != DesiredState::Detached {
+                out.push(problem(
+                    "missing_vm",
+                    &rec.uuid,
+                    Some(name.clone()),
+                    format!("{name} has no VM"),
+                    &["recreate_vm", "ignore"],
+                    Subject::Instance(rec.clone()),
+                ));
+            }
+            continue;
+        };
+        if !d.cpi.has_vm(&vm.cid).await? {
+            out.push(problem(
+                "missing_vm",
+                &rec.uuid,
+                Some(name.clone()),
+                format!("VM {} of {name} is missing", vm.cid),
+                &["recreate_vm", "delete_vm_reference", "ignore"],
+                Subject::Instance(rec.clone()),
+            ));
+            continue;
+        }
+        if !d.hub.is_responsive(&vm.agent_id) {
+            out.push(problem(
+                "unresponsive_agent",
+                &rec.uuid,
+                Some(name.clone()),
+                format!("the agent of {name} (VM {}) does not respond", vm.cid),
+                &["recreate_vm", "delete_vm", "ignore"],
+                Subject::Instance(rec.clone()),
+            ));
+            continue;
+        }
+        let attached = match d.cpi.get_disks(&vm.cid).await {
+            Ok(v) => Some(v),
+            Err(CpiError::NotImplemented(_)) => None,
+            Err(e) => return Err(e.into()),
+        };
+        let mounted = d.hub.status(&vm.agent_id).and_then(|s| s.heartbeat).map(|h| h.persistent_disks);
+        for disk in &rec.disk_cids {
+            let exists = match d.cpi.has_disk(disk).await {
+                Ok(b) => b,
+                Err(CpiError::NotImplemented(_)) => true,
+                Err(e) => return Err(e.into()),
+            };
+            let subject = Subject::InstanceDisk(rec.clone(), disk.clone());
+            if !exists {
+                out.push(problem(
+                    "missing_disk",
+                    disk,
+                    Some(name.clone()),
+                    format!("disk {disk} of {name} is missing"),
+                    &["delete_disk_reference", "ignore"],
+                    subject,
+                ));
+            } else if attached.as_ref().is_some_and(|a| !a.contains(disk)) {
+                out.push(problem(
+                    "unattached_disk",
+                    disk,
+                    Some(name.clone()),
+                    format!("disk {disk} of {name} is not attached to its VM {}", vm.cid),
+                    &["reattach_disk", "delete_disk_reference", "ignore"],
+                    subject,
+                ));
+            } else if mounted.as_ref().is_some_and(|m| !m.contains(disk)) {
+                out.push(problem(
+                    "mount_mismatch",
+                    disk,
+                    Some(name.clone()),
+                    format!("disk {disk} is attached to {name} but its agent has not mounted it"),
+                    &["reattach_disk", "ignore"],
+                    subject,
+                ));
+            }
+        }
+    }
+    // Orphans: carry this director's tags and this deployment's, but no record knows them.
+    let everyone: Vec<InstanceRecord> = d.state.list(Tree::Instances, "")?;
+    let known_vms: BTreeSet<String> =
+        everyone.iter().flat_map(|r| r.vm.iter().chain(r.replacement_vm.iter()).map(|v| v.cid.clone())).collect();
+    match d.cpi.list_vms().await {
+        Ok(vms) => {
+            for vm in vms {
+                let ours = vm.metadata.get("director_uuid") == Some(&d.uuid)
+                    && vm.metadata.get("deployment").map(String::as_str) == Some(deployment);
+                if ours && !known_vms.contains(&vm.vm_cid) {
+                    let claimed = vm.metadata.get("name").cloned().unwrap_or_else(|| "?".into());
+                    out.push(problem(
+                        "orphan_vm",
+                        &vm.vm_cid,
+                        None,
+                        format!("VM {} carries this director's tags (as {claimed}) but no instance has it", vm.vm_cid),
+                        &["delete_vm", "ignore"],
+                        Subject::OrphanVm(vm.vm_cid.clone()),
+                    ));
+                }
+            }
+        }
+        Err(CpiError::NotImplemented(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let orphan_records: Vec<OrphanedDiskRecord> = d.state.list(Tree::OrphanedDisks, "")?;
+    let known_disks: BTreeSet<String> = everyone
+        .iter()
+        .flat_map(|r| r.disk_cids.iter().cloned().chain(r.migrating_disk.iter().cloned()))
+        .chain(orphan_records.iter().map(|o| o.disk_cid.clone()))
+        .collect();
+    match d.cpi.list_disks().await {
+        Ok(disks) => {
+            for disk in disks {
+                let ours = disk.metadata.get("director_uuid") == Some(&d.uuid)
+                    && disk.metadata.get("deployment").map(String::as_str) == Some(deployment);
+                if ours && !known_disks.contains(&disk.disk_cid) {
+                    out.push(problem(
+                        "orphan_disk",
+                        &disk.disk_cid,
+                        None,
+                        format!("disk {} carries this deployment's tags but no instance has it", disk.disk_cid),
+                        &["orphan_disk", "delete_disk", "ignore"],
+                        Subject::OrphanDisk { cid: disk.disk_cid.clone(), size_mb: disk.size_mb },
+                    ));
+                }
+            }
+        }
+        Err(CpiError::NotImplemented(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(out)
+}
+
+/// Applies the chosen resolutions to the problems still present (a fresh scan, under the
+/// deployment's lock). Instances to recreate go through the updater together, old VMs first.
+pub async fn resolve(
+    d: &Arc<Director>,
+    task: &Task,
+    deployment: &str,
+    picks: &BTreeMap<String, String>,
+) -> Result<String, String> {
+    let chain = |e: &dyn std::error::Error| bosun_types::error_chain(e);
+    let problems = scan(d, deployment).await.map_err(|e| chain(&e))?;
+    for id in picks.keys() {
+        if !problems.iter().any(|p| &p.view.id == id) {
+            task.warn("cck", None, format!("problem {id} is no longer present"));
+        }
+    }
+    let mut recreate = Vec::new();
+    let mut done = 0;
+    for p in &problems {
+        let Some(choice) = picks.get(&p.view.id) else { continue };
+        if !p.view.resolutions.contains(choice) {
+            return Err(format!(
+                "problem {}: `{choice}` is not a resolution of it (choose from: {})",
+                p.view.id,
+                p.view.resolutions.join(", ")
+            ));
+        }
+        let subject = match &p.view.instance {
+            Some(i) => EventSubject::instance(deployment, i),
+            None => EventSubject::deployment(deployment),
+        };
+        task.record(subject, "resolve", format!("{}: {choice}", p.view.description));
+        task.info("cck", p.view.instance.as_deref(), format!("{} → {choice}", p.view.description));
+        apply(d, task, deployment, p, choice, &mut recreate)
+            .await
+            .map_err(|e| format!("problem {}: {e}", p.view.id))?;
+        done += 1;
+    }
+    d.state.flush().await.map_err(|e| chain(&e))?;
+    if !recreate.is_empty() {
+        crate::health::recreate_with_fencing(d, task, deployment, Selection::Some(recreate)).await?;
+    }
+    Ok(format!("{done} problem{} resolved", if done == 1 { "" } else { "s" }))
+}
+
+async fn apply(
+    d: &Arc<Director>,
+    task: &Task,
+    deployment: &str,
+    p: &Problem,
+    choice: &str,
+    recreate: &mut Vec<InstanceSelector>,
+) -> Result<(), String> {
+    let chain = |e: &dyn std::error::Error| bosun_types::error_chain(e);
+    match (&p.subject, choice) {
+        (_, "ignore") => {}
+        (Subject::Instance(rec), "recreate_vm") => {
+            recreate.push(InstanceSelector::Uuid(rec.group.clone(), rec.uuid.clone()));
+        }
+        (Subject::Instance(rec), "delete_vm_reference" | "delete_vm") => {
+            let mut rec = rec.clone();
+            if let Some(vm) = rec.vm.take() {
+                for disk in &rec.disk_cids {
+                    match d.cpi.detach_disk(&vm.cid, disk).await {
+                        Ok(())
+                        | Err(CpiError::DiskNotAttached { .. })
+                        | Err(CpiError::VmNotFound(_))
+                        | Err(CpiError::DiskNotFound(_)) => {}
+                        Err(e) => return Err(chain(&e)),
+                    }
+                }
+                match d.cpi.delete_vm(&vm.cid).await {
+                    Ok(()) | Err(CpiError::VmNotFound(_)) => {}
+                    Err(e) => return Err(chain(&e)),
+                }
+                d.hub.forget(&vm.agent_id);
+                d.state.delete(Tree::Agents, &vm.agent_id).map_err(|e| chain(&e))?;
+            }
+            rec.dirty = true;
+            d.state.put(Tree::Instances, &rec.key(), &rec).map_err(|e| chain(&e))?;
+        }
+        (Subject::InstanceDisk(rec, disk), "delete_disk_reference") => {
+            let mut rec = rec.clone();
+            rec.disk_cids.retain(|x| x != disk);
+            rec.dirty = true;
+            d.state.put(Tree::Instances, &rec.key(), &rec).map_err(|e| chain(&e))?;
+        }
+        (Subject::InstanceDisk(rec, disk), "reattach_disk") => {
+            let vm = rec.vm.clone().ok_or("the instance has no VM")?;
+            let hint = match d.cpi.attach_disk(&vm.cid, disk).await {
+                Ok(h) => h,
+                Err(e) => return Err(chain(&e)),
+            };
+            d.hub
+                .call(&vm.agent_id, AgentCommand::MountDisk { disk_cid: disk.clone(), hint }, Duration::from_secs(120))
+                .await
+                .map_err(|e| chain(&e))?;
+        }
+        (Subject::OrphanVm(cid), "delete_vm") => match d.cpi.delete_vm(cid).await {
+            Ok(()) | Err(CpiError::VmNotFound(_)) => task.info("cck", None, format!("deleted VM {cid}")),
+            Err(e) => return Err(chain(&e)),
+        },
+        (Subject::OrphanDisk { cid, .. }, "delete_disk") => match d.cpi.delete_disk(cid).await {
+            Ok(()) | Err(CpiError::DiskNotFound(_)) => task.info("cck", None, format!("deleted disk {cid}")),
+            Err(e) => return Err(chain(&e)),
+        },
+        (Subject::OrphanDisk { cid, size_mb }, "orphan_disk") => {
+            d.state
+                .put(
+                    Tree::OrphanedDisks,
+                    cid,
+                    &OrphanedDiskRecord {
+                        disk_cid: cid.clone(),
+                        size_mb: *size_mb,
+                        deployment: deployment.to_string(),
+                        instance: String::new(),
+                        az: None,
+                        orphaned_at: now_secs(),
+                        reason: "found by cck with no instance".into(),
+                    },
+                )
+                .map_err(|e| chain(&e))?;
+        }
+        (_, other) => return Err(format!("`{other}` does not apply here")),
+    }
+    Ok(())
+}

@@ -1,0 +1,118 @@
+//! The event timeline: every task start and end, instance state change, health finding,
+//! resurrection decision, meltdown and cck resolution, each saying who or what caused it.
+
+use crate::records::now_ms;
+use crate::store::{State, StoreError, Tree};
+use bosun_types::api::EventView;
+
+#[derive(Clone)]
+pub struct Events {
+    state: State,
+}
+
+/// What an event is about.
+#[derive(Debug, Clone, Default)]
+pub struct EventSubject {
+    pub object_type: &'static str,
+    pub object_name: String,
+    pub deployment: Option<String>,
+    pub instance: Option<String>,
+    pub task: Option<u64>,
+}
+
+impl EventSubject {
+    pub fn instance(deployment: &str, instance: &str) -> Self {
+        EventSubject {
+            object_type: "instance",
+            object_name: instance.to_string(),
+            deployment: Some(deployment.to_string()),
+            instance: Some(instance.to_string()),
+            task: None,
+        }
+    }
+    pub fn deployment(deployment: &str) -> Self {
+        EventSubject {
+            object_type: "deployment",
+            object_name: deployment.to_string(),
+            deployment: Some(deployment.to_string()),
+            ..Default::default()
+        }
+    }
+    pub fn with_task(mut self, task: u64) -> Self {
+        self.task = Some(task);
+        self
+    }
+}
+
+/// Which events to list.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct EventFilter {
+    #[serde(default)]
+    pub deployment: Option<String>,
+    /// `group/uuid`, or a prefix of it (`group`).
+    #[serde(default)]
+    pub instance: Option<String>,
+    #[serde(default)]
+    pub task: Option<u64>,
+    /// Unix milliseconds, inclusive.
+    #[serde(default)]
+    pub since_ms: Option<u64>,
+    /// Unix milliseconds, exclusive.
+    #[serde(default)]
+    pub before_ms: Option<u64>,
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+fn event_key(id: u64) -> String {
+    format!("{id:020}")
+}
+
+impl Events {
+    pub fn new(state: State) -> Self {
+        Self { state }
+    }
+
+    /// Records an event. A failure to record is logged, never fatal: the timeline must not stop
+    /// the work it describes.
+    pub fn record(&self, subject: EventSubject, action: &str, cause: &str, message: impl Into<String>) {
+        let message = message.into();
+        let result = (|| -> Result<(), StoreError> {
+            let id = self.state.next_id("event")?;
+            let ev = EventView {
+                id,
+                time_ms: now_ms(),
+                action: action.to_string(),
+                object_type: subject.object_type.to_string(),
+                object_name: subject.object_name,
+                deployment: subject.deployment,
+                instance: subject.instance,
+                task: subject.task,
+                cause: cause.to_string(),
+                message,
+            };
+            tracing::info!(event = ev.id, action, object = %ev.object_name, cause, "{}", ev.message);
+            self.state.put(Tree::Events, &event_key(id), &ev)
+        })();
+        if let Err(e) = result {
+            tracing::error!(error = %e, "could not record an event");
+        }
+    }
+
+    /// Newest first, filtered.
+    pub fn list(&self, f: &EventFilter) -> Result<Vec<EventView>, StoreError> {
+        let mut all: Vec<EventView> = self.state.list(Tree::Events, "")?;
+        all.reverse();
+        Ok(all
+            .into_iter()
+            .filter(|e| f.deployment.as_ref().is_none_or(|d| e.deployment.as_ref() == Some(d)))
+            .filter(|e| {
+                f.instance.as_ref().is_none_or(|i| e.instance.as_ref().is_some_and(|x| x.starts_with(i.as_str())))
+            })
+            .filter(|e| f.task.is_none_or(|t| e.task == Some(t)))
+            .filter(|e| f.since_ms.is_none_or(|s| e.time_ms >= s))
+            .filter(|e| f.before_ms.is_none_or(|b| e.time_ms < b))
+            .take(f.limit.unwrap_or(200).min(10_000))
+            .collect())
+    }
+}

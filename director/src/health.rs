@@ -1,0 +1,375 @@
+//! The health monitor and resurrector. Every half heartbeat interval it looks at every instance
+//! that should be running: an agent silent for `missed_heartbeats` intervals is unhealthy, and
+//! `has_vm` tells a missing VM from a hung agent; a process that keeps failing makes the instance
+//! `failing` (reported, never a reason to recreate). Unhealthy instances are resurrected through
+//! the same planner and executor as a deploy — same uuid, index, addresses and disk; the old VM is
+//! deleted first — unless resurrection is off for them or their deployment is in meltdown.
+//! Resurrection takes the deployment's lock like any task; while another task holds it, the
+//! instances wait their turn.
+
+use crate::deploy::{self, ExecOptions};
+use crate::events::EventSubject;
+use crate::planner::{Requests, Selection};
+use crate::records::{now_secs, DeploymentRecord, DesiredState, InstanceRecord};
+use crate::store::{StoreError, Tree};
+use crate::tasks::TaskError;
+use crate::Director;
+use bosun_types::api::InstanceSelector;
+use bosun_types::protocol::JobState;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+const CAUSE: &str = "health monitor";
+
+/// BOSH's meltdown protection: when at least `min_instances` and at least `percent` of a
+/// deployment's instances turned unhealthy within `window`, stop resurrecting it.
+#[derive(Debug, Clone, Copy)]
+pub struct MeltdownConfig {
+    pub min_instances: usize,
+    pub percent: u32,
+    pub window: Duration,
+}
+
+impl Default for MeltdownConfig {
+    fn default() -> Self {
+        MeltdownConfig { min_instances: 5, percent: 20, window: Duration::from_secs(600) }
+    }
+}
+
+/// Whether resurrection is on: director-wide, per deployment, and by rules over deployments and
+/// instance groups (the last matching rule wins).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ResurrectionConfig {
+    /// Director-wide switch (`bosun update-resurrection on|off`); on when unset.
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    /// Per deployment (`bosun -d NAME update-resurrection on|off`).
+    #[serde(default)]
+    pub deployments: BTreeMap<String, bool>,
+    /// `bosun update-resurrection-config FILE`.
+    #[serde(default)]
+    pub rules: Vec<ResurrectionRule>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ResurrectionRule {
+    pub enabled: bool,
+    #[serde(default)]
+    pub include: RuleFilter,
+    #[serde(default)]
+    pub exclude: RuleFilter,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RuleFilter {
+    #[serde(default)]
+    pub deployments: Vec<String>,
+    #[serde(default)]
+    pub instance_groups: Vec<String>,
+}
+
+impl RuleFilter {
+    fn is_empty(&self) -> bool {
+        self.deployments.is_empty() && self.instance_groups.is_empty()
+    }
+    fn matches(&self, deployment: &str, group: &str) -> bool {
+        (self.deployments.is_empty() || self.deployments.iter().any(|d| d == deployment))
+            && (self.instance_groups.is_empty() || self.instance_groups.iter().any(|g| g == group))
+    }
+}
+
+impl ResurrectionConfig {
+    pub fn allows(&self, deployment: &str, group: &str) -> bool {
+        let mut on = self.enabled.unwrap_or(true);
+        if let Some(d) = self.deployments.get(deployment) {
+            on = *d;
+        }
+        for r in &self.rules {
+            let included = r.include.matches(deployment, group);
+            let excluded = !r.exclude.is_empty() && r.exclude.matches(deployment, group);
+            if included && !excluded {
+                on = r.enabled;
+            }
+        }
+        on
+    }
+
+    pub fn load(d: &Director) -> Result<Self, StoreError> {
+        Ok(d.state.get(Tree::Meta, "resurrection")?.unwrap_or_default())
+    }
+
+    pub fn save(&self, d: &Director) -> Result<(), StoreError> {
+        d.state.put(Tree::Meta, "resurrection", self)
+    }
+}
+
+/// What the monitor last concluded about an instance's current VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Health {
+    Healthy,
+    Failing,
+    /// The agent is silent but its VM exists.
+    Unresponsive,
+    /// The VM is gone.
+    Missing,
+}
+
+impl Health {
+    fn unhealthy(self) -> bool {
+        matches!(self, Health::Unresponsive | Health::Missing)
+    }
+}
+
+struct Tracked {
+    health: Health,
+    since: Instant,
+}
+
+/// Is a deployment in meltdown, given when its instances turned unhealthy?
+pub fn in_meltdown(config: &MeltdownConfig, turned_unhealthy: usize, instances: usize) -> bool {
+    instances > 0
+        && turned_unhealthy >= config.min_instances
+        && turned_unhealthy * 100 >= config.percent as usize * instances
+}
+
+#[derive(Default)]
+struct Monitor {
+    /// Per instance key and VM cid: a new VM starts with a clean slate.
+    tracked: BTreeMap<(String, String), Tracked>,
+    /// Per deployment: when which instance turned unhealthy (the meltdown window).
+    turned: BTreeMap<String, VecDeque<(Instant, String)>>,
+    meltdown: BTreeSet<String>,
+}
+
+pub async fn monitor(d: Arc<Director>) {
+    let tick = (d.config.heartbeat_interval / 2).max(Duration::from_millis(100));
+    let mut m = Monitor::default();
+    loop {
+        tokio::time::sleep(tick).await;
+        if let Err(e) = m.pass(&d).await {
+            tracing::warn!(error = %e, "health monitor pass failed");
+        }
+    }
+}
+
+impl Monitor {
+    async fn pass(&mut self, d: &Arc<Director>) -> Result<(), StoreError> {
+        let instances: Vec<InstanceRecord> = d.state.list(Tree::Instances, "")?;
+        let watched: Vec<&InstanceRecord> =
+            instances.iter().filter(|r| r.vm.is_some() && r.state == DesiredState::Started).collect();
+        let keys: BTreeSet<(String, String)> =
+            watched.iter().map(|r| (r.key(), r.vm.as_ref().expect("watched").cid.clone())).collect();
+        self.tracked.retain(|k, _| keys.contains(k));
+
+        for rec in &watched {
+            let vm = rec.vm.as_ref().expect("watched");
+            let key = (rec.key(), vm.cid.clone());
+            let created = Instant::now()
+                .checked_sub(Duration::from_secs(now_secs().saturating_sub(vm.created_at)))
+                .unwrap_or_else(Instant::now);
+            let silent = d.hub.silent_for(&vm.agent_id, created) > d.hub.unresponsive_after();
+            let previous = self.tracked.get(&key).map(|t| t.health);
+            let health = if silent {
+                match previous {
+                    Some(h) if h.unhealthy() => h,
+                    _ => match d.cpi.has_vm(&vm.cid).await {
+                        Ok(false) => Health::Missing,
+                        Ok(true) => Health::Unresponsive,
+                        Err(e) => {
+                            tracing::warn!(vm = %vm.cid, error = %e, "has_vm failed; counting the agent unresponsive");
+                            Health::Unresponsive
+                        }
+                    },
+                }
+            } else {
+                let failing = d
+                    .hub
+                    .status(&vm.agent_id)
+                    .and_then(|s| s.heartbeat)
+                    .is_some_and(|h| h.job_state == JobState::Failing);
+                if failing {
+                    Health::Failing
+                } else {
+                    Health::Healthy
+                }
+            };
+            if previous == Some(health) || (previous.is_none() && health == Health::Healthy) {
+                continue;
+            }
+            self.tracked.insert(key, Tracked { health, since: Instant::now() });
+            let subject = EventSubject::instance(&rec.deployment, &rec.name());
+            let (action, message) = match health {
+                Health::Healthy => ("recovered", "the instance's agent reports again and its jobs run".to_string()),
+                Health::Failing => ("failing", "a process keeps failing (reported, not a reason to recreate)".into()),
+                Health::Unresponsive => (
+                    "unresponsive",
+                    format!(
+                        "agent {} silent for over {} ms; its VM {} exists",
+                        vm.agent_id,
+                        d.hub.unresponsive_after().as_millis(),
+                        vm.cid
+                    ),
+                ),
+                Health::Missing => ("missing", format!("VM {} is gone (has_vm: false)", vm.cid)),
+            };
+            d.events.record(subject, action, CAUSE, message);
+            if health.unhealthy() {
+                self.turned.entry(rec.deployment.clone()).or_default().push_back((Instant::now(), rec.key()));
+            }
+        }
+
+        // Meltdown, per deployment.
+        let window = d.config.meltdown.window;
+        let mut per_deployment: BTreeMap<&str, usize> = BTreeMap::new();
+        for r in &instances {
+            *per_deployment.entry(r.deployment.as_str()).or_default() += 1;
+        }
+        for (dep, total) in &per_deployment {
+            let turned = self.turned.entry(dep.to_string()).or_default();
+            while turned.front().is_some_and(|(t, _)| t.elapsed() > window) {
+                turned.pop_front();
+            }
+            let distinct: BTreeSet<&String> = turned.iter().map(|(_, k)| k).collect();
+            let melting = in_meltdown(&d.config.meltdown, distinct.len(), *total);
+            let was = self.meltdown.contains(*dep);
+            if melting && !was {
+                self.meltdown.insert(dep.to_string());
+                d.events.record(
+                    EventSubject::deployment(dep),
+                    "meltdown",
+                    CAUSE,
+                    format!(
+                        "meltdown entered: {} of {total} instances turned unhealthy within {} s; resurrection stops until fewer do (`bosun cck` or a deploy repairs)",
+                        distinct.len(),
+                        window.as_secs()
+                    ),
+                );
+            } else if !melting && was {
+                self.meltdown.remove(*dep);
+                d.events.record(
+                    EventSubject::deployment(dep),
+                    "meltdown",
+                    CAUSE,
+                    "meltdown left: resurrection resumes",
+                );
+            }
+        }
+        self.turned.retain(|dep, _| per_deployment.contains_key(dep.as_str()));
+
+        // Resurrection: unhealthy for a whole heartbeat interval more (so instances that die
+        // together are counted together before anything is done), deployment by deployment.
+        let config = ResurrectionConfig::load(d)?;
+        let mut due: BTreeMap<String, Vec<&InstanceRecord>> = BTreeMap::new();
+        for rec in &watched {
+            let key = (rec.key(), rec.vm.as_ref().expect("watched").cid.clone());
+            let Some(t) = self.tracked.get(&key) else { continue };
+            if t.health.unhealthy()
+                && t.since.elapsed() >= d.config.heartbeat_interval
+                && !self.meltdown.contains(&rec.deployment)
+                && config.allows(&rec.deployment, &rec.group)
+            {
+                due.entry(rec.deployment.clone()).or_default().push(rec);
+            }
+        }
+        for (dep, recs) in due {
+            if d.state.get::<DeploymentRecord>(Tree::Deployments, &dep)?.is_none() {
+                continue;
+            }
+            let names: Vec<String> = recs.iter().map(|r| r.name()).collect();
+            let task = match d.tasks.create(&format!("resurrect {}", names.join(" ")), Some(&dep), true) {
+                Ok(t) => t,
+                Err(TaskError::Locked { .. }) => continue, // another task runs; try again next pass
+                Err(TaskError::Store(e)) => return Err(e),
+            };
+            for r in &recs {
+                d.events.record(
+                    EventSubject::instance(&dep, &r.name()).with_task(task.id),
+                    "resurrect",
+                    CAUSE,
+                    "recreating the instance's VM (same uuid, addresses and disk)",
+                );
+                // Forget it: the new VM is judged afresh.
+                self.tracked.remove(&(r.key(), r.vm.as_ref().expect("watched").cid.clone()));
+            }
+            let selectors: Vec<InstanceSelector> =
+                recs.iter().map(|r| InstanceSelector::Uuid(r.group.clone(), r.uuid.clone())).collect();
+            let d2 = d.clone();
+            tokio::spawn(async move {
+                let outcome = resurrect(&d2, &task, &dep, selectors).await;
+                task.finish(outcome).await;
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Recreates the named instances' VMs through the planner and executor, on the deployment's
+/// stored manifest: old VM deleted first, no canaries, the groups' max_in_flight.
+pub async fn resurrect(
+    d: &Arc<Director>,
+    task: &crate::tasks::Task,
+    deployment: &str,
+    instances: Vec<InstanceSelector>,
+) -> Result<String, String> {
+    recreate_with_fencing(d, task, deployment, Selection::Some(instances)).await
+}
+
+/// The shared path of resurrection and `bosun cck`'s `recreate_vm`.
+pub async fn recreate_with_fencing(
+    d: &Arc<Director>,
+    task: &crate::tasks::Task,
+    deployment: &str,
+    selection: Selection,
+) -> Result<String, String> {
+    let chain = |e: &dyn std::error::Error| bosun_types::error_chain(e);
+    let record = d
+        .state
+        .get::<DeploymentRecord>(Tree::Deployments, deployment)
+        .map_err(|e| chain(&e))?
+        .ok_or_else(|| format!("deployment `{deployment}` no longer exists"))?;
+    let requests = Requests { recreate: selection, canaries: Some(0), fence: true, ..Requests::default() };
+    let (d2, manifest) = (d.clone(), record.manifest.clone());
+    let prepared = tokio::task::spawn_blocking(move || deploy::prepare(&d2, &manifest, &requests))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| chain(&e))?;
+    deploy::execute(d, task, &prepared, &record.manifest, ExecOptions::default()).await.map_err(|e| chain(&e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn meltdown_needs_both_the_count_and_the_share() {
+        let c = MeltdownConfig::default();
+        assert!(!in_meltdown(&c, 4, 8), "4 of 8 is 50% but fewer than 5");
+        assert!(in_meltdown(&c, 5, 8));
+        assert!(in_meltdown(&c, 5, 25), "exactly 20%");
+        assert!(!in_meltdown(&c, 5, 26), "under 20%");
+        assert!(!in_meltdown(&c, 0, 0));
+    }
+
+    #[test]
+    fn resurrection_rules_the_last_match_wins() {
+        let mut c = ResurrectionConfig::default();
+        assert!(c.allows("d", "g"));
+        c.deployments.insert("d".into(), false);
+        assert!(!c.allows("d", "g") && c.allows("e", "g"));
+        c.rules.push(ResurrectionRule {
+            enabled: true,
+            include: RuleFilter { deployments: vec!["d".into()], instance_groups: vec![] },
+            exclude: RuleFilter { deployments: vec![], instance_groups: vec!["etcd".into()] },
+        });
+        assert!(c.allows("d", "worker"), "the rule turns it back on");
+        assert!(!c.allows("d", "etcd"), "but not for the excluded group");
+        c.enabled = Some(false);
+        assert!(!c.allows("e", "g"));
+    }
+}

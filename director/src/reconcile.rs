@@ -1,0 +1,162 @@
+//! After a restart: settle what the last run left mid-flight. The journal says which calls were
+//! interrupted; the store says what the director knows; the CPI's tags say what exists. A VM that
+//! carries this director's tags but no instance knows is deleted (its instance gets a VM from the
+//! next deploy or resurrection); a disk no instance or orphan record knows becomes an orphan (kept,
+//! never deleted unseen); an instance whose VM an interrupted `delete_vm` removed loses the
+//! reference; an instance an interrupted agent command was working on is marked dirty.
+
+use crate::events::EventSubject;
+use crate::records::{now_secs, AgentRecord, InstanceRecord, OrphanedDiskRecord};
+use crate::store::{StoreError, Tree};
+use crate::Director;
+use bosun_cpi::CpiError;
+use std::collections::BTreeSet;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("asking the CPI")]
+    Cpi(#[from] CpiError),
+}
+
+/// Runs the reconciliation; returns a one-line account of it for the director's start event.
+pub async fn after_restart(d: &Director) -> String {
+    match reconcile(d).await {
+        Ok(s) => s,
+        Err(e) => {
+            let m = format!("reconciling after the restart failed: {}", bosun_types::error_chain(&e));
+            tracing::error!("{m}");
+            m
+        }
+    }
+}
+
+const CPI_OPS: &[&str] = &["create_vm", "delete_vm", "create_disk", "delete_disk", "attach_disk", "detach_disk"];
+
+async fn reconcile(d: &Director) -> Result<String, ReconcileError> {
+    let intents = d.journal.unfinished()?;
+    if intents.is_empty() {
+        return Ok("nothing was interrupted".into());
+    }
+    let mut notes = Vec::new();
+    let mut instances: Vec<InstanceRecord> = d.state.list(Tree::Instances, "")?;
+    let agents: Vec<AgentRecord> = d.state.list(Tree::Agents, "")?;
+
+    // Agent commands: the instance they worked on is updated in full next time.
+    for intent in intents.iter().filter(|i| !CPI_OPS.contains(&i.op.as_str())) {
+        let Some(agent) = agents.iter().find(|a| a.agent_id == intent.subject) else { continue };
+        if let Some(rec) = instances.iter_mut().find(|r| r.deployment == agent.deployment && r.uuid == agent.instance) {
+            if !rec.dirty {
+                rec.dirty = true;
+                d.state.put(Tree::Instances, &rec.key(), rec)?;
+                notes.push(format!("{} marked dirty (interrupted {})", rec.name(), intent.op));
+            }
+        }
+    }
+
+    if intents.iter().any(|i| CPI_OPS.contains(&i.op.as_str())) {
+        // VMs an interrupted delete_vm may have removed.
+        let deleting: BTreeSet<&str> =
+            intents.iter().filter(|i| i.op == "delete_vm").map(|i| i.subject.as_str()).collect();
+        for rec in instances.iter_mut() {
+            let Some(vm) = rec.vm.clone().filter(|v| deleting.contains(v.cid.as_str())) else { continue };
+            if !d.cpi.has_vm(&vm.cid).await? {
+                rec.vm = None;
+                rec.dirty = true;
+                d.state.put(Tree::Instances, &rec.key(), rec)?;
+                d.state.delete(Tree::Agents, &vm.agent_id)?;
+                notes.push(format!("{} lost VM {} (deleted before the stop)", rec.name(), vm.cid));
+            }
+        }
+        // Addresses held for a create-swap-delete replacement that was never made.
+        for rec in instances.iter_mut().filter(|r| r.replacement_vm.is_none() && !r.replacement_networks.is_empty()) {
+            rec.replacement_networks.clear();
+            d.state.put(Tree::Instances, &rec.key(), rec)?;
+            notes.push(format!("{} released the addresses of a replacement VM never made", rec.name()));
+        }
+        // VMs with this director's tags that no instance knows: made by an interrupted create_vm.
+        let known_vms: BTreeSet<String> =
+            instances.iter().flat_map(|r| r.vm.iter().chain(r.replacement_vm.iter()).map(|v| v.cid.clone())).collect();
+        match d.cpi.list_vms().await {
+            Ok(vms) => {
+                for vm in vms {
+                    let ours = vm.metadata.get("director_uuid") == Some(&d.uuid);
+                    if !ours || known_vms.contains(&vm.vm_cid) {
+                        continue;
+                    }
+                    match d.cpi.delete_vm(&vm.vm_cid).await {
+                        Ok(()) | Err(CpiError::VmNotFound(_)) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                    let name = vm.metadata.get("name").cloned().unwrap_or_default();
+                    d.events.record(
+                        EventSubject {
+                            object_type: "vm",
+                            object_name: vm.vm_cid.clone(),
+                            deployment: vm.metadata.get("deployment").cloned(),
+                            instance: Some(name.clone()).filter(|n| !n.is_empty()),
+                            task: None,
+                        },
+                        "delete",
+                        "director (reconcile after restart)",
+                        "deleted a VM an interrupted task created but never recorded",
+                    );
+                    notes.push(format!("deleted unrecorded VM {}", vm.vm_cid));
+                }
+            }
+            Err(CpiError::NotImplemented(_)) => notes.push("the CPI cannot list VMs; run `bosun cck`".into()),
+            Err(e) => return Err(e.into()),
+        }
+        // Agent identities no VM uses any more.
+        let live_agents: BTreeSet<String> = instances
+            .iter()
+            .flat_map(|r| r.vm.iter().chain(r.replacement_vm.iter()).map(|v| v.agent_id.clone()))
+            .collect();
+        for a in agents.iter().filter(|a| !live_agents.contains(&a.agent_id)) {
+            d.state.delete(Tree::Agents, &a.agent_id)?;
+        }
+        // Disks nobody knows: kept as orphans.
+        let orphans: Vec<OrphanedDiskRecord> = d.state.list(Tree::OrphanedDisks, "")?;
+        let known_disks: BTreeSet<String> = instances
+            .iter()
+            .flat_map(|r| r.disk_cids.iter().cloned().chain(r.migrating_disk.iter().cloned()))
+            .chain(orphans.iter().map(|o| o.disk_cid.clone()))
+            .collect();
+        match d.cpi.list_disks().await {
+            Ok(disks) => {
+                for disk in disks.into_iter().filter(|x| !known_disks.contains(&x.disk_cid)) {
+                    let foreign = disk.metadata.get("director_uuid").is_some_and(|u| u != &d.uuid);
+                    if foreign {
+                        continue;
+                    }
+                    d.state.put(
+                        Tree::OrphanedDisks,
+                        &disk.disk_cid,
+                        &OrphanedDiskRecord {
+                            disk_cid: disk.disk_cid.clone(),
+                            size_mb: disk.size_mb,
+                            deployment: disk.metadata.get("deployment").cloned().unwrap_or_default(),
+                            instance: disk.metadata.get("name").cloned().unwrap_or_default(),
+                            az: None,
+                            orphaned_at: now_secs(),
+                            reason: "no instance knew it after the director stopped mid-task".into(),
+                        },
+                    )?;
+                    notes.push(format!("orphaned unrecorded disk {}", disk.disk_cid));
+                }
+            }
+            Err(CpiError::NotImplemented(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    d.journal.clear()?;
+    d.state.flush().await?;
+    let summary = if notes.is_empty() {
+        format!("{} interrupted call(s) left nothing to settle", intents.len())
+    } else {
+        notes.join("; ")
+    };
+    tracing::warn!(interrupted = intents.len(), "{summary}");
+    Ok(summary)
+}
