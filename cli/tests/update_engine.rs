@@ -6,8 +6,7 @@
 mod common;
 
 use common::*;
-use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// A sleeper deployment: `update` lines go into the update block, `group` lines into the instance
@@ -125,20 +124,6 @@ fn a_hanging_drain_fails_after_its_timeout_and_skip_drain_passes_it() {
     d.running("drain", 1);
 }
 
-/// Every VM directory of the local CPI with the addresses its settings give it.
-fn vm_addresses(base: &Path) -> Vec<(PathBuf, Vec<String>)> {
-    let Ok(rd) = std::fs::read_dir(base.join("vms")) else { return vec![] };
-    rd.flatten()
-        .filter_map(|e| {
-            let text = std::fs::read_to_string(e.path().join("settings.json")).ok()?;
-            let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-            let ips =
-                v["networks"].as_object()?.values().filter_map(|n| n["ip"].as_str().map(str::to_string)).collect();
-            Some((e.path(), ips))
-        })
-        .collect()
-}
-
 #[test]
 fn create_swap_delete_never_puts_two_vms_on_one_address_and_moves_the_disk() {
     let d = TestDirector::start();
@@ -158,31 +143,9 @@ fn create_swap_delete_never_puts_two_vms_on_one_address_and_moves_the_disk() {
     );
 
     // Watch the CPI's VMs while the recreate runs: no address may be held by two VMs at once.
-    let base = d.cpi_base();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let watching = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let (mut most, mut clashes) = (0usize, Vec::new());
-            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                let vms = vm_addresses(&base);
-                most = most.max(vms.len());
-                let mut seen = BTreeSet::new();
-                for (vm, ips) in &vms {
-                    for ip in ips {
-                        if !seen.insert(ip.clone()) {
-                            clashes.push(format!("{ip} held twice (one by {})", vm.display()));
-                        }
-                    }
-                }
-                std::thread::park_timeout(Duration::from_millis(10));
-            }
-            (most, clashes)
-        })
-    };
+    let watch = AddressWatch::start(d.cpi_base());
     let out = d.ok(&["-n", "-d", "csd", "recreate"]);
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let (most, clashes) = watching.join().unwrap();
+    let (most, clashes) = watch.finish();
     assert!(clashes.is_empty(), "{clashes:?}");
     assert_eq!(most, 4, "one replacement VM at a time beside the three (max_in_flight 1)");
     assert_eq!(out.matches("the replacement VM took the old one's place").count(), 3, "{out}");

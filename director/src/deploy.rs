@@ -1153,6 +1153,7 @@ async fn stop_jobs(
     if rec.applied.is_none() && rec.generation == 0 {
         return Ok(()); // nothing was ever started
     }
+    d.hub.await_reconnect(&vm.agent_id).await;
     if !d.hub.is_responsive(&vm.agent_id) {
         if how.tolerant {
             task.warn("stop", Some(&rec.name()), "the agent is not responding; skipping drain and stop");

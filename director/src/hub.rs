@@ -56,6 +56,10 @@ struct Connection {
     displaced: Notify,
 }
 
+/// How long agents get to reconnect to a restarted director before they count as silent: their
+/// reconnect backoff is at most 3 s, plus a TLS handshake.
+pub const RECONNECT_GRACE: Duration = Duration::from_secs(10);
+
 pub struct AgentHub {
     state: State,
     blobstore: crate::blobstore::Blobstore,
@@ -114,11 +118,22 @@ impl AgentHub {
     }
 
     /// How long the agent has been silent: since its last message, or, if this director has not
-    /// heard from it, since the later of the director's start and `not_before` (its VM's creation).
+    /// heard from it, since the later of its VM's creation (`not_before`) and the end of the
+    /// grace agents get to find a restarted director.
     pub fn silent_for(&self, agent_id: &str, not_before: Instant) -> Duration {
         match self.status(agent_id) {
             Some(s) => s.last_seen.elapsed(),
-            None => not_before.max(self.started).elapsed(),
+            None => not_before.max(self.started + RECONNECT_GRACE).elapsed(),
+        }
+    }
+
+    /// Right after this director started, an agent that has not reconnected yet gets the
+    /// reconnect grace to do so before a command is refused for it.
+    pub async fn await_reconnect(&self, agent_id: &str) {
+        let until = self.started + RECONNECT_GRACE + self.unresponsive_after();
+        let left = until.saturating_duration_since(Instant::now());
+        if !left.is_zero() && self.status(agent_id).is_none() {
+            let _ = self.wait_connected(agent_id, left).await;
         }
     }
 
@@ -172,6 +187,7 @@ impl AgentHub {
                 message: e.to_string(),
             })?),
         };
+        self.await_reconnect(agent_id).await;
         let out = self.send(agent_id, name, command, timeout).await;
         if let Some(id) = intent {
             self.journal.end(id);

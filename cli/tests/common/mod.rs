@@ -96,14 +96,54 @@ pub struct TestDirector {
     pub dir: tempfile::TempDir,
     child: Option<Child>,
     pub env: Vec<(String, String)>,
+    /// Extra `bosun director` flags, and environment for the director process.
+    flags: Vec<String>,
+    director_env: Vec<(String, String)>,
 }
 
 impl TestDirector {
     pub fn start() -> Self {
+        Self::start_with(&[], &[])
+    }
+
+    /// A director with extra flags (e.g. `--meltdown-window 30`) and environment.
+    pub fn start_with(flags: &[&str], env: &[(&str, &str)]) -> Self {
         let dir = tempfile::Builder::new().prefix("bosun-test-").tempdir_in(scratch()).expect("temp dir");
-        let mut d = TestDirector { dir, child: None, env: vec![] };
+        // Fixed ports for the director's life, so agents find it again after a restart.
+        let free_port = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let (api, agents) = (free_port(), free_port());
+        let mut all_flags = vec![
+            "--listen".to_string(),
+            format!("127.0.0.1:{api}"),
+            "--agent-listen".into(),
+            format!("127.0.0.1:{agents}"),
+        ];
+        all_flags.extend(flags.iter().map(|s| s.to_string()));
+        let mut d = TestDirector {
+            dir,
+            child: None,
+            env: vec![],
+            flags: all_flags,
+            director_env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        };
         d.launch();
         d
+    }
+
+    /// Waits for the director process to end by itself (a crash point); its exit status.
+    pub fn wait_for_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let child = self.child.as_mut().expect("a running director");
+        eventually("the director to exit", timeout, || child.try_wait().ok().flatten())
+    }
+
+    /// Starts the director again on the same state, with this environment instead.
+    pub fn relaunch_with(&mut self, env: &[(&str, &str)]) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.director_env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        self.launch();
     }
 
     pub fn state_dir(&self) -> PathBuf {
@@ -124,19 +164,10 @@ impl TestDirector {
             .open(self.dir.path().join("director.log"))
             .expect("director log");
         let child = Command::new(bosun_bin())
-            .args([
-                "director",
-                "--listen",
-                "127.0.0.1:0",
-                "--agent-listen",
-                "127.0.0.1:0",
-                "--heartbeat-interval-ms",
-                "500",
-                "--agent-wait-timeout",
-                "60",
-                "--state-dir",
-            ])
+            .args(["director", "--heartbeat-interval-ms", "500", "--agent-wait-timeout", "60", "--state-dir"])
             .arg(self.state_dir())
+            .args(&self.flags)
+            .envs(self.director_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
@@ -151,15 +182,6 @@ impl TestDirector {
             .filter_map(|l| l.strip_prefix("export ")?.split_once('='))
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-    }
-
-    /// Kills the director with SIGKILL and starts it again on the same state (new ports).
-    pub fn restart(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        self.launch();
     }
 
     pub fn var(&self, k: &str) -> String {
@@ -308,6 +330,74 @@ pub fn etcd_members(ip: &str) -> Option<Vec<(String, Vec<String>)>> {
             })
             .collect(),
     )
+}
+
+/// Kills every process of a local VM with SIGKILL (the agent and its jobs), as a crash would.
+pub fn kill_vm(vm_cid: &str) -> usize {
+    use bosun_cpi::local::VM_MARKER;
+    let pids = processes_with_env(VM_MARKER, vm_cid);
+    for pid in &pids {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), nix::sys::signal::Signal::SIGKILL);
+    }
+    pids.len()
+}
+
+/// Every VM directory of a local CPI with the addresses its settings give it.
+pub fn vm_addresses(base: &Path) -> Vec<(PathBuf, Vec<String>)> {
+    let Ok(rd) = std::fs::read_dir(base.join("vms")) else { return vec![] };
+    rd.flatten()
+        .filter_map(|e| {
+            let text = std::fs::read_to_string(e.path().join("settings.json")).ok()?;
+            let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+            let ips =
+                v["networks"].as_object()?.values().filter_map(|n| n["ip"].as_str().map(str::to_string)).collect();
+            Some((e.path(), ips))
+        })
+        .collect()
+}
+
+/// Watches a local CPI's VMs on a thread until stopped: the most VMs seen at once, and every
+/// moment an address was held by two VMs.
+pub struct AddressWatch {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: Option<std::thread::JoinHandle<(usize, Vec<String>)>>,
+}
+
+impl AddressWatch {
+    pub fn start(base: PathBuf) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let (mut most, mut clashes) = (0usize, Vec::new());
+            while !flag.load(std::sync::atomic::Ordering::SeqCst) {
+                let vms = vm_addresses(&base);
+                most = most.max(vms.len());
+                let mut seen = std::collections::BTreeSet::new();
+                for (vm, ips) in &vms {
+                    for ip in ips {
+                        if !seen.insert(ip.clone()) {
+                            clashes.push(format!("{ip} held twice (one by {})", vm.display()));
+                        }
+                    }
+                }
+                std::thread::park_timeout(Duration::from_millis(10));
+            }
+            (most, clashes)
+        });
+        AddressWatch { stop, handle: Some(handle) }
+    }
+
+    /// (most VMs at once, address clashes).
+    pub fn finish(mut self) -> (usize, Vec<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.handle.take().expect("running").join().expect("the watch thread")
+    }
+}
+
+impl Drop for AddressWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// Reads a key through etcd's gateway: its value (base64) if it exists.

@@ -1,0 +1,285 @@
+//! The health monitor, resurrection, meltdown, cloud check and crash safety, on real agents
+//! through the local CPI (heartbeat 500 ms, unresponsive after 3 missed). Each test has its own
+//! subnet (127.0.50–54.0/24).
+
+mod common;
+
+use common::*;
+use std::time::{Duration, Instant};
+
+fn sleeper_manifest(name: &str, instances: u32, group: &str, message: &str) -> String {
+    format!(
+        r#"name: {name}
+releases: [{{name: testbed, version: latest}}]
+stemcells: [{{alias: default, os: local, version: latest}}]
+update: {{canaries: 1, max_in_flight: 4, canary_watch_time: 500-5000, update_watch_time: 500-5000}}
+instance_groups:
+- name: sleeper
+  azs: [z1, z2, z3]
+  instances: {instances}
+  vm_type: default
+  stemcell: default
+  networks: [{{name: default}}]
+{group}
+  jobs:
+  - name: sleeper
+    release: testbed
+    properties: {{message: {message}}}
+"#
+    )
+}
+
+fn by_index(list: &[serde_json::Value]) -> Vec<serde_json::Value> {
+    let mut v = list.to_vec();
+    v.sort_by_key(|i| i["index"].as_u64());
+    v
+}
+
+fn events(d: &TestDirector, dep: &str) -> Vec<serde_json::Value> {
+    d.json(&["-d", dep, "events", "--limit", "1000"]).as_array().expect("a list").clone()
+}
+
+fn has_event(events: &[serde_json::Value], action: &str, instance: &str) -> bool {
+    events.iter().any(|e| e["action"] == action && e["instance"].as_str() == Some(instance))
+}
+
+#[test]
+fn a_killed_etcd_vm_is_resurrected_with_its_identity_disk_and_data() {
+    let d = TestDirector::start();
+    d.prepare(&d.write("cloud.yml", &local_cloud_config(50)));
+    let manifest = std::fs::read_to_string(repo().join("manifests/quickstart.yml"))
+        .unwrap()
+        .replace("name: quickstart", "name: resurrect")
+        .replace("127.0.10.10 - 127.0.10.12", "127.0.50.10 - 127.0.50.12")
+        .replace("  jobs:\n", "  persistent_disk: 256\n  jobs:\n");
+    let m = d.write("etcd.yml", &manifest);
+    d.ok(&["-n", "-d", "resurrect", "deploy", m.to_str().unwrap()]);
+    let before = by_index(&d.running("resurrect", 3));
+    let victim = before[1].clone();
+    eventually("etcd to form", Duration::from_secs(30), || etcd_members("127.0.50.10").filter(|m| m.len() == 3));
+    assert!(etcd_put("127.0.50.10", "c3Vydml2ZQ==", "eWVz"), "a write before the kill");
+
+    let killed_at = Instant::now();
+    assert!(kill_vm(victim["vm_cid"].as_str().unwrap()) > 0, "the VM had processes to kill");
+    let name = victim["instance"].as_str().unwrap();
+    let noticed = eventually("the health monitor to notice", Duration::from_secs(30), || {
+        has_event(&events(&d, "resurrect"), "missing", name).then(Instant::now)
+    });
+    let back = eventually("the instance running on a new VM", Duration::from_secs(120), || {
+        let list = by_index(&d.instances("resurrect"));
+        let i = &list[1];
+        (i["vm_cid"] != victim["vm_cid"] && i["state"] == "running").then(|| i.clone())
+    });
+    println!(
+        "kill → noticed: {:.1} s; kill → running: {:.1} s",
+        (noticed - killed_at).as_secs_f64(),
+        killed_at.elapsed().as_secs_f64()
+    );
+    assert_eq!(back["id"], victim["id"]);
+    assert_eq!(back["ips"], victim["ips"]);
+    assert_eq!(back["disk_cids"], victim["disk_cids"], "the same persistent disk");
+    let evs = events(&d, "resurrect");
+    let resurrected = evs.iter().find(|e| e["action"] == "resurrect" && e["instance"].as_str() == Some(name));
+    assert_eq!(resurrected.map(|e| e["cause"].clone()), Some(serde_json::json!("health monitor")), "{evs:?}");
+    for ip in ["127.0.50.10", "127.0.50.11", "127.0.50.12"] {
+        eventually(&format!("{ip} to list three members"), Duration::from_secs(60), || {
+            etcd_members(ip).filter(|m| m.len() == 3 && m.iter().all(|(n, u)| !n.is_empty() && !u.is_empty()))
+        });
+    }
+    assert_eq!(etcd_get("127.0.50.11", "c3Vydml2ZQ==").flatten().as_deref(), Some("eWVz"), "the data survived");
+}
+
+#[test]
+fn a_hung_agent_is_fenced_before_its_replacement_starts() {
+    let d = TestDirector::start();
+    d.prepare_with(&d.write("cloud.yml", &local_cloud_config(51)), &testbed_release());
+    let m = d.write("s.yml", &sleeper_manifest("hung", 2, "", "hello"));
+    d.ok(&["-n", "-d", "hung", "deploy", m.to_str().unwrap()]);
+    let before = by_index(&d.running("hung", 2));
+    let vm = before[0]["vm_cid"].as_str().unwrap().to_string();
+    let agent_pid: i32 =
+        std::fs::read_to_string(d.cpi_base().join("vms").join(&vm).join("agent.pid")).unwrap().trim().parse().unwrap();
+    let watch = AddressWatch::start(d.cpi_base());
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(agent_pid), nix::sys::signal::Signal::SIGSTOP).unwrap();
+
+    let name = before[0]["instance"].as_str().unwrap();
+    eventually("the agent found unresponsive", Duration::from_secs(30), || {
+        has_event(&events(&d, "hung"), "unresponsive", name).then_some(())
+    });
+    let back = eventually("a new VM running the instance", Duration::from_secs(60), || {
+        let i = by_index(&d.instances("hung"))[0].clone();
+        (i["vm_cid"] != before[0]["vm_cid"] && i["state"] == "running").then_some(i)
+    });
+    let (_, clashes) = watch.finish();
+    assert!(clashes.is_empty(), "{clashes:?}");
+    assert_eq!(back["ips"], before[0]["ips"], "same address, never held twice");
+    assert!(!d.cpi_base().join("vms").join(&vm).exists(), "the hung VM was deleted");
+    assert!(
+        bosun_cpi::local::processes_with_env(bosun_cpi::local::VM_MARKER, &vm).is_empty(),
+        "nothing of the hung VM runs"
+    );
+}
+
+#[test]
+fn meltdown_stops_resurrection_until_cck_repairs() {
+    let d = TestDirector::start();
+    d.prepare_with(&d.write("cloud.yml", &local_cloud_config(52)), &testbed_release());
+    let m = d.write("s.yml", &sleeper_manifest("melt", 8, "", "hello"));
+    d.ok(&["-n", "-d", "melt", "deploy", m.to_str().unwrap()]);
+    let before = by_index(&d.running("melt", 8));
+    for i in &before[..5] {
+        kill_vm(i["vm_cid"].as_str().unwrap());
+    }
+    let evs = eventually("a meltdown event", Duration::from_secs(30), || {
+        let e = events(&d, "melt");
+        e.iter().any(|x| x["action"] == "meltdown").then_some(e)
+    });
+    let meltdown = evs.iter().find(|x| x["action"] == "meltdown").unwrap();
+    assert!(meltdown["message"].as_str().unwrap().contains("meltdown entered: 5 of 8"), "{meltdown}");
+    // Every dead instance is seen (proof the monitor kept looking), and none was resurrected.
+    let evs = eventually("all five found missing", Duration::from_secs(30), || {
+        let e = events(&d, "melt");
+        before[..5].iter().all(|i| has_event(&e, "missing", i["instance"].as_str().unwrap())).then_some(e)
+    });
+    assert!(!evs.iter().any(|e| e["action"] == "resurrect"), "no resurrection in a meltdown: {evs:?}");
+    let tasks = d.json(&["tasks"]);
+    assert!(!tasks.as_array().unwrap().iter().any(|t| t["description"].as_str().unwrap().starts_with("resurrect")));
+
+    let report = d.run(&["-d", "melt", "cck", "--report"]);
+    let listed = String::from_utf8_lossy(&report.stderr).to_string();
+    assert_eq!(report.status.code(), Some(1), "{listed}");
+    assert_eq!(listed.matches("missing_vm").count(), 5, "{listed}");
+    d.ok(&["-n", "-d", "melt", "cck", "--auto"]);
+    let after = by_index(&d.running("melt", 8));
+    for (b, a) in before.iter().zip(&after).take(5) {
+        assert_eq!(a["id"], b["id"]);
+        assert_eq!(a["ips"], b["ips"]);
+        assert_ne!(a["vm_cid"], b["vm_cid"]);
+    }
+    let evs = events(&d, "melt");
+    assert_eq!(evs.iter().filter(|e| e["action"] == "resolve").count(), 5);
+    assert!(d.run(&["-d", "melt", "cck", "--report"]).status.success(), "nothing left to repair");
+}
+
+/// The VM processes, VM directories and addresses of a director's local VMs.
+fn vms_on_disk(d: &TestDirector) -> (usize, Vec<String>) {
+    let vms = vm_addresses(&d.cpi_base());
+    let mut ips: Vec<String> = vms.iter().flat_map(|(_, i)| i.clone()).collect();
+    ips.sort();
+    (vms.len(), ips)
+}
+
+#[test]
+fn a_director_killed_mid_deploy_restarts_and_the_next_deploy_converges() {
+    let mut d = TestDirector::start_with(&[], &[("BOSUN_CRASH_AT", "after_create_vm")]);
+    d.prepare_with(&d.write("cloud.yml", &local_cloud_config(53)), &testbed_release());
+    let three = d.write("three.yml", &sleeper_manifest("crash", 3, "  persistent_disk: 64", "hello"));
+    let deploy = |d: &TestDirector, m: &std::path::Path| d.run(&["-n", "-d", "crash", "deploy", m.to_str().unwrap()]);
+
+    // 1. Killed right after the CPI made a VM, before the VM was recorded.
+    assert!(!deploy(&d, &three).status.success());
+    d.wait_for_exit(Duration::from_secs(30));
+    assert_eq!(vms_on_disk(&d).0, 1, "the VM the director never recorded exists");
+    d.relaunch_with(&[]);
+    let evs = events(&d, "crash");
+    assert!(evs.iter().any(|e| e["action"] == "delete" && e["object_type"] == "vm"), "reconciled: {evs:?}");
+    let tasks = d.json(&["tasks"]);
+    assert_eq!(tasks[0]["state"], "error", "the interrupted task is marked: {tasks}");
+    d.ok(&["-n", "-d", "crash", "deploy", three.to_str().unwrap()]);
+    let first = by_index(&d.running("crash", 3));
+    let (n, ips) = vms_on_disk(&d);
+    assert_eq!(n, 3, "no leaked VM");
+    let mut want: Vec<String> = first.iter().map(|i| i["ips"][0].as_str().unwrap().to_string()).collect();
+    want.sort();
+    assert_eq!(ips, want, "every VM's address is its instance's");
+
+    // 2. Killed after an agent applied a new spec, before the director recorded it.
+    d.relaunch_with(&[("BOSUN_CRASH_AT", "after_apply")]);
+    let changed = d.write("changed.yml", &sleeper_manifest("crash", 3, "  persistent_disk: 64", "changed"));
+    assert!(!deploy(&d, &changed).status.success());
+    d.wait_for_exit(Duration::from_secs(30));
+    d.relaunch_with(&[]);
+    let plan = d.ok(&["-d", "crash", "deploy", changed.to_str().unwrap(), "--dry-run"]);
+    assert!(plan.contains("update:"), "{plan}");
+    d.ok(&["-n", "-d", "crash", "deploy", changed.to_str().unwrap()]);
+    d.running("crash", 3);
+    assert!(d.ok(&["-n", "-d", "crash", "deploy", changed.to_str().unwrap()]).contains("No changes."));
+
+    // 3. Killed after deleting a VM during a scale-in, before recording it.
+    d.relaunch_with(&[("BOSUN_CRASH_AT", "after_delete_vm")]);
+    let one = d.write("one.yml", &sleeper_manifest("crash", 1, "  persistent_disk: 64", "changed"));
+    assert!(!deploy(&d, &one).status.success());
+    d.wait_for_exit(Duration::from_secs(30));
+    d.relaunch_with(&[]);
+    d.ok(&["-n", "-d", "crash", "deploy", one.to_str().unwrap()]);
+    let left = d.running("crash", 1);
+    assert_eq!(left[0]["id"], first[0]["id"], "the bootstrap instance stayed");
+    let (n, ips) = vms_on_disk(&d);
+    assert_eq!((n, ips), (1, vec![first[0]["ips"][0].as_str().unwrap().to_string()]), "no leaked VM or address");
+    let vm_processes = d.vm_processes();
+    let live: Vec<i32> =
+        bosun_cpi::local::processes_with_env(bosun_cpi::local::VM_MARKER, left[0]["vm_cid"].as_str().unwrap());
+    assert_eq!(vm_processes.len(), live.len(), "only the remaining VM's processes run");
+    // Every disk is the instance's or a recorded orphan.
+    let orphans = d.json(&["disks", "--orphaned"]);
+    let disks: Vec<String> = std::fs::read_dir(d.cpi_base().join("disks"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    for disk in &disks {
+        let used = left[0]["disk_cids"][0].as_str() == Some(disk.as_str());
+        let orphaned = orphans.as_array().unwrap().iter().any(|o| o["disk_cid"].as_str() == Some(disk.as_str()));
+        assert!(used || orphaned, "disk {disk} is neither used nor a recorded orphan: {orphans}");
+    }
+}
+
+#[test]
+fn cck_finds_an_orphan_vm_made_behind_the_directors_back() {
+    let d = TestDirector::start();
+    d.prepare_with(&d.write("cloud.yml", &local_cloud_config(54)), &testbed_release());
+    let m = d.write("s.yml", &sleeper_manifest("orphans", 1, "", "hello"));
+    d.ok(&["-n", "-d", "orphans", "deploy", m.to_str().unwrap()]);
+    d.running("orphans", 1);
+    assert!(d.run(&["-d", "orphans", "cck", "--report"]).status.success(), "a healthy deployment has no problems");
+
+    let uuid = d.json(&["target"])["uuid"].as_str().unwrap().to_string();
+    let stemcell = d.json(&["stemcells"])[0]["cid"].as_str().unwrap().to_string();
+    let cpi = bosun_cpi::local::LocalCpi::new(d.cpi_base()).unwrap();
+    let mut networks = std::collections::BTreeMap::new();
+    networks.insert(
+        "default".to_string(),
+        bosun_types::protocol::NetworkSettings {
+            kind: "manual".into(),
+            ip: "127.0.54.200".into(),
+            netmask: "255.255.255.0".into(),
+            gateway: None,
+            default: vec![],
+            dns: vec![],
+            cloud_properties: serde_json::json!({}),
+        },
+    );
+    let request = bosun_cpi::CreateVmRequest {
+        agent_id: "agent-behind-the-back".into(),
+        stemcell_cid: stemcell,
+        cloud_properties: serde_json::json!({}),
+        networks,
+        disk_cids: vec![],
+        env: serde_json::json!({"bosun": {
+            "director": {"address": "127.0.0.1:9", "server_name": "x", "ca_cert": "", "client_cert": "", "client_key": ""},
+            "tags": {"director_uuid": uuid, "deployment": "orphans", "name": "sleeper/stray"},
+        }}),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (stray, _) = rt.block_on(bosun_cpi::Cpi::create_vm(&cpi, &request)).unwrap();
+
+    let out = d.run(&["-d", "orphans", "cck", "--report"]);
+    let listed = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(1), "{listed}");
+    assert!(listed.contains("orphan_vm") && listed.contains(&stray), "{listed}");
+    assert!(listed.contains("as sleeper/stray"), "{listed}");
+    d.ok(&["-n", "-d", "orphans", "cck", "--resolution", "orphan_vm=delete_vm"]);
+    assert!(!d.cpi_base().join("vms").join(&stray).exists());
+    assert!(d.run(&["-d", "orphans", "cck", "--report"]).status.success());
+    assert_eq!(d.running("orphans", 1).len(), 1, "the deployment's own VM was left alone");
+}
