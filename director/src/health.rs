@@ -1,6 +1,7 @@
-//! The health monitor and resurrector. Every half heartbeat interval it looks at every instance
+//! The health monitor and resurrector. Every quarter heartbeat interval it looks at every instance
 //! that should be running: an agent silent for `missed_heartbeats` intervals is unhealthy, and
-//! `has_vm` tells a missing VM from a hung agent; a process that keeps failing makes the instance
+//! `has_vm` tells a missing VM from a hung agent (an agent whose connection drops is asked about
+//! at once, so a VM that died is noticed in well under a heartbeat); a process that keeps failing makes the instance
 //! `failing` (reported, never a reason to recreate). Unhealthy instances are resurrected through
 //! the same planner and executor as a deploy — same uuid, index, addresses and disk; the old VM is
 //! deleted first — unless resurrection is off for them or their deployment is in meltdown.
@@ -145,10 +146,12 @@ struct Monitor {
     /// Per deployment: when which instance turned unhealthy (the meltdown window).
     turned: BTreeMap<String, VecDeque<(Instant, String)>>,
     meltdown: BTreeSet<String>,
+    /// VMs whose agent's connection dropped and that were asked about already.
+    probed: BTreeSet<(String, String)>,
 }
 
 pub async fn monitor(d: Arc<Director>) {
-    let tick = (d.config.heartbeat_interval / 2).max(Duration::from_millis(100));
+    let tick = (d.config.heartbeat_interval / 4).max(Duration::from_millis(100));
     let mut m = Monitor::default();
     loop {
         tokio::time::sleep(tick).await;
@@ -166,6 +169,7 @@ impl Monitor {
         let keys: BTreeSet<(String, String)> =
             watched.iter().map(|r| (r.key(), r.vm.as_ref().expect("watched").cid.clone())).collect();
         self.tracked.retain(|k, _| keys.contains(k));
+        self.probed.retain(|k| keys.contains(k));
 
         for rec in &watched {
             let vm = rec.vm.as_ref().expect("watched");
@@ -174,29 +178,39 @@ impl Monitor {
                 .checked_sub(Duration::from_secs(now_secs().saturating_sub(vm.created_at)))
                 .unwrap_or_else(Instant::now);
             let silent = d.hub.silent_for(&vm.agent_id, created) > d.hub.unresponsive_after();
+            let status = d.hub.status(&vm.agent_id);
+            // An agent whose connection dropped is asked about at once: if its VM is gone there
+            // is nothing to wait for (a VM that still exists gets the missed-heartbeat rule).
+            let dropped = status.as_ref().is_some_and(|s| !s.connected);
+            if !dropped {
+                self.probed.remove(&key);
+            }
             let previous = self.tracked.get(&key).map(|t| t.health);
-            let health = if silent {
-                match previous {
-                    Some(h) if h.unhealthy() => h,
-                    _ => match d.cpi.has_vm(&vm.cid).await {
-                        Ok(false) => Health::Missing,
-                        Ok(true) => Health::Unresponsive,
-                        Err(e) => {
-                            tracing::warn!(vm = %vm.cid, error = %e, "has_vm failed; counting the agent unresponsive");
-                            Health::Unresponsive
-                        }
-                    },
-                }
-            } else {
-                let failing = d
-                    .hub
-                    .status(&vm.agent_id)
-                    .and_then(|s| s.heartbeat)
-                    .is_some_and(|h| h.job_state == JobState::Failing);
-                if failing {
-                    Health::Failing
-                } else {
-                    Health::Healthy
+            let probe_now =
+                dropped && !silent && !previous.is_some_and(Health::unhealthy) && self.probed.insert(key.clone());
+            let gone = if probe_now { matches!(d.cpi.has_vm(&vm.cid).await, Ok(false)) } else { false };
+            let health = match previous {
+                // Still gone or silent: it stays what it was found to be.
+                Some(h) if h.unhealthy() && (dropped || silent) => h,
+                _ if gone => Health::Missing,
+                _ if silent => match d.cpi.has_vm(&vm.cid).await {
+                    Ok(false) => Health::Missing,
+                    Ok(true) => Health::Unresponsive,
+                    Err(e) => {
+                        tracing::warn!(vm = %vm.cid, error = %e, "has_vm failed; counting the agent unresponsive");
+                        Health::Unresponsive
+                    }
+                },
+                _ => {
+                    let failing = status
+                        .as_ref()
+                        .and_then(|s| s.heartbeat.as_ref())
+                        .is_some_and(|h| h.job_state == JobState::Failing);
+                    if failing {
+                        Health::Failing
+                    } else {
+                        Health::Healthy
+                    }
                 }
             };
             if previous == Some(health) || (previous.is_none() && health == Health::Healthy) {
