@@ -214,3 +214,36 @@ fn restart_stop_start_and_hard_stop_act_on_the_instances_named() {
     let err = d.fails(2, &["-n", "-d", "cmd", "restart", "sleeper/not a uuid"]);
     assert!(err.contains("is not `group`, `group/uuid` or `group/index`"), "{err}");
 }
+
+#[test]
+fn a_dynamic_network_takes_the_address_the_cloud_gives_and_renders_with_it() {
+    let d = TestDirector::start();
+    let cloud = local_cloud_config(47).replace(
+        "networks:\n",
+        "networks:\n- name: dyn\n  type: dynamic\n  cloud_properties: {range: 127.0.48.0/24}\n",
+    );
+    d.prepare_with(&d.write("cloud.yml", &cloud), &testbed_release());
+    let m = d.write("dyn.yml", &sleeper_manifest("dyn", 2, "", "", "").replace("{name: default}", "{name: dyn}"));
+    let plan = d.ok(&["-d", "dyn", "deploy", m.to_str().unwrap(), "--dry-run"]);
+    assert_eq!(plan.matches("(assigned by the cloud)").count(), 2, "{plan}");
+    d.ok(&["-n", "-d", "dyn", "deploy", m.to_str().unwrap()]);
+    let first = by_index(&d.running("dyn", 2));
+    let address_of = |i: &serde_json::Value| {
+        let vm = i["vm_cid"].as_str().unwrap();
+        std::fs::read_to_string(d.cpi_base().join("vms").join(vm).join("root/jobs/sleeper/config/address")).unwrap()
+    };
+    let mut ips = Vec::new();
+    for i in &first {
+        let ip = i["ips"][0].as_str().unwrap().to_string();
+        assert!(ip.starts_with("127.0.48."), "{ip}");
+        assert_eq!(address_of(i).trim(), ip, "the job was rendered with the address the VM got");
+        ips.push(ip);
+    }
+    assert_ne!(ips[0], ips[1]);
+    assert!(d.ok(&["-n", "-d", "dyn", "deploy", m.to_str().unwrap()]).contains("No changes."), "addresses are kept");
+    d.ok(&["-n", "-d", "dyn", "recreate", "sleeper/1"]);
+    let again = by_index(&d.running("dyn", 2));
+    assert_ne!(again[1]["vm_cid"], first[1]["vm_cid"]);
+    assert_eq!(address_of(&again[1]).trim(), again[1]["ips"][0].as_str().unwrap());
+    assert_ne!(again[1]["ips"], again[0]["ips"]);
+}

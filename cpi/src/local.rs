@@ -31,6 +31,8 @@ pub struct LocalCpi {
     base: PathBuf,
     /// Serializes disk bookkeeping (attach/detach/delete read-modify-write `disk.json`).
     disk_lock: tokio::sync::Mutex<()>,
+    /// Serializes VM creation: checking that an address is free and taking it are one step.
+    vm_lock: tokio::sync::Mutex<()>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -64,7 +66,7 @@ impl LocalCpi {
             std::fs::create_dir_all(base.join(d))?;
         }
         let base = base.canonicalize()?;
-        Ok(Self { base, disk_lock: tokio::sync::Mutex::new(()) })
+        Ok(Self { base, disk_lock: tokio::sync::Mutex::new(()), vm_lock: tokio::sync::Mutex::new(()) })
     }
 
     pub fn base(&self) -> &Path {
@@ -228,6 +230,32 @@ fn ips_of(networks: &BTreeMap<String, NetworkSettings>) -> CpiResult<Vec<Ipv4Add
         .collect()
 }
 
+/// A dynamic network on the local CPI: `cloud_properties: {range: 127.0.70.0/24}`; a VM gets the
+/// lowest address of the range (after the network address and the first host, kept for a gateway)
+/// that no live VM holds.
+fn assign_dynamic(name: &str, n: &mut NetworkSettings, held: &BTreeMap<Ipv4Addr, String>) -> CpiResult<()> {
+    let bad = |m: String| CpiError::VmCreationFailed {
+        message: format!("dynamic network `{name}`: {m}"),
+        ok_to_retry: false,
+    };
+    let range =
+        n.cloud_properties.get("range").and_then(|r| r.as_str()).ok_or_else(|| {
+            bad("the local CPI needs `cloud_properties: {range: 127.x.y.0/24}` to give addresses".into())
+        })?;
+    let net: ipnet::Ipv4Net = range.parse().map_err(|_| bad(format!("range `{range}` is not an IPv4 network")))?;
+    if !net.network().is_loopback() {
+        return Err(bad(format!("range {range} is not in 127.0.0.0/8")));
+    }
+    let ip = net
+        .hosts()
+        .skip(1)
+        .find(|ip| !held.contains_key(ip))
+        .ok_or_else(|| bad(format!("every address of {range} is taken")))?;
+    n.ip = ip.to_string();
+    n.netmask = net.netmask().to_string();
+    Ok(())
+}
+
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> CpiResult<T> + Send + 'static) -> CpiResult<T> {
     tokio::task::spawn_blocking(f).await.map_err(|e| CpiError::Cloud(format!("local CPI worker failed: {e}")))?
 }
@@ -288,24 +316,32 @@ impl Cpi for LocalCpi {
         if !stemcell.is_dir() {
             return Err(CpiError::StemcellNotFound(request.stemcell_cid.clone()));
         }
-        let ips = ips_of(&request.networks)?;
-        let cid = format!("vm-{}", uuid::Uuid::new_v4().simple());
-        let settings = agent_settings(request, &cid)?;
-        let tags = creation_tags(request);
-        // Never two live VMs on one address.
+        let _one_at_a_time = self.vm_lock.lock().await;
+        // Addresses live VMs hold: never two live VMs on one address.
+        let mut held: BTreeMap<Ipv4Addr, String> = BTreeMap::new();
         for other in self.list_vms().await? {
             let settings_path = self.vm_dir(&other.vm_cid).join("settings.json");
             let Ok(bytes) = tokio::fs::read(&settings_path).await else { continue };
             let Ok(s) = serde_json::from_slice::<bosun_types::protocol::AgentSettings>(&bytes) else { continue };
-            if s.networks.values().any(|n| ips.iter().any(|ip| n.ip == ip.to_string()))
-                && self.has_vm(&other.vm_cid).await?
-            {
-                return Err(CpiError::VmCreationFailed {
-                    message: format!("an address of this VM is held by VM `{}`, which is still running", other.vm_cid),
-                    ok_to_retry: false,
-                });
+            if self.has_vm(&other.vm_cid).await? {
+                held.extend(s.networks.values().filter_map(|n| n.ip.parse().ok()).map(|ip| (ip, other.vm_cid.clone())));
             }
         }
+        let mut networks = request.networks.clone();
+        for (name, n) in networks.iter_mut().filter(|(_, n)| n.kind == "dynamic" && n.ip.is_empty()) {
+            assign_dynamic(name, n, &held)?;
+        }
+        let ips = ips_of(&networks)?;
+        if let Some((ip, other)) = ips.iter().find_map(|ip| held.get(ip).map(|o| (ip, o))) {
+            return Err(CpiError::VmCreationFailed {
+                message: format!("address {ip} of this VM is held by VM `{other}`, which is still running"),
+                ok_to_retry: false,
+            });
+        }
+        let cid = format!("vm-{}", uuid::Uuid::new_v4().simple());
+        let mut settings = agent_settings(request, &cid)?;
+        settings.networks = networks.clone();
+        let tags = creation_tags(request);
         let dir = self.vm_dir(&cid);
         let cid2 = cid.clone();
         let base = self.base.clone();
@@ -341,7 +377,7 @@ impl Cpi for LocalCpi {
         })
         .await?;
         tracing::debug!(vm_cid = %cid, "local VM started");
-        Ok((cid, request.networks.clone()))
+        Ok((cid, networks))
     }
 
     async fn delete_vm(&self, vm_cid: &str) -> CpiResult<()> {

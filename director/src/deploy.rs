@@ -317,7 +317,7 @@ pub fn plan_view(plan: &Plan, old_manifest: Option<&str>, new_manifest: &str) ->
                     instance: instance_label(i),
                     index: i.index,
                     az: i.az.clone(),
-                    ips: i.networks.values().map(|n| n.ip.clone()).collect(),
+                    ips: i.networks.values().map(|n| crate::planner::show_ip(&n.ip).to_string()).collect(),
                     action: i.action,
                     reasons: i.reasons.clone(),
                 })
@@ -448,7 +448,7 @@ pub async fn execute(
                 end += 1;
             }
         }
-        let runs = plan.groups[k..end].iter().map(|g| update_group(d, task, &deployment, g, opts));
+        let runs = plan.groups[k..end].iter().map(|g| update_group(d, task, &deployment, g, manifest_text, opts));
         for r in futures::future::join_all(runs).await {
             changed += r?;
         }
@@ -465,6 +465,7 @@ async fn update_group(
     task: &Task,
     deployment: &str,
     g: &GroupPlan,
+    manifest_text: &str,
     opts: ExecOptions,
 ) -> Result<usize, DeployError> {
     if g.batches.is_empty() {
@@ -494,7 +495,9 @@ async fn update_group(
     for batch in &g.batches {
         let watch = if batch.canary { g.update.canary_watch_time } else { g.update.update_watch_time };
         let runs = batch.instances.iter().map(|&k| {
-            converge_instance(d, task, deployment, &g.instances[k], watch, g.script_timeout_ms, batch.canary, opts)
+            let how =
+                Converge { watch, script_timeout_ms: g.script_timeout_ms, canary: batch.canary, manifest_text, opts };
+            converge_instance(d, task, deployment, &g.instances[k], how)
         });
         let results = futures::future::join_all(runs).await;
         changed += results.iter().filter(|r| r.is_ok()).count();
@@ -534,17 +537,25 @@ fn fresh_record(deployment: &str, i: &InstancePlan) -> InstanceRecord {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// How one instance of a batch is converged.
+#[derive(Clone, Copy)]
+struct Converge<'a> {
+    watch: (u64, u64),
+    script_timeout_ms: u64,
+    canary: bool,
+    /// The deployment's manifest, to render again once a dynamic network gave the VM its address.
+    manifest_text: &'a str,
+    opts: ExecOptions,
+}
+
 async fn converge_instance(
     d: &Arc<Director>,
     task: &Task,
     deployment: &str,
     i: &InstancePlan,
-    watch: (u64, u64),
-    script_timeout_ms: u64,
-    canary: bool,
-    opts: ExecOptions,
+    how_: Converge<'_>,
 ) -> Result<(), DeployError> {
+    let Converge { watch, script_timeout_ms, canary, manifest_text, opts } = how_;
     let name = i.name();
     let mut rec: InstanceRecord = d
         .state
@@ -625,6 +636,18 @@ async fn converge_instance(
         create_vm_for(d, task, &mut rec, i, false).await.map_err(step(&name, "creating the VM"))?;
         fresh_vm = true;
     }
+    // On a dynamic network the VM's address is known only now: render the instance again with it.
+    let replanned;
+    let i = if crate::planner::address_pending(&i.networks) {
+        replanned = replan_instance(d, manifest_text, &i.uuid).await.map_err(|e| DeployError::Step {
+            instance: name.clone(),
+            step: "rendering with the address the cloud gave the VM".into(),
+            source: StepError::Failed(e),
+        })?;
+        &replanned
+    } else {
+        i
+    };
     let agent_id = rec.vm.as_ref().map(|v| v.agent_id.clone()).expect("has a VM now");
     d.hub
         .wait_connected(&agent_id, d.config.agent_wait_timeout)
@@ -639,6 +662,23 @@ async fn converge_instance(
     task.info("update", Some(&name), outcome);
     instance_event(task, &rec, if start { "running" } else { "stopped" }, outcome);
     Ok(())
+}
+
+/// Plans the deployment again (its records now hold a new VM's dynamic addresses) and returns the
+/// plan of one instance: the planner, not the executor, renders it.
+async fn replan_instance(d: &Arc<Director>, manifest_text: &str, uuid: &str) -> Result<InstancePlan, String> {
+    let (d2, text) = (d.clone(), manifest_text.to_string());
+    let prepared = tokio::task::spawn_blocking(move || prepare(&d2, &text, &Requests::default()))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| bosun_types::error_chain(&e))?;
+    prepared
+        .plan
+        .groups
+        .into_iter()
+        .flat_map(|g| g.instances)
+        .find(|p| p.uuid == uuid)
+        .ok_or_else(|| format!("instance {uuid} is no longer in the plan"))
 }
 
 /// An instance's state change on the event timeline, caused by `task`.
@@ -714,7 +754,7 @@ async fn create_vm_for(
         env,
     };
     let mut tries = 0;
-    let (vm_cid, _) = loop {
+    let (vm_cid, assigned) = loop {
         tries += 1;
         match d.cpi.create_vm(&request).await {
             Ok(x) => break x,
@@ -735,8 +775,22 @@ async fn create_vm_for(
     } else {
         rec.vm = Some(vm);
     }
+    // Dynamic networks: the addresses the cloud gave the VM.
+    let networks = if replacement { &mut rec.replacement_networks } else { &mut rec.networks };
+    for (name, n) in networks.iter_mut().filter(|(_, n)| n.ip.is_empty()) {
+        if let Some(a) = assigned.get(name).filter(|a| !a.ip.is_empty()) {
+            *n = a.clone();
+        }
+    }
+    let missing: Vec<String> = networks.iter().filter(|(_, n)| n.ip.is_empty()).map(|(k, _)| k.clone()).collect();
     d.state.put(Tree::Instances, &rec.key(), rec)?;
     d.state.flush().await?;
+    if !missing.is_empty() {
+        return Err(StepError::Failed(format!(
+            "the CPI made VM {vm_cid} but gave it no address on dynamic network(s) {}",
+            missing.join(", ")
+        )));
+    }
     match d.cpi.set_vm_metadata(&vm_cid, &tags).await {
         Ok(()) | Err(CpiError::NotImplemented(_)) => {}
         Err(e) => task.warn("create", Some(&rec.name()), format!("set_vm_metadata failed: {e}")),

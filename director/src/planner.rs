@@ -508,8 +508,27 @@ fn validate_references(input: &PlanningInput<'_>) -> Result<(), PlanError> {
                     ),
                 )
             })?;
-            if net.kind != NetworkType::Manual {
-                return Err(perr(at(&format!("networks/{ni}")), format!("network `{}` is {:?}; bosun places instances on manual networks (dynamic and vip networks come later)", n.name, net.kind)));
+            match net.kind {
+                NetworkType::Manual => {}
+                NetworkType::Dynamic if !n.static_ips.is_empty() => {
+                    return Err(perr(
+                        at(&format!("networks/{ni}/static_ips")),
+                        format!(
+                            "network `{}` is dynamic: the cloud assigns its addresses, static IPs cannot be given",
+                            n.name
+                        ),
+                    ))
+                }
+                NetworkType::Dynamic => {}
+                NetworkType::Vip => {
+                    return Err(perr(
+                        at(&format!("networks/{ni}")),
+                        format!(
+                            "network `{}` is a vip network; bosun places instances on manual and dynamic networks",
+                            n.name
+                        ),
+                    ))
+                }
             }
         }
         for (ji, j) in g.jobs.iter().enumerate() {
@@ -642,8 +661,22 @@ fn assign_addresses(
 ) -> Result<(), PlanError> {
     for (ni, nref) in g.networks.iter().enumerate() {
         let at = format!("/instance_groups/{gi}/networks/{ni}");
-        let subnets = cc.resolved_subnets(&nref.name).map_err(|e| perr(&at, e.to_string()))?;
         let default = default_gateway_for(g, nref);
+        if let Some(net) = cc.network(&nref.name).filter(|n| n.kind == NetworkType::Dynamic) {
+            // The cloud assigns the address when the VM is made; a VM keeps the one it got.
+            for slot in slots.iter_mut() {
+                let kept = slot
+                    .existing
+                    .as_ref()
+                    .and_then(|e| e.networks.get(&nref.name))
+                    .filter(|n| n.kind == DYNAMIC && !n.ip.is_empty())
+                    .cloned();
+                let settings = kept.unwrap_or_else(|| dynamic_settings(net, &slot.az, default.clone()));
+                slot.networks.insert(nref.name.clone(), settings);
+            }
+            continue;
+        }
+        let subnets = cc.resolved_subnets(&nref.name).map_err(|e| perr(&at, e.to_string()))?;
         let current = |s: &Slot| {
             s.existing.as_ref().and_then(|e| e.networks.get(&nref.name)).and_then(|n| n.ip.parse::<Ipv4Addr>().ok())
         };
@@ -1012,8 +1045,8 @@ fn recreate_reasons(input: &PlanningInput<'_>, g: &InstanceGroup, slot: &Slot) -
     for (net, n) in &slot.networks {
         match existing.networks.get(net) {
             Some(old) if old.ip == n.ip => {}
-            Some(old) => reasons.push(format!("network `{net}`: {} → {}", old.ip, n.ip)),
-            None => reasons.push(format!("network `{net}` added ({})", n.ip)),
+            Some(old) => reasons.push(format!("network `{net}`: {} → {}", show_ip(&old.ip), show_ip(&n.ip))),
+            None => reasons.push(format!("network `{net}` added ({})", show_ip(&n.ip))),
         }
     }
     for net in existing.networks.keys() {
@@ -1034,8 +1067,12 @@ fn spare_addresses(
     let mut out = BTreeMap::new();
     let mut picked = Vec::new();
     for nref in &g.networks {
-        let subnets = cc.resolved_subnets(&nref.name).ok()?;
         let default = default_gateway_for(g, nref);
+        if let Some(net) = cc.network(&nref.name).filter(|n| n.kind == NetworkType::Dynamic) {
+            out.insert(nref.name.clone(), dynamic_settings(net, az, default));
+            continue;
+        }
+        let subnets = cc.resolved_subnets(&nref.name).ok()?;
         let Some((s, ip)) = pick_dynamic(&subnets, az, taken) else {
             for ip in picked {
                 taken.remove(&ip);
@@ -1059,6 +1096,45 @@ fn pick_dynamic<'s>(
         .iter()
         .filter(|s| subnet_serves(s, az))
         .find_map(|s| s.dynamic_pool().find(|ip| !taken.contains(ip)).map(|ip| (s, ip)))
+}
+
+/// The kind of a network's settings on a dynamic network.
+pub const DYNAMIC: &str = "dynamic";
+
+/// Settings on a dynamic network before the cloud has given the VM an address: its DNS and cloud
+/// properties (those of the subnet serving the AZ, else the network's).
+fn dynamic_settings(
+    net: &bosun_types::cloud_config::Network,
+    az: &Option<String>,
+    default: Vec<String>,
+) -> NetworkSettings {
+    let subnet = net.subnets.iter().find(|s| match az {
+        None => true,
+        Some(a) => s.azs.is_empty() && s.az.is_none() || s.azs.contains(a) || s.az.as_ref() == Some(a),
+    });
+    NetworkSettings {
+        kind: DYNAMIC.into(),
+        ip: String::new(),
+        netmask: String::new(),
+        gateway: None,
+        default,
+        dns: subnet.map(|s| s.dns.clone()).filter(|d| !d.is_empty()).unwrap_or_else(|| net.dns.clone()),
+        cloud_properties: subnet.map(|s| s.cloud_properties.clone()).unwrap_or_else(|| net.cloud_properties.clone()),
+    }
+}
+
+/// An address for people: an empty one is the cloud's to give.
+pub fn show_ip(ip: &str) -> &str {
+    if ip.is_empty() {
+        "(assigned by the cloud)"
+    } else {
+        ip
+    }
+}
+
+/// Whether any of an instance's addresses is not known yet (a new VM on a dynamic network).
+pub fn address_pending(networks: &BTreeMap<String, NetworkSettings>) -> bool {
+    networks.values().any(|n| n.ip.is_empty())
 }
 
 fn default_gateway_for(g: &InstanceGroup, nref: &bosun_types::manifest::NetworkRef) -> Vec<String> {

@@ -24,6 +24,11 @@ networks:
     reserved: [10.0.0.2 - 10.0.0.9]
     static: [10.0.0.10 - 10.0.0.19]
     azs: [z1, z2, z3]
+- name: dyn
+  type: dynamic
+  subnets: [{azs: [z1, z2], cloud_properties: {zone: a}}, {azs: [z3], cloud_properties: {zone: b}}]
+- name: vip
+  type: vip
 - name: tiny
   subnets:
   - range: 10.1.0.0/29
@@ -380,7 +385,7 @@ fn unknown_references_are_named_with_their_path() {
         (
             "networks: [{name: net}]",
             "networks: [{name: nope}]",
-            "/instance_groups/0/networks/0/name: unknown network `nope` (the cloud-config has: net, tiny)",
+            "/instance_groups/0/networks/0/name: unknown network `nope` (the cloud-config has: net, dyn, vip, tiny)",
         ),
         (
             "azs: [z1, z2, z3]",
@@ -722,4 +727,38 @@ fn create_swap_delete_gives_the_replacement_a_free_address_and_static_ips_fall_b
     let p = t.plan(&tiny).unwrap();
     assert!(p.groups[0].instances.iter().all(|i| !i.create_swap_delete));
     assert!(p.groups[0].instances[0].reasons[1].contains("no spare address"));
+}
+
+#[test]
+fn dynamic_networks_leave_the_address_to_the_cloud_and_keep_what_it_gave() {
+    let mut w = World::new();
+    let text = manifest(3, "").replace("networks: [{name: net}]", "networks: [{name: dyn}]");
+    let p = w.plan(&text).unwrap();
+    for i in &p.groups[0].instances {
+        let n = &i.networks["dyn"];
+        assert_eq!((n.kind.as_str(), n.ip.as_str()), ("dynamic", ""));
+        let zone = if i.az.as_deref() == Some("z3") { "b" } else { "a" };
+        assert_eq!(n.cloud_properties, serde_json::json!({"zone": zone}), "the AZ's subnet's cloud properties");
+    }
+    assert!(bosun_director::planner::address_pending(&p.groups[0].instances[0].networks));
+    // What the executor records once the VMs exist: the cloud's addresses.
+    let mut given = p.clone();
+    for (k, i) in given.groups[0].instances.iter_mut().enumerate() {
+        let n = i.networks.get_mut("dyn").unwrap();
+        n.ip = format!("192.168.0.{}", 50 + k);
+    }
+    w.apply(&given);
+    // The executor then renders the instances again with those addresses, as the planner says.
+    let rendered = w.plan(&text).unwrap();
+    assert!(rendered.groups[0].instances[0].jobs[0].files["config/cfg"].1.starts_with("me=192.168.0.50 "));
+    w.apply(&rendered);
+    let again = w.plan(&text).unwrap();
+    assert!(!again.has_changes(), "a VM keeps the address the cloud gave it");
+    assert_eq!(again.groups[0].instances[1].networks["dyn"].ip, "192.168.0.51");
+
+    let e =
+        w.plan(&manifest(1, "").replace("networks: [{name: net}]", "networks: [{name: dyn, static_ips: [10.0.0.10]}]"));
+    assert!(e.unwrap_err().contains("network `dyn` is dynamic: the cloud assigns its addresses"));
+    let e = w.plan(&manifest(1, "").replace("networks: [{name: net}]", "networks: [{name: vip}]"));
+    assert!(e.unwrap_err().contains("is a vip network"));
 }
