@@ -137,9 +137,13 @@ fn meltdown_stops_resurrection_until_cck_repairs() {
     let meltdown = evs.iter().find(|x| x["action"] == "meltdown").unwrap();
     assert!(meltdown["message"].as_str().unwrap().contains("meltdown entered: 5 of 8"), "{meltdown}");
     // Every dead instance is seen (proof the monitor kept looking), and none was resurrected.
-    let evs = eventually("all five found missing", Duration::from_secs(30), || {
+    eventually("all five found missing", Duration::from_secs(30), || {
         let e = events(&d, "melt");
-        before[..5].iter().all(|i| has_event(&e, "missing", i["instance"].as_str().unwrap())).then_some(e)
+        before[..5].iter().all(|i| has_event(&e, "missing", i["instance"].as_str().unwrap())).then_some(())
+    });
+    let evs = eventually("the monitor holding all five back", Duration::from_secs(30), || {
+        let e = events(&d, "melt");
+        (e.iter().filter(|x| x["action"] == "resurrect_skipped").count() == 5).then_some(e)
     });
     assert!(!evs.iter().any(|e| e["action"] == "resurrect"), "no resurrection in a meltdown: {evs:?}");
     let tasks = d.json(&["tasks"]);
@@ -282,4 +286,93 @@ fn cck_finds_an_orphan_vm_made_behind_the_directors_back() {
     assert!(!d.cpi_base().join("vms").join(&stray).exists());
     assert!(d.run(&["-d", "orphans", "cck", "--report"]).status.success());
     assert_eq!(d.running("orphans", 1).len(), 1, "the deployment's own VM was left alone");
+}
+
+#[test]
+fn resurrection_switched_off_leaves_a_dead_vm_and_an_agent_reboot_needs_no_director() {
+    let d = TestDirector::start();
+    d.prepare_with(&d.write("cloud.yml", &local_cloud_config(55)), &testbed_release());
+    let m = d.write("s.yml", &sleeper_manifest("switch", 2, "  persistent_disk: 64", "hello"));
+    d.ok(&["-n", "-d", "switch", "deploy", m.to_str().unwrap()]);
+    let before = by_index(&d.running("switch", 2));
+
+    // A rebooted VM: the agent comes back to the jobs it ran, from its own ledger, with no task.
+    let tasks_before = d.json(&["tasks"]).as_array().unwrap().len();
+    let cpi = bosun_cpi::local::LocalCpi::new(d.cpi_base()).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let old_pid = before[1]["processes"][0]["pid"].as_u64().unwrap();
+    rt.block_on(bosun_cpi::Cpi::reboot_vm(&cpi, before[1]["vm_cid"].as_str().unwrap())).unwrap();
+    let rebooted = eventually("the rebooted instance running its job again", Duration::from_secs(30), || {
+        let i = by_index(&d.instances("switch"))[1].clone();
+        (i["state"] == "running" && i["processes"][0]["pid"].as_u64() != Some(old_pid)).then_some(i)
+    });
+    assert_eq!(rebooted["vm_cid"], before[1]["vm_cid"], "the same VM");
+    assert_eq!(d.json(&["tasks"]).as_array().unwrap().len(), tasks_before, "no task was needed");
+    let disk = before[1]["disk_cids"][0].as_str().unwrap();
+    let starts = std::fs::read_to_string(d.cpi_base().join("disks").join(disk).join("data/starts")).unwrap();
+    assert_eq!(starts.lines().count(), 2, "the job started again on its persistent disk: {starts}");
+
+    // Resurrection off for the deployment: a dead VM is reported, not replaced.
+    d.ok(&["-d", "switch", "update-resurrection", "off"]);
+    kill_vm(before[0]["vm_cid"].as_str().unwrap());
+    let name = before[0]["instance"].as_str().unwrap();
+    eventually("the dead VM reported", Duration::from_secs(30), || {
+        has_event(&events(&d, "switch"), "missing", name).then_some(())
+    });
+    let evs = eventually("the monitor deciding not to resurrect", Duration::from_secs(30), || {
+        let e = events(&d, "switch");
+        e.iter().any(|x| x["action"] == "resurrect_skipped" && x["instance"].as_str() == Some(name)).then_some(e)
+    });
+    let skipped = evs.iter().find(|x| x["action"] == "resurrect_skipped").unwrap();
+    assert_eq!(skipped["message"], "not resurrected: resurrection is off for it");
+    assert!(!evs.iter().any(|e| e["action"] == "resurrect"), "resurrection is off");
+    d.ok(&["-d", "switch", "update-resurrection", "on"]);
+    eventually("resurrected once switched on", Duration::from_secs(60), || {
+        let i = by_index(&d.instances("switch"))[0].clone();
+        (i["vm_cid"] != before[0]["vm_cid"] && i["state"] == "running").then_some(())
+    });
+    let switches: Vec<_> = events(&d, "switch").into_iter().filter(|e| e["action"] == "update_resurrection").collect();
+    assert_eq!(switches.len(), 2, "both switches are on the timeline with their cause");
+    assert!(switches.iter().all(|e| e["cause"] == "operator"));
+}
+
+#[test]
+fn cck_repairs_disk_problems() {
+    let d = TestDirector::start();
+    d.prepare_with(&d.write("cloud.yml", &local_cloud_config(56)), &testbed_release());
+    let m = d.write("s.yml", &sleeper_manifest("disks", 2, "  persistent_disk: 64", "hello"));
+    d.ok(&["-n", "-d", "disks", "deploy", m.to_str().unwrap()]);
+    let before = by_index(&d.running("disks", 2));
+    let cpi = bosun_cpi::local::LocalCpi::new(d.cpi_base()).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+
+    // Detached behind the director's back: found, and reattached (and mounted) by cck.
+    let (vm0, disk0) = (before[0]["vm_cid"].as_str().unwrap(), before[0]["disk_cids"][0].as_str().unwrap());
+    rt.block_on(bosun_cpi::Cpi::detach_disk(&cpi, vm0, disk0)).unwrap();
+    // Deleted behind its back (detached first, as a cloud would require).
+    let (vm1, disk1) = (before[1]["vm_cid"].as_str().unwrap(), before[1]["disk_cids"][0].as_str().unwrap());
+    rt.block_on(bosun_cpi::Cpi::detach_disk(&cpi, vm1, disk1)).unwrap();
+    rt.block_on(bosun_cpi::Cpi::delete_disk(&cpi, disk1)).unwrap();
+
+    let out = d.run(&["-d", "disks", "cck", "--report", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "problems found: exit 1");
+    let problems: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let kinds: Vec<(String, String)> = problems
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["kind"].as_str().unwrap().to_string(), p["id"].as_str().unwrap().to_string()))
+        .collect();
+    assert!(kinds.contains(&("unattached_disk".into(), format!("unattached_disk:{disk0}"))), "{problems}");
+    assert!(kinds.contains(&("missing_disk".into(), format!("missing_disk:{disk1}"))), "{problems}");
+    d.ok(&["-n", "-d", "disks", "cck", "--auto"]);
+    assert!(d.run(&["-d", "disks", "cck", "--report"]).status.success(), "nothing left");
+    let after = by_index(&d.instances("disks"));
+    assert_eq!(after[0]["disk_cids"][0], disk0, "reattached");
+    assert!(after[1]["disk_cids"].as_array().unwrap().is_empty(), "the missing disk's reference is gone");
+    // The next deploy gives the instance a new disk.
+    d.ok(&["-n", "-d", "disks", "deploy", m.to_str().unwrap()]);
+    let fixed = by_index(&d.running("disks", 2));
+    assert_eq!(fixed[1]["disk_cids"].as_array().unwrap().len(), 1);
+    assert_ne!(fixed[1]["disk_cids"][0], disk1);
 }

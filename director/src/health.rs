@@ -130,6 +130,8 @@ impl Health {
 struct Tracked {
     health: Health,
     since: Instant,
+    /// Why it is not resurrected, once said (meltdown, switched off), so it is said once.
+    held_back: Option<&'static str>,
 }
 
 /// Is a deployment in meltdown, given when its instances turned unhealthy?
@@ -216,7 +218,7 @@ impl Monitor {
             if previous == Some(health) || (previous.is_none() && health == Health::Healthy) {
                 continue;
             }
-            self.tracked.insert(key, Tracked { health, since: Instant::now() });
+            self.tracked.insert(key, Tracked { health, since: Instant::now(), held_back: None });
             let subject = EventSubject::instance(&rec.deployment, &rec.name());
             let (action, message) = match health {
                 Health::Healthy => ("recovered", "the instance's agent reports again and its jobs run".to_string()),
@@ -282,13 +284,29 @@ impl Monitor {
         let mut due: BTreeMap<String, Vec<&InstanceRecord>> = BTreeMap::new();
         for rec in &watched {
             let key = (rec.key(), rec.vm.as_ref().expect("watched").cid.clone());
-            let Some(t) = self.tracked.get(&key) else { continue };
-            if t.health.unhealthy()
-                && t.since.elapsed() >= d.config.heartbeat_interval
-                && !self.meltdown.contains(&rec.deployment)
-                && config.allows(&rec.deployment, &rec.group)
-            {
-                due.entry(rec.deployment.clone()).or_default().push(rec);
+            let Some(t) = self.tracked.get_mut(&key) else { continue };
+            if !t.health.unhealthy() || t.since.elapsed() < d.config.heartbeat_interval {
+                continue;
+            }
+            let held_back = if self.meltdown.contains(&rec.deployment) {
+                Some("the deployment is in meltdown")
+            } else if !config.allows(&rec.deployment, &rec.group) {
+                Some("resurrection is off for it")
+            } else {
+                None
+            };
+            match held_back {
+                None => due.entry(rec.deployment.clone()).or_default().push(rec),
+                Some(why) if t.held_back != Some(why) => {
+                    t.held_back = Some(why);
+                    d.events.record(
+                        EventSubject::instance(&rec.deployment, &rec.name()),
+                        "resurrect_skipped",
+                        CAUSE,
+                        format!("not resurrected: {why}"),
+                    );
+                }
+                Some(_) => {}
             }
         }
         for (dep, recs) in due {
