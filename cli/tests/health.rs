@@ -7,28 +7,6 @@ mod common;
 use common::*;
 use std::time::{Duration, Instant};
 
-fn sleeper_manifest(name: &str, instances: u32, group: &str, message: &str) -> String {
-    format!(
-        r#"name: {name}
-releases: [{{name: testbed, version: latest}}]
-stemcells: [{{alias: default, os: local, version: latest}}]
-update: {{canaries: 1, max_in_flight: 4, canary_watch_time: 500-5000, update_watch_time: 500-5000}}
-instance_groups:
-- name: sleeper
-  azs: [z1, z2, z3]
-  instances: {instances}
-  vm_type: default
-  stemcell: default
-  networks: [{{name: default}}]
-{group}
-  jobs:
-  - name: sleeper
-    release: testbed
-    properties: {{message: {message}}}
-"#
-    )
-}
-
 fn by_index(list: &[serde_json::Value]) -> Vec<serde_json::Value> {
     let mut v = list.to_vec();
     v.sort_by_key(|i| i["index"].as_u64());
@@ -93,7 +71,7 @@ fn a_killed_etcd_vm_is_resurrected_with_its_identity_disk_and_data() {
 fn a_hung_agent_is_fenced_before_its_replacement_starts() {
     let d = TestDirector::start();
     d.prepare_with(&d.write("cloud.yml", &local_cloud_config(51)), &testbed_release());
-    let m = d.write("s.yml", &sleeper_manifest("hung", 2, "", "hello"));
+    let m = d.write("s.yml", &sleeper_manifest("hung", 2, "hello", "", "", ""));
     d.ok(&["-n", "-d", "hung", "deploy", m.to_str().unwrap()]);
     let before = by_index(&d.running("hung", 2));
     let vm = before[0]["vm_cid"].as_str().unwrap().to_string();
@@ -124,7 +102,7 @@ fn a_hung_agent_is_fenced_before_its_replacement_starts() {
 fn meltdown_stops_resurrection_until_cck_repairs() {
     let d = TestDirector::start();
     d.prepare_with(&d.write("cloud.yml", &local_cloud_config(52)), &testbed_release());
-    let m = d.write("s.yml", &sleeper_manifest("melt", 8, "", "hello"));
+    let m = d.write("s.yml", &sleeper_manifest("melt", 8, "hello", "", "", ""));
     d.ok(&["-n", "-d", "melt", "deploy", m.to_str().unwrap()]);
     let before = by_index(&d.running("melt", 8));
     for i in &before[..5] {
@@ -177,7 +155,7 @@ fn vms_on_disk(d: &TestDirector) -> (usize, Vec<String>) {
 fn a_director_killed_mid_deploy_restarts_and_the_next_deploy_converges() {
     let mut d = TestDirector::start_with(&[], &[("BOSUN_CRASH_AT", "after_create_vm")]);
     d.prepare_with(&d.write("cloud.yml", &local_cloud_config(53)), &testbed_release());
-    let three = d.write("three.yml", &sleeper_manifest("crash", 3, "  persistent_disk: 64", "hello"));
+    let three = d.write("three.yml", &sleeper_manifest("crash", 3, "hello", "", "  persistent_disk: 64", ""));
     let deploy = |d: &TestDirector, m: &std::path::Path| d.run(&["-n", "-d", "crash", "deploy", m.to_str().unwrap()]);
 
     // 1. Killed right after the CPI made a VM, before the VM was recorded.
@@ -199,7 +177,7 @@ fn a_director_killed_mid_deploy_restarts_and_the_next_deploy_converges() {
 
     // 2. Killed after an agent applied a new spec, before the director recorded it.
     d.relaunch_with(&[("BOSUN_CRASH_AT", "after_apply")]);
-    let changed = d.write("changed.yml", &sleeper_manifest("crash", 3, "  persistent_disk: 64", "changed"));
+    let changed = d.write("changed.yml", &sleeper_manifest("crash", 3, "changed", "", "  persistent_disk: 64", ""));
     assert!(!deploy(&d, &changed).status.success());
     d.wait_for_exit(Duration::from_secs(30));
     d.relaunch_with(&[]);
@@ -211,7 +189,7 @@ fn a_director_killed_mid_deploy_restarts_and_the_next_deploy_converges() {
 
     // 3. Killed after deleting a VM during a scale-in, before recording it.
     d.relaunch_with(&[("BOSUN_CRASH_AT", "after_delete_vm")]);
-    let one = d.write("one.yml", &sleeper_manifest("crash", 1, "  persistent_disk: 64", "changed"));
+    let one = d.write("one.yml", &sleeper_manifest("crash", 1, "changed", "", "  persistent_disk: 64", ""));
     assert!(!deploy(&d, &one).status.success());
     d.wait_for_exit(Duration::from_secs(30));
     d.relaunch_with(&[]);
@@ -242,7 +220,7 @@ fn a_director_killed_mid_deploy_restarts_and_the_next_deploy_converges() {
 fn cck_finds_an_orphan_vm_made_behind_the_directors_back() {
     let d = TestDirector::start();
     d.prepare_with(&d.write("cloud.yml", &local_cloud_config(54)), &testbed_release());
-    let m = d.write("s.yml", &sleeper_manifest("orphans", 1, "", "hello"));
+    let m = d.write("s.yml", &sleeper_manifest("orphans", 1, "hello", "", "", ""));
     d.ok(&["-n", "-d", "orphans", "deploy", m.to_str().unwrap()]);
     d.running("orphans", 1);
     assert!(d.run(&["-d", "orphans", "cck", "--report"]).status.success(), "a healthy deployment has no problems");
@@ -292,7 +270,7 @@ fn cck_finds_an_orphan_vm_made_behind_the_directors_back() {
 fn resurrection_switched_off_leaves_a_dead_vm_and_an_agent_reboot_needs_no_director() {
     let d = TestDirector::start();
     d.prepare_with(&d.write("cloud.yml", &local_cloud_config(55)), &testbed_release());
-    let m = d.write("s.yml", &sleeper_manifest("switch", 2, "  persistent_disk: 64", "hello"));
+    let m = d.write("s.yml", &sleeper_manifest("switch", 2, "hello", "", "  persistent_disk: 64", ""));
     d.ok(&["-n", "-d", "switch", "deploy", m.to_str().unwrap()]);
     let before = by_index(&d.running("switch", 2));
 
@@ -340,7 +318,7 @@ fn resurrection_switched_off_leaves_a_dead_vm_and_an_agent_reboot_needs_no_direc
 fn cck_repairs_disk_problems() {
     let d = TestDirector::start();
     d.prepare_with(&d.write("cloud.yml", &local_cloud_config(56)), &testbed_release());
-    let m = d.write("s.yml", &sleeper_manifest("disks", 2, "  persistent_disk: 64", "hello"));
+    let m = d.write("s.yml", &sleeper_manifest("disks", 2, "hello", "", "  persistent_disk: 64", ""));
     d.ok(&["-n", "-d", "disks", "deploy", m.to_str().unwrap()]);
     let before = by_index(&d.running("disks", 2));
     let cpi = bosun_cpi::local::LocalCpi::new(d.cpi_base()).unwrap();

@@ -9,37 +9,6 @@ use common::*;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// A sleeper deployment: `update` lines go into the update block, `group` lines into the instance
-/// group, `properties` under the job's properties.
-fn sleeper_manifest(name: &str, instances: u32, update: &str, group: &str, properties: &str) -> String {
-    format!(
-        r#"name: {name}
-releases: [{{name: testbed, version: latest}}]
-stemcells: [{{alias: default, os: local, version: latest}}]
-update:
-  canaries: 1
-  max_in_flight: 1
-  canary_watch_time: 500-5000
-  update_watch_time: 500-5000
-{update}
-instance_groups:
-- name: sleeper
-  azs: [z1, z2, z3]
-  instances: {instances}
-  vm_type: default
-  stemcell: default
-  networks: [{{name: default}}]
-{group}
-  jobs:
-  - name: sleeper
-    release: testbed
-    properties:
-      message: hello
-{properties}
-"#
-    )
-}
-
 fn by_index(list: &[serde_json::Value]) -> Vec<serde_json::Value> {
     let mut v = list.to_vec();
     v.sort_by_key(|i| i["index"].as_u64());
@@ -69,11 +38,11 @@ fn deploy(d: &TestDirector, dep: &str, manifest: &Path, extra: &[&str]) -> std::
 fn a_failing_canary_stops_the_deploy_and_leaves_the_other_instances_untouched() {
     let d = TestDirector::start();
     d.prepare_with(&d.write("cloud.yml", &local_cloud_config(43)), &testbed_release());
-    let ok = d.write("ok.yml", &sleeper_manifest("canary", 3, "", "", ""));
+    let ok = d.write("ok.yml", &sleeper_manifest("canary", 3, "hello", "", "", ""));
     d.ok(&["-n", "-d", "canary", "deploy", ok.to_str().unwrap()]);
     let before = by_index(&d.running("canary", 3));
 
-    let bad = d.write("bad.yml", &sleeper_manifest("canary", 3, "", "", "      fail_start: true"));
+    let bad = d.write("bad.yml", &sleeper_manifest("canary", 3, "hello", "", "", "      fail_start: true"));
     let plan = d.ok(&["-d", "canary", "deploy", bad.to_str().unwrap(), "--dry-run"]);
     assert_eq!(plan.matches("update: job `sleeper`: property `fail_start` changed").count(), 3, "{plan}");
     assert!(plan.contains("batch 1 (canary), az z1: sleeper/"), "{plan}");
@@ -103,8 +72,10 @@ fn a_failing_canary_stops_the_deploy_and_leaves_the_other_instances_untouched() 
 fn a_hanging_drain_fails_after_its_timeout_and_skip_drain_passes_it() {
     let d = TestDirector::start();
     d.prepare_with(&d.write("cloud.yml", &local_cloud_config(44)), &testbed_release());
-    let first =
-        d.write("first.yml", &sleeper_manifest("drain", 1, "  script_timeout: 2000", "", "      drain_seconds: 600"));
+    let first = d.write(
+        "first.yml",
+        &sleeper_manifest("drain", 1, "hello", "  script_timeout: 2000", "", "      drain_seconds: 600"),
+    );
     d.ok(&["-n", "-d", "drain", "deploy", first.to_str().unwrap()]);
     d.running("drain", 1);
 
@@ -130,7 +101,7 @@ fn create_swap_delete_never_puts_two_vms_on_one_address_and_moves_the_disk() {
     d.prepare_with(&d.write("cloud.yml", &local_cloud_config(45)), &testbed_release());
     let m = d.write(
         "csd.yml",
-        &sleeper_manifest("csd", 3, "  vm_strategy: create-swap-delete", "  persistent_disk: 64", ""),
+        &sleeper_manifest("csd", 3, "hello", "  vm_strategy: create-swap-delete", "  persistent_disk: 64", ""),
     );
     d.ok(&["-n", "-d", "csd", "deploy", m.to_str().unwrap()]);
     let before = by_index(&d.running("csd", 3));
@@ -166,7 +137,7 @@ fn create_swap_delete_never_puts_two_vms_on_one_address_and_moves_the_disk() {
 fn restart_stop_start_and_hard_stop_act_on_the_instances_named() {
     let d = TestDirector::start();
     d.prepare_with(&d.write("cloud.yml", &local_cloud_config(46)), &testbed_release());
-    let m = d.write("cmd.yml", &sleeper_manifest("cmd", 2, "", "  persistent_disk: 64", ""));
+    let m = d.write("cmd.yml", &sleeper_manifest("cmd", 2, "hello", "", "  persistent_disk: 64", ""));
     d.ok(&["-n", "-d", "cmd", "deploy", m.to_str().unwrap()]);
     let before = by_index(&d.running("cmd", 2));
 
@@ -223,7 +194,8 @@ fn a_dynamic_network_takes_the_address_the_cloud_gives_and_renders_with_it() {
         "networks:\n- name: dyn\n  type: dynamic\n  cloud_properties: {range: 127.0.48.0/24}\n",
     );
     d.prepare_with(&d.write("cloud.yml", &cloud), &testbed_release());
-    let m = d.write("dyn.yml", &sleeper_manifest("dyn", 2, "", "", "").replace("{name: default}", "{name: dyn}"));
+    let m =
+        d.write("dyn.yml", &sleeper_manifest("dyn", 2, "hello", "", "", "").replace("{name: default}", "{name: dyn}"));
     let plan = d.ok(&["-d", "dyn", "deploy", m.to_str().unwrap(), "--dry-run"]);
     assert_eq!(plan.matches("(assigned by the cloud)").count(), 2, "{plan}");
     d.ok(&["-n", "-d", "dyn", "deploy", m.to_str().unwrap()]);

@@ -594,26 +594,22 @@ async fn converge_instance(
             stop_jobs(d, task, &rec, how(NEXT_UPDATE, true, false), timeout)
                 .await
                 .map_err(step(&name, "stopping jobs"))?;
-            rec.state = DesiredState::Stopped;
-            rec.dirty = false;
-            d.state.put(Tree::Instances, &rec.key(), &rec)?;
-            d.state.flush().await?;
-            task.info("update", Some(&name), "stopped");
-            instance_event(task, &rec, "stopped", "jobs stopped");
-            return Ok(());
+            return settle_state(d, task, &mut rec, DesiredState::Stopped, "stopped", "jobs stopped").await;
         }
         InstanceAction::Detach => {
             stop_jobs(d, task, &rec, how(NEXT_RECREATE, true, true), timeout)
                 .await
                 .map_err(step(&name, "stopping jobs"))?;
             delete_vm_of(d, task, &mut rec).await.map_err(step(&name, "deleting the VM"))?;
-            rec.state = DesiredState::Detached;
-            rec.dirty = false;
-            d.state.put(Tree::Instances, &rec.key(), &rec)?;
-            d.state.flush().await?;
-            task.info("update", Some(&name), "detached: VM deleted, persistent disk kept");
-            instance_event(task, &rec, "detached", "VM deleted, persistent disk kept");
-            return Ok(());
+            return settle_state(
+                d,
+                task,
+                &mut rec,
+                DesiredState::Detached,
+                "detached",
+                "VM deleted, persistent disk kept",
+            )
+            .await;
         }
         InstanceAction::Recreate if i.create_swap_delete => {
             swap_vm(d, task, &mut rec, i, how(NEXT_RECREATE, true, true), timeout)
@@ -661,6 +657,24 @@ async fn converge_instance(
     let outcome = if start { "running" } else { "applied; jobs left stopped" };
     task.info("update", Some(&name), outcome);
     instance_event(task, &rec, if start { "running" } else { "stopped" }, outcome);
+    Ok(())
+}
+
+/// Records the state a stop or hard stop left an instance in; its update is complete.
+async fn settle_state(
+    d: &Director,
+    task: &Task,
+    rec: &mut InstanceRecord,
+    state: DesiredState,
+    action: &str,
+    message: &str,
+) -> Result<(), DeployError> {
+    rec.state = state;
+    rec.dirty = false;
+    d.state.put(Tree::Instances, &rec.key(), rec)?;
+    d.state.flush().await?;
+    task.info("update", Some(&rec.name()), format!("{action}: {message}"));
+    instance_event(task, rec, action, message);
     Ok(())
 }
 

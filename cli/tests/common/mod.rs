@@ -85,6 +85,45 @@ fn release_tarball(dir: &Path, name: &str) -> PathBuf {
     tarball
 }
 
+/// A deployment of the testbed release's sleeper job across z1–z3 on the `default` network:
+/// `update` lines join the update block (canaries 1, max_in_flight 1, watch 500–5000 ms), `group`
+/// lines the instance group, `properties` lines the job's properties.
+pub fn sleeper_manifest(
+    name: &str,
+    instances: u32,
+    message: &str,
+    update: &str,
+    group: &str,
+    properties: &str,
+) -> String {
+    format!(
+        r#"name: {name}
+releases: [{{name: testbed, version: latest}}]
+stemcells: [{{alias: default, os: local, version: latest}}]
+update:
+  canaries: 1
+  max_in_flight: 1
+  canary_watch_time: 500-5000
+  update_watch_time: 500-5000
+{update}
+instance_groups:
+- name: sleeper
+  azs: [z1, z2, z3]
+  instances: {instances}
+  vm_type: default
+  stemcell: default
+  networks: [{{name: default}}]
+{group}
+  jobs:
+  - name: sleeper
+    release: testbed
+    properties:
+      message: {message}
+{properties}
+"#
+    )
+}
+
 /// The local cloud-config moved onto `127.0.<subnet>.0/24`, so each test has its own addresses.
 pub fn local_cloud_config(subnet: u8) -> String {
     std::fs::read_to_string(repo().join("manifests/cloud-config/local.yml"))
