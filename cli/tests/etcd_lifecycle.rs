@@ -34,12 +34,6 @@ instance_groups:
     )
 }
 
-fn by_index(list: &[serde_json::Value]) -> Vec<serde_json::Value> {
-    let mut v = list.to_vec();
-    v.sort_by_key(|i| i["index"].as_u64());
-    v
-}
-
 fn ips(list: &[serde_json::Value]) -> Vec<String> {
     list.iter().map(|i| i["ips"][0].as_str().unwrap().to_string()).collect()
 }

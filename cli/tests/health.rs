@@ -7,12 +7,6 @@ mod common;
 use common::*;
 use std::time::{Duration, Instant};
 
-fn by_index(list: &[serde_json::Value]) -> Vec<serde_json::Value> {
-    let mut v = list.to_vec();
-    v.sort_by_key(|i| i["index"].as_u64());
-    v
-}
-
 fn events(d: &TestDirector, dep: &str) -> Vec<serde_json::Value> {
     d.json(&["-d", dep, "events", "--limit", "1000"]).as_array().expect("a list").clone()
 }

@@ -9,12 +9,6 @@ use common::*;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-fn by_index(list: &[serde_json::Value]) -> Vec<serde_json::Value> {
-    let mut v = list.to_vec();
-    v.sort_by_key(|i| i["index"].as_u64());
-    v
-}
-
 fn pid(i: &serde_json::Value) -> u64 {
     i["processes"][0]["pid"].as_u64().expect("a running process has a pid")
 }

@@ -85,6 +85,13 @@ fn release_tarball(dir: &Path, name: &str) -> PathBuf {
     tarball
 }
 
+/// Instances (as `instances --json` lists them) in index order.
+pub fn by_index(list: &[serde_json::Value]) -> Vec<serde_json::Value> {
+    let mut v = list.to_vec();
+    v.sort_by_key(|i| i["index"].as_u64());
+    v
+}
+
 /// A deployment of the testbed release's sleeper job across z1–z3 on the `default` network:
 /// `update` lines join the update block (canaries 1, max_in_flight 1, watch 500–5000 ms), `group`
 /// lines the instance group, `properties` lines the job's properties.
