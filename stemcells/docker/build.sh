@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Builds the Docker CPI's stemcell: a tarball holding `stemcell.MF` and `image`, where the image is
+# a root filesystem tarball for `docker import`: a minimal Debian (debootstrap, from the mirror this
+# machine's apt sources name) with the tools jobs need (iproute2, procps, ca-certificates,
+# openssh-server), bosun-agent at /opt/bosun/bin, the stemcell's name and version in
+# /opt/bosun/etc/stemcell.json, and a small init (/opt/bosun/bin/bosun-init) that starts the agent.
+#
+#   stemcells/docker/build.sh VERSION        prints the tarball's path last
+#
+# The Debian root filesystem is built once and cached in the output folder (keyed by suite and
+# package list), so a second version costs seconds. Needs root (debootstrap).
+# BOSUN_AGENT_BIN=path uses an agent binary already built instead of building one;
+# BOSUN_STEMCELL_OUT=dir puts the tarball there (default: target/stemcells).
+set -euo pipefail
+version="${1:?usage: stemcells/docker/build.sh VERSION}"
+if ! [[ "$version" =~ ^[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}$ ]]; then
+  echo "build.sh: version '$version' must be letters, digits, '.', '+', '_' or '-'" >&2
+  exit 2
+fi
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+out="${BOSUN_STEMCELL_OUT:-$root/target/stemcells}"
+agent="${BOSUN_AGENT_BIN:-}"
+if [ -z "$agent" ]; then
+  cargo build --release --quiet --bin bosun-agent --manifest-path "$root/Cargo.toml" >&2
+  agent="$root/target/release/bosun-agent"
+fi
+command -v debootstrap >/dev/null || { echo "build.sh: debootstrap is missing (ci/setup installs it)" >&2; exit 1; }
+suite="$(. /etc/os-release && echo "${VERSION_CODENAME:?no VERSION_CODENAME in /etc/os-release}")"
+packages="iproute2,procps,ca-certificates,openssh-server"
+
+# The mirror this machine's apt uses for its own suite (deb822 .sources files or sources.list).
+mirror="$(
+  {
+    cat /etc/apt/sources.list.d/*.sources 2>/dev/null || true
+  } | awk -v suite="$suite" '
+      /^URIs:/ { uri = $2 }
+      /^Suites:/ { for (i = 2; i <= NF; i++) if ($i == suite && uri != "") { print uri; exit } }
+      /^$/ { uri = "" }'
+)"
+if [ -z "$mirror" ]; then
+  mirror="$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null |
+    awk -v suite="$suite" '$1 == "deb" { for (i = 2; i <= NF; i++) if ($i ~ /^(http|https|file):/ && $(i + 1) == suite) { print $i; exit } }')"
+fi
+[ -n "$mirror" ] || { echo "build.sh: no apt source for suite '$suite' found in /etc/apt" >&2; exit 1; }
+
+mkdir -p "$out"
+key="$(printf '%s %s' "$suite" "$packages" | sha256sum | cut -c1-12)"
+rootfs="$out/docker-rootfs-$suite-$key.tar"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+if [ ! -f "$rootfs" ]; then
+  echo "building the $suite root filesystem from $mirror (once; cached as $rootfs)" >&2
+  debootstrap --variant=minbase --include="$packages" "$suite" "$work/rootfs" "$mirror" >"$work/debootstrap.log" 2>&1 || {
+    tail -30 "$work/debootstrap.log" >&2
+    exit 1
+  }
+  # What a VM must not share or need: package lists, caches, host keys (made per VM at first boot).
+  rm -rf "$work/rootfs/var/lib/apt/lists/"* "$work/rootfs/var/cache/apt/"*.bin "$work/rootfs/etc/ssh/ssh_host_"*
+  tar -C "$work/rootfs" --sort=name --numeric-owner -cf "$rootfs.$$.tmp" .
+  mv "$rootfs.$$.tmp" "$rootfs"
+  rm -rf "$work/rootfs"
+fi
+
+mkdir -p "$work/image" "$work/out"
+tar -C "$work/image" --numeric-owner -xf "$rootfs"
+install -d -m 0755 "$work/image/opt/bosun/bin" "$work/image/opt/bosun/etc" "$work/image/var/vcap"
+install -m 0755 "$agent" "$work/image/opt/bosun/bin/bosun-agent"
+printf '{"name":"bosun-docker","version":"%s"}\n' "$version" > "$work/image/opt/bosun/etc/stemcell.json"
+cat > "$work/image/opt/bosun/bin/bosun-init" <<'INIT'
+#!/bin/sh
+# The container's init (under Docker's --init, which reaps orphans): per-VM ssh host keys, then the
+# agent, which reads the settings the CPI put in /var/vcap/bosh/settings.json.
+set -e
+[ -f /etc/ssh/ssh_host_ed25519_key ] || ssh-keygen -A >/dev/null 2>&1 || true
+mkdir -p /var/vcap/bosh
+exec /opt/bosun/bin/bosun-agent --root /var/vcap --settings /var/vcap/bosh/settings.json
+INIT
+chmod 0755 "$work/image/opt/bosun/bin/bosun-init"
+tar -C "$work/image" --sort=name --mtime=@0 --numeric-owner -cf - . | gzip -n > "$work/out/image"
+sha="$(sha256sum "$work/out/image" | cut -d' ' -f1)"
+cat > "$work/out/stemcell.MF" <<MF
+name: bosun-docker
+version: "$version"
+operating_system: debian-$suite
+stemcell_formats: [docker]
+api_version: 2
+sha1: sha256:$sha
+cloud_properties: {}
+MF
+tarball="$out/bosun-docker-$version.tgz"
+tar -C "$work/out" --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -cf - stemcell.MF image | gzip -n > "$tarball.$$.tmp"
+mv "$tarball.$$.tmp" "$tarball"
+echo "$tarball"
