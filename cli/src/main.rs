@@ -722,9 +722,12 @@ struct DirectorArgs {
     /// Where agents connect (mutual TLS). Defaults to the API's address, port + 1.
     #[arg(long)]
     agent_listen: Option<std::net::SocketAddr>,
-    /// The CPI: `local` (processes on this machine).
+    /// The CPI: `local` (processes on this machine) or `docker` (containers on the Docker Engine).
     #[arg(long, default_value = "local")]
     cpi: String,
+    /// The CPI's options, YAML (docker: `socket`, `agent_director_address`).
+    #[arg(long, value_name = "FILE")]
+    cpi_config: Option<PathBuf>,
     #[arg(long, default_value = "bosun")]
     name: String,
     /// Agent heartbeat interval, in milliseconds.
@@ -763,7 +766,21 @@ async fn run_director(args: &DirectorArgs) -> Result<()> {
             bosun_cpi::local::LocalCpi::new(state_dir.join("cpi-local"))
                 .with_context(|| format!("preparing the local CPI under {}", state_dir.display()))?,
         ),
-        other => return Err(InputError::new(format!("unknown CPI `{other}` (available: local)")).into()),
+        "docker" => {
+            let config: bosun_cpi::docker::DockerCpiConfig = match &args.cpi_config {
+                Some(f) => {
+                    let text = std::fs::read_to_string(f).map_err(|e| InputError::new(format!("{}: {e}", f.display())))?;
+                    bosun_types::yaml::from_str(&f.display().to_string(), &text).map_err(|e| InputError::new(e.to_string()))?
+                }
+                None => Default::default(),
+            };
+            std::sync::Arc::new(
+                bosun_cpi::docker::DockerCpi::connect(config, state_dir.join("cpi-docker"))
+                    .await
+                    .context("starting the Docker CPI")?,
+            )
+        }
+        other => return Err(InputError::new(format!("unknown CPI `{other}` (available: local, docker)")).into()),
     };
     let agent_listen = agent_listen.unwrap_or_else(|| {
         let port = if listen.port() == 0 { 0 } else { listen.port().wrapping_add(1) };

@@ -5,6 +5,7 @@
 //! Small required surface; the optional methods default to [`CpiError::NotImplemented`].
 
 pub mod conformance;
+pub mod docker;
 pub mod local;
 
 use bosun_types::protocol::{AgentSettings, DirectorEndpoint, NetworkSettings};

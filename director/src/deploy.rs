@@ -949,6 +949,8 @@ async fn migrate_disk(
     task.info("disk", Some(&rec.name()), format!("migrating disk {old} ({from_mb} MiB) to {new} ({to_mb} MiB)"));
     let copied = async {
         let hint = d.cpi.attach_disk(&vm.cid, &new).await?;
+        // The agent is there again if attaching restarted it.
+        d.hub.wait_connected(&vm.agent_id, d.config.agent_wait_timeout).await?;
         d.hub
             .call(
                 &vm.agent_id,
@@ -1012,9 +1014,26 @@ async fn attach_disks(
     for disk in to_attach {
         let hint = d.cpi.attach_disk(&vm.cid, &disk).await?;
         set_disk_tags(d, task, rec, &disk).await;
-        d.hub.call(&vm.agent_id, AgentCommand::MountDisk { disk_cid: disk.clone(), hint }, COMMAND_TIMEOUT).await?;
+        mount_disk(d, &vm, &disk, hint).await?;
     }
     Ok(())
+}
+
+/// Asks the agent to mount a disk just attached. Some clouds restart the VM's agent to attach a
+/// disk (Docker recreates the container): then the agent is waited for and asked again.
+async fn mount_disk(d: &Director, vm: &VmRecord, disk: &str, hint: serde_json::Value) -> Result<(), StepError> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let command = AgentCommand::MountDisk { disk_cid: disk.to_string(), hint: hint.clone() };
+        match d.hub.call(&vm.agent_id, command, COMMAND_TIMEOUT).await {
+            Ok(_) => return Ok(()),
+            Err(HubError::NotConnected(_) | HubError::Disconnected { .. }) if tries < 3 => {
+                d.hub.wait_connected(&vm.agent_id, d.config.agent_wait_timeout).await?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 fn build_spec(

@@ -58,6 +58,101 @@ pub fn stemcell(version: &str) -> PathBuf {
     tarball
 }
 
+/// Whether the Docker Engine answers. When it does not, a Docker test says so and is skipped —
+/// unless `BOSUN_REQUIRE_DOCKER=1` (as `.ci/run` sets), when that is a failure.
+pub fn docker_or_skip(test: &str) -> bool {
+    let ok = Command::new("docker")
+        .args(["info", "--format", "{{.ServerVersion}}"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !ok {
+        assert!(
+            std::env::var("BOSUN_REQUIRE_DOCKER").as_deref() != Ok("1"),
+            "{test}: the Docker Engine is not reachable and BOSUN_REQUIRE_DOCKER=1"
+        );
+        eprintln!("{test}: skipped: the Docker Engine is not reachable");
+    }
+    ok
+}
+
+/// A Docker stemcell built by the real builder around the agent under test. The Debian root
+/// filesystem is cached in `target/test-fixtures/docker-stemcells` across runs.
+pub fn docker_stemcell(version: &str) -> PathBuf {
+    static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
+    let shared = scratch().join("docker-stemcells");
+    let out = shared.join(format!("run-{}", std::process::id()));
+    let tarball = out.join(format!("bosun-docker-{version}.tgz"));
+    if !tarball.exists() {
+        std::fs::create_dir_all(&out).expect("stemcell dir");
+        // The root filesystem cache lives one level up, shared by every run.
+        for e in std::fs::read_dir(&shared).into_iter().flatten().flatten() {
+            let name = e.file_name();
+            if name.to_string_lossy().starts_with("docker-rootfs-") && !out.join(&name).exists() {
+                let _ = std::fs::hard_link(e.path(), out.join(&name));
+            }
+        }
+        let o = Command::new(repo().join("stemcells/docker/build.sh"))
+            .arg(version)
+            .env("BOSUN_AGENT_BIN", env!("CARGO_BIN_EXE_bosun-agent"))
+            .env("BOSUN_STEMCELL_OUT", &out)
+            .output()
+            .expect("running stemcells/docker/build.sh");
+        assert!(o.status.success(), "docker stemcell build failed: {}", String::from_utf8_lossy(&o.stderr));
+        for e in std::fs::read_dir(&out).into_iter().flatten().flatten() {
+            let name = e.file_name();
+            if name.to_string_lossy().starts_with("docker-rootfs-") && !shared.join(&name).exists() {
+                let _ = std::fs::hard_link(e.path(), shared.join(&name));
+            }
+        }
+    }
+    tarball
+}
+
+/// Removes the containers, volumes and networks that carry a label, when dropped (tests that
+/// fail must not leave containers behind).
+pub struct DockerLeftovers {
+    pub label: String,
+    pub networks: Vec<String>,
+}
+
+impl DockerLeftovers {
+    pub fn containers(&self) -> Vec<String> {
+        docker_lines(&["ps", "-aq", "--filter", &format!("label={}", self.label)])
+    }
+}
+
+pub fn docker_lines(args: &[&str]) -> Vec<String> {
+    Command::new("docker")
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).lines().map(str::to_string).filter(|l| !l.is_empty()).collect())
+        .unwrap_or_default()
+}
+
+impl Drop for DockerLeftovers {
+    fn drop(&mut self) {
+        let containers = self.containers();
+        let names: Vec<String> = containers
+            .iter()
+            .flat_map(|c| docker_lines(&["inspect", "--format", "{{.Name}}", c]))
+            .map(|n| n.trim_start_matches('/').to_string())
+            .collect();
+        if !containers.is_empty() {
+            let mut args = vec!["rm", "-f", "-v"];
+            args.extend(containers.iter().map(String::as_str));
+            let _ = Command::new("docker").args(&args).output();
+        }
+        for n in names {
+            let _ = Command::new("docker").args(["volume", "rm", "-f", &format!("{n}-root")]).output();
+        }
+        for n in &self.networks {
+            let _ = Command::new("docker").args(["network", "rm", n]).output();
+        }
+    }
+}
+
 /// The kubo release as a tarball, blobs synced through apt (once per test binary).
 pub fn kubo_release() -> PathBuf {
     static TARBALL: OnceLock<PathBuf> = OnceLock::new();
@@ -152,19 +247,26 @@ impl TestDirector {
         Self::start_with(&[], &[])
     }
 
-    /// A director with extra flags (e.g. `--meltdown-window 30`) and environment.
+    /// A director with extra flags (e.g. `--meltdown-window 30`; `--agent-listen HOST` binds the
+    /// agent listener on HOST) and environment.
     pub fn start_with(flags: &[&str], env: &[(&str, &str)]) -> Self {
         let dir = tempfile::Builder::new().prefix("bosun-test-").tempdir_in(scratch()).expect("temp dir");
         // Fixed ports for the director's life, so agents find it again after a restart.
         let free_port = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let (api, agents) = (free_port(), free_port());
-        let mut all_flags = vec![
-            "--listen".to_string(),
-            format!("127.0.0.1:{api}"),
-            "--agent-listen".into(),
-            format!("127.0.0.1:{agents}"),
-        ];
-        all_flags.extend(flags.iter().map(|s| s.to_string()));
+        let mut all_flags = vec!["--listen".to_string(), format!("127.0.0.1:{api}")];
+        // A caller may bind the agent listener elsewhere (containers reach the host on 0.0.0.0).
+        match flags.iter().position(|f| *f == "--agent-listen") {
+            Some(k) => {
+                let host = flags.get(k + 1).copied().unwrap_or("127.0.0.1");
+                all_flags.extend(["--agent-listen".to_string(), format!("{host}:{agents}")]);
+                all_flags.extend(flags[..k].iter().chain(flags.iter().skip(k + 2)).map(|s| s.to_string()));
+            }
+            None => {
+                all_flags.extend(["--agent-listen".to_string(), format!("127.0.0.1:{agents}")]);
+                all_flags.extend(flags.iter().map(|s| s.to_string()));
+            }
+        }
         let mut d = TestDirector {
             dir,
             child: None,
