@@ -769,8 +769,10 @@ async fn run_director(args: &DirectorArgs) -> Result<()> {
         "docker" => {
             let config: bosun_cpi::docker::DockerCpiConfig = match &args.cpi_config {
                 Some(f) => {
-                    let text = std::fs::read_to_string(f).map_err(|e| InputError::new(format!("{}: {e}", f.display())))?;
-                    bosun_types::yaml::from_str(&f.display().to_string(), &text).map_err(|e| InputError::new(e.to_string()))?
+                    let text =
+                        std::fs::read_to_string(f).map_err(|e| InputError::new(format!("{}: {e}", f.display())))?;
+                    bosun_types::yaml::from_str(&f.display().to_string(), &text)
+                        .map_err(|e| InputError::new(e.to_string()))?
                 }
                 None => Default::default(),
             };

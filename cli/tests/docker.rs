@@ -34,9 +34,13 @@ async fn docker_cpi_passes_the_conformance_suite() {
     if !docker_or_skip("docker_cpi_passes_the_conformance_suite") {
         return;
     }
-    let _leftovers =
-        DockerLeftovers { label: "bosun.tag.director=conformance".into(), networks: vec!["bosun-test-conformance".into()] };
     let dir = tempfile::tempdir().unwrap();
+    let _leftovers = DockerLeftovers {
+        label: "bosun.tag.director=conformance".into(),
+        networks: vec!["bosun-test-conformance".into()],
+        cpi_state: Some(dir.path().join("cpi")),
+        images: vec![],
+    };
     let tarball = docker_stemcell("1");
     let mut a = tar::Archive::new(flate2::read::GzDecoder::new(std::fs::File::open(tarball).unwrap()));
     a.unpack(dir.path().join("stemcell")).unwrap();
@@ -58,4 +62,128 @@ async fn docker_cpi_passes_the_conformance_suite() {
     conformance::create_vm_with_unknown_stemcell_fails(&*make(), &env).await.unwrap();
     conformance::disk_lifecycle(&*make(), &env).await.unwrap();
     conformance::survives_director_restart(&make, &env).await.unwrap();
+}
+
+/// Sends a command to the Docker CLI that must succeed.
+fn docker(args: &[&str]) -> String {
+    let o = std::process::Command::new("docker").args(args).output().expect("docker");
+    assert!(o.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+#[test]
+fn etcd_on_containers_survives_kills_disconnects_and_a_stemcell_upgrade() {
+    if !docker_or_skip("etcd_on_containers_survives_kills_disconnects_and_a_stemcell_upgrade") {
+        return;
+    }
+    let net = "bosun-test-lifecycle";
+    let d = TestDirector::start_with(&["--cpi", "docker", "--agent-listen", "0.0.0.0"], &[]);
+    let uuid = d.json(&["target"])["uuid"].as_str().unwrap().to_string();
+    let mut leftovers = DockerLeftovers {
+        label: format!("bosun.tag.director_uuid={uuid}"),
+        networks: vec![net.into()],
+        cpi_state: Some(d.state_dir().join("cpi-docker")),
+        images: vec![],
+    };
+    let cloud = std::fs::read_to_string(repo().join("manifests/cloud-config/docker.yml"))
+        .unwrap()
+        .replace("10.245.0.", "10.248.0.")
+        .replace("bosun-default", net);
+    d.ok(&["update-cloud-config", d.write("cloud.yml", &cloud).to_str().unwrap()]);
+    d.ok(&["upload-stemcell", docker_stemcell("1").to_str().unwrap()]);
+    d.ok(&["upload-release", kubo_release().to_str().unwrap()]);
+    let stemcell_images = |d: &TestDirector| -> Vec<String> {
+        d.json(&["stemcells"]).as_array().unwrap().iter().map(|s| s["cid"].as_str().unwrap().to_string()).collect()
+    };
+    leftovers.images = stemcell_images(&d);
+    let ops = d.write(
+        "ops.yml",
+        &std::fs::read_to_string(repo().join("manifests/ops/docker.yml")).unwrap().replace("10.245.0.", "10.248.0."),
+    );
+    let deploy = |extra: &[&str]| {
+        let mut args =
+            vec!["-n", "-d", "quickstart", "deploy", "manifests/quickstart.yml", "-o", ops.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        d.ok(&args)
+    };
+    deploy(&[]);
+    let ips = ["10.248.0.10", "10.248.0.11", "10.248.0.12"];
+    let first = by_index(&d.running("quickstart", 3));
+    for ip in ips {
+        eventually(
+            &format!("etcd on container {ip} to list three members"),
+            std::time::Duration::from_secs(60),
+            || etcd_members(ip).filter(|m| m.len() == 3 && m.iter().all(|(n, u)| !n.is_empty() && !u.is_empty())),
+        );
+    }
+    assert_eq!(leftovers.containers().len(), 3, "three containers");
+    assert!(etcd_put(ips[0], "ZG9ja2Vy", "b2s="), "a write before the kill");
+
+    // docker kill: resurrected with the same address and volume; the data is there.
+    let killed_at = std::time::Instant::now();
+    docker(&["kill", first[1]["vm_cid"].as_str().unwrap()]);
+    let back = eventually("the killed container's instance running again", std::time::Duration::from_secs(120), || {
+        let i = by_index(&d.instances("quickstart"))[1].clone();
+        (i["vm_cid"] != first[1]["vm_cid"] && i["state"] == "running").then_some(i)
+    });
+    println!("docker kill → running: {:.1} s", killed_at.elapsed().as_secs_f64());
+    assert_eq!(back["ips"], first[1]["ips"]);
+    assert_eq!(back["disk_cids"], first[1]["disk_cids"], "the same volume");
+    eventually("the data on the resurrected member", std::time::Duration::from_secs(60), || {
+        (etcd_get(ips[1], "ZG9ja2Vy").flatten().as_deref() == Some("b2s=")).then_some(())
+    });
+
+    // docker network disconnect: the agent goes silent; its container is deleted before the
+    // replacement starts (one address, one container).
+    let cut = by_index(&d.instances("quickstart"))[2].clone();
+    let cut_vm = cut["vm_cid"].as_str().unwrap().to_string();
+    docker(&["network", "disconnect", "--force", net, &cut_vm]);
+    let replaced = eventually("the cut-off instance replaced", std::time::Duration::from_secs(120), || {
+        let i = by_index(&d.instances("quickstart"))[2].clone();
+        (i["vm_cid"] != cut["vm_cid"] && i["state"] == "running").then_some(i)
+    });
+    assert_eq!(replaced["ips"], cut["ips"]);
+    assert!(
+        docker_lines(&["ps", "-aq", "--filter", &format!("name={cut_vm}")]).is_empty(),
+        "the old container is gone"
+    );
+    let evs = d.json(&["-d", "quickstart", "events", "--limit", "500"]);
+    assert!(
+        evs.as_array().unwrap().iter().any(|e| e["action"] == "unresponsive" && e["object_name"] == cut["instance"]),
+        "{evs}"
+    );
+    for ip in ips {
+        eventually(&format!("etcd healthy on {ip}"), std::time::Duration::from_secs(60), || {
+            etcd_members(ip).filter(|m| m.len() == 3 && m.iter().all(|(n, u)| !n.is_empty() && !u.is_empty()))
+        });
+    }
+
+    // A rolling stemcell upgrade under a client writing every 50 ms.
+    let writer = EtcdWriter::start(&ips);
+    d.ok(&["upload-stemcell", docker_stemcell("2").to_str().unwrap()]);
+    leftovers.images = stemcell_images(&d);
+    deploy(&[]);
+    let report = writer.finish();
+    assert!(report.failed.is_empty(), "writes no endpoint accepted: {:?}", report.failed);
+    for key in &report.written {
+        assert!(etcd_get(ips[0], key).flatten().is_some(), "key {key} is gone");
+    }
+    for i in d.running("quickstart", 3) {
+        assert_eq!(i["stemcell"], serde_json::json!({"name": "bosun-docker", "version": "2"}), "{i}");
+    }
+
+    // Deleting the deployment leaves no container, volume or network of it.
+    let volumes_before: Vec<String> = by_index(&d.instances("quickstart"))
+        .iter()
+        .flat_map(|i| {
+            i["disk_cids"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect::<Vec<_>>()
+        })
+        .collect();
+    d.ok(&["-n", "-d", "quickstart", "delete-deployment"]);
+    assert!(leftovers.containers().is_empty(), "containers left");
+    let volumes = docker_lines(&["volume", "ls", "-q"]);
+    for v in &volumes_before {
+        assert!(!volumes.contains(v), "volume {v} left");
+    }
+    assert!(docker_lines(&["network", "ls", "-q", "--filter", &format!("name={net}")]).is_empty(), "network left");
 }

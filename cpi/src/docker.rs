@@ -18,8 +18,7 @@ use bollard::container::{
 };
 use bollard::image::CreateImageOptions;
 use bollard::models::{
-    ContainerInspectResponse, EndpointIpamConfig, EndpointSettings, HostConfig, Ipam, IpamConfig, Mount,
-    MountTypeEnum,
+    ContainerInspectResponse, EndpointIpamConfig, EndpointSettings, HostConfig, Ipam, IpamConfig, Mount, MountTypeEnum,
 };
 use bollard::network::{ConnectNetworkOptions, CreateNetworkOptions, InspectNetworkOptions};
 use bollard::volume::{CreateVolumeOptions, ListVolumesOptions, RemoveVolumeOptions};
@@ -240,13 +239,15 @@ impl DockerCpi {
         settings_json: &[u8],
     ) -> CpiResult<BTreeMap<String, NetworkSettings>> {
         let mut nets = networks.iter();
-        let endpoint = |name: &str, n: &NetworkSettings| EndpointSettings {
-            ipam_config: (!n.ip.is_empty())
-                .then(|| EndpointIpamConfig { ipv4_address: Some(n.ip.clone()), ..Default::default() }),
-            aliases: None,
-            ..Default::default()
-        }
-        .tap_name(name);
+        let endpoint = |name: &str, n: &NetworkSettings| {
+            EndpointSettings {
+                ipam_config: (!n.ip.is_empty())
+                    .then(|| EndpointIpamConfig { ipv4_address: Some(n.ip.clone()), ..Default::default() }),
+                aliases: None,
+                ..Default::default()
+            }
+            .tap_name(name)
+        };
         let first = nets.next().ok_or_else(|| CpiError::InvalidArguments("create_vm: no network".into()))?;
         let first_name = network_name(first.0, first.1);
         let mut endpoints = HashMap::new();
@@ -263,11 +264,17 @@ impl DockerCpi {
         self.docker
             .create_container(Some(CreateContainerOptions { name: cid.to_string(), platform: None }), config)
             .await
-            .map_err(|e| CpiError::VmCreationFailed { message: format!("creating the container: {e}"), ok_to_retry: false })?;
+            .map_err(|e| CpiError::VmCreationFailed {
+                message: format!("creating the container: {e}"),
+                ok_to_retry: false,
+            })?;
         for (key, n) in nets {
             let name = network_name(key, n);
             self.docker
-                .connect_network(&name, ConnectNetworkOptions { container: cid.to_string(), endpoint_config: endpoint(key, n) })
+                .connect_network(
+                    &name,
+                    ConnectNetworkOptions { container: cid.to_string(), endpoint_config: endpoint(key, n) },
+                )
                 .await
                 .map_err(cloud("connecting the container to a network"))?;
         }
@@ -368,7 +375,8 @@ impl DockerCpi {
             .ok_or_else(|| CpiError::Cloud("the VM has no settings".into()))?
             .map_err(|e| CpiError::Cloud(format!("reading settings: {e}")))?;
         let mut text = Vec::new();
-        std::io::Read::read_to_end(&mut entry, &mut text).map_err(|e| CpiError::Cloud(format!("reading settings: {e}")))?;
+        std::io::Read::read_to_end(&mut entry, &mut text)
+            .map_err(|e| CpiError::Cloud(format!("reading settings: {e}")))?;
         serde_json::from_slice(&text).map_err(|e| CpiError::Cloud(format!("the VM's settings are malformed: {e}")))
     }
 
@@ -416,7 +424,10 @@ impl Cpi for DockerCpi {
         let bytes = tokio::fs::read(image_path)
             .await
             .map_err(|e| CpiError::Cloud(format!("reading {}: {e}", image_path.display())))?;
-        let tag = format!("s{}", bosun_types::digest::sha256_digest(&bytes).trim_start_matches("sha256:").get(..16).unwrap_or("0"));
+        let tag = format!(
+            "s{}",
+            bosun_types::digest::sha256_digest(&bytes).trim_start_matches("sha256:").get(..16).unwrap_or("0")
+        );
         let options = CreateImageOptions {
             from_src: "-".to_string(),
             repo: "bosun-stemcell".to_string(),
@@ -454,7 +465,9 @@ impl Cpi for DockerCpi {
         }
         if self.config.agent_director_address == "gateway" {
             let gw = request.networks.values().find_map(|n| n.gateway.clone()).ok_or_else(|| {
-                CpiError::InvalidArguments("create_vm: agents reach the director through a network gateway; none is given".into())
+                CpiError::InvalidArguments(
+                    "create_vm: agents reach the director through a network gateway; none is given".into(),
+                )
             })?;
             let port = settings.director.address.rsplit_once(':').map(|(_, p)| p.to_string()).unwrap_or_default();
             settings.director.address = format!("{gw}:{port}");

@@ -1314,11 +1314,19 @@ async fn drain(
     }
 }
 
-/// Detaches the disks of an instance's VM and deletes the VM, tolerating what is already gone.
+/// Unmounts the disks of an instance's VM (when its agent answers) and deletes the VM, tolerating
+/// what is already gone. Disks survive their VM and come back unattached (the CPI contract, as
+/// on every cloud), so they are not detached one by one first — on Docker that would recreate the
+/// container just before deleting it.
 async fn delete_vm_of(d: &Arc<Director>, task: &Task, rec: &mut InstanceRecord) -> Result<(), StepError> {
     let Some(vm) = rec.vm.clone() else { return Ok(()) };
-    for disk in &rec.disk_cids {
-        detach_disk(d, &vm, disk).await?;
+    if d.hub.is_responsive(&vm.agent_id) {
+        for disk in &rec.disk_cids {
+            let unmount = AgentCommand::UnmountDisk { disk_cid: disk.clone() };
+            if let Err(e) = d.hub.call(&vm.agent_id, unmount, COMMAND_TIMEOUT).await {
+                task.warn("delete", Some(&rec.name()), format!("unmounting disk {disk} failed: {e}"));
+            }
+        }
     }
     match d.cpi.delete_vm(&vm.cid).await {
         Ok(()) => task.info("delete", Some(&rec.name()), format!("deleted VM {}", vm.cid)),
@@ -1399,9 +1407,14 @@ async fn delete_instance(
 
 async fn run_post_deploy(d: &Arc<Director>, task: &Task, deployment: &str) -> Result<(), DeployError> {
     let instances: Vec<InstanceRecord> = d.state.list(Tree::Instances, &format!("{deployment}/"))?;
+    // An agent that does not answer is the health monitor's (it would only hold the lock).
+    for r in instances.iter().filter(|r| r.vm.as_ref().is_some_and(|v| !d.hub.is_responsive(&v.agent_id))) {
+        task.warn("post-deploy", Some(&r.name()), "the agent is not responding; post-deploy skipped there");
+    }
     let runs = instances
         .iter()
         .filter(|r| r.state == DesiredState::Started)
+        .filter(|r| r.vm.as_ref().is_some_and(|v| d.hub.is_responsive(&v.agent_id)))
         .filter_map(|r| r.vm.as_ref().map(|v| (r, v.agent_id.clone())))
         .map(|(r, agent)| async move {
             run_script(d, &agent, LifecycleScript::PostDeploy, vec![], BTreeMap::new(), Duration::from_secs(300))

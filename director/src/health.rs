@@ -166,8 +166,14 @@ pub async fn monitor(d: Arc<Director>) {
 impl Monitor {
     async fn pass(&mut self, d: &Arc<Director>) -> Result<(), StoreError> {
         let instances: Vec<InstanceRecord> = d.state.list(Tree::Instances, "")?;
-        let watched: Vec<&InstanceRecord> =
-            instances.iter().filter(|r| r.vm.is_some() && r.state == DesiredState::Started).collect();
+        // An instance a running task is updating (dirty, its deployment locked) is the updater's:
+        // its agent may restart, its VM be replaced.
+        let locked: BTreeSet<String> = d.state.kv().scan_prefix(Tree::Locks, "")?.into_iter().map(|(k, _)| k).collect();
+        let watched: Vec<&InstanceRecord> = instances
+            .iter()
+            .filter(|r| r.vm.is_some() && r.state == DesiredState::Started)
+            .filter(|r| !(r.dirty && locked.contains(&r.deployment)))
+            .collect();
         let keys: BTreeSet<(String, String)> =
             watched.iter().map(|r| (r.key(), r.vm.as_ref().expect("watched").cid.clone())).collect();
         self.tracked.retain(|k, _| keys.contains(k));

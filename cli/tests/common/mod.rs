@@ -115,6 +115,10 @@ pub fn docker_stemcell(version: &str) -> PathBuf {
 pub struct DockerLeftovers {
     pub label: String,
     pub networks: Vec<String>,
+    /// The Docker CPI's state folder: the volumes it made are named in its metadata.
+    pub cpi_state: Option<PathBuf>,
+    /// Stemcell images to remove.
+    pub images: Vec<String>,
 }
 
 impl DockerLeftovers {
@@ -147,8 +151,19 @@ impl Drop for DockerLeftovers {
         for n in names {
             let _ = Command::new("docker").args(["volume", "rm", "-f", &format!("{n}-root")]).output();
         }
+        if let Some(state) = &self.cpi_state {
+            for e in std::fs::read_dir(state.join("metadata")).into_iter().flatten().flatten() {
+                let name = e.file_name().to_string_lossy().trim_end_matches(".json").to_string();
+                if name.starts_with("bosun-disk-") {
+                    let _ = Command::new("docker").args(["volume", "rm", "-f", &name]).output();
+                }
+            }
+        }
         for n in &self.networks {
             let _ = Command::new("docker").args(["network", "rm", n]).output();
+        }
+        for i in &self.images {
+            let _ = Command::new("docker").args(["rmi", i]).output();
         }
     }
 }
