@@ -12,6 +12,10 @@ use common::*;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+/// One Docker test at a time: on two cores, two clusters of containers side by side only measure
+/// the machine.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn network(ip: &str) -> BTreeMap<String, NetworkSettings> {
     let mut m = BTreeMap::new();
     m.insert(
@@ -29,11 +33,12 @@ fn network(ip: &str) -> BTreeMap<String, NetworkSettings> {
     m
 }
 
-#[tokio::test]
-async fn docker_cpi_passes_the_conformance_suite() {
+#[test]
+fn docker_cpi_passes_the_conformance_suite() {
     if !docker_or_skip("docker_cpi_passes_the_conformance_suite") {
         return;
     }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let _leftovers = DockerLeftovers {
         label: "bosun.tag.director=conformance".into(),
@@ -56,12 +61,15 @@ async fn docker_cpi_passes_the_conformance_suite() {
         let config = DockerCpiConfig { socket: None, agent_director_address: "127.0.0.1:9".into() };
         Arc::new(DockerCpi::new(config, &state).expect("docker CPI")) as Arc<dyn bosun_cpi::Cpi>
     });
-    conformance::info(&*make()).await.unwrap();
-    conformance::stemcell_lifecycle(&*make(), &env).await.unwrap();
-    conformance::vm_lifecycle(&*make(), &env).await.unwrap();
-    conformance::create_vm_with_unknown_stemcell_fails(&*make(), &env).await.unwrap();
-    conformance::disk_lifecycle(&*make(), &env).await.unwrap();
-    conformance::survives_director_restart(&make, &env).await.unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        conformance::info(&*make()).await.unwrap();
+        conformance::stemcell_lifecycle(&*make(), &env).await.unwrap();
+        conformance::vm_lifecycle(&*make(), &env).await.unwrap();
+        conformance::create_vm_with_unknown_stemcell_fails(&*make(), &env).await.unwrap();
+        conformance::disk_lifecycle(&*make(), &env).await.unwrap();
+        conformance::survives_director_restart(&make, &env).await.unwrap();
+    });
 }
 
 /// Sends a command to the Docker CLI that must succeed.
@@ -76,6 +84,7 @@ fn etcd_on_containers_survives_kills_disconnects_and_a_stemcell_upgrade() {
     if !docker_or_skip("etcd_on_containers_survives_kills_disconnects_and_a_stemcell_upgrade") {
         return;
     }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let net = "bosun-test-lifecycle";
     let d = TestDirector::start_with(&["--cpi", "docker", "--agent-listen", "0.0.0.0"], &[]);
     let uuid = d.json(&["target"])["uuid"].as_str().unwrap().to_string();

@@ -424,10 +424,8 @@ impl Cpi for DockerCpi {
         let bytes = tokio::fs::read(image_path)
             .await
             .map_err(|e| CpiError::Cloud(format!("reading {}: {e}", image_path.display())))?;
-        let tag = format!(
-            "s{}",
-            bosun_types::digest::sha256_digest(&bytes).trim_start_matches("sha256:").get(..16).unwrap_or("0")
-        );
+        // A tag of its own per upload: deleting one stemcell never touches another's image.
+        let tag = format!("s{}", uuid::Uuid::new_v4().simple());
         let options = CreateImageOptions {
             from_src: "-".to_string(),
             repo: "bosun-stemcell".to_string(),

@@ -30,6 +30,8 @@ pub enum HubError {
     Disconnected { agent: String, command: &'static str },
     #[error("agent `{agent}` did not finish `{command}` within {seconds} s")]
     Timeout { agent: String, command: &'static str, seconds: u64 },
+    #[error("agent `{agent}` fell silent during `{command}`")]
+    Silent { agent: String, command: &'static str },
     #[error("agent `{agent}` failed `{command}`: {message}")]
     Failed { agent: String, command: &'static str, message: String },
     #[error("agent `{agent}` did not connect within {seconds} s")]
@@ -216,16 +218,37 @@ impl AgentHub {
             conn.pending.lock().expect("hub lock").remove(&id);
             return Err(HubError::Disconnected { agent: agent_id.to_string(), command: name });
         }
-        match tokio::time::timeout(timeout, rx).await {
+        // Wait for the reply, but not for an agent that fell silent meanwhile (its heartbeats go
+        // on during long commands): a cut-off VM must not hold a task until the command's timeout.
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut rx = rx;
+        let outcome = loop {
+            let check = (tokio::time::Instant::now() + self.heartbeat_interval).min(deadline);
+            match tokio::time::timeout_at(check, &mut rx).await {
+                Ok(reply) => break Ok(reply),
+                Err(_) if tokio::time::Instant::now() >= deadline => {
+                    break Err(HubError::Timeout {
+                        agent: agent_id.to_string(),
+                        command: name,
+                        seconds: timeout.as_secs(),
+                    })
+                }
+                Err(_) if !self.is_responsive(agent_id) => {
+                    break Err(HubError::Silent { agent: agent_id.to_string(), command: name })
+                }
+                Err(_) => {}
+            }
+        };
+        match outcome {
             Ok(Ok(CommandOutcome::Ok(v))) => Ok(v),
             Ok(Ok(CommandOutcome::Error(message))) => {
                 Err(HubError::Failed { agent: agent_id.to_string(), command: name, message })
             }
             Ok(Err(_)) => Err(HubError::Disconnected { agent: agent_id.to_string(), command: name }),
-            Err(_) => {
+            Err(e) => {
                 conn.pending.lock().expect("hub lock").remove(&id);
                 let _ = conn.tx.try_send(DirectorMessage::Cancel { id });
-                Err(HubError::Timeout { agent: agent_id.to_string(), command: name, seconds: timeout.as_secs() })
+                Err(e)
             }
         }
     }
