@@ -157,9 +157,18 @@ fn etcd_on_containers_survives_kills_disconnects_and_a_stemcell_upgrade() {
         "the old container is gone"
     );
     let evs = d.json(&["-d", "quickstart", "events", "--limit", "500"]);
+    let evs = evs.as_array().unwrap();
+    assert!(evs.iter().any(|e| e["action"] == "unresponsive" && e["object_name"] == cut["instance"]), "{evs:?}");
+    // Fenced: the old container was deleted before the replacement was created.
+    let id_of = |action: &str, cid: &str| {
+        evs.iter()
+            .find(|e| e["action"] == action && e["message"].as_str().is_some_and(|m| m.contains(cid)))
+            .and_then(|e| e["id"].as_u64())
+            .unwrap_or_else(|| panic!("no {action} event for {cid}: {evs:?}"))
+    };
     assert!(
-        evs.as_array().unwrap().iter().any(|e| e["action"] == "unresponsive" && e["object_name"] == cut["instance"]),
-        "{evs}"
+        id_of("delete_vm", &cut_vm) < id_of("create_vm", replaced["vm_cid"].as_str().unwrap()),
+        "the old container went first"
     );
     for ip in ips {
         eventually(&format!("etcd healthy on {ip}"), std::time::Duration::from_secs(60), || {
