@@ -12,18 +12,9 @@
 # BOSUN_AGENT_BIN=path uses an agent binary already built instead of building one;
 # BOSUN_STEMCELL_OUT=dir puts the tarball there (default: target/stemcells).
 set -euo pipefail
-version="${1:?usage: stemcells/docker/build.sh VERSION}"
-if ! [[ "$version" =~ ^[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}$ ]]; then
-  echo "build.sh: version '$version' must be letters, digits, '.', '+', '_' or '-'" >&2
-  exit 2
-fi
-root="$(cd "$(dirname "$0")/../.." && pwd)"
-out="${BOSUN_STEMCELL_OUT:-$root/target/stemcells}"
-agent="${BOSUN_AGENT_BIN:-}"
-if [ -z "$agent" ]; then
-  cargo build --release --quiet --bin bosun-agent --manifest-path "$root/Cargo.toml" >&2
-  agent="$root/target/release/bosun-agent"
-fi
+# shellcheck source=../lib.sh
+. "$(dirname "$0")/../lib.sh"
+stemcell_args "$@"
 command -v debootstrap >/dev/null || { echo "build.sh: debootstrap is missing (ci/setup installs it)" >&2; exit 1; }
 suite="$(. /etc/os-release && echo "${VERSION_CODENAME:?no VERSION_CODENAME in /etc/os-release}")"
 packages="iproute2,procps,ca-certificates,openssh-server"
@@ -77,17 +68,4 @@ exec /opt/bosun/bin/bosun-agent --root /var/vcap --settings /var/vcap/bosh/setti
 INIT
 chmod 0755 "$work/image/opt/bosun/bin/bosun-init"
 tar -C "$work/image" --sort=name --mtime=@0 --numeric-owner -cf - . | gzip -n > "$work/out/image"
-sha="$(sha256sum "$work/out/image" | cut -d' ' -f1)"
-cat > "$work/out/stemcell.MF" <<MF
-name: bosun-docker
-version: "$version"
-operating_system: debian-$suite
-stemcell_formats: [docker]
-api_version: 2
-sha1: sha256:$sha
-cloud_properties: {}
-MF
-tarball="$out/bosun-docker-$version.tgz"
-tar -C "$work/out" --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -cf - stemcell.MF image | gzip -n > "$tarball.$$.tmp"
-mv "$tarball.$$.tmp" "$tarball"
-echo "$tarball"
+stemcell_pack bosun-docker "debian-$suite" docker "$work/out"
