@@ -553,9 +553,9 @@ async fn converge_instance(
     task: &Task,
     deployment: &str,
     i: &InstancePlan,
-    how_: Converge<'_>,
+    run: Converge<'_>,
 ) -> Result<(), DeployError> {
-    let Converge { watch, script_timeout_ms, canary, manifest_text, opts } = how_;
+    let Converge { watch, script_timeout_ms, canary, manifest_text, opts } = run;
     let name = i.name();
     let mut rec: InstanceRecord = d
         .state
@@ -624,7 +624,10 @@ async fn converge_instance(
             delete_vm_of(d, task, &mut rec).await.map_err(step(&name, "deleting the old VM"))?;
         }
     }
-    rec.networks = i.networks.clone();
+    // A swapped-in VM holds the addresses it was made with (a dynamic network's included).
+    if !(i.create_swap_delete && fresh_vm) {
+        rec.networks = i.networks.clone();
+    }
     rec.az = i.az.clone();
     rec.bootstrap = i.bootstrap;
     rec.state = i.state;

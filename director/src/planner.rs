@@ -268,7 +268,7 @@ pub fn plan(input: &PlanningInput<'_>, rng: &mut dyn RngCore) -> Result<Plan, Pl
             match spare_addresses(g, cc, &slot.az, &mut taken) {
                 Some(networks) => {
                     let was: Vec<String> = existing.ips();
-                    let now: Vec<String> = networks.values().map(|n| n.ip.clone()).collect();
+                    let now: Vec<String> = networks.values().map(|n| show_ip(&n.ip).to_string()).collect();
                     slot.recreate.push(format!(
                         "create-swap-delete: the replacement VM takes {} (was {})",
                         now.join(", "),
