@@ -239,19 +239,16 @@ impl DockerCpi {
         settings_json: &[u8],
     ) -> CpiResult<BTreeMap<String, NetworkSettings>> {
         let mut nets = networks.iter();
-        let endpoint = |name: &str, n: &NetworkSettings| {
-            EndpointSettings {
-                ipam_config: (!n.ip.is_empty())
-                    .then(|| EndpointIpamConfig { ipv4_address: Some(n.ip.clone()), ..Default::default() }),
-                aliases: None,
-                ..Default::default()
-            }
-            .tap_name(name)
+        // The director's address, or (dynamic networks) Docker's choice.
+        let endpoint = |n: &NetworkSettings| EndpointSettings {
+            ipam_config: (!n.ip.is_empty())
+                .then(|| EndpointIpamConfig { ipv4_address: Some(n.ip.clone()), ..Default::default() }),
+            ..Default::default()
         };
         let first = nets.next().ok_or_else(|| CpiError::InvalidArguments("create_vm: no network".into()))?;
         let first_name = network_name(first.0, first.1);
         let mut endpoints = HashMap::new();
-        endpoints.insert(first_name.clone(), endpoint(first.0, first.1));
+        endpoints.insert(first_name.clone(), endpoint(first.1));
         let config = Config {
             image: Some(image.to_string()),
             hostname: Some(cid.trim_start_matches("bosun-").chars().take(63).collect()),
@@ -273,7 +270,7 @@ impl DockerCpi {
             self.docker
                 .connect_network(
                     &name,
-                    ConnectNetworkOptions { container: cid.to_string(), endpoint_config: endpoint(key, n) },
+                    ConnectNetworkOptions { container: cid.to_string(), endpoint_config: endpoint(n) },
                 )
                 .await
                 .map_err(cloud("connecting the container to a network"))?;
@@ -391,18 +388,6 @@ impl DockerCpi {
                     .collect()
             })
             .unwrap_or_default()
-    }
-}
-
-trait TapName {
-    fn tap_name(self, name: &str) -> Self;
-}
-
-impl TapName for EndpointSettings {
-    /// Keeps the cloud-config network's name beside the endpoint (for people reading `docker inspect`).
-    fn tap_name(mut self, name: &str) -> Self {
-        self.aliases = Some(vec![format!("bosun-{name}")]);
-        self
     }
 }
 
