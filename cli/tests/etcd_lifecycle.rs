@@ -116,6 +116,11 @@ fn rolling_stemcell_upgrade_and_disk_resize_lose_no_write() {
         );
     }
     let report = writer.finish();
+    println!(
+        "client writes every 50 ms: {} accepted, {} refused by every endpoint",
+        report.written.len(),
+        report.failed.len()
+    );
     assert!(report.failed.is_empty(), "writes no endpoint accepted: {:?}", report.failed);
     assert!(report.written.len() > 40, "the client wrote throughout ({} writes)", report.written.len());
     for key in &report.written {
