@@ -13,8 +13,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-/// How long a process must stay up before it counts as running.
-const RUNNING_AFTER: Duration = Duration::from_secs(1);
+/// How long a process must stay up before it counts as running: enough to catch one that dies as
+/// it starts. Longer checks are the deployment's watch time (the director looks again until its
+/// upper bound), so this stays short and a deploy goes on as soon as the jobs run.
+const RUNNING_AFTER: Duration = Duration::from_millis(300);
 /// A process that stayed up this long starts its backoff afresh when it next dies.
 const STABLE_AFTER: Duration = Duration::from_secs(60);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);

@@ -65,7 +65,7 @@ pub struct DockerCpi {
     config: DockerCpiConfig,
     /// Metadata set after creation, per VM and disk cid.
     state: PathBuf,
-    /// Creating or deleting networks and recreating containers are one step each.
+    /// Making and pruning networks, and recreating containers, are one step each.
     lock: tokio::sync::Mutex<()>,
 }
 
@@ -438,12 +438,16 @@ impl Cpi for DockerCpi {
             Err(e) if not_found(&e) => return Err(CpiError::StemcellNotFound(request.stemcell_cid.clone())),
             Err(e) => return Err(CpiError::Cloud(format!("inspecting the stemcell image: {e}"))),
         }
-        let _one = self.lock.lock().await;
         let cid = format!("bosun-vm-{}", uuid::Uuid::new_v4().simple());
         let mut settings = agent_settings(request, &cid)?;
-        for (name, n) in &request.networks {
-            if n.kind != "dynamic" {
-                self.ensure_network(&network_name(name, n), n).await?;
+        {
+            // Only making a missing network is one step at a time; containers start side by side
+            // (Docker's IPAM refuses an address twice).
+            let _one = self.lock.lock().await;
+            for (name, n) in &request.networks {
+                if n.kind != "dynamic" {
+                    self.ensure_network(&network_name(name, n), n).await?;
+                }
             }
         }
         if self.config.agent_director_address == "gateway" {

@@ -301,6 +301,12 @@ impl Monitor {
             } else {
                 None
             };
+            // A VM found gone when its agent's connection dropped may have been rebooting: asked
+            // again before anything is done, one that is back is judged by its heartbeats instead.
+            if t.health == Health::Missing && matches!(d.cpi.has_vm(&key.1).await, Ok(true)) {
+                self.tracked.remove(&key);
+                continue;
+            }
             match held_back {
                 None => due.entry(rec.deployment.clone()).or_default().push(rec),
                 Some(why) if t.held_back != Some(why) => {

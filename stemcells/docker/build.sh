@@ -59,10 +59,11 @@ install -m 0755 "$agent" "$work/image/opt/bosun/bin/bosun-agent"
 printf '{"name":"bosun-docker","version":"%s"}\n' "$version" > "$work/image/opt/bosun/etc/stemcell.json"
 cat > "$work/image/opt/bosun/bin/bosun-init" <<'INIT'
 #!/bin/sh
-# The container's init (under Docker's --init, which reaps orphans): per-VM ssh host keys, then the
-# agent, which reads the settings the CPI put in /var/vcap/bosh/settings.json.
+# The container's init (under Docker's --init, which reaps orphans): per-VM ssh host keys (in the
+# background), and the agent, which reads the settings the CPI put in /var/vcap/bosh/settings.json.
 set -e
-[ -f /etc/ssh/ssh_host_ed25519_key ] || ssh-keygen -A >/dev/null 2>&1 || true
+# Host keys are made beside the agent's start, not before it: the agent is what a deploy waits for.
+[ -f /etc/ssh/ssh_host_ed25519_key ] || (ssh-keygen -A >/dev/null 2>&1 &)
 mkdir -p /var/vcap/bosh
 exec /opt/bosun/bin/bosun-agent --root /var/vcap --settings /var/vcap/bosh/settings.json
 INIT
