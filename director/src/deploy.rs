@@ -556,6 +556,9 @@ async fn converge_instance(
     run: Converge<'_>,
 ) -> Result<(), DeployError> {
     let Converge { watch, script_timeout_ms, canary, manifest_text, opts } = run;
+    if matches!(i.action, InstanceAction::Keep | InstanceAction::Delete) {
+        return Ok(()); // batches hold only instances that change; deletes go their own way
+    }
     let name = i.name();
     let mut rec: InstanceRecord = d
         .state
@@ -581,8 +584,7 @@ async fn converge_instance(
     };
     let mut fresh_vm = false;
     match i.action {
-        InstanceAction::Keep | InstanceAction::Delete => return Ok(()),
-        InstanceAction::Create | InstanceAction::Start => {}
+        InstanceAction::Keep | InstanceAction::Delete | InstanceAction::Create | InstanceAction::Start => {}
         InstanceAction::Update | InstanceAction::Restart => {
             if was_running {
                 stop_jobs(d, task, &rec, how(NEXT_UPDATE, false, false), timeout)
