@@ -227,7 +227,9 @@ impl DockerCpi {
         }
     }
 
-    /// Creates and starts a container; returns the networks with the addresses it got.
+    /// Creates and starts a container; returns the networks with the addresses it got. With
+    /// `make_networks` the Docker networks are made first where missing, and until the container
+    /// is on them no network is pruned (the caller that passes `false` holds the lock already).
     #[allow(clippy::too_many_arguments)]
     async fn run_container(
         &self,
@@ -237,7 +239,14 @@ impl DockerCpi {
         host_config: HostConfig,
         networks: &BTreeMap<String, NetworkSettings>,
         settings_json: &[u8],
+        make_networks: bool,
     ) -> CpiResult<BTreeMap<String, NetworkSettings>> {
+        let guard = if make_networks { Some(self.lock.lock().await) } else { None };
+        if make_networks {
+            for (name, n) in networks.iter().filter(|(_, n)| n.kind != "dynamic") {
+                self.ensure_network(&network_name(name, n), n).await?;
+            }
+        }
         let mut nets = networks.iter();
         // The director's address, or (dynamic networks) Docker's choice.
         let endpoint = |n: &NetworkSettings| EndpointSettings {
@@ -275,6 +284,8 @@ impl DockerCpi {
                 .await
                 .map_err(cloud("connecting the container to a network"))?;
         }
+        // On its networks now: containers start side by side.
+        drop(guard);
         let archive = tar_of("bosh/settings.json", settings_json, 0o600)?;
         self.docker
             .upload_to_container(
@@ -353,7 +364,7 @@ impl DockerCpi {
         let image = config.image.clone().unwrap_or_default();
         let labels = config.labels.clone().unwrap_or_default();
         let bytes = serde_json::to_vec_pretty(&settings).expect("serializable");
-        self.run_container(cid, &image, labels, host, &networks, &bytes).await.map(|_| ())
+        self.run_container(cid, &image, labels, host, &networks, &bytes, false).await.map(|_| ())
     }
 
     async fn read_settings(&self, cid: &str) -> CpiResult<bosun_types::protocol::AgentSettings> {
@@ -440,16 +451,6 @@ impl Cpi for DockerCpi {
         }
         let cid = format!("bosun-vm-{}", uuid::Uuid::new_v4().simple());
         let mut settings = agent_settings(request, &cid)?;
-        {
-            // Only making a missing network is one step at a time; containers start side by side
-            // (Docker's IPAM refuses an address twice).
-            let _one = self.lock.lock().await;
-            for (name, n) in &request.networks {
-                if n.kind != "dynamic" {
-                    self.ensure_network(&network_name(name, n), n).await?;
-                }
-            }
-        }
         if self.config.agent_director_address == "gateway" {
             let gw = request.networks.values().find_map(|n| n.gateway.clone()).ok_or_else(|| {
                 CpiError::InvalidArguments(
@@ -496,7 +497,7 @@ impl Cpi for DockerCpi {
             ..Default::default()
         };
         let bytes = serde_json::to_vec_pretty(&settings).expect("serializable");
-        match self.run_container(&cid, &request.stemcell_cid, labels, host, &request.networks, &bytes).await {
+        match self.run_container(&cid, &request.stemcell_cid, labels, host, &request.networks, &bytes, true).await {
             Ok(networks) => Ok((cid, networks)),
             Err(e) => {
                 // A CPI cleans up after a failed create_vm.
