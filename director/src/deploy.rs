@@ -438,21 +438,13 @@ pub async fn execute(
             }
         }
     }
-    // Instance groups in manifest order; consecutive groups with `serial: false` run together.
+    // Stage by stage, as the planner ordered them (non-serial neighbours together).
     let mut changed = 0usize;
-    let mut k = 0;
-    while k < plan.groups.len() {
-        let mut end = k + 1;
-        if !plan.groups[k].update.serial {
-            while end < plan.groups.len() && !plan.groups[end].update.serial {
-                end += 1;
-            }
-        }
-        let runs = plan.groups[k..end].iter().map(|g| update_group(d, task, &deployment, g, manifest_text, opts));
+    for stage in &plan.stages {
+        let runs = stage.iter().map(|&k| update_group(d, task, &deployment, &plan.groups[k], manifest_text, opts));
         for r in futures::future::join_all(runs).await {
             changed += r?;
         }
-        k = end;
     }
     run_post_deploy(d, task, &deployment).await?;
     Ok(format!("{} instance{} changed, {} deleted", changed, if changed == 1 { "" } else { "s" }, plan.deletes.len()))

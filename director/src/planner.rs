@@ -160,6 +160,21 @@ pub struct Plan {
     pub groups: Vec<GroupPlan>,
     /// Instances to delete: of groups gone from the manifest, scaled away, or in removed AZs.
     pub deletes: Vec<InstanceRecord>,
+    /// The order groups are updated in: each stage's groups (positions in `groups`) at once,
+    /// stage after stage. Manifest order; consecutive `serial: false` groups share a stage.
+    pub stages: Vec<Vec<usize>>,
+}
+
+/// BOSH's grouping: a serial group is a stage of its own; a run of non-serial groups is one stage.
+pub fn stages(groups: &[GroupPlan]) -> Vec<Vec<usize>> {
+    let mut out: Vec<Vec<usize>> = Vec::new();
+    for (k, g) in groups.iter().enumerate() {
+        match out.last_mut() {
+            Some(stage) if !g.update.serial && !groups[stage[0]].update.serial => stage.push(k),
+            _ => out.push(vec![k]),
+        }
+    }
+    out
 }
 
 impl Plan {
@@ -426,7 +441,8 @@ pub fn plan(input: &PlanningInput<'_>, rng: &mut dyn RngCore) -> Result<Plan, Pl
         groups.push(GroupPlan { name: g.name.clone(), update, instances, batches, script_timeout_ms });
     }
     deletes.sort_by(|a, b| (a.group.as_str(), a.index).cmp(&(b.group.as_str(), b.index)));
-    Ok(Plan { deployment: m.name.clone(), groups, deletes })
+    let stages = stages(&groups);
+    Ok(Plan { deployment: m.name.clone(), groups, deletes, stages })
 }
 
 fn job_of<'a>(input: &'a PlanningInput<'_>, release: &str, job: &str) -> Option<&'a crate::records::ReleaseJob> {

@@ -762,3 +762,27 @@ fn dynamic_networks_leave_the_address_to_the_cloud_and_keep_what_it_gave() {
     let e = w.plan(&manifest(1, "").replace("networks: [{name: net}]", "networks: [{name: vip}]"));
     assert!(e.unwrap_err().contains("is a vip network"));
 }
+
+#[test]
+fn serial_groups_go_alone_and_neighbouring_non_serial_groups_go_together() {
+    let w = World::new();
+    let group = |name: &str, serial: bool| {
+        format!(
+            "- name: {name}\n  azs: [z1]\n  instances: 1\n  vm_type: small\n  stemcell: default\n  networks: [{{name: net}}]\n  update: {{serial: {serial}}}\n  jobs:\n  - name: member\n    release: rel\n    properties: {{port: 7000}}\n    provides: {{peers: null}}\n    consumes: {{peers: {{from: peers}}}}\n"
+        )
+    };
+    let text = manifest(1, "")
+        + &[
+            group("a", false),
+            group("b", false),
+            group("c", true),
+            group("d", false),
+            group("e", true),
+            group("f", true),
+        ]
+        .concat();
+    let p = w.plan(&text).unwrap();
+    let names = |stage: &Vec<usize>| stage.iter().map(|&k| p.groups[k].name.as_str()).collect::<Vec<_>>();
+    let stages: Vec<Vec<&str>> = p.stages.iter().map(names).collect();
+    assert_eq!(stages, vec![vec!["db"], vec!["a", "b"], vec!["c"], vec!["d"], vec!["e"], vec!["f"]]);
+}
