@@ -150,6 +150,13 @@ fn bad_input_is_refused_with_a_clear_error_and_changes_nothing() {
             vec!["/releases/0: release `kubo/42` is not uploaded"],
         ),
         (
+            "malformed link wiring",
+            bad("    release: kubo\n", "    release: kubo\n    consumes: {etcd: 5}\n"),
+            vec![],
+            2,
+            vec!["/instance_groups/0/jobs/0/consumes", "link `etcd`: invalid type: integer `5`"],
+        ),
+        (
             "unknown job",
             bad("  - name: etcd\n", "  - name: kubelet\n"),
             vec![],

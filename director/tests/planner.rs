@@ -768,7 +768,7 @@ fn serial_groups_go_alone_and_neighbouring_non_serial_groups_go_together() {
     let w = World::new();
     let group = |name: &str, serial: bool| {
         format!(
-            "- name: {name}\n  azs: [z1]\n  instances: 1\n  vm_type: small\n  stemcell: default\n  networks: [{{name: net}}]\n  update: {{serial: {serial}}}\n  jobs:\n  - name: member\n    release: rel\n    properties: {{port: 7000}}\n    provides: {{peers: null}}\n    consumes: {{peers: {{from: peers}}}}\n"
+            "- name: {name}\n  azs: [z1]\n  instances: 1\n  vm_type: small\n  stemcell: default\n  networks: [{{name: net}}]\n  update: {{serial: {serial}}}\n  jobs:\n  - name: member\n    release: rel\n    properties: {{port: 7000}}\n    provides: {{peers: nil}}\n    consumes: {{peers: {{from: peers}}}}\n"
         )
     };
     let text = manifest(1, "")

@@ -318,10 +318,30 @@ pub struct JobRef {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub properties: Option<serde_json::Value>,
     /// `link name → wiring` (`nil` disables an optional link).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "links")]
     pub consumes: BTreeMap<String, Option<ConsumeSpec>>,
-    #[serde(default)]
+    /// `link name → how it is provided` (`nil`: not provided).
+    #[serde(default, deserialize_with = "links")]
     pub provides: BTreeMap<String, Option<ProvideSpec>>,
+}
+
+/// A job's `consumes` / `provides`: each link's wiring, or no link at all, written `nil` as in
+/// BOSH's manifests (YAML reads that as the string "nil") or `~` / `null`.
+fn links<'de, D, T>(d: D) -> Result<BTreeMap<String, Option<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    let raw: BTreeMap<String, serde_yaml::Value> = BTreeMap::deserialize(d)?;
+    raw.into_iter()
+        .map(|(name, v)| match v {
+            serde_yaml::Value::Null => Ok((name, None)),
+            serde_yaml::Value::String(s) if s == "nil" => Ok((name, None)),
+            other => serde_yaml::from_value(other)
+                .map(|t| (name.clone(), Some(t)))
+                .map_err(|e| serde::de::Error::custom(format!("link `{name}`: {e}"))),
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
