@@ -181,16 +181,7 @@ fn etcd_on_containers_survives_kills_disconnects_and_a_stemcell_upgrade() {
     d.ok(&["upload-stemcell", docker_stemcell("2").to_str().unwrap()]);
     leftovers.images = stemcell_images(&d);
     deploy(&[]);
-    let report = writer.finish();
-    println!(
-        "client writes every 50 ms: {} accepted, {} refused by every endpoint",
-        report.written.len(),
-        report.failed.len()
-    );
-    assert!(report.failed.is_empty(), "writes no endpoint accepted: {:?}", report.failed);
-    for key in &report.written {
-        assert!(etcd_get(ips[0], key).flatten().is_some(), "key {key} is gone");
-    }
+    writer.finish().assert_nothing_lost(ips[0]);
     for i in d.running("quickstart", 3) {
         assert_eq!(i["stemcell"], serde_json::json!({"name": "bosun-docker", "version": "2"}), "{i}");
     }

@@ -255,24 +255,9 @@ async fn apply(
             recreate.push(InstanceSelector::Uuid(rec.group.clone(), rec.uuid.clone()));
         }
         (Subject::Instance(rec), "delete_vm_reference" | "delete_vm") => {
+            // The same deletion a recreate does; the next deploy gives the instance a VM again.
             let mut rec = rec.clone();
-            if let Some(vm) = rec.vm.take() {
-                for disk in &rec.disk_cids {
-                    match d.cpi.detach_disk(&vm.cid, disk).await {
-                        Ok(())
-                        | Err(CpiError::DiskNotAttached { .. })
-                        | Err(CpiError::VmNotFound(_))
-                        | Err(CpiError::DiskNotFound(_)) => {}
-                        Err(e) => return Err(chain(&e)),
-                    }
-                }
-                match d.cpi.delete_vm(&vm.cid).await {
-                    Ok(()) | Err(CpiError::VmNotFound(_)) => {}
-                    Err(e) => return Err(chain(&e)),
-                }
-                d.hub.forget(&vm.agent_id);
-                d.state.delete(Tree::Agents, &vm.agent_id).map_err(|e| chain(&e))?;
-            }
+            crate::deploy::delete_vm_of(d, task, &mut rec).await.map_err(|e| chain(&e))?;
             rec.dirty = true;
             d.state.put(Tree::Instances, &rec.key(), &rec).map_err(|e| chain(&e))?;
         }

@@ -1315,7 +1315,7 @@ async fn drain(
 /// what is already gone. Disks survive their VM and come back unattached (the CPI contract, as
 /// on every cloud), so they are not detached one by one first — on Docker that would recreate the
 /// container just before deleting it.
-async fn delete_vm_of(d: &Arc<Director>, task: &Task, rec: &mut InstanceRecord) -> Result<(), StepError> {
+pub(crate) async fn delete_vm_of(d: &Arc<Director>, task: &Task, rec: &mut InstanceRecord) -> Result<(), StepError> {
     let Some(vm) = rec.vm.clone() else { return Ok(()) };
     if d.hub.is_responsive(&vm.agent_id) {
         for disk in &rec.disk_cids {

@@ -585,6 +585,23 @@ pub struct WriterReport {
     pub failed: Vec<String>,
 }
 
+impl WriterReport {
+    /// Prints the figures and checks the client lost nothing: no write refused by every
+    /// endpoint, and every accepted key readable through `read_from`.
+    pub fn assert_nothing_lost(&self, read_from: &str) {
+        println!(
+            "client writes every 50 ms: {} accepted, {} refused by every endpoint",
+            self.written.len(),
+            self.failed.len()
+        );
+        assert!(self.failed.is_empty(), "writes no endpoint accepted: {:?}", self.failed);
+        for key in &self.written {
+            let got = etcd_get(read_from, key).unwrap_or_else(|| panic!("etcd answers a read of {key}"));
+            assert!(got.is_some(), "key {key} was written and is gone");
+        }
+    }
+}
+
 impl EtcdWriter {
     pub fn start(endpoints: &[&str]) -> Self {
         use base64::Engine;
