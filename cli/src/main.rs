@@ -5,11 +5,12 @@
 //! credentials) and nothing was changed.
 
 mod client;
+mod cpis;
 mod manifest;
 mod output;
 mod release;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use bosun_types::api::*;
 use bosun_types::manifest::MaxInFlight;
 use clap::{Parser, Subcommand};
@@ -761,29 +762,7 @@ async fn run_director(args: &DirectorArgs) -> Result<()> {
         args;
     let (listen, agent_listen, heartbeat_interval_ms, agent_wait_timeout) =
         (*listen, *agent_listen, *heartbeat_interval_ms, *agent_wait_timeout);
-    let cpi: std::sync::Arc<dyn bosun_cpi::Cpi> = match cpi.as_str() {
-        "local" => std::sync::Arc::new(
-            bosun_cpi::local::LocalCpi::new(state_dir.join("cpi-local"))
-                .with_context(|| format!("preparing the local CPI under {}", state_dir.display()))?,
-        ),
-        "docker" => {
-            let config: bosun_cpi::docker::DockerCpiConfig = match &args.cpi_config {
-                Some(f) => {
-                    let text =
-                        std::fs::read_to_string(f).map_err(|e| InputError::new(format!("{}: {e}", f.display())))?;
-                    bosun_types::yaml::from_str(&f.display().to_string(), &text)
-                        .map_err(|e| InputError::new(e.to_string()))?
-                }
-                None => Default::default(),
-            };
-            std::sync::Arc::new(
-                bosun_cpi::docker::DockerCpi::connect(config, state_dir.join("cpi-docker"))
-                    .await
-                    .context("starting the Docker CPI")?,
-            )
-        }
-        other => return Err(InputError::new(format!("unknown CPI `{other}` (available: local, docker)")).into()),
-    };
+    let cpi = cpis::open(cpi, args.cpi_config.as_deref(), state_dir).await?;
     let agent_listen = agent_listen.unwrap_or_else(|| {
         let port = if listen.port() == 0 { 0 } else { listen.port().wrapping_add(1) };
         std::net::SocketAddr::new(listen.ip(), port)

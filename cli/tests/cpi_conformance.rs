@@ -5,7 +5,7 @@
 mod common;
 
 use bosun_cpi::conformance::{self, ConformanceEnv, CpiFactory};
-use bosun_cpi::local::{kill_processes_with_env, LocalCpi, BASE_MARKER};
+use bosun_cpi_local::{kill_processes_with_env, LocalCpi, BASE_MARKER};
 use bosun_types::protocol::NetworkSettings;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -124,12 +124,12 @@ async fn local_delete_vm_kills_the_whole_process_tree_and_addresses_are_exclusiv
     }
     // A process the VM started that left its process group still dies with the VM.
     let marker_pid = common::eventually("the agent process", Duration::from_secs(10), || {
-        bosun_cpi::local::processes_with_env(bosun_cpi::local::VM_MARKER, &vm).first().copied()
+        bosun_cpi_local::processes_with_env(bosun_cpi_local::VM_MARKER, &vm).first().copied()
     });
     let base = c.dir.path().join("cloud").canonicalize().unwrap();
     let stray = std::process::Command::new("setsid")
         .args(["sleep", "600"])
-        .env(bosun_cpi::local::VM_MARKER, &vm)
+        .env(bosun_cpi_local::VM_MARKER, &vm)
         .env(BASE_MARKER, &base)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
@@ -137,10 +137,10 @@ async fn local_delete_vm_kills_the_whole_process_tree_and_addresses_are_exclusiv
         .spawn()
         .unwrap();
     common::eventually(&format!("agent {marker_pid} and the stray, both marked"), Duration::from_secs(10), || {
-        (bosun_cpi::local::processes_with_env(bosun_cpi::local::VM_MARKER, &vm).len() >= 2).then_some(())
+        (bosun_cpi_local::processes_with_env(bosun_cpi_local::VM_MARKER, &vm).len() >= 2).then_some(())
     });
     cpi.delete_vm(&vm).await.unwrap();
-    assert!(bosun_cpi::local::processes_with_env(bosun_cpi::local::VM_MARKER, &vm).is_empty());
+    assert!(bosun_cpi_local::processes_with_env(bosun_cpi_local::VM_MARKER, &vm).is_empty());
     let mut stray = stray;
     let _ = stray.wait();
     assert!(!cpi.has_vm(&vm).await.unwrap());

@@ -1,3 +1,4 @@
+#![cfg(feature = "docker")]
 //! The Docker CPI against the Docker Engine on this machine, with a real Debian stemcell image
 //! (debootstrap) around the agent under test: the shared CPI conformance suite, and the cluster
 //! lifecycle on containers. Skipped when the engine is not reachable, unless
@@ -6,7 +7,7 @@
 mod common;
 
 use bosun_cpi::conformance::{self, ConformanceEnv, CpiFactory};
-use bosun_cpi::docker::{DockerCpi, DockerCpiConfig};
+use bosun_cpi_docker::{DockerCpi, DockerCpiConfig};
 use bosun_types::protocol::NetworkSettings;
 use common::*;
 use std::collections::BTreeMap;

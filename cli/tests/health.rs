@@ -87,7 +87,7 @@ fn a_hung_agent_is_fenced_before_its_replacement_starts() {
     assert_eq!(back["ips"], before[0]["ips"], "same address, never held twice");
     assert!(!d.cpi_base().join("vms").join(&vm).exists(), "the hung VM was deleted");
     assert!(
-        bosun_cpi::local::processes_with_env(bosun_cpi::local::VM_MARKER, &vm).is_empty(),
+        bosun_cpi_local::processes_with_env(bosun_cpi_local::VM_MARKER, &vm).is_empty(),
         "nothing of the hung VM runs"
     );
 }
@@ -194,7 +194,7 @@ fn a_director_killed_mid_deploy_restarts_and_the_next_deploy_converges() {
     assert_eq!((n, ips), (1, vec![first[0]["ips"][0].as_str().unwrap().to_string()]), "no leaked VM or address");
     let vm_processes = d.vm_processes();
     let live: Vec<i32> =
-        bosun_cpi::local::processes_with_env(bosun_cpi::local::VM_MARKER, left[0]["vm_cid"].as_str().unwrap());
+        bosun_cpi_local::processes_with_env(bosun_cpi_local::VM_MARKER, left[0]["vm_cid"].as_str().unwrap());
     assert_eq!(vm_processes.len(), live.len(), "only the remaining VM's processes run");
     // Every disk is the instance's or a recorded orphan.
     let orphans = d.json(&["disks", "--orphaned"]);
@@ -221,7 +221,7 @@ fn cck_finds_an_orphan_vm_made_behind_the_directors_back() {
 
     let uuid = d.json(&["target"])["uuid"].as_str().unwrap().to_string();
     let stemcell = d.json(&["stemcells"])[0]["cid"].as_str().unwrap().to_string();
-    let cpi = bosun_cpi::local::LocalCpi::new(d.cpi_base()).unwrap();
+    let cpi = bosun_cpi_local::LocalCpi::new(d.cpi_base()).unwrap();
     let mut networks = std::collections::BTreeMap::new();
     networks.insert(
         "default".to_string(),
@@ -270,7 +270,7 @@ fn resurrection_switched_off_leaves_a_dead_vm_and_an_agent_reboot_needs_no_direc
 
     // A rebooted VM: the agent comes back to the jobs it ran, from its own ledger, with no task.
     let tasks_before = d.json(&["tasks"]).as_array().unwrap().len();
-    let cpi = bosun_cpi::local::LocalCpi::new(d.cpi_base()).unwrap();
+    let cpi = bosun_cpi_local::LocalCpi::new(d.cpi_base()).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let old_pid = before[1]["processes"][0]["pid"].as_u64().unwrap();
     rt.block_on(bosun_cpi::Cpi::reboot_vm(&cpi, before[1]["vm_cid"].as_str().unwrap())).unwrap();
@@ -315,7 +315,7 @@ fn cck_repairs_disk_problems() {
     let m = d.write("s.yml", &sleeper_manifest("disks", 2, "hello", "", "  persistent_disk: 64", ""));
     d.ok(&["-n", "-d", "disks", "deploy", m.to_str().unwrap()]);
     let before = by_index(&d.running("disks", 2));
-    let cpi = bosun_cpi::local::LocalCpi::new(d.cpi_base()).unwrap();
+    let cpi = bosun_cpi_local::LocalCpi::new(d.cpi_base()).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
 
     // Detached behind the director's back: found, and reattached (and mounted) by cck.

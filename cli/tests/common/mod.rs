@@ -3,7 +3,7 @@
 //! when the harness is dropped, failing or not.
 #![allow(dead_code)]
 
-use bosun_cpi::local::{kill_processes_with_env, processes_with_env, BASE_MARKER};
+use bosun_cpi_local::{kill_processes_with_env, processes_with_env, BASE_MARKER};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -29,6 +29,26 @@ pub fn eventually<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> O
     }
 }
 
+/// The `bosun-agent` binary under test. It belongs to the `bosun-agent` package, so Cargo gives
+/// this package no `CARGO_BIN_EXE_` for it; it sits beside `bosun` in the same target directory
+/// (`cargo test --workspace` builds it) and is built here when a narrower run did not.
+pub fn agent_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let bin = Path::new(env!("CARGO_BIN_EXE_bosun")).with_file_name("bosun-agent");
+        if !bin.exists() {
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["build", "--locked", "-p", "bosun-agent", "--bin", "bosun-agent"])
+                .current_dir(repo())
+                .status()
+                .expect("running cargo build for bosun-agent");
+            assert!(status.success() && bin.exists(), "building bosun-agent failed");
+        }
+        bin
+    })
+}
+
 fn scratch() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
@@ -47,7 +67,7 @@ pub fn stemcell(version: &str) -> PathBuf {
     if !tarball.exists() {
         let o = Command::new(repo().join("stemcells/local/build.sh"))
             .arg(version)
-            .env("BOSUN_AGENT_BIN", env!("CARGO_BIN_EXE_bosun-agent"))
+            .env("BOSUN_AGENT_BIN", agent_bin())
             .env("BOSUN_STEMCELL_OUT", &out)
             .output()
             .expect("running stemcells/local/build.sh");
@@ -95,7 +115,7 @@ pub fn docker_stemcell(version: &str) -> PathBuf {
         }
         let o = Command::new(repo().join("stemcells/docker/build.sh"))
             .arg(version)
-            .env("BOSUN_AGENT_BIN", env!("CARGO_BIN_EXE_bosun-agent"))
+            .env("BOSUN_AGENT_BIN", agent_bin())
             .env("BOSUN_STEMCELL_OUT", &out)
             .output()
             .expect("running stemcells/docker/build.sh");
@@ -497,7 +517,7 @@ pub fn etcd_members(ip: &str) -> Option<Vec<(String, Vec<String>)>> {
 
 /// Kills every process of a local VM with SIGKILL (the agent and its jobs), as a crash would.
 pub fn kill_vm(vm_cid: &str) -> usize {
-    use bosun_cpi::local::VM_MARKER;
+    use bosun_cpi_local::VM_MARKER;
     let pids = processes_with_env(VM_MARKER, vm_cid);
     for pid in &pids {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), nix::sys::signal::Signal::SIGKILL);

@@ -9,9 +9,6 @@
 //! later metadata (`set_vm_metadata`, `set_disk_metadata`) is kept in the CPI's state folder,
 //! where `list_vms`/`list_disks` (and so `bosun cck`) read it.
 
-use crate::{
-    agent_settings, creation_tags, Cpi, CpiError, CpiInfo, CpiResult, CreateVmRequest, DiskListing, VmListing,
-};
 use bollard::container::{
     Config, CreateContainerOptions, InspectContainerOptions, ListContainersOptions, RemoveContainerOptions,
     StopContainerOptions, UploadToContainerOptions,
@@ -23,6 +20,9 @@ use bollard::models::{
 use bollard::network::{ConnectNetworkOptions, CreateNetworkOptions, InspectNetworkOptions};
 use bollard::volume::{CreateVolumeOptions, ListVolumesOptions, RemoveVolumeOptions};
 use bollard::Docker;
+use bosun_cpi::{
+    agent_settings, creation_tags, Cpi, CpiError, CpiInfo, CpiResult, CreateVmRequest, DiskListing, VmListing,
+};
 use bosun_types::protocol::NetworkSettings;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};

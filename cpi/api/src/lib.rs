@@ -5,8 +5,6 @@
 //! Small required surface; the optional methods default to [`CpiError::NotImplemented`].
 
 pub mod conformance;
-pub mod docker;
-pub mod local;
 
 use bosun_types::protocol::{AgentSettings, DirectorEndpoint, NetworkSettings};
 use serde::{Deserialize, Serialize};

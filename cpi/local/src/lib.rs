@@ -12,7 +12,7 @@
 //! `delete_vm` finds and kills the whole process tree, including processes that left the agent's
 //! process group, and how `has_vm` tells whether the VM still runs.
 
-use crate::{
+use bosun_cpi::{
     agent_settings, creation_tags, Cpi, CpiError, CpiInfo, CpiResult, CreateVmRequest, DiskListing, VmListing,
 };
 use bosun_types::protocol::NetworkSettings;
