@@ -3,8 +3,8 @@
 //! `packages/` links. Installed versions are keyed by fingerprint/digest, so re-applying the same
 //! spec does nothing and a half-finished install is never used.
 
+use crate::dialer::Dialer;
 use crate::layout::Layout;
-use crate::session::Dialer;
 use bosun_types::digest::{parse_sha256, Sha256Writer};
 use bosun_types::protocol::{encode_line, AgentMessage, ApplyPackage, ApplySpec, BlobHeader, BlobRef};
 use std::collections::BTreeMap;
@@ -140,7 +140,7 @@ impl Installer<'_> {
             let log_dir = self.layout.log_dir("packaging");
             tokio::fs::create_dir_all(&log_dir).await.map_err(io(&log_dir))?;
             let log_path = log_dir.join(format!("{}.log", p.name));
-            let log = std::fs::File::create(&log_path).map_err(io(&log_path))?;
+            let log = tokio::fs::File::create(&log_path).await.map_err(io(&log_path))?.into_std().await;
             let log2 = log.try_clone().map_err(io(&log_path))?;
             let mut cmd = tokio::process::Command::new("bash");
             cmd.arg("-e")

@@ -9,6 +9,7 @@
 //! - It ledgers the applied spec and the desired run state to disk before acting, so a restarted
 //!   agent comes back to the same jobs without the director.
 
+pub mod dialer;
 pub mod disks;
 pub mod installer;
 pub mod layout;

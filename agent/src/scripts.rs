@@ -61,8 +61,13 @@ async fn run_one(
     let started = Instant::now();
     let path = layout.job(job).join(script.path());
     let log_dir = layout.log_dir(job);
-    let _ = std::fs::create_dir_all(&log_dir);
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(log_dir.join(format!("{script}.log"))).ok();
+    let _ = tokio::fs::create_dir_all(&log_dir).await;
+    let log =
+        match tokio::fs::OpenOptions::new().create(true).append(true).open(log_dir.join(format!("{script}.log"))).await
+        {
+            Ok(f) => Some(f.into_std().await),
+            Err(_) => None,
+        };
     let mut cmd = tokio::process::Command::new(&path);
     cmd.args(args)
         .current_dir(layout.job(job))

@@ -1,12 +1,13 @@
 //! The agent's connection to the director and the commands it carries out.
 
+use crate::dialer::Dialer;
 use crate::installer::Installer;
 use crate::layout::Layout;
 use crate::supervisor::Supervisor;
 use crate::AgentError;
 use bosun_types::protocol::{
-    encode_line, AgentCommand, AgentMessage, AgentSettings, ApplySpec, CommandOutcome, DirectorEndpoint,
-    DirectorMessage, Heartbeat, StemcellInfo, MAX_LINE_BYTES,
+    encode_line, AgentCommand, AgentMessage, AgentSettings, ApplySpec, CommandOutcome, DirectorMessage, Heartbeat,
+    StemcellInfo, MAX_LINE_BYTES,
 };
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -18,62 +19,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, Mutex};
 use tokio_util::codec::{FramedRead, LinesCodec};
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(2);
-
-/// Opens mutually authenticated TLS connections to the director.
-#[derive(Clone)]
-pub struct Dialer {
-    config: Arc<rustls::ClientConfig>,
-    address: String,
-    server_name: rustls::pki_types::ServerName<'static>,
-}
-
-impl Dialer {
-    pub fn new(ep: &DirectorEndpoint) -> Result<Self, AgentError> {
-        let bad = |m: &str| AgentError::Credentials(m.to_string());
-        let mut roots = rustls::RootCertStore::empty();
-        for c in rustls_pemfile::certs(&mut ep.ca_cert.as_bytes()) {
-            roots
-                .add(c.map_err(|_| bad("director CA is not PEM"))?)
-                .map_err(|_| bad("director CA is not a certificate"))?;
-        }
-        if roots.is_empty() {
-            return Err(bad("no director CA"));
-        }
-        let certs: Vec<_> = rustls_pemfile::certs(&mut ep.client_cert.as_bytes())
-            .collect::<Result<_, _>>()
-            .map_err(|_| bad("client certificate is not PEM"))?;
-        if certs.is_empty() {
-            return Err(bad("no client certificate"));
-        }
-        let key = rustls_pemfile::private_key(&mut ep.client_key.as_bytes())
-            .map_err(|_| bad("client key is not PEM"))?
-            .ok_or_else(|| bad("no client key"))?;
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|_| bad("TLS setup"))?
-            .with_root_certificates(roots)
-            .with_client_auth_cert(certs, key)
-            .map_err(|_| bad("client certificate and key do not match"))?;
-        let server_name = rustls::pki_types::ServerName::try_from(ep.server_name.clone())
-            .map_err(|_| bad("director server name is invalid"))?;
-        Ok(Self { config: Arc::new(config), address: ep.address.clone(), server_name })
-    }
-
-    pub async fn connect(&self) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
-        let connector = tokio_rustls::TlsConnector::from(self.config.clone());
-        let fut = async {
-            let tcp = tokio::net::TcpStream::connect(&self.address).await?;
-            tcp.set_nodelay(true)?;
-            connector.connect(self.server_name.clone(), tcp).await
-        };
-        tokio::time::timeout(CONNECT_TIMEOUT, fut)
-            .await
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))?
-    }
-}
 
 /// What the agent has been told to be, on disk.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -265,12 +212,16 @@ impl Agent {
         }
     }
 
+    /// Makes the ledger durable (file and directory synced) before the caller acts on it, so a
+    /// power loss never leaves an agent that did something its ledger does not say.
     async fn save_ledger(&self, ledger: &Ledger) -> Result<(), String> {
         let path = self.layout.ledger();
-        let tmp = path.with_extension("tmp");
         let bytes = serde_json::to_vec_pretty(ledger).expect("serializable");
-        tokio::fs::write(&tmp, bytes).await.map_err(|e| format!("writing {}: {e}", tmp.display()))?;
-        tokio::fs::rename(&tmp, &path).await.map_err(|e| format!("writing {}: {e}", path.display()))
+        tokio::task::spawn_blocking(move || {
+            crate::layout::write_durably(&path, &bytes).map_err(|e| format!("writing {}: {e}", path.display()))
+        })
+        .await
+        .map_err(|e| format!("ledger writer failed: {e}"))?
     }
 
     async fn execute(&self, command: AgentCommand) -> Result<serde_json::Value, String> {
@@ -428,6 +379,7 @@ pub use bosun_types::error_chain;
 mod tests {
     use super::*;
     use bosun_types::pki::{CertAuthority, LeafUsage};
+    use bosun_types::protocol::DirectorEndpoint;
 
     fn agent(dir: &std::path::Path) -> Arc<Agent> {
         let ca = CertAuthority::generate("test", None, 1).unwrap();

@@ -45,23 +45,7 @@ impl Supervisor {
     /// so a restarted agent never runs a job twice.
     pub async fn reap_leftovers(&self) {
         let run = self.layout.root.join("data/sys/run");
-        let mut pids = Vec::new();
-        if let Ok(jobs) = std::fs::read_dir(&run) {
-            for job in jobs.flatten() {
-                if let Ok(files) = std::fs::read_dir(job.path()) {
-                    for f in files.flatten() {
-                        if f.path().extension().is_some_and(|e| e == "pid") {
-                            if let Some(pid) =
-                                std::fs::read_to_string(f.path()).ok().and_then(|s| s.trim().parse::<i32>().ok())
-                            {
-                                pids.push(pid);
-                            }
-                            let _ = std::fs::remove_file(f.path());
-                        }
-                    }
-                }
-            }
-        }
+        let pids = tokio::task::spawn_blocking(move || leftover_pids(&run)).await.unwrap_or_default();
         for pid in pids {
             if pid <= 1 {
                 continue;
@@ -165,22 +149,42 @@ fn set(state: &Mutex<ProcessState>, f: impl FnOnce(&mut ProcessState)) {
     f(&mut state.lock().expect("process state lock"));
 }
 
-fn spawn_process(layout: &Layout, job: &str, def: &ProcessDefinition) -> std::io::Result<tokio::process::Child> {
+/// The pids a previous agent's pid files name (the files are removed as they are read).
+fn leftover_pids(run: &std::path::Path) -> Vec<i32> {
+    let mut pids = Vec::new();
+    if let Ok(jobs) = std::fs::read_dir(&run) {
+        for job in jobs.flatten() {
+            if let Ok(files) = std::fs::read_dir(job.path()) {
+                for f in files.flatten() {
+                    if f.path().extension().is_some_and(|e| e == "pid") {
+                        if let Some(pid) =
+                            std::fs::read_to_string(f.path()).ok().and_then(|s| s.trim().parse::<i32>().ok())
+                        {
+                            pids.push(pid);
+                        }
+                        let _ = std::fs::remove_file(f.path());
+                    }
+                }
+            }
+        }
+    }
+    pids
+}
+
+async fn spawn_process(layout: &Layout, job: &str, def: &ProcessDefinition) -> std::io::Result<tokio::process::Child> {
     let job_dir = layout.job(job);
     let exe =
         if def.executable.starts_with('/') { def.executable.clone().into() } else { job_dir.join(&def.executable) };
     let log_dir = layout.log_dir(job);
-    std::fs::create_dir_all(&log_dir)?;
-    std::fs::create_dir_all(layout.run_dir(job))?;
+    tokio::fs::create_dir_all(&log_dir).await?;
+    tokio::fs::create_dir_all(layout.run_dir(job)).await?;
     let open = |suffix: &str| {
-        std::fs::OpenOptions::new().create(true).append(true).open(log_dir.join(format!("{}.{suffix}.log", def.name)))
+        let path = log_dir.join(format!("{}.{suffix}.log", def.name));
+        async move { tokio::fs::OpenOptions::new().create(true).append(true).open(path).await }
     };
+    let (stdout, stderr) = (open("stdout").await?.into_std().await, open("stderr").await?.into_std().await);
     let mut cmd = tokio::process::Command::new(exe);
-    cmd.args(&def.args)
-        .current_dir(&job_dir)
-        .stdin(std::process::Stdio::null())
-        .stdout(open("stdout")?)
-        .stderr(open("stderr")?);
+    cmd.args(&def.args).current_dir(&job_dir).stdin(std::process::Stdio::null()).stdout(stdout).stderr(stderr);
     for (k, v) in layout.job_env(job) {
         cmd.env(k, v);
     }
@@ -219,7 +223,7 @@ async fn supervise(
     let mut backoff = Duration::from_secs(1);
     loop {
         let run_started = Instant::now();
-        match spawn_process(&layout, &job, &def) {
+        match spawn_process(&layout, &job, &def).await {
             Err(e) => {
                 tracing::warn!(job, process = def.name, error = %e, "could not start process");
                 set(&state, |s| s.last_exit = Some(format!("could not start: {e}")));
@@ -227,7 +231,7 @@ async fn supervise(
             Ok(mut child) => {
                 let pid = child.id();
                 if let Some(pid) = pid {
-                    let _ = std::fs::write(&pid_file, pid.to_string());
+                    let _ = tokio::fs::write(&pid_file, pid.to_string()).await;
                 }
                 set(&state, |s| {
                     s.pid = pid;
@@ -249,7 +253,7 @@ async fn supervise(
                         }
                         _ = &mut stop => {
                             let status = terminate(&mut child, grace).await;
-                            let _ = std::fs::remove_file(&pid_file);
+                            let _ = tokio::fs::remove_file(&pid_file).await;
                             *started.lock().expect("process start lock") = None;
                             set(&state, |s| { s.state = ProcessStatus::Stopped; s.pid = None; s.last_exit = status.map(|st| st.to_string()); });
                             tracing::info!(job, process = def.name, "process stopped");
@@ -257,7 +261,7 @@ async fn supervise(
                         }
                     }
                 };
-                let _ = std::fs::remove_file(&pid_file);
+                let _ = tokio::fs::remove_file(&pid_file).await;
                 // Take down anything the process left in its group before starting afresh.
                 if let Some(pid) = pid {
                     let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);

@@ -25,16 +25,20 @@ fn missing_or_unknown_arguments_exit_2_with_usage() {
 }
 
 #[test]
-fn an_unreadable_settings_file_fails_with_exit_1() {
+fn a_root_that_cannot_be_made_fails_with_exit_1() {
+    // Settings the CPI has not written yet are waited for; a root directory that cannot exist is
+    // an error the agent reports and exits on.
     let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"").unwrap();
     let o = agent()
-        .args(["--root"])
-        .arg(dir.path())
-        .args(["--settings"])
-        .arg(dir.path().join("missing.json"))
-        .env("RUST_LOG", "error")
+        .arg("--root")
+        .arg(&file)
+        .arg("--settings")
+        .arg(dir.path().join("settings.json"))
         .output()
         .expect("running bosun-agent");
     assert_eq!(o.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&o.stdout).contains("agent failed"), "{}", String::from_utf8_lossy(&o.stdout));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("agent failed") && out.contains("a-file"), "{out}");
 }
