@@ -1,7 +1,6 @@
 //! The director's HTTP API, `/v1/...`, over TLS. Every request needs the bearer token; no endpoint
 //! is anonymous. Mutating calls create tasks; errors are JSON with a stable code.
 
-use crate::deploy::{self, DeployError};
 use crate::planner::{Requests, Selection};
 use crate::records::{
     now_secs, CloudConfigRecord, DeploymentRecord, DesiredState, InstanceRecord, OrphanedDiskRecord, ReleaseRecord,
@@ -9,6 +8,7 @@ use crate::records::{
 };
 use crate::store::Tree;
 use crate::tasks::TaskError;
+use crate::update::{self, DeployError};
 use crate::Director;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
@@ -151,7 +151,7 @@ async fn info(State(d): Shared) -> Json<DirectorInfo> {
 }
 
 async fn get_cloud_config(State(d): Shared) -> Result<String, ApiError> {
-    deploy::latest_cloud_config(&d.state)?
+    update::latest_cloud_config(&d.state)?
         .map(|c| c.yaml)
         .ok_or_else(|| ApiError::not_found("no cloud-config has been uploaded"))
 }
@@ -167,7 +167,7 @@ async fn update_cloud_config(State(d): Shared, body: String) -> Result<Json<Clou
         bosun_types::yaml::parse_value("cloud-config", &body).map_err(|e| ApiError::bad_request(e.to_string()))?;
     bosun_types::cloud_config::CloudConfig::parse("cloud-config", value)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    if let Some(latest) = deploy::latest_cloud_config(&d.state)? {
+    if let Some(latest) = update::latest_cloud_config(&d.state)? {
         if latest.yaml == body {
             return Ok(Json(CloudConfigUpdated { version: latest.version, changed: false }));
         }
@@ -175,7 +175,7 @@ async fn update_cloud_config(State(d): Shared, body: String) -> Result<Json<Clou
     let version = d.state.next_id("cloud-config")?;
     d.state.put(
         Tree::CloudConfigs,
-        &deploy::cloud_config_key(version),
+        &update::cloud_config_key(version),
         &CloudConfigRecord { version, yaml: body, created_at: now_secs() },
     )?;
     d.state.flush().await?;
@@ -318,7 +318,7 @@ async fn upload_stemcell(State(d): Shared, body: Body) -> Result<Json<TaskCreate
 }
 
 async fn list_deployments(State(d): Shared) -> Result<Json<Vec<DeploymentView>>, ApiError> {
-    let latest = deploy::latest_cloud_config(&d.state)?.map(|c| c.version).unwrap_or(0);
+    let latest = update::latest_cloud_config(&d.state)?.map(|c| c.version).unwrap_or(0);
     let instances: Vec<crate::records::InstanceRecord> = d.state.list(Tree::Instances, "")?;
     let used = deployments_using(&d)?;
     let out = d
@@ -379,7 +379,7 @@ async fn list_instances(
     Query(q): Query<InstancesQuery>,
 ) -> Result<Json<Vec<InstanceView>>, ApiError> {
     deployment_record(&d, &name)?;
-    Ok(Json(deploy::instance_views(&d, &name, q.ps)?))
+    Ok(Json(crate::views::instance_views(&d, &name, q.ps)?))
 }
 
 fn deploy_error(e: DeployError) -> ApiError {
@@ -438,9 +438,9 @@ fn command_requests(req: &InstanceCommandRequest) -> Result<Requests, ApiError> 
 }
 
 /// Plans off the async threads (rendering and variable generation are CPU work).
-async fn prepare(d: &Arc<Director>, text: &str, requests: &Requests) -> Result<deploy::Prepared, ApiError> {
+async fn prepare(d: &Arc<Director>, text: &str, requests: &Requests) -> Result<update::Prepared, ApiError> {
     let (d2, text, requests) = (d.clone(), text.to_string(), requests.clone());
-    tokio::task::spawn_blocking(move || deploy::prepare(&d2, &text, &requests))
+    tokio::task::spawn_blocking(move || update::prepare(&d2, &text, &requests))
         .await
         .map_err(|e| ApiError::internal(&e))?
         .map_err(deploy_error)
@@ -454,14 +454,14 @@ async fn start_update(
     description: String,
     manifest: String,
     requests: Requests,
-    opts: deploy::ExecOptions,
+    opts: update::ExecOptions,
 ) -> Result<Json<TaskCreated>, ApiError> {
     prepare(&d, &manifest, &requests).await?;
     let task = d.tasks.create(&description, Some(name), true)?;
     let id = task.id;
     tokio::spawn(async move {
         let outcome = match prepare(&d, &manifest, &requests).await {
-            Ok(prepared) => deploy::execute(&d, &task, &prepared, &manifest, opts).await.map_err(|e| error_chain(&e)),
+            Ok(prepared) => update::execute(&d, &task, &prepared, &manifest, opts).await.map_err(|e| error_chain(&e)),
             Err(e) => Err(e.message),
         };
         task.finish(outcome).await;
@@ -479,13 +479,13 @@ async fn plan(
     }
     let prepared = prepare(&d, &req.manifest, &deploy_requests(&req)).await?;
     let old = d.state.get::<DeploymentRecord>(Tree::Deployments, &name)?.map(|r| r.manifest);
-    Ok(Json(deploy::plan_view(&prepared.plan, old.as_deref(), &req.manifest)))
+    Ok(Json(update::plan_view(&prepared.plan, old.as_deref(), &req.manifest)))
 }
 
 async fn deploy(State(d): Shared, Json(req): Json<DeployRequest>) -> Result<Json<TaskCreated>, ApiError> {
     let name = manifest_name(&req.manifest)?;
     let requests = deploy_requests(&req);
-    let opts = deploy::ExecOptions { skip_drain: req.overrides.skip_drain };
+    let opts = update::ExecOptions { skip_drain: req.overrides.skip_drain };
     start_update(d, &name, format!("deploy {name}"), req.manifest, requests, opts).await
 }
 
@@ -496,7 +496,7 @@ async fn instance_command_plan(
 ) -> Result<Json<PlanView>, ApiError> {
     let manifest = deployment_record(&d, &name)?.manifest;
     let prepared = prepare(&d, &manifest, &command_requests(&req)?).await?;
-    Ok(Json(deploy::plan_view(&prepared.plan, Some(&manifest), &manifest)))
+    Ok(Json(update::plan_view(&prepared.plan, Some(&manifest), &manifest)))
 }
 
 async fn instance_command(
@@ -508,7 +508,7 @@ async fn instance_command(
     let requests = command_requests(&req)?;
     let what = if req.instances.is_empty() { name.clone() } else { format!("{name} {}", req.instances.join(" ")) };
     let description = format!("{}{} {what}", req.command, if req.hard { " --hard" } else { "" });
-    let opts = deploy::ExecOptions { skip_drain: req.overrides.skip_drain };
+    let opts = update::ExecOptions { skip_drain: req.overrides.skip_drain };
     start_update(d, &name, description, manifest, requests, opts).await
 }
 
@@ -657,7 +657,7 @@ async fn delete_deployment(State(d): Shared, Path(name): Path<String>) -> Result
     let task = d.tasks.create(&format!("delete deployment {name}"), Some(&name), true)?;
     let id = task.id;
     tokio::spawn(async move {
-        let outcome = deploy::delete_deployment(&d, &task, &name).await.map_err(|e| error_chain(&e));
+        let outcome = update::delete_deployment(&d, &task, &name).await.map_err(|e| error_chain(&e));
         task.finish(outcome).await;
     });
     Ok(Json(TaskCreated { task_id: id }))

@@ -235,7 +235,7 @@ pub async fn resolve(
     }
     d.state.flush().await.map_err(|e| chain(&e))?;
     if !recreate.is_empty() {
-        crate::health::recreate_with_fencing(d, task, deployment, Selection::Some(recreate)).await?;
+        crate::update::recreate_with_fencing(d, task, deployment, Selection::Some(recreate)).await?;
     }
     Ok(format!("{done} problem{} resolved", if done == 1 { "" } else { "s" }))
 }
@@ -257,7 +257,7 @@ async fn apply(
         (Subject::Instance(rec), "delete_vm_reference" | "delete_vm") => {
             // The same deletion a recreate does; the next deploy gives the instance a VM again.
             let mut rec = rec.clone();
-            crate::deploy::delete_vm_of(d, task, &mut rec).await.map_err(|e| chain(&e))?;
+            crate::update::delete_vm_of(d, task, &mut rec).await.map_err(|e| chain(&e))?;
             rec.dirty = true;
             d.state.put(Tree::Instances, &rec.key(), &rec).map_err(|e| chain(&e))?;
         }

@@ -8,9 +8,7 @@
 //! Resurrection takes the deployment's lock like any task; while another task holds it, the
 //! instances wait their turn.
 
-use crate::deploy::{self, ExecOptions};
 use crate::events::EventSubject;
-use crate::planner::{Requests, Selection};
 use crate::records::{now_secs, DeploymentRecord, DesiredState, InstanceRecord};
 use crate::store::{StoreError, Tree};
 use crate::tasks::TaskError;
@@ -345,45 +343,12 @@ impl Monitor {
                 recs.iter().map(|r| InstanceSelector::Uuid(r.group.clone(), r.uuid.clone())).collect();
             let d2 = d.clone();
             tokio::spawn(async move {
-                let outcome = resurrect(&d2, &task, &dep, selectors).await;
+                let outcome = crate::update::resurrect(&d2, &task, &dep, selectors).await;
                 task.finish(outcome).await;
             });
         }
         Ok(())
     }
-}
-
-/// Recreates the named instances' VMs through the planner and executor, on the deployment's
-/// stored manifest: old VM deleted first, no canaries, the groups' max_in_flight.
-pub async fn resurrect(
-    d: &Arc<Director>,
-    task: &crate::tasks::Task,
-    deployment: &str,
-    instances: Vec<InstanceSelector>,
-) -> Result<String, String> {
-    recreate_with_fencing(d, task, deployment, Selection::Some(instances)).await
-}
-
-/// The shared path of resurrection and `bosun cck`'s `recreate_vm`.
-pub async fn recreate_with_fencing(
-    d: &Arc<Director>,
-    task: &crate::tasks::Task,
-    deployment: &str,
-    selection: Selection,
-) -> Result<String, String> {
-    let chain = |e: &dyn std::error::Error| bosun_types::error_chain(e);
-    let record = d
-        .state
-        .get::<DeploymentRecord>(Tree::Deployments, deployment)
-        .map_err(|e| chain(&e))?
-        .ok_or_else(|| format!("deployment `{deployment}` no longer exists"))?;
-    let requests = Requests { recreate: selection, canaries: Some(0), fence: true, ..Requests::default() };
-    let (d2, manifest) = (d.clone(), record.manifest.clone());
-    let prepared = tokio::task::spawn_blocking(move || deploy::prepare(&d2, &manifest, &requests))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| chain(&e))?;
-    deploy::execute(d, task, &prepared, &record.manifest, ExecOptions::default()).await.map_err(|e| chain(&e))
 }
 
 #[cfg(test)]

@@ -1,14 +1,13 @@
 //! The bosun director: the HTTP API, the store, the planner and executor, the template renderer,
 //! the agent hub and the blobstore, run as one process (`bosun director`).
 //!
-//! Data flow of a deploy: API → task → [`deploy::prepare`] (variables, manifest, cloud-config,
-//! releases, stemcells → [`planner::plan`]) → [`deploy::execute`] (CPI calls and agent commands,
+//! Data flow of a deploy: API → task → [`update::prepare`] (variables, manifest, cloud-config,
+//! releases, stemcells → [`planner::plan`]) → [`update::execute`] (CPI calls and agent commands,
 //! recording every outcome in the store).
 
 pub mod api;
 pub mod blobstore;
 pub mod cck;
-pub mod deploy;
 pub mod disks;
 pub mod events;
 pub mod fault;
@@ -22,7 +21,9 @@ pub mod render;
 pub mod secrets;
 pub mod store;
 pub mod tasks;
+pub mod update;
 pub mod uploads;
+pub mod views;
 
 use bosun_cpi::Cpi;
 use bosun_types::pki::{CertAuthority, LeafUsage};

@@ -1,0 +1,127 @@
+//! The plan as the operator sees it before saying yes: a redacted manifest diff and, per group,
+//! each instance's action with its reasons and the batches it will run in.
+
+use crate::planner::{InstancePlan, Plan};
+use bosun_types::api::{BatchView, GroupPlanView, InstanceAction, InstancePlanView, PlanView};
+use bosun_types::manifest::VmStrategy;
+
+/// Blanks every value under a `properties` or `env` key, so diffs show structure, not secrets.
+pub(crate) fn redact(v: &mut serde_yaml::Value, under_secret: bool) {
+    match v {
+        serde_yaml::Value::Mapping(m) => {
+            for (k, x) in m.iter_mut() {
+                let secret = under_secret || matches!(k.as_str(), Some("properties") | Some("env"));
+                redact(x, secret);
+            }
+        }
+        serde_yaml::Value::Sequence(s) => s.iter_mut().for_each(|x| redact(x, under_secret)),
+        serde_yaml::Value::Tagged(t) => redact(&mut t.value, under_secret),
+        other => {
+            if under_secret {
+                *other = serde_yaml::Value::String("<redacted>".into());
+            }
+        }
+    }
+}
+
+pub(crate) fn redacted_yaml(text: &str) -> String {
+    match serde_yaml::from_str::<serde_yaml::Value>(text) {
+        Ok(mut v) => {
+            redact(&mut v, false);
+            serde_yaml::to_string(&v).unwrap_or_default()
+        }
+        Err(_) => String::new(),
+    }
+}
+
+/// A new instance's uuid is drawn when the deploy runs, not in a dry run: it shows by index.
+pub(crate) fn instance_label(i: &InstancePlan) -> String {
+    if i.existing.is_some() {
+        i.name()
+    } else {
+        format!("{}/(new, index {})", i.group, i.index)
+    }
+}
+
+pub fn plan_view(plan: &Plan, old_manifest: Option<&str>, new_manifest: &str) -> PlanView {
+    let old = old_manifest.map(redacted_yaml).unwrap_or_default();
+    let new = redacted_yaml(new_manifest);
+    let diff = similar::TextDiff::from_lines(&old, &new);
+    let mut manifest_diff = Vec::new();
+    for group in diff.grouped_ops(2) {
+        for op in group {
+            for change in diff.iter_changes(&op) {
+                let sign = match change.tag() {
+                    similar::ChangeTag::Delete => "- ",
+                    similar::ChangeTag::Insert => "+ ",
+                    similar::ChangeTag::Equal => "  ",
+                };
+                manifest_diff.push(format!("{sign}{}", change.value().trim_end_matches('\n')));
+            }
+        }
+        manifest_diff.push("  ...".into());
+    }
+    let mut groups: Vec<GroupPlanView> = plan
+        .groups
+        .iter()
+        .map(|g| GroupPlanView {
+            name: g.name.clone(),
+            update: format!(
+                "canaries {}, max_in_flight {}, canary_watch_time {}-{} ms, update_watch_time {}-{} ms, serial {}, vm_strategy {}, script timeout {} s",
+                g.update.canaries,
+                g.update.max_in_flight,
+                g.update.canary_watch_time.0,
+                g.update.canary_watch_time.1,
+                g.update.update_watch_time.0,
+                g.update.update_watch_time.1,
+                g.update.serial,
+                match g.update.vm_strategy {
+                    VmStrategy::DeleteCreate => "delete-create",
+                    VmStrategy::CreateSwapDelete => "create-swap-delete",
+                },
+                g.script_timeout_ms / 1000
+            ),
+            batches: g
+                .batches
+                .iter()
+                .map(|b| BatchView {
+                    canary: b.canary,
+                    az: b.az.clone(),
+                    instances: b.instances.iter().map(|&k| instance_label(&g.instances[k])).collect(),
+                })
+                .collect(),
+            instances: g
+                .instances
+                .iter()
+                .map(|i| InstancePlanView {
+                    instance: instance_label(i),
+                    index: i.index,
+                    az: i.az.clone(),
+                    ips: i.networks.values().map(|n| crate::planner::show_ip(&n.ip).to_string()).collect(),
+                    action: i.action,
+                    reasons: i.reasons.clone(),
+                })
+                .collect(),
+        })
+        .collect();
+    for d in &plan.deletes {
+        let view = InstancePlanView {
+            instance: d.name(),
+            index: d.index,
+            az: d.az.clone(),
+            ips: d.ips(),
+            action: InstanceAction::Delete,
+            reasons: vec!["no longer in the manifest".into()],
+        };
+        match groups.iter_mut().find(|g| g.name == d.group) {
+            Some(g) => g.instances.push(view),
+            None => groups.push(GroupPlanView {
+                name: d.group.clone(),
+                update: String::new(),
+                instances: vec![view],
+                batches: vec![],
+            }),
+        }
+    }
+    PlanView { deployment: plan.deployment.clone(), manifest_diff, groups, changes: plan.has_changes() }
+}

@@ -1,0 +1,179 @@
+//! Input resolution: director-side variables (generated, stored encrypted), strict interpolation,
+//! the typed manifest, the latest cloud-config, releases and stemcells — then the pure planner.
+
+use super::step::DeployError;
+use crate::planner::{plan, Plan, PlanningInput, Requests};
+use crate::records::{CloudConfigRecord, InstanceRecord, ReleaseRecord, StemcellRecord};
+use crate::store::{State, StoreError, Tree};
+use crate::Director;
+use bosun_types::cloud_config::CloudConfig;
+use bosun_types::manifest::{DeploymentManifest, VariableDefinition};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+/// A prepared deploy: everything decided, nothing done.
+pub struct Prepared {
+    pub manifest: DeploymentManifest,
+    pub cloud_config: CloudConfigRecord,
+    pub plan: Plan,
+    /// Variables generated for this deploy, to store when it goes ahead.
+    pub generated: Vec<(String, serde_yaml::Value)>,
+}
+
+#[derive(serde::Deserialize)]
+pub(crate) struct VariablesOnly {
+    #[serde(default)]
+    variables: Vec<VariableDefinition>,
+}
+
+pub(crate) fn variable_key(deployment: &str, name: &str) -> String {
+    format!("{deployment}/{name}")
+}
+
+pub(crate) fn load_variable(
+    d: &Director,
+    deployment: &str,
+    name: &str,
+) -> Result<Option<serde_yaml::Value>, DeployError> {
+    let Some(sealed) = d.state.kv().get(Tree::Variables, &variable_key(deployment, name))? else { return Ok(None) };
+    let plain = d.secrets.open(&sealed).map_err(|e| DeployError::Input(format!("variable `{name}`: {e}")))?;
+    Ok(serde_json::from_slice(&plain).ok())
+}
+
+pub fn store_variables(d: &Director, deployment: &str, vars: &[(String, serde_yaml::Value)]) -> Result<(), StoreError> {
+    for (name, v) in vars {
+        let sealed = d.secrets.seal(&serde_json::to_vec(v).expect("serializable"));
+        d.state.kv().put(Tree::Variables, &variable_key(deployment, name), &sealed)?;
+    }
+    Ok(())
+}
+
+pub fn latest_cloud_config(state: &State) -> Result<Option<CloudConfigRecord>, StoreError> {
+    Ok(state.list::<CloudConfigRecord>(Tree::CloudConfigs, "")?.into_iter().max_by_key(|c| c.version))
+}
+
+pub fn cloud_config_key(version: u64) -> String {
+    format!("{version:020}")
+}
+
+/// Compares versions part by part, numerically where both parts are numbers.
+pub(crate) fn version_order(a: &str, b: &str) -> std::cmp::Ordering {
+    let split = |s: &str| s.split(['.', '+', '-']).map(str::to_string).collect::<Vec<_>>();
+    let (pa, pb) = (split(a), split(b));
+    for (x, y) in pa.iter().zip(pb.iter()) {
+        let o = match (x.parse::<u64>(), y.parse::<u64>()) {
+            (Ok(i), Ok(j)) => i.cmp(&j),
+            _ => x.cmp(y),
+        };
+        if o != std::cmp::Ordering::Equal {
+            return o;
+        }
+    }
+    pa.len().cmp(&pb.len())
+}
+
+/// Resolves variables, parses the manifest, resolves releases and stemcells and plans.
+pub fn prepare(d: &Director, manifest_text: &str, requests: &Requests) -> Result<Prepared, DeployError> {
+    let input = |m: String| DeployError::Input(m);
+    let mut raw = bosun_types::yaml::parse_value("manifest", manifest_text).map_err(|e| input(e.to_string()))?;
+    let name =
+        raw.get("name").and_then(|v| v.as_str()).ok_or_else(|| input("manifest: /name: missing".into()))?.to_string();
+    bosun_types::manifest::check_name("manifest", "/name", &name).map_err(|e| input(e.to_string()))?;
+    let defs: VariablesOnly =
+        bosun_types::yaml::from_value("manifest", raw.clone()).map_err(|e| input(e.to_string()))?;
+    let mut values: BTreeMap<String, serde_yaml::Value> = BTreeMap::new();
+    let mut generated = Vec::new();
+    let referenced = bosun_types::vars::referenced_variables(&raw);
+    for def in bosun_types::vars::generation_order(&defs.variables) {
+        if let Some(v) = load_variable(d, &name, &def.name)? {
+            values.insert(def.name.clone(), v);
+            continue;
+        }
+        if !referenced.contains(&def.name)
+            && !defs
+                .variables
+                .iter()
+                .any(|x| x.options.as_ref().and_then(|o| o.get("ca")).and_then(|c| c.as_str()) == Some(&def.name))
+        {
+            continue; // declared but unused: generate when first needed
+        }
+        let v = bosun_types::vars::generate(def, &|n| values.get(n).cloned())
+            .map_err(|e| input(format!("manifest: /variables: {e}")))?;
+        values.insert(def.name.clone(), v.clone());
+        generated.push((def.name.clone(), v));
+    }
+    bosun_types::vars::interpolate(&mut raw, &|n| values.get(n).cloned(), true)
+        .map_err(|e| input(format!("manifest: {e}")))?;
+    let manifest = DeploymentManifest::parse("manifest", raw).map_err(|e| input(e.to_string()))?;
+
+    let cc_record = latest_cloud_config(&d.state)?
+        .ok_or_else(|| input("no cloud-config has been uploaded; run `bosun update-cloud-config` first".into()))?;
+    let cloud_config = CloudConfig::parse(
+        "cloud-config",
+        bosun_types::yaml::parse_value("cloud-config", &cc_record.yaml).map_err(|e| input(e.to_string()))?,
+    )
+    .map_err(|e| input(e.to_string()))?;
+
+    let all_releases: Vec<ReleaseRecord> = d.state.list(Tree::Releases, "")?;
+    let mut releases = BTreeMap::new();
+    for (i, r) in manifest.releases.iter().enumerate() {
+        let mut candidates: Vec<&ReleaseRecord> = all_releases.iter().filter(|x| x.name == r.name).collect();
+        candidates.sort_by(|a, b| version_order(&a.version, &b.version).then(a.uploaded_at.cmp(&b.uploaded_at)));
+        let chosen = if r.version.0 == "latest" {
+            candidates.last().copied()
+        } else {
+            candidates.iter().find(|x| x.version == r.version.0).copied()
+        };
+        let chosen = chosen.ok_or_else(|| {
+            let have: Vec<&str> = candidates.iter().map(|x| x.version.as_str()).collect();
+            input(format!(
+                "manifest: /releases/{i}: release `{}/{}` is not uploaded (uploaded versions: {})",
+                r.name,
+                r.version,
+                if have.is_empty() { "none".into() } else { have.join(", ") }
+            ))
+        })?;
+        releases.insert(r.name.clone(), chosen.clone());
+    }
+    let all_stemcells: Vec<StemcellRecord> = d.state.list(Tree::Stemcells, "")?;
+    let mut stemcells = BTreeMap::new();
+    for (i, s) in manifest.stemcells.iter().enumerate() {
+        let mut candidates: Vec<&StemcellRecord> = all_stemcells
+            .iter()
+            .filter(|x| {
+                s.os.as_ref().map(|o| &x.operating_system == o).unwrap_or(true)
+                    && s.name.as_ref().map(|n| &x.name == n).unwrap_or(true)
+            })
+            .collect();
+        candidates.sort_by(|a, b| version_order(&a.version, &b.version).then(a.uploaded_at.cmp(&b.uploaded_at)));
+        let chosen = if s.version.0 == "latest" {
+            candidates.last().copied()
+        } else {
+            candidates.iter().find(|x| x.version == s.version.0).copied()
+        };
+        let what =
+            s.os.as_ref()
+                .map(|o| format!("os `{o}`"))
+                .or(s.name.as_ref().map(|n| format!("`{n}`")))
+                .unwrap_or_default();
+        let chosen = chosen.ok_or_else(|| {
+            input(format!("manifest: /stemcells/{i}: no uploaded stemcell matches {what} version `{}`", s.version))
+        })?;
+        stemcells.insert(s.alias.clone(), chosen.clone());
+    }
+    let everyone: Vec<InstanceRecord> = d.state.list(Tree::Instances, "")?;
+    let existing: Vec<InstanceRecord> = everyone.iter().filter(|i| i.deployment == name).cloned().collect();
+    let elsewhere: BTreeSet<Ipv4Addr> =
+        everyone.iter().filter(|i| i.deployment != name).flat_map(|i| i.held_addresses()).collect();
+    let planning = PlanningInput {
+        manifest: &manifest,
+        cloud_config: &cloud_config,
+        releases: &releases,
+        stemcells: &stemcells,
+        existing: &existing,
+        addresses_in_use_elsewhere: &elsewhere,
+        requests,
+    };
+    let plan = plan(&planning, &mut rand::thread_rng()).map_err(|e| input(format!("manifest: {e}")))?;
+    Ok(Prepared { manifest, cloud_config: cc_record, plan, generated })
+}

@@ -1,0 +1,46 @@
+//! Recreating instances with fencing: the old VM is deleted before its replacement is made, so
+//! two VMs never hold one identity. The one path resurrection and `bosun cck`'s `recreate_vm`
+//! share; it is a deploy of the stored manifest with `Requests { recreate, fence, canaries: 0 }`.
+
+use super::driver::execute;
+use super::prepare::prepare;
+use super::step::ExecOptions;
+use crate::planner::{Requests, Selection};
+use crate::records::DeploymentRecord;
+use crate::store::Tree;
+use crate::Director;
+use bosun_types::api::InstanceSelector;
+use std::sync::Arc;
+
+/// Recreates the named instances' VMs through the planner and executor, on the deployment's
+/// stored manifest: old VM deleted first, no canaries, the groups' max_in_flight.
+pub async fn resurrect(
+    d: &Arc<Director>,
+    task: &crate::tasks::Task,
+    deployment: &str,
+    instances: Vec<InstanceSelector>,
+) -> Result<String, String> {
+    recreate_with_fencing(d, task, deployment, Selection::Some(instances)).await
+}
+
+/// The shared path of resurrection and `bosun cck`'s `recreate_vm`.
+pub async fn recreate_with_fencing(
+    d: &Arc<Director>,
+    task: &crate::tasks::Task,
+    deployment: &str,
+    selection: Selection,
+) -> Result<String, String> {
+    let chain = |e: &dyn std::error::Error| bosun_types::error_chain(e);
+    let record = d
+        .state
+        .get::<DeploymentRecord>(Tree::Deployments, deployment)
+        .map_err(|e| chain(&e))?
+        .ok_or_else(|| format!("deployment `{deployment}` no longer exists"))?;
+    let requests = Requests { recreate: selection, canaries: Some(0), fence: true, ..Requests::default() };
+    let (d2, manifest) = (d.clone(), record.manifest.clone());
+    let prepared = tokio::task::spawn_blocking(move || prepare(&d2, &manifest, &requests))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| chain(&e))?;
+    execute(d, task, &prepared, &record.manifest, ExecOptions::default()).await.map_err(|e| chain(&e))
+}

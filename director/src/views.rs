@@ -1,0 +1,71 @@
+//! The instances of a deployment as `bosun instances` shows them.
+
+use crate::records::{DesiredState, InstanceRecord, StemcellRecord};
+use crate::store::{StoreError, Tree};
+use crate::Director;
+use bosun_types::api::{InstanceState, InstanceView};
+use bosun_types::protocol::JobState;
+
+/// The instances of a deployment as the director sees them: the store's records joined with what
+/// the agents last reported.
+pub fn instance_views(d: &Director, deployment: &str, with_processes: bool) -> Result<Vec<InstanceView>, StoreError> {
+    let stemcells: Vec<StemcellRecord> = d.state.list(Tree::Stemcells, "")?;
+    let mut out: Vec<InstanceView> = d
+        .state
+        .list::<InstanceRecord>(Tree::Instances, &format!("{deployment}/"))?
+        .into_iter()
+        .map(|r| {
+            let status = r.vm.as_ref().and_then(|v| d.hub.status(&v.agent_id));
+            let state = match (&r.vm, &status) {
+                (None, _) if r.state == DesiredState::Detached => InstanceState::Detached,
+                (None, _) => InstanceState::Missing,
+                (Some(v), Some(s)) if d.hub.is_responsive(&v.agent_id) => {
+                    match s.heartbeat.as_ref().map(|h| h.job_state) {
+                        Some(JobState::Running) => InstanceState::Running,
+                        Some(JobState::Failing) => InstanceState::Failing,
+                        Some(JobState::Starting) | None => InstanceState::Starting,
+                        Some(JobState::Stopped) | Some(JobState::None) => InstanceState::Stopped,
+                    }
+                }
+                (Some(_), _) => InstanceState::Unresponsive,
+            };
+            let stemcell = status.as_ref().and_then(|s| s.stemcell.clone()).or_else(|| {
+                r.vm.as_ref()
+                    .and_then(|v| stemcells.iter().find(|s| s.cid == v.stemcell_cid))
+                    .map(|s| bosun_types::protocol::StemcellInfo { name: s.name.clone(), version: s.version.clone() })
+            });
+            InstanceView {
+                instance: r.name(),
+                group: r.group.clone(),
+                id: r.uuid.clone(),
+                index: r.index,
+                az: r.az.clone(),
+                ips: r.ips(),
+                vm_cid: r.vm.as_ref().map(|v| v.cid.clone()),
+                agent_id: r.vm.as_ref().map(|v| v.agent_id.clone()),
+                state,
+                bootstrap: r.bootstrap,
+                stemcell,
+                processes: if with_processes {
+                    Some(
+                        status
+                            .as_ref()
+                            .and_then(|s| s.heartbeat.as_ref())
+                            .map(|h| h.processes.clone())
+                            .unwrap_or_default(),
+                    )
+                } else {
+                    None
+                },
+                vitals: if with_processes {
+                    status.as_ref().and_then(|s| s.heartbeat.as_ref()).map(|h| h.vitals.clone())
+                } else {
+                    None
+                },
+                disk_cids: r.disk_cids.clone(),
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| (a.group.as_str(), a.index).cmp(&(b.group.as_str(), b.index)));
+    Ok(out)
+}
