@@ -6,7 +6,7 @@ use crate::records::{
     now_secs, CloudConfigRecord, DeploymentRecord, DesiredState, InstanceRecord, OrphanedDiskRecord, ReleaseRecord,
     StemcellRecord,
 };
-use crate::store::Tree;
+use crate::store::tables;
 use crate::tasks::TaskError;
 use crate::update::{self, DeployError};
 use crate::Director;
@@ -151,7 +151,8 @@ async fn info(State(d): Shared) -> Json<DirectorInfo> {
 }
 
 async fn get_cloud_config(State(d): Shared) -> Result<String, ApiError> {
-    update::latest_cloud_config(&d.state)?
+    update::latest_cloud_config(&d.state)
+        .await?
         .map(|c| c.yaml)
         .ok_or_else(|| ApiError::not_found("no cloud-config has been uploaded"))
 }
@@ -167,17 +168,19 @@ async fn update_cloud_config(State(d): Shared, body: String) -> Result<Json<Clou
         bosun_types::yaml::parse_value("cloud-config", &body).map_err(|e| ApiError::bad_request(e.to_string()))?;
     bosun_types::cloud_config::CloudConfig::parse("cloud-config", value)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    if let Some(latest) = update::latest_cloud_config(&d.state)? {
+    if let Some(latest) = update::latest_cloud_config(&d.state).await? {
         if latest.yaml == body {
             return Ok(Json(CloudConfigUpdated { version: latest.version, changed: false }));
         }
     }
-    let version = d.state.next_id("cloud-config")?;
-    d.state.put(
-        Tree::CloudConfigs,
-        &update::cloud_config_key(version),
-        &CloudConfigRecord { version, yaml: body, created_at: now_secs() },
-    )?;
+    let version = d.state.next_id("cloud-config").await?;
+    d.state
+        .put(
+            tables::CLOUD_CONFIGS,
+            &update::cloud_config_key(version),
+            &CloudConfigRecord { version, yaml: body, created_at: now_secs() },
+        )
+        .await?;
     d.state.flush().await?;
     Ok(Json(CloudConfigUpdated { version, changed: true }))
 }
@@ -192,19 +195,21 @@ struct ManifestRefs {
     stemcells: Vec<bosun_types::manifest::StemcellRef>,
 }
 
-fn deployments_using(d: &Director) -> Result<Vec<(String, ManifestRefs)>, ApiError> {
+async fn deployments_using(d: &Director) -> Result<Vec<(String, ManifestRefs)>, ApiError> {
     Ok(d.state
-        .list::<DeploymentRecord>(Tree::Deployments, "")?
+        .list::<DeploymentRecord>(tables::DEPLOYMENTS, "")
+        .await?
         .into_iter()
         .map(|rec| (rec.name, serde_yaml::from_str(&rec.manifest).unwrap_or_default()))
         .collect())
 }
 
 async fn list_releases(State(d): Shared) -> Result<Json<Vec<ReleaseView>>, ApiError> {
-    let used = deployments_using(&d)?;
+    let used = deployments_using(&d).await?;
     let mut out: Vec<ReleaseView> = d
         .state
-        .list::<ReleaseRecord>(Tree::Releases, "")?
+        .list::<ReleaseRecord>(tables::RELEASES, "")
+        .await?
         .into_iter()
         .map(|r| ReleaseView {
             deployments: used
@@ -234,10 +239,11 @@ async fn list_releases(State(d): Shared) -> Result<Json<Vec<ReleaseView>>, ApiEr
 }
 
 async fn list_stemcells(State(d): Shared) -> Result<Json<Vec<StemcellView>>, ApiError> {
-    let instances: Vec<crate::records::InstanceRecord> = d.state.list(Tree::Instances, "")?;
+    let instances: Vec<crate::records::InstanceRecord> = d.state.list(tables::INSTANCES, "").await?;
     let out = d
         .state
-        .list::<StemcellRecord>(Tree::Stemcells, "")?
+        .list::<StemcellRecord>(tables::STEMCELLS, "")
+        .await?
         .into_iter()
         .map(|s| {
             let mut deployments: Vec<String> = instances
@@ -278,52 +284,48 @@ async fn save_body(d: &Director, body: Body) -> Result<(std::path::PathBuf, std:
 
 async fn upload_release(State(d): Shared, body: Body) -> Result<Json<TaskCreated>, ApiError> {
     let (path, unpack) = save_body(&d, body).await?;
-    let task = d.tasks.create("upload release", None, false)?;
+    let task = d.tasks.create("upload release", None, false).await?;
     let id = task.id;
-    tokio::spawn(async move {
-        task.info("upload", None, "verifying and storing the release");
-        let d2 = d.clone();
-        let (p2, u2) = (path.clone(), unpack.clone());
-        let result = tokio::task::spawn_blocking(move || crate::uploads::upload_release(&d2, &p2, &u2)).await;
+    task.clone().run(async move {
+        task.info("upload", None, "verifying and storing the release").await;
+        let result = crate::uploads::upload_release(&d, path.clone(), unpack).await;
         let _ = tokio::fs::remove_dir_all(path.parent().expect("work dir")).await;
         let _ = d.state.flush().await;
-        let outcome = match result {
-            Ok(Ok(r)) if r.already_present => Ok(format!("release {}/{} was already uploaded", r.name, r.version)),
-            Ok(Ok(r)) => Ok(format!("uploaded release {}/{}", r.name, r.version)),
-            Ok(Err(e)) => Err(error_chain(&e)),
-            Err(e) => Err(format!("the upload worker failed: {e}")),
-        };
-        task.finish(outcome).await;
+        match result {
+            Ok(r) if r.already_present => Ok(format!("release {}/{} was already uploaded", r.name, r.version)),
+            Ok(r) => Ok(format!("uploaded release {}/{}", r.name, r.version)),
+            Err(e) => Err(error_chain(&e)),
+        }
     });
     Ok(Json(TaskCreated { task_id: id }))
 }
 
 async fn upload_stemcell(State(d): Shared, body: Body) -> Result<Json<TaskCreated>, ApiError> {
     let (path, unpack) = save_body(&d, body).await?;
-    let task = d.tasks.create("upload stemcell", None, false)?;
+    let task = d.tasks.create("upload stemcell", None, false).await?;
     let id = task.id;
-    tokio::spawn(async move {
-        task.info("upload", None, "verifying the stemcell and handing it to the CPI");
+    task.clone().run(async move {
+        task.info("upload", None, "verifying the stemcell and handing it to the CPI").await;
         let result = crate::uploads::upload_stemcell(&d, path.clone(), unpack).await;
         let _ = tokio::fs::remove_dir_all(path.parent().expect("work dir")).await;
         let _ = d.state.flush().await;
-        let outcome = match result {
+        match result {
             Ok(r) if r.already_present => Ok(format!("stemcell {}/{} was already uploaded", r.name, r.version)),
             Ok(r) => Ok(format!("uploaded stemcell {}/{}", r.name, r.version)),
             Err(e) => Err(error_chain(&e)),
-        };
-        task.finish(outcome).await;
+        }
     });
     Ok(Json(TaskCreated { task_id: id }))
 }
 
 async fn list_deployments(State(d): Shared) -> Result<Json<Vec<DeploymentView>>, ApiError> {
-    let latest = update::latest_cloud_config(&d.state)?.map(|c| c.version).unwrap_or(0);
-    let instances: Vec<crate::records::InstanceRecord> = d.state.list(Tree::Instances, "")?;
-    let used = deployments_using(&d)?;
+    let latest = update::latest_cloud_config(&d.state).await?.map(|c| c.version).unwrap_or(0);
+    let instances: Vec<crate::records::InstanceRecord> = d.state.list(tables::INSTANCES, "").await?;
+    let used = deployments_using(&d).await?;
     let out = d
         .state
-        .list::<DeploymentRecord>(Tree::Deployments, "")?
+        .list::<DeploymentRecord>(tables::DEPLOYMENTS, "")
+        .await?
         .into_iter()
         .map(|r| {
             let m = used.iter().find(|(n, _)| n == &r.name).map(|(_, m)| m);
@@ -348,14 +350,15 @@ async fn list_deployments(State(d): Shared) -> Result<Json<Vec<DeploymentView>>,
     Ok(Json(out))
 }
 
-fn deployment_record(d: &Director, name: &str) -> Result<DeploymentRecord, ApiError> {
+async fn deployment_record(d: &Director, name: &str) -> Result<DeploymentRecord, ApiError> {
     d.state
-        .get::<DeploymentRecord>(Tree::Deployments, name)?
+        .get::<DeploymentRecord>(tables::DEPLOYMENTS, name)
+        .await?
         .ok_or_else(|| ApiError::not_found(format!("deployment `{name}` does not exist")))
 }
 
 async fn get_deployment(State(d): Shared, Path(name): Path<String>) -> Result<Json<DeploymentView>, ApiError> {
-    deployment_record(&d, &name)?;
+    deployment_record(&d, &name).await?;
     let Json(all) = list_deployments(State(d)).await?;
     all.into_iter()
         .find(|x| x.name == name)
@@ -364,7 +367,7 @@ async fn get_deployment(State(d): Shared, Path(name): Path<String>) -> Result<Js
 }
 
 async fn get_manifest(State(d): Shared, Path(name): Path<String>) -> Result<String, ApiError> {
-    Ok(deployment_record(&d, &name)?.manifest)
+    Ok(deployment_record(&d, &name).await?.manifest)
 }
 
 #[derive(serde::Deserialize)]
@@ -378,8 +381,8 @@ async fn list_instances(
     Path(name): Path<String>,
     Query(q): Query<InstancesQuery>,
 ) -> Result<Json<Vec<InstanceView>>, ApiError> {
-    deployment_record(&d, &name)?;
-    Ok(Json(crate::views::instance_views(&d, &name, q.ps)?))
+    deployment_record(&d, &name).await?;
+    Ok(Json(crate::views::instance_views(&d, &name, q.ps).await?))
 }
 
 fn deploy_error(e: DeployError) -> ApiError {
@@ -437,13 +440,8 @@ fn command_requests(req: &InstanceCommandRequest) -> Result<Requests, ApiError> 
     Ok(r)
 }
 
-/// Plans off the async threads (rendering and variable generation are CPU work).
-async fn prepare(d: &Arc<Director>, text: &str, requests: &Requests) -> Result<update::Prepared, ApiError> {
-    let (d2, text, requests) = (d.clone(), text.to_string(), requests.clone());
-    tokio::task::spawn_blocking(move || update::prepare(&d2, &text, &requests))
-        .await
-        .map_err(|e| ApiError::internal(&e))?
-        .map_err(deploy_error)
+async fn prepare(d: &Director, text: &str, requests: &Requests) -> Result<update::Prepared, ApiError> {
+    update::prepare(d, text, requests).await.map_err(deploy_error)
 }
 
 /// Starts an update task: the plan is checked first (bad input fails the request and changes
@@ -457,14 +455,13 @@ async fn start_update(
     opts: update::ExecOptions,
 ) -> Result<Json<TaskCreated>, ApiError> {
     prepare(&d, &manifest, &requests).await?;
-    let task = d.tasks.create(&description, Some(name), true)?;
+    let task = d.tasks.create(&description, Some(name), true).await?;
     let id = task.id;
-    tokio::spawn(async move {
-        let outcome = match prepare(&d, &manifest, &requests).await {
+    task.clone().run(async move {
+        match prepare(&d, &manifest, &requests).await {
             Ok(prepared) => update::execute(&d, &task, &prepared, &manifest, opts).await.map_err(|e| error_chain(&e)),
             Err(e) => Err(e.message),
-        };
-        task.finish(outcome).await;
+        }
     });
     Ok(Json(TaskCreated { task_id: id }))
 }
@@ -478,7 +475,7 @@ async fn plan(
         return Err(ApiError::bad_request(format!("the manifest is for another deployment than `{name}`")));
     }
     let prepared = prepare(&d, &req.manifest, &deploy_requests(&req)).await?;
-    let old = d.state.get::<DeploymentRecord>(Tree::Deployments, &name)?.map(|r| r.manifest);
+    let old = d.state.get(tables::DEPLOYMENTS, &name).await?.map(|r| r.manifest);
     Ok(Json(update::plan_view(&prepared.plan, old.as_deref(), &req.manifest)))
 }
 
@@ -494,7 +491,7 @@ async fn instance_command_plan(
     Path(name): Path<String>,
     Json(req): Json<InstanceCommandRequest>,
 ) -> Result<Json<PlanView>, ApiError> {
-    let manifest = deployment_record(&d, &name)?.manifest;
+    let manifest = deployment_record(&d, &name).await?.manifest;
     let prepared = prepare(&d, &manifest, &command_requests(&req)?).await?;
     Ok(Json(update::plan_view(&prepared.plan, Some(&manifest), &manifest)))
 }
@@ -504,7 +501,7 @@ async fn instance_command(
     Path(name): Path<String>,
     Json(req): Json<InstanceCommandRequest>,
 ) -> Result<Json<TaskCreated>, ApiError> {
-    let manifest = deployment_record(&d, &name)?.manifest;
+    let manifest = deployment_record(&d, &name).await?.manifest;
     let requests = command_requests(&req)?;
     let what = if req.instances.is_empty() { name.clone() } else { format!("{name} {}", req.instances.join(" ")) };
     let description = format!("{}{} {what}", req.command, if req.hard { " --hard" } else { "" });
@@ -516,26 +513,26 @@ async fn list_events(
     State(d): Shared,
     Query(f): Query<crate::events::EventFilter>,
 ) -> Result<Json<Vec<EventView>>, ApiError> {
-    Ok(Json(d.events.list(&f)?))
+    Ok(Json(d.events.list(&f).await?))
 }
 
 async fn get_resurrection(State(d): Shared) -> Result<Json<crate::health::ResurrectionConfig>, ApiError> {
-    Ok(Json(crate::health::ResurrectionConfig::load(&d)?))
+    Ok(Json(crate::health::ResurrectionConfig::load(&d).await?))
 }
 
 async fn switch_resurrection(
     State(d): Shared,
     Json(req): Json<ResurrectionSwitch>,
 ) -> Result<Json<crate::health::ResurrectionConfig>, ApiError> {
-    let mut c = crate::health::ResurrectionConfig::load(&d)?;
+    let mut c = crate::health::ResurrectionConfig::load(&d).await?;
     match &req.deployment {
         Some(dep) => {
-            deployment_record(&d, dep)?;
+            deployment_record(&d, dep).await?;
             c.deployments.insert(dep.clone(), req.enabled);
         }
         None => c.enabled = Some(req.enabled),
     }
-    c.save(&d)?;
+    c.save(&d).await?;
     d.state.flush().await?;
     let subject = match &req.deployment {
         Some(dep) => crate::events::EventSubject::deployment(dep),
@@ -545,12 +542,14 @@ async fn switch_resurrection(
             ..Default::default()
         },
     };
-    d.events.record(
-        subject,
-        "update_resurrection",
-        "operator",
-        format!("resurrection {}", if req.enabled { "on" } else { "off" }),
-    );
+    d.events
+        .record(
+            subject,
+            "update_resurrection",
+            "operator",
+            format!("resurrection {}", if req.enabled { "on" } else { "off" }),
+        )
+        .await;
     Ok(Json(c))
 }
 
@@ -567,25 +566,27 @@ async fn update_resurrection_config(
 ) -> Result<Json<crate::health::ResurrectionConfig>, ApiError> {
     let parsed: ResurrectionRules =
         bosun_types::yaml::from_str("resurrection config", &body).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let mut c = crate::health::ResurrectionConfig::load(&d)?;
+    let mut c = crate::health::ResurrectionConfig::load(&d).await?;
     c.rules = parsed.rules;
-    c.save(&d)?;
+    c.save(&d).await?;
     d.state.flush().await?;
-    d.events.record(
-        crate::events::EventSubject {
-            object_type: "director",
-            object_name: d.config.name.clone(),
-            ..Default::default()
-        },
-        "update_resurrection_config",
-        "operator",
-        format!("{} resurrection rule(s)", c.rules.len()),
-    );
+    d.events
+        .record(
+            crate::events::EventSubject {
+                object_type: "director",
+                object_name: d.config.name.clone(),
+                ..Default::default()
+            },
+            "update_resurrection_config",
+            "operator",
+            format!("{} resurrection rule(s)", c.rules.len()),
+        )
+        .await;
     Ok(Json(c))
 }
 
 async fn list_problems(State(d): Shared, Path(name): Path<String>) -> Result<Json<Vec<ProblemView>>, ApiError> {
-    deployment_record(&d, &name)?;
+    deployment_record(&d, &name).await?;
     let problems = crate::cck::scan(&d, &name).await.map_err(|e| ApiError::internal(&e))?;
     Ok(Json(problems.into_iter().map(|p| p.view).collect()))
 }
@@ -595,13 +596,10 @@ async fn resolve_problems(
     Path(name): Path<String>,
     Json(req): Json<ResolveRequest>,
 ) -> Result<Json<TaskCreated>, ApiError> {
-    deployment_record(&d, &name)?;
-    let task = d.tasks.create(&format!("cck {name}"), Some(&name), true)?;
+    deployment_record(&d, &name).await?;
+    let task = d.tasks.create(&format!("cck {name}"), Some(&name), true).await?;
     let id = task.id;
-    tokio::spawn(async move {
-        let outcome = crate::cck::resolve(&d, &task, &name, &req.resolutions).await;
-        task.finish(outcome).await;
-    });
+    task.clone().run(async move { crate::cck::resolve(&d, &task, &name, &req.resolutions).await });
     Ok(Json(TaskCreated { task_id: id }))
 }
 
@@ -609,7 +607,8 @@ async fn list_orphaned_disks(State(d): Shared) -> Result<Json<Vec<OrphanedDiskVi
     let retention = d.config.orphaned_disk_retention.as_secs();
     let mut out: Vec<OrphanedDiskView> = d
         .state
-        .list::<OrphanedDiskRecord>(Tree::OrphanedDisks, "")?
+        .list::<OrphanedDiskRecord>(tables::ORPHANED_DISKS, "")
+        .await?
         .into_iter()
         .map(|r| OrphanedDiskView {
             delete_after: r.orphaned_at + retention,
@@ -628,10 +627,11 @@ async fn list_orphaned_disks(State(d): Shared) -> Result<Json<Vec<OrphanedDiskVi
 
 /// Deletes an orphaned disk now. A disk an instance uses is refused, naming the instance.
 async fn delete_disk(State(d): Shared, Path(cid): Path<String>) -> Result<Json<TaskCreated>, ApiError> {
-    if d.state.get::<OrphanedDiskRecord>(Tree::OrphanedDisks, &cid)?.is_none() {
+    if d.state.get(tables::ORPHANED_DISKS, &cid).await?.is_none() {
         let user = d
             .state
-            .list::<InstanceRecord>(Tree::Instances, "")?
+            .list::<InstanceRecord>(tables::INSTANCES, "")
+            .await?
             .into_iter()
             .find(|i| i.disk_cids.contains(&cid) || i.migrating_disk.as_deref() == Some(cid.as_str()));
         return Err(match user {
@@ -643,23 +643,19 @@ async fn delete_disk(State(d): Shared, Path(cid): Path<String>) -> Result<Json<T
             None => ApiError::not_found(format!("no orphaned disk `{cid}` (see `bosun disks --orphaned`)")),
         });
     }
-    let task = d.tasks.create(&format!("delete disk {cid}"), None, false)?;
+    let task = d.tasks.create(&format!("delete disk {cid}"), None, false).await?;
     let id = task.id;
-    tokio::spawn(async move {
-        let outcome = crate::disks::delete_orphan(&d, &cid).await.map(|()| format!("deleted disk {cid}"));
-        task.finish(outcome.map_err(|e| error_chain(&e))).await;
+    task.run(async move {
+        crate::disks::delete_orphan(&d, &cid).await.map(|()| format!("deleted disk {cid}")).map_err(|e| error_chain(&e))
     });
     Ok(Json(TaskCreated { task_id: id }))
 }
 
 async fn delete_deployment(State(d): Shared, Path(name): Path<String>) -> Result<Json<TaskCreated>, ApiError> {
-    deployment_record(&d, &name)?;
-    let task = d.tasks.create(&format!("delete deployment {name}"), Some(&name), true)?;
+    deployment_record(&d, &name).await?;
+    let task = d.tasks.create(&format!("delete deployment {name}"), Some(&name), true).await?;
     let id = task.id;
-    tokio::spawn(async move {
-        let outcome = update::delete_deployment(&d, &task, &name).await.map_err(|e| error_chain(&e));
-        task.finish(outcome).await;
-    });
+    task.clone().run(async move { update::delete_deployment(&d, &task, &name).await.map_err(|e| error_chain(&e)) });
     Ok(Json(TaskCreated { task_id: id }))
 }
 
@@ -672,11 +668,11 @@ struct TasksQuery {
 }
 
 async fn list_tasks(State(d): Shared, Query(q): Query<TasksQuery>) -> Result<Json<Vec<TaskView>>, ApiError> {
-    Ok(Json(d.tasks.list(q.limit.unwrap_or(30).min(1000), q.deployment.as_deref())?))
+    Ok(Json(d.tasks.list(q.limit.unwrap_or(30).min(1000), q.deployment.as_deref()).await?))
 }
 
 async fn get_task(State(d): Shared, Path(id): Path<u64>) -> Result<Json<TaskView>, ApiError> {
-    d.tasks.get(id)?.map(Json).ok_or_else(|| ApiError::not_found(format!("task {id} does not exist")))
+    d.tasks.get(id).await?.map(Json).ok_or_else(|| ApiError::not_found(format!("task {id} does not exist")))
 }
 
 #[derive(serde::Deserialize)]

@@ -5,7 +5,7 @@
 use crate::events::EventSubject;
 use crate::planner::Selection;
 use crate::records::{now_secs, DesiredState, InstanceRecord, OrphanedDiskRecord};
-use crate::store::{StoreError, Tree};
+use crate::store::{tables, StoreError};
 use crate::tasks::Task;
 use crate::Director;
 use bosun_cpi::CpiError;
@@ -61,7 +61,7 @@ fn problem(
 /// Every problem of a deployment, instances first, then orphans.
 pub async fn scan(d: &Director, deployment: &str) -> Result<Vec<Problem>, CckError> {
     let mut out = Vec::new();
-    let instances: Vec<InstanceRecord> = d.state.list(Tree::Instances, &format!("{deployment}/"))?;
+    let instances: Vec<InstanceRecord> = d.state.list(tables::INSTANCES, &format!("{deployment}/")).await?;
     for rec in &instances {
         let name = rec.name();
         let Some(vm) = &rec.vm else {
@@ -143,7 +143,7 @@ pub async fn scan(d: &Director, deployment: &str) -> Result<Vec<Problem>, CckErr
         }
     }
     // Orphans: carry this director's tags and this deployment's, but no record knows them.
-    let everyone: Vec<InstanceRecord> = d.state.list(Tree::Instances, "")?;
+    let everyone: Vec<InstanceRecord> = d.state.list(tables::INSTANCES, "").await?;
     let known_vms: BTreeSet<String> =
         everyone.iter().flat_map(|r| r.vm.iter().chain(r.replacement_vm.iter()).map(|v| v.cid.clone())).collect();
     match d.cpi.list_vms().await {
@@ -167,7 +167,7 @@ pub async fn scan(d: &Director, deployment: &str) -> Result<Vec<Problem>, CckErr
         Err(CpiError::NotImplemented(_)) => {}
         Err(e) => return Err(e.into()),
     }
-    let orphan_records: Vec<OrphanedDiskRecord> = d.state.list(Tree::OrphanedDisks, "")?;
+    let orphan_records: Vec<OrphanedDiskRecord> = d.state.list(tables::ORPHANED_DISKS, "").await?;
     let known_disks: BTreeSet<String> = everyone
         .iter()
         .flat_map(|r| r.disk_cids.iter().cloned().chain(r.migrating_disk.iter().cloned()))
@@ -208,7 +208,7 @@ pub async fn resolve(
     let problems = scan(d, deployment).await.map_err(|e| chain(&e))?;
     for id in picks.keys() {
         if !problems.iter().any(|p| &p.view.id == id) {
-            task.warn("cck", None, format!("problem {id} is no longer present"));
+            task.warn("cck", None, format!("problem {id} is no longer present")).await;
         }
     }
     let mut recreate = Vec::new();
@@ -226,8 +226,8 @@ pub async fn resolve(
             Some(i) => EventSubject::instance(deployment, i),
             None => EventSubject::deployment(deployment),
         };
-        task.record(subject, "resolve", format!("{}: {choice}", p.view.description));
-        task.info("cck", p.view.instance.as_deref(), format!("{} → {choice}", p.view.description));
+        task.record(subject, "resolve", format!("{}: {choice}", p.view.description)).await;
+        task.info("cck", p.view.instance.as_deref(), format!("{} → {choice}", p.view.description)).await;
         apply(d, task, deployment, p, choice, &mut recreate)
             .await
             .map_err(|e| format!("problem {}: {e}", p.view.id))?;
@@ -259,13 +259,13 @@ async fn apply(
             let mut rec = rec.clone();
             crate::update::delete_vm_of(d, task, &mut rec).await.map_err(|e| chain(&e))?;
             rec.dirty = true;
-            d.state.put(Tree::Instances, &rec.key(), &rec).map_err(|e| chain(&e))?;
+            d.state.put(tables::INSTANCES, &rec.key(), &rec).await.map_err(|e| chain(&e))?;
         }
         (Subject::InstanceDisk(rec, disk), "delete_disk_reference") => {
             let mut rec = rec.clone();
             rec.disk_cids.retain(|x| x != disk);
             rec.dirty = true;
-            d.state.put(Tree::Instances, &rec.key(), &rec).map_err(|e| chain(&e))?;
+            d.state.put(tables::INSTANCES, &rec.key(), &rec).await.map_err(|e| chain(&e))?;
         }
         (Subject::InstanceDisk(rec, disk), "reattach_disk") => {
             let vm = rec.vm.clone().ok_or("the instance has no VM")?;
@@ -279,17 +279,17 @@ async fn apply(
                 .map_err(|e| chain(&e))?;
         }
         (Subject::OrphanVm(cid), "delete_vm") => match d.cpi.delete_vm(cid).await {
-            Ok(()) | Err(CpiError::VmNotFound(_)) => task.info("cck", None, format!("deleted VM {cid}")),
+            Ok(()) | Err(CpiError::VmNotFound(_)) => task.info("cck", None, format!("deleted VM {cid}")).await,
             Err(e) => return Err(chain(&e)),
         },
         (Subject::OrphanDisk { cid, .. }, "delete_disk") => match d.cpi.delete_disk(cid).await {
-            Ok(()) | Err(CpiError::DiskNotFound(_)) => task.info("cck", None, format!("deleted disk {cid}")),
+            Ok(()) | Err(CpiError::DiskNotFound(_)) => task.info("cck", None, format!("deleted disk {cid}")).await,
             Err(e) => return Err(chain(&e)),
         },
         (Subject::OrphanDisk { cid, size_mb }, "orphan_disk") => {
             d.state
                 .put(
-                    Tree::OrphanedDisks,
+                    tables::ORPHANED_DISKS,
                     cid,
                     &OrphanedDiskRecord {
                         disk_cid: cid.clone(),
@@ -301,6 +301,7 @@ async fn apply(
                         reason: "found by cck with no instance".into(),
                     },
                 )
+                .await
                 .map_err(|e| chain(&e))?;
         }
         (_, other) => return Err(format!("`{other}` does not apply here")),

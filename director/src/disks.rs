@@ -1,8 +1,8 @@
 //! Orphaned persistent disks: kept for `orphaned_disk_retention` after no instance uses them (in
 //! case an operator wants the data back), then deleted; or deleted at once by `bosun delete-disk`.
 
-use crate::records::{now_secs, OrphanedDiskRecord};
-use crate::store::{StoreError, Tree};
+use crate::records::now_secs;
+use crate::store::{tables, StoreError};
 use crate::Director;
 use bosun_cpi::CpiError;
 use std::sync::Arc;
@@ -26,7 +26,7 @@ pub async fn delete_orphan(d: &Director, disk_cid: &str) -> Result<(), DiskError
         Ok(()) | Err(CpiError::DiskNotFound(_)) => {}
         Err(source) => return Err(DiskError::Cpi { disk_cid: disk_cid.to_string(), source }),
     }
-    d.state.delete(Tree::OrphanedDisks, disk_cid)?;
+    d.state.delete(tables::ORPHANED_DISKS, disk_cid).await?;
     d.state.flush().await?;
     tracing::info!(disk_cid, "deleted orphaned disk");
     Ok(())
@@ -38,7 +38,7 @@ pub async fn sweep_expired_orphans(d: Arc<Director>) {
     let every = retention.clamp(Duration::from_secs(1), Duration::from_secs(60));
     loop {
         tokio::time::sleep(every).await;
-        let orphans = match d.state.list::<OrphanedDiskRecord>(Tree::OrphanedDisks, "") {
+        let orphans = match d.state.list(tables::ORPHANED_DISKS, "").await {
             Ok(o) => o,
             Err(e) => {
                 tracing::warn!(error = %e, "listing orphaned disks");

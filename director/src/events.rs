@@ -1,13 +1,15 @@
 //! The event timeline: every task start and end, instance state change, health finding,
 //! resurrection decision, meltdown and cck resolution, each saying who or what caused it.
 
-use crate::records::now_ms;
-use crate::store::{State, StoreError, Tree};
+use crate::clock::Clock;
+use crate::store::{tables, State, StoreError};
 use bosun_types::api::EventView;
+use std::sync::Arc;
 
 #[derive(Clone)]
 pub struct Events {
     state: State,
+    clock: Arc<dyn Clock>,
 }
 
 /// What an event is about.
@@ -69,19 +71,19 @@ fn event_key(id: u64) -> String {
 }
 
 impl Events {
-    pub fn new(state: State) -> Self {
-        Self { state }
+    pub fn new(state: State, clock: Arc<dyn Clock>) -> Self {
+        Self { state, clock }
     }
 
     /// Records an event. A failure to record is logged, never fatal: the timeline must not stop
     /// the work it describes.
-    pub fn record(&self, subject: EventSubject, action: &str, cause: &str, message: impl Into<String>) {
+    pub async fn record(&self, subject: EventSubject, action: &str, cause: &str, message: impl Into<String>) {
         let message = message.into();
-        let result = (|| -> Result<(), StoreError> {
-            let id = self.state.next_id("event")?;
+        let result = async {
+            let id = self.state.next_id("event").await?;
             let ev = EventView {
                 id,
-                time_ms: now_ms(),
+                time_ms: self.clock.unix_ms(),
                 action: action.to_string(),
                 object_type: subject.object_type.to_string(),
                 object_name: subject.object_name,
@@ -92,16 +94,17 @@ impl Events {
                 message,
             };
             tracing::info!(event = ev.id, action, object = %ev.object_name, cause, "{}", ev.message);
-            self.state.put(Tree::Events, &event_key(id), &ev)
-        })();
+            self.state.put(tables::EVENTS, &event_key(id), &ev).await
+        }
+        .await;
         if let Err(e) = result {
             tracing::error!(error = %e, "could not record an event");
         }
     }
 
     /// Newest first, filtered.
-    pub fn list(&self, f: &EventFilter) -> Result<Vec<EventView>, StoreError> {
-        let mut all: Vec<EventView> = self.state.list(Tree::Events, "")?;
+    pub async fn list(&self, f: &EventFilter) -> Result<Vec<EventView>, StoreError> {
+        let mut all: Vec<EventView> = self.state.list(tables::EVENTS, "").await?;
         all.reverse();
         Ok(all
             .into_iter()

@@ -9,8 +9,8 @@
 //! instances wait their turn.
 
 use crate::events::EventSubject;
-use crate::records::{now_secs, DeploymentRecord, DesiredState, InstanceRecord};
-use crate::store::{StoreError, Tree};
+use crate::records::{now_secs, DesiredState, InstanceRecord};
+use crate::store::{tables, StoreError, Table, Tree};
 use crate::tasks::TaskError;
 use crate::Director;
 use bosun_types::api::InstanceSelector;
@@ -39,6 +39,9 @@ impl Default for MeltdownConfig {
 }
 
 /// Whether resurrection is on: director-wide, per deployment, and by rules over deployments and
+/// Where the switches are kept: one record in the `meta` tree.
+const RESURRECTION: Table<ResurrectionConfig> = Table::new(Tree::Meta);
+
 /// instance groups (the last matching rule wins).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields)]
@@ -99,12 +102,12 @@ impl ResurrectionConfig {
         on
     }
 
-    pub fn load(d: &Director) -> Result<Self, StoreError> {
-        Ok(d.state.get(Tree::Meta, "resurrection")?.unwrap_or_default())
+    pub async fn load(d: &Director) -> Result<Self, StoreError> {
+        Ok(d.state.get(RESURRECTION, "resurrection").await?.unwrap_or_default())
     }
 
-    pub fn save(&self, d: &Director) -> Result<(), StoreError> {
-        d.state.put(Tree::Meta, "resurrection", self)
+    pub async fn save(&self, d: &Director) -> Result<(), StoreError> {
+        d.state.put(RESURRECTION, "resurrection", self).await
     }
 }
 
@@ -163,10 +166,11 @@ pub async fn monitor(d: Arc<Director>) {
 
 impl Monitor {
     async fn pass(&mut self, d: &Arc<Director>) -> Result<(), StoreError> {
-        let instances: Vec<InstanceRecord> = d.state.list(Tree::Instances, "")?;
+        let instances: Vec<InstanceRecord> = d.state.list(tables::INSTANCES, "").await?;
         // An instance a running task is updating (dirty, its deployment locked) is the updater's:
         // its agent may restart, its VM be replaced.
-        let locked: BTreeSet<String> = d.state.kv().scan_prefix(Tree::Locks, "")?.into_iter().map(|(k, _)| k).collect();
+        let locked: BTreeSet<String> =
+            d.state.kv().scan_prefix(Tree::Locks, "").await?.into_iter().map(|(k, _)| k).collect();
         let watched: Vec<&InstanceRecord> = instances
             .iter()
             .filter(|r| r.vm.is_some() && r.state == DesiredState::Started)
@@ -238,7 +242,7 @@ impl Monitor {
                 ),
                 Health::Missing => ("missing", format!("VM {} is gone (has_vm: false)", vm.cid)),
             };
-            d.events.record(subject, action, CAUSE, message);
+            d.events.record(subject, action, CAUSE, message).await;
             if health.unhealthy() {
                 self.turned.entry(rec.deployment.clone()).or_default().push_back((Instant::now(), rec.key()));
             }
@@ -269,22 +273,19 @@ impl Monitor {
                         distinct.len(),
                         window.as_secs()
                     ),
-                );
+                ).await;
             } else if !melting && was {
                 self.meltdown.remove(*dep);
-                d.events.record(
-                    EventSubject::deployment(dep),
-                    "meltdown",
-                    CAUSE,
-                    "meltdown left: resurrection resumes",
-                );
+                d.events
+                    .record(EventSubject::deployment(dep), "meltdown", CAUSE, "meltdown left: resurrection resumes")
+                    .await;
             }
         }
         self.turned.retain(|dep, _| per_deployment.contains_key(dep.as_str()));
 
         // Resurrection: unhealthy for a whole heartbeat interval more (so instances that die
         // together are counted together before anything is done), deployment by deployment.
-        let config = ResurrectionConfig::load(d)?;
+        let config = ResurrectionConfig::load(d).await?;
         let mut due: BTreeMap<String, Vec<&InstanceRecord>> = BTreeMap::new();
         for rec in &watched {
             let key = (rec.key(), rec.vm.as_ref().expect("watched").cid.clone());
@@ -309,43 +310,44 @@ impl Monitor {
                 None => due.entry(rec.deployment.clone()).or_default().push(rec),
                 Some(why) if t.held_back != Some(why) => {
                     t.held_back = Some(why);
-                    d.events.record(
-                        EventSubject::instance(&rec.deployment, &rec.name()),
-                        "resurrect_skipped",
-                        CAUSE,
-                        format!("not resurrected: {why}"),
-                    );
+                    d.events
+                        .record(
+                            EventSubject::instance(&rec.deployment, &rec.name()),
+                            "resurrect_skipped",
+                            CAUSE,
+                            format!("not resurrected: {why}"),
+                        )
+                        .await;
                 }
                 Some(_) => {}
             }
         }
         for (dep, recs) in due {
-            if d.state.get::<DeploymentRecord>(Tree::Deployments, &dep)?.is_none() {
+            if d.state.get(tables::DEPLOYMENTS, &dep).await?.is_none() {
                 continue;
             }
             let names: Vec<String> = recs.iter().map(|r| r.name()).collect();
-            let task = match d.tasks.create(&format!("resurrect {}", names.join(" ")), Some(&dep), true) {
+            let task = match d.tasks.create(&format!("resurrect {}", names.join(" ")), Some(&dep), true).await {
                 Ok(t) => t,
                 Err(TaskError::Locked { .. }) => continue, // another task runs; try again next pass
                 Err(TaskError::Store(e)) => return Err(e),
             };
             for r in &recs {
-                d.events.record(
-                    EventSubject::instance(&dep, &r.name()).with_task(task.id),
-                    "resurrect",
-                    CAUSE,
-                    "recreating the instance's VM (same uuid, addresses and disk)",
-                );
+                d.events
+                    .record(
+                        EventSubject::instance(&dep, &r.name()).with_task(task.id),
+                        "resurrect",
+                        CAUSE,
+                        "recreating the instance's VM (same uuid, addresses and disk)",
+                    )
+                    .await;
                 // Forget it: the new VM is judged afresh.
                 self.tracked.remove(&(r.key(), r.vm.as_ref().expect("watched").cid.clone()));
             }
             let selectors: Vec<InstanceSelector> =
                 recs.iter().map(|r| InstanceSelector::Uuid(r.group.clone(), r.uuid.clone())).collect();
             let d2 = d.clone();
-            tokio::spawn(async move {
-                let outcome = crate::update::resurrect(&d2, &task, &dep, selectors).await;
-                task.finish(outcome).await;
-            });
+            task.clone().run(async move { crate::update::resurrect(&d2, &task, &dep, selectors).await });
         }
         Ok(())
     }

@@ -3,8 +3,8 @@
 //! the certificate issued for it. Heartbeats update the agent's status; commands go down with an
 //! id and come back as replies; blobs are served only to an agent whose spec names them.
 
-use crate::records::AgentRecord;
-use crate::store::{State, Tree};
+use crate::records::IntentOp;
+use crate::store::{tables, State};
 use bosun_types::digest::sha256_digest;
 use bosun_types::protocol::{
     encode_line, AgentCommand, AgentMessage, BlobHeader, CommandOutcome, DirectorMessage, Heartbeat, StemcellInfo,
@@ -183,16 +183,14 @@ impl AgentHub {
         // Commands that change something are journaled; reading state is not.
         let intent = match command {
             AgentCommand::GetState => None,
-            _ => Some(self.journal.begin(name, agent_id).await.map_err(|e| HubError::Journal {
-                agent: agent_id.to_string(),
-                command: name,
-                message: e.to_string(),
+            _ => Some(self.journal.begin(IntentOp::Agent(name.to_string()), agent_id).await.map_err(|e| {
+                HubError::Journal { agent: agent_id.to_string(), command: name, message: e.to_string() }
             })?),
         };
         self.await_reconnect(agent_id).await;
         let out = self.send(agent_id, name, command, timeout).await;
         if let Some(id) = intent {
-            self.journal.end(id);
+            self.journal.end(id).await;
         }
         out
     }
@@ -287,7 +285,7 @@ impl AgentHub {
                 return;
             }
         };
-        match self.state.get::<AgentRecord>(Tree::Agents, &claimed) {
+        match self.state.get(tables::AGENTS, &claimed).await {
             Ok(Some(rec)) if rec.cert_digest == cert_digest => {}
             Ok(Some(_)) => {
                 tracing::warn!(%peer, agent_id = %claimed, "rejected an agent: it presented a certificate issued for another agent");

@@ -6,25 +6,14 @@
 //! The journal sits at the seams — [`JournaledCpi`] wraps any CPI, the agent hub journals its
 //! calls — so no code path can reach the cloud or an agent without leaving an intent.
 
-use crate::records::now_ms;
-use crate::store::{State, StoreError, Tree};
+use crate::records::{now_ms, CpiOp, Intent, IntentOp};
+use crate::store::{tables, State, StoreError};
 use async_trait::async_trait;
 use bosun_cpi::{Cpi, CpiError, CpiInfo, CpiResult, CreateVmRequest, DiskListing, VmListing};
 use bosun_types::protocol::NetworkSettings;
-use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Intent {
-    pub id: u64,
-    /// The CPI method or agent command.
-    pub op: String,
-    /// What it acts on: a VM or disk cid, an agent id, an instance uuid.
-    pub subject: String,
-    pub started_ms: u64,
-}
 
 #[derive(Clone)]
 pub struct Journal {
@@ -41,28 +30,28 @@ impl Journal {
     }
 
     /// Records an intent and makes it durable before returning.
-    pub async fn begin(&self, op: &str, subject: &str) -> Result<u64, StoreError> {
-        let id = self.state.next_id("intent")?;
-        let intent = Intent { id, op: op.to_string(), subject: subject.to_string(), started_ms: now_ms() };
-        self.state.put(Tree::Intents, &key(id), &intent)?;
+    pub async fn begin(&self, op: IntentOp, subject: &str) -> Result<u64, StoreError> {
+        let id = self.state.next_id("intent").await?;
+        let intent = Intent { id, op, subject: subject.to_string(), started_ms: now_ms() };
+        self.state.put(tables::INTENTS, &key(id), &intent).await?;
         self.state.flush().await?;
         Ok(id)
     }
 
     /// The call returned (either way): the intent is settled.
-    pub fn end(&self, id: u64) {
-        if let Err(e) = self.state.delete(Tree::Intents, &key(id)) {
+    pub async fn end(&self, id: u64) {
+        if let Err(e) = self.state.delete(tables::INTENTS, &key(id)).await {
             tracing::warn!(error = %e, intent = id, "could not settle an intent");
         }
     }
 
-    pub fn unfinished(&self) -> Result<Vec<Intent>, StoreError> {
-        self.state.list(Tree::Intents, "")
+    pub async fn unfinished(&self) -> Result<Vec<Intent>, StoreError> {
+        self.state.list(tables::INTENTS, "").await
     }
 
-    pub fn clear(&self) -> Result<(), StoreError> {
-        for i in self.unfinished()? {
-            self.state.delete(Tree::Intents, &key(i.id))?;
+    pub async fn clear(&self) -> Result<(), StoreError> {
+        for i in self.unfinished().await? {
+            self.state.delete(tables::INTENTS, &key(i.id)).await?;
         }
         Ok(())
     }
@@ -81,13 +70,18 @@ impl JournaledCpi {
 
     async fn around<T>(
         &self,
-        op: &str,
+        op: CpiOp,
         subject: &str,
         call: impl std::future::Future<Output = CpiResult<T>>,
     ) -> CpiResult<T> {
-        let id = self.journal.begin(op, subject).await.map_err(|e| CpiError::Cloud(format!("journaling {op}: {e}")))?;
-        let out = call.await;
-        self.journal.end(id);
+        let id = self
+            .journal
+            .begin(IntentOp::Cpi(op), subject)
+            .await
+            .map_err(|e| CpiError::Cloud(format!("journaling {op:?}: {e}")))?;
+        let span = tracing::info_span!("cpi", op = ?op, subject);
+        let out = tracing::Instrument::instrument(call, span).await;
+        self.journal.end(id).await;
         out
     }
 }
@@ -102,20 +96,20 @@ impl Cpi for JournaledCpi {
     }
     async fn create_stemcell(&self, image_path: &Path, cloud_properties: &serde_json::Value) -> CpiResult<String> {
         self.around(
-            "create_stemcell",
+            CpiOp::CreateStemcell,
             &image_path.display().to_string(),
             self.inner.create_stemcell(image_path, cloud_properties),
         )
         .await
     }
     async fn delete_stemcell(&self, stemcell_cid: &str) -> CpiResult<()> {
-        self.around("delete_stemcell", stemcell_cid, self.inner.delete_stemcell(stemcell_cid)).await
+        self.around(CpiOp::DeleteStemcell, stemcell_cid, self.inner.delete_stemcell(stemcell_cid)).await
     }
     async fn create_vm(&self, request: &CreateVmRequest) -> CpiResult<(String, BTreeMap<String, NetworkSettings>)> {
-        self.around("create_vm", &request.agent_id, self.inner.create_vm(request)).await
+        self.around(CpiOp::CreateVm, &request.agent_id, self.inner.create_vm(request)).await
     }
     async fn delete_vm(&self, vm_cid: &str) -> CpiResult<()> {
-        self.around("delete_vm", vm_cid, self.inner.delete_vm(vm_cid)).await
+        self.around(CpiOp::DeleteVm, vm_cid, self.inner.delete_vm(vm_cid)).await
     }
     async fn has_vm(&self, vm_cid: &str) -> CpiResult<bool> {
         self.inner.has_vm(vm_cid).await
@@ -127,23 +121,23 @@ impl Cpi for JournaledCpi {
         vm_locality: Option<&str>,
     ) -> CpiResult<String> {
         self.around(
-            "create_disk",
+            CpiOp::CreateDisk,
             vm_locality.unwrap_or("-"),
             self.inner.create_disk(size_mb, cloud_properties, vm_locality),
         )
         .await
     }
     async fn delete_disk(&self, disk_cid: &str) -> CpiResult<()> {
-        self.around("delete_disk", disk_cid, self.inner.delete_disk(disk_cid)).await
+        self.around(CpiOp::DeleteDisk, disk_cid, self.inner.delete_disk(disk_cid)).await
     }
     async fn attach_disk(&self, vm_cid: &str, disk_cid: &str) -> CpiResult<serde_json::Value> {
-        self.around("attach_disk", disk_cid, self.inner.attach_disk(vm_cid, disk_cid)).await
+        self.around(CpiOp::AttachDisk, disk_cid, self.inner.attach_disk(vm_cid, disk_cid)).await
     }
     async fn detach_disk(&self, vm_cid: &str, disk_cid: &str) -> CpiResult<()> {
-        self.around("detach_disk", disk_cid, self.inner.detach_disk(vm_cid, disk_cid)).await
+        self.around(CpiOp::DetachDisk, disk_cid, self.inner.detach_disk(vm_cid, disk_cid)).await
     }
     async fn reboot_vm(&self, vm_cid: &str) -> CpiResult<()> {
-        self.around("reboot_vm", vm_cid, self.inner.reboot_vm(vm_cid)).await
+        self.around(CpiOp::RebootVm, vm_cid, self.inner.reboot_vm(vm_cid)).await
     }
     async fn set_vm_metadata(&self, vm_cid: &str, metadata: &BTreeMap<String, String>) -> CpiResult<()> {
         self.inner.set_vm_metadata(vm_cid, metadata).await
@@ -158,13 +152,13 @@ impl Cpi for JournaledCpi {
         self.inner.get_disks(vm_cid).await
     }
     async fn resize_disk(&self, disk_cid: &str, new_size_mb: u64) -> CpiResult<()> {
-        self.around("resize_disk", disk_cid, self.inner.resize_disk(disk_cid, new_size_mb)).await
+        self.around(CpiOp::ResizeDisk, disk_cid, self.inner.resize_disk(disk_cid, new_size_mb)).await
     }
     async fn snapshot_disk(&self, disk_cid: &str, metadata: &BTreeMap<String, String>) -> CpiResult<String> {
-        self.around("snapshot_disk", disk_cid, self.inner.snapshot_disk(disk_cid, metadata)).await
+        self.around(CpiOp::SnapshotDisk, disk_cid, self.inner.snapshot_disk(disk_cid, metadata)).await
     }
     async fn delete_snapshot(&self, snapshot_cid: &str) -> CpiResult<()> {
-        self.around("delete_snapshot", snapshot_cid, self.inner.delete_snapshot(snapshot_cid)).await
+        self.around(CpiOp::DeleteSnapshot, snapshot_cid, self.inner.delete_snapshot(snapshot_cid)).await
     }
     async fn calculate_vm_cloud_properties(
         &self,

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod blobstore;
 pub mod cck;
+pub mod clock;
 pub mod disks;
 pub mod events;
 pub mod fault;
@@ -142,6 +143,7 @@ pub struct Director {
     pub tasks: tasks::Tasks,
     pub events: events::Events,
     pub journal: journal::Journal,
+    pub clock: Arc<dyn clock::Clock>,
     pub ca: CertAuthority,
     pub secrets: secrets::SecretBox,
     pub token: String,
@@ -201,24 +203,38 @@ fn pem_key(pem: &str) -> Option<rustls::pki_types::PrivateKeyDer<'static>> {
 /// the API and agent servers. Returns once it is serving.
 pub async fn start(config: DirectorConfig, cpi: Arc<dyn Cpi>) -> Result<RunningDirector, DirectorError> {
     let dir = config.state_dir.clone();
-    std::fs::create_dir_all(&dir).map_err(|source| DirectorError::StateDir { path: dir.clone(), source })?;
-    let ca = load_or_create_ca(&dir)?;
-    let token = load_or_create_token(&dir.join("token"))?;
-    let secrets = secrets::SecretBox::load_or_create(&dir.join("secrets.key"))?;
-    let kv = store::SledStore::open(&dir.join("db"))?;
+    // The state directory's files, read or made once, off the async threads.
+    let opened = {
+        let dir = dir.clone();
+        tokio::task::spawn_blocking(move || -> Result<_, DirectorError> {
+            std::fs::create_dir_all(&dir).map_err(|source| DirectorError::StateDir { path: dir.clone(), source })?;
+            Ok((
+                load_or_create_ca(&dir)?,
+                load_or_create_token(&dir.join("token"))?,
+                secrets::SecretBox::load_or_create(&dir.join("secrets.key"))?,
+                store::SledStore::open(&dir.join("db"))?,
+                blobstore::Blobstore::open(&dir.join("blobs"))?,
+            ))
+        })
+        .await
+    };
+    let (ca, token, secrets, kv, blobstore) = match opened {
+        Ok(opened) => opened?,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    };
     let state = store::State::new(Arc::new(kv));
-    let uuid = match state.kv().get(store::Tree::Meta, "director_uuid")? {
+    let uuid = match state.kv().get(store::Tree::Meta, "director_uuid").await? {
         Some(b) => String::from_utf8_lossy(&b).into_owned(),
         None => {
             let u = uuid::Uuid::new_v4().to_string();
-            state.kv().put(store::Tree::Meta, "director_uuid", u.as_bytes())?;
+            state.kv().put(store::Tree::Meta, "director_uuid", u.as_bytes()).await?;
             u
         }
     };
-    let blobstore = blobstore::Blobstore::open(&dir.join("blobs"))?;
-    let events = events::Events::new(state.clone());
-    let tasks = tasks::Tasks::new(state.clone(), events.clone());
-    let interrupted = tasks.recover_after_restart()?;
+    let clock: Arc<dyn clock::Clock> = Arc::new(clock::SystemClock);
+    let events = events::Events::new(state.clone(), clock.clone());
+    let tasks = tasks::Tasks::new(state.clone(), events.clone(), clock.clone());
+    let interrupted = tasks.recover_after_restart().await?;
     if interrupted > 0 {
         tracing::warn!(interrupted, "marked tasks interrupted by the last stop as failed");
     }
@@ -291,6 +307,7 @@ pub async fn start(config: DirectorConfig, cpi: Arc<dyn Cpi>) -> Result<RunningD
         tasks,
         events,
         journal,
+        clock,
         ca,
         secrets,
         token,
@@ -298,16 +315,19 @@ pub async fn start(config: DirectorConfig, cpi: Arc<dyn Cpi>) -> Result<RunningD
         api_address,
     });
     let settled = reconcile::after_restart(&director).await;
-    director.events.record(
-        events::EventSubject {
-            object_type: "director",
-            object_name: director.config.name.clone(),
-            ..Default::default()
-        },
-        "start",
-        "director",
-        format!("director started; {interrupted} interrupted task(s); {settled}"),
-    );
+    director
+        .events
+        .record(
+            events::EventSubject {
+                object_type: "director",
+                object_name: director.config.name.clone(),
+                ..Default::default()
+            },
+            "start",
+            "director",
+            format!("director started; {interrupted} interrupted task(s); {settled}"),
+        )
+        .await;
     tokio::spawn(disks::sweep_expired_orphans(director.clone()));
     tokio::spawn(health::monitor(director.clone()));
     tokio::spawn(hub.serve(agent_listener, tokio_rustls::TlsAcceptor::from(Arc::new(agent_tls))));

@@ -6,8 +6,8 @@
 //! reference; an instance an interrupted agent command was working on is marked dirty.
 
 use crate::events::EventSubject;
-use crate::records::{now_secs, AgentRecord, InstanceRecord, OrphanedDiskRecord};
-use crate::store::{StoreError, Tree};
+use crate::records::{now_secs, AgentRecord, CpiOp, InstanceRecord, IntentOp, OrphanedDiskRecord};
+use crate::store::{tables, StoreError};
 use crate::Director;
 use bosun_cpi::CpiError;
 use std::collections::BTreeSet;
@@ -32,47 +32,45 @@ pub async fn after_restart(d: &Director) -> String {
     }
 }
 
-const CPI_OPS: &[&str] = &["create_vm", "delete_vm", "create_disk", "delete_disk", "attach_disk", "detach_disk"];
-
 async fn reconcile(d: &Director) -> Result<String, ReconcileError> {
-    let intents = d.journal.unfinished()?;
+    let intents = d.journal.unfinished().await?;
     if intents.is_empty() {
         return Ok("nothing was interrupted".into());
     }
     let mut notes = Vec::new();
-    let mut instances: Vec<InstanceRecord> = d.state.list(Tree::Instances, "")?;
-    let agents: Vec<AgentRecord> = d.state.list(Tree::Agents, "")?;
+    let mut instances: Vec<InstanceRecord> = d.state.list(tables::INSTANCES, "").await?;
+    let agents: Vec<AgentRecord> = d.state.list(tables::AGENTS, "").await?;
 
     // Agent commands: the instance they worked on is updated in full next time.
-    for intent in intents.iter().filter(|i| !CPI_OPS.contains(&i.op.as_str())) {
+    for intent in intents.iter().filter(|i| matches!(i.op, IntentOp::Agent(_))) {
         let Some(agent) = agents.iter().find(|a| a.agent_id == intent.subject) else { continue };
         if let Some(rec) = instances.iter_mut().find(|r| r.deployment == agent.deployment && r.uuid == agent.instance) {
             if !rec.dirty {
                 rec.dirty = true;
-                d.state.put(Tree::Instances, &rec.key(), rec)?;
+                d.state.put(tables::INSTANCES, &rec.key(), rec).await?;
                 notes.push(format!("{} marked dirty (interrupted {})", rec.name(), intent.op));
             }
         }
     }
 
-    if intents.iter().any(|i| CPI_OPS.contains(&i.op.as_str())) {
+    if intents.iter().any(|i| matches!(i.op, IntentOp::Cpi(_))) {
         // VMs an interrupted delete_vm may have removed.
         let deleting: BTreeSet<&str> =
-            intents.iter().filter(|i| i.op == "delete_vm").map(|i| i.subject.as_str()).collect();
+            intents.iter().filter(|i| i.op == IntentOp::Cpi(CpiOp::DeleteVm)).map(|i| i.subject.as_str()).collect();
         for rec in instances.iter_mut() {
             let Some(vm) = rec.vm.clone().filter(|v| deleting.contains(v.cid.as_str())) else { continue };
             if !d.cpi.has_vm(&vm.cid).await? {
                 rec.vm = None;
                 rec.dirty = true;
-                d.state.put(Tree::Instances, &rec.key(), rec)?;
-                d.state.delete(Tree::Agents, &vm.agent_id)?;
+                d.state.put(tables::INSTANCES, &rec.key(), rec).await?;
+                d.state.delete(tables::AGENTS, &vm.agent_id).await?;
                 notes.push(format!("{} lost VM {} (deleted before the stop)", rec.name(), vm.cid));
             }
         }
         // Addresses held for a create-swap-delete replacement that was never made.
         for rec in instances.iter_mut().filter(|r| r.replacement_vm.is_none() && !r.replacement_networks.is_empty()) {
             rec.replacement_networks.clear();
-            d.state.put(Tree::Instances, &rec.key(), rec)?;
+            d.state.put(tables::INSTANCES, &rec.key(), rec).await?;
             notes.push(format!("{} released the addresses of a replacement VM never made", rec.name()));
         }
         // VMs with this director's tags that no instance knows: made by an interrupted create_vm.
@@ -90,18 +88,20 @@ async fn reconcile(d: &Director) -> Result<String, ReconcileError> {
                         Err(e) => return Err(e.into()),
                     }
                     let name = vm.metadata.get("name").cloned().unwrap_or_default();
-                    d.events.record(
-                        EventSubject {
-                            object_type: "vm",
-                            object_name: vm.vm_cid.clone(),
-                            deployment: vm.metadata.get("deployment").cloned(),
-                            instance: Some(name.clone()).filter(|n| !n.is_empty()),
-                            task: None,
-                        },
-                        "delete",
-                        "director (reconcile after restart)",
-                        "deleted a VM an interrupted task created but never recorded",
-                    );
+                    d.events
+                        .record(
+                            EventSubject {
+                                object_type: "vm",
+                                object_name: vm.vm_cid.clone(),
+                                deployment: vm.metadata.get("deployment").cloned(),
+                                instance: Some(name.clone()).filter(|n| !n.is_empty()),
+                                task: None,
+                            },
+                            "delete",
+                            "director (reconcile after restart)",
+                            "deleted a VM an interrupted task created but never recorded",
+                        )
+                        .await;
                     notes.push(format!("deleted unrecorded VM {}", vm.vm_cid));
                 }
             }
@@ -114,10 +114,10 @@ async fn reconcile(d: &Director) -> Result<String, ReconcileError> {
             .flat_map(|r| r.vm.iter().chain(r.replacement_vm.iter()).map(|v| v.agent_id.clone()))
             .collect();
         for a in agents.iter().filter(|a| !live_agents.contains(&a.agent_id)) {
-            d.state.delete(Tree::Agents, &a.agent_id)?;
+            d.state.delete(tables::AGENTS, &a.agent_id).await?;
         }
         // Disks nobody knows: kept as orphans.
-        let orphans: Vec<OrphanedDiskRecord> = d.state.list(Tree::OrphanedDisks, "")?;
+        let orphans: Vec<OrphanedDiskRecord> = d.state.list(tables::ORPHANED_DISKS, "").await?;
         let known_disks: BTreeSet<String> = instances
             .iter()
             .flat_map(|r| r.disk_cids.iter().cloned().chain(r.migrating_disk.iter().cloned()))
@@ -130,19 +130,21 @@ async fn reconcile(d: &Director) -> Result<String, ReconcileError> {
                     if foreign {
                         continue;
                     }
-                    d.state.put(
-                        Tree::OrphanedDisks,
-                        &disk.disk_cid,
-                        &OrphanedDiskRecord {
-                            disk_cid: disk.disk_cid.clone(),
-                            size_mb: disk.size_mb,
-                            deployment: disk.metadata.get("deployment").cloned().unwrap_or_default(),
-                            instance: disk.metadata.get("name").cloned().unwrap_or_default(),
-                            az: None,
-                            orphaned_at: now_secs(),
-                            reason: "no instance knew it after the director stopped mid-task".into(),
-                        },
-                    )?;
+                    d.state
+                        .put(
+                            tables::ORPHANED_DISKS,
+                            &disk.disk_cid,
+                            &OrphanedDiskRecord {
+                                disk_cid: disk.disk_cid.clone(),
+                                size_mb: disk.size_mb,
+                                deployment: disk.metadata.get("deployment").cloned().unwrap_or_default(),
+                                instance: disk.metadata.get("name").cloned().unwrap_or_default(),
+                                az: None,
+                                orphaned_at: now_secs(),
+                                reason: "no instance knew it after the director stopped mid-task".into(),
+                            },
+                        )
+                        .await?;
                     notes.push(format!("orphaned unrecorded disk {}", disk.disk_cid));
                 }
             }
@@ -150,7 +152,7 @@ async fn reconcile(d: &Director) -> Result<String, ReconcileError> {
             Err(e) => return Err(e.into()),
         }
     }
-    d.journal.clear()?;
+    d.journal.clear().await?;
     d.state.flush().await?;
     let summary = if notes.is_empty() {
         format!("{} interrupted call(s) left nothing to settle", intents.len())

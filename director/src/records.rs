@@ -207,3 +207,69 @@ pub struct RenderedJob {
     pub processes: Vec<ProcessDefinition>,
     pub packages: Vec<String>,
 }
+
+/// What an intent records as about to happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CpiOp {
+    CreateStemcell,
+    DeleteStemcell,
+    CreateVm,
+    DeleteVm,
+    CreateDisk,
+    DeleteDisk,
+    AttachDisk,
+    DetachDisk,
+    RebootVm,
+    ResizeDisk,
+    SnapshotDisk,
+    DeleteSnapshot,
+}
+
+/// A journaled call: a CPI method, or an agent command by its protocol name. (Stored as the bare
+/// name, as intents always were.)
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum IntentOp {
+    Cpi(CpiOp),
+    Agent(String),
+}
+
+impl std::fmt::Display for IntentOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            IntentOp::Cpi(op) => write!(
+                f,
+                "{}",
+                serde_json::to_value(op).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+            ),
+            IntentOp::Agent(name) => f.write_str(name),
+        }
+    }
+}
+
+/// A call the director is about to make, written durably before it is made and removed after it
+/// returned (`journal`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Intent {
+    pub id: u64,
+    pub op: IntentOp,
+    /// What it acts on: a VM or disk cid, an agent id, an instance uuid.
+    pub subject: String,
+    pub started_ms: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intents_keep_the_bare_names_they_were_stored_with() {
+        let cpi: Intent = serde_json::from_str(r#"{"id":1,"op":"delete_vm","subject":"vm-1","started_ms":5}"#).unwrap();
+        assert_eq!(cpi.op, IntentOp::Cpi(CpiOp::DeleteVm));
+        let agent: Intent = serde_json::from_str(r#"{"id":2,"op":"apply","subject":"a-1","started_ms":5}"#).unwrap();
+        assert_eq!(agent.op, IntentOp::Agent("apply".into()));
+        assert_eq!(serde_json::to_value(&cpi.op).unwrap(), "delete_vm");
+        assert_eq!(IntentOp::Cpi(CpiOp::SnapshotDisk).to_string(), "snapshot_disk");
+    }
+}

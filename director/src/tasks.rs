@@ -1,14 +1,21 @@
 //! Tasks: every mutating API call becomes a task with an id, a state and an append-only event
 //! stream the CLI follows. One lock per deployment: a second mutating task on a locked deployment
 //! fails at once, naming the task that holds the lock.
+//!
+//! A task's work runs under a supervisor ([`Task::run`]): whatever happens to it — success, an
+//! error, a panic — the task ends with that outcome and its lock is released.
 
+use crate::clock::Clock;
 use crate::events::{EventSubject, Events};
-use crate::records::{now_ms, now_secs};
-use crate::store::{State, StoreError, Tree};
+use crate::store::{tables, State, StoreError, Tree};
 use bosun_types::api::{EventLevel, TaskEvent, TaskEventsPage, TaskState, TaskView};
+use futures::FutureExt;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
+use tracing::Instrument;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TaskError {
@@ -23,6 +30,7 @@ pub struct Tasks {
     state: State,
     changed: Arc<Notify>,
     events: Events,
+    clock: Arc<dyn Clock>,
 }
 
 fn task_key(id: u64) -> String {
@@ -30,20 +38,22 @@ fn task_key(id: u64) -> String {
 }
 
 impl Tasks {
-    pub fn new(state: State, events: Events) -> Self {
-        Self { state, changed: Arc::new(Notify::new()), events }
+    pub fn new(state: State, events: Events, clock: Arc<dyn Clock>) -> Self {
+        Self { state, changed: Arc::new(Notify::new()), events, clock }
     }
 
     /// Creates a task, taking the deployment's lock when `lock` is set.
-    pub fn create(&self, description: &str, deployment: Option<&str>, lock: bool) -> Result<Task, TaskError> {
-        let id = self.state.next_id("task")?;
+    pub async fn create(&self, description: &str, deployment: Option<&str>, lock: bool) -> Result<Task, TaskError> {
+        let id = self.state.next_id("task").await?;
         let lock_key = match (lock, deployment) {
             (true, Some(d)) => {
-                if !self.state.kv().compare_and_swap(Tree::Locks, d, None, Some(id.to_string().as_bytes()))? {
+                let mine = id.to_string();
+                if !self.state.kv().compare_and_swap(Tree::Locks, d, None, Some(mine.as_bytes())).await? {
                     let holder = self
                         .state
                         .kv()
-                        .get(Tree::Locks, d)?
+                        .get(Tree::Locks, d)
+                        .await?
                         .and_then(|b| String::from_utf8(b).ok())
                         .and_then(|s| s.parse().ok())
                         .unwrap_or(0);
@@ -58,23 +68,23 @@ impl Tasks {
             state: TaskState::Processing,
             description: description.to_string(),
             deployment: deployment.map(str::to_string),
-            started_at: now_secs(),
+            started_at: self.clock.unix_secs(),
             ended_at: None,
             result: None,
         };
-        self.state.put(Tree::Tasks, &task_key(id), &view)?;
+        self.state.put(tables::TASKS, &task_key(id), &view).await?;
         let task = Task { id, tasks: self.clone(), lock_key, description: description.to_string() };
-        self.events.record(task.subject(deployment), "start", &task.cause(), description);
+        self.events.record(task.subject(deployment), "start", &task.cause(), description).await;
         Ok(task)
     }
 
-    pub fn get(&self, id: u64) -> Result<Option<TaskView>, StoreError> {
-        self.state.get(Tree::Tasks, &task_key(id))
+    pub async fn get(&self, id: u64) -> Result<Option<TaskView>, StoreError> {
+        self.state.get(tables::TASKS, &task_key(id)).await
     }
 
     /// Newest first.
-    pub fn list(&self, limit: usize, deployment: Option<&str>) -> Result<Vec<TaskView>, StoreError> {
-        let mut all: Vec<TaskView> = self.state.list(Tree::Tasks, "")?;
+    pub async fn list(&self, limit: usize, deployment: Option<&str>) -> Result<Vec<TaskView>, StoreError> {
+        let mut all: Vec<TaskView> = self.state.list(tables::TASKS, "").await?;
         all.reverse();
         Ok(all
             .into_iter()
@@ -83,8 +93,8 @@ impl Tasks {
             .collect())
     }
 
-    pub fn events(&self, id: u64, after: u64) -> Result<Vec<TaskEvent>, StoreError> {
-        let events: Vec<TaskEvent> = self.state.list(Tree::TaskEvents, &format!("{}/", task_key(id)))?;
+    pub async fn events(&self, id: u64, after: u64) -> Result<Vec<TaskEvent>, StoreError> {
+        let events: Vec<TaskEvent> = self.state.list(tables::TASK_EVENTS, &format!("{}/", task_key(id))).await?;
         Ok(events.into_iter().filter(|e| e.seq > after).collect())
     }
 
@@ -93,8 +103,8 @@ impl Tasks {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let notified = self.changed.notified();
-            let Some(task) = self.get(id)? else { return Ok(None) };
-            let events = self.events(id, after)?;
+            let Some(task) = self.get(id).await? else { return Ok(None) };
+            let events = self.events(id, after).await?;
             if !events.is_empty() || task.state.is_finished() || tokio::time::Instant::now() >= deadline {
                 return Ok(Some(TaskEventsPage { task, events }));
             }
@@ -103,14 +113,14 @@ impl Tasks {
     }
 
     /// After a restart: tasks that were running are marked failed and their locks released.
-    pub fn recover_after_restart(&self) -> Result<usize, StoreError> {
+    pub async fn recover_after_restart(&self) -> Result<usize, StoreError> {
         let mut n = 0;
-        for mut t in self.state.list::<TaskView>(Tree::Tasks, "")? {
+        for mut t in self.state.list(tables::TASKS, "").await? {
             if !t.state.is_finished() {
                 t.state = TaskState::Error;
-                t.ended_at = Some(now_secs());
+                t.ended_at = Some(self.clock.unix_secs());
                 t.result = Some("the director stopped while this task ran".into());
-                self.state.put(Tree::Tasks, &task_key(t.id), &t)?;
+                self.state.put(tables::TASKS, &task_key(t.id), &t).await?;
                 let subject = EventSubject {
                     object_type: "task",
                     object_name: t.id.to_string(),
@@ -118,12 +128,12 @@ impl Tasks {
                     task: Some(t.id),
                     ..Default::default()
                 };
-                self.events.record(subject, "end", "director", "interrupted: the director stopped while it ran");
+                self.events.record(subject, "end", "director", "interrupted: the director stopped while it ran").await;
                 n += 1;
             }
         }
-        for (k, _) in self.state.kv().scan_prefix(Tree::Locks, "")? {
-            self.state.delete(Tree::Locks, &k)?;
+        for (k, _) in self.state.kv().scan_prefix(Tree::Locks, "").await? {
+            self.state.kv().delete(Tree::Locks, &k).await?;
         }
         Ok(n)
     }
@@ -136,6 +146,15 @@ pub struct Task {
     tasks: Tasks,
     lock_key: Option<String>,
     description: String,
+}
+
+/// What a panic carried, as text.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 impl Task {
@@ -154,75 +173,159 @@ impl Task {
         }
     }
 
-    /// Records an event on the timeline, caused by this task.
-    pub fn record(&self, subject: EventSubject, action: &str, message: impl Into<String>) {
-        self.tasks.events.record(subject.with_task(self.id), action, &self.cause(), message);
+    /// Runs the task's work on a tokio task of its own, in a `task` span, and finishes the task
+    /// with its outcome. A panic in the work fails the task with the panic's message and releases
+    /// its lock, as an error would; it never leaves a deployment locked until a restart.
+    pub fn run<F>(self, work: F) -> tokio::task::JoinHandle<()>
+    where
+        F: Future<Output = Result<String, String>> + Send + 'static,
+    {
+        let span = tracing::info_span!("task", id = self.id, deployment = self.lock_key.as_deref().unwrap_or(""));
+        tokio::spawn(
+            async move {
+                let outcome = match AssertUnwindSafe(work).catch_unwind().await {
+                    Ok(outcome) => outcome,
+                    Err(panic) => {
+                        let message = panic_message(&*panic);
+                        tracing::error!(task = self.id, panic = %message, "task panicked");
+                        Err(format!("the task panicked: {message}"))
+                    }
+                };
+                self.finish(outcome).await;
+            }
+            .instrument(span),
+        )
     }
 
-    pub fn event(&self, level: EventLevel, stage: &str, instance: Option<&str>, message: impl Into<String>) {
+    /// Records an event on the timeline, caused by this task.
+    pub async fn record(&self, subject: EventSubject, action: &str, message: impl Into<String>) {
+        self.tasks.events.record(subject.with_task(self.id), action, &self.cause(), message).await;
+    }
+
+    pub async fn event(&self, level: EventLevel, stage: &str, instance: Option<&str>, message: impl Into<String>) {
         let message = message.into();
         match level {
             EventLevel::Info => tracing::info!(task = self.id, stage, instance, "{message}"),
             EventLevel::Warn => tracing::warn!(task = self.id, stage, instance, "{message}"),
             EventLevel::Error => tracing::error!(task = self.id, stage, instance, "{message}"),
         }
-        let result = (|| -> Result<(), StoreError> {
-            let seq = self.tasks.state.next_id(&format!("task-events/{}", self.id))?;
+        let result = async {
+            let seq = self.tasks.state.next_id(&format!("task-events/{}", self.id)).await?;
             let ev = TaskEvent {
                 seq,
-                time_ms: now_ms(),
+                time_ms: self.tasks.clock.unix_ms(),
                 level,
                 stage: stage.to_string(),
                 instance: instance.map(str::to_string),
                 message,
             };
-            self.tasks.state.put(Tree::TaskEvents, &format!("{}/{seq:010}", task_key(self.id)), &ev)
-        })();
+            self.tasks.state.put(tables::TASK_EVENTS, &format!("{}/{seq:010}", task_key(self.id)), &ev).await
+        }
+        .await;
         if let Err(e) = result {
             tracing::error!(task = self.id, error = %e, "could not record a task event");
         }
         self.tasks.changed.notify_waiters();
     }
 
-    pub fn info(&self, stage: &str, instance: Option<&str>, message: impl Into<String>) {
-        self.event(EventLevel::Info, stage, instance, message);
+    pub async fn info(&self, stage: &str, instance: Option<&str>, message: impl Into<String>) {
+        self.event(EventLevel::Info, stage, instance, message).await;
     }
 
-    pub fn warn(&self, stage: &str, instance: Option<&str>, message: impl Into<String>) {
-        self.event(EventLevel::Warn, stage, instance, message);
+    pub async fn warn(&self, stage: &str, instance: Option<&str>, message: impl Into<String>) {
+        self.event(EventLevel::Warn, stage, instance, message).await;
     }
 
     pub async fn finish(&self, outcome: Result<String, String>) {
         let (state, result) = match outcome {
             Ok(r) => (TaskState::Done, r),
             Err(e) => {
-                self.event(EventLevel::Error, "error", None, e.clone());
+                self.event(EventLevel::Error, "error", None, e.clone()).await;
                 (TaskState::Error, e)
             }
         };
-        let deployment = self.tasks.get(self.id).ok().flatten().and_then(|t| t.deployment);
-        self.tasks.events.record(
-            self.subject(deployment.as_deref()),
-            "end",
-            &self.cause(),
-            format!("{state}: {}", result.lines().next().unwrap_or("")),
-        );
-        let write = || -> Result<(), StoreError> {
-            if let Some(mut t) = self.tasks.get(self.id)? {
+        let deployment = self.tasks.get(self.id).await.ok().flatten().and_then(|t| t.deployment);
+        self.tasks
+            .events
+            .record(
+                self.subject(deployment.as_deref()),
+                "end",
+                &self.cause(),
+                format!("{state}: {}", result.lines().next().unwrap_or("")),
+            )
+            .await;
+        let write = async {
+            if let Some(mut t) = self.tasks.get(self.id).await? {
                 t.state = state;
-                t.ended_at = Some(now_secs());
+                t.ended_at = Some(self.tasks.clock.unix_secs());
                 t.result = Some(result.clone());
-                self.tasks.state.put(Tree::Tasks, &task_key(self.id), &t)?;
+                self.tasks.state.put(tables::TASKS, &task_key(self.id), &t).await?;
             }
             if let Some(d) = &self.lock_key {
-                self.tasks.state.kv().compare_and_swap(Tree::Locks, d, Some(self.id.to_string().as_bytes()), None)?;
+                let mine = self.id.to_string();
+                self.tasks.state.kv().compare_and_swap(Tree::Locks, d, Some(mine.as_bytes()), None).await?;
             }
-            Ok(())
+            Ok::<(), StoreError>(())
         };
-        if let Err(e) = write() {
+        if let Err(e) = write.await {
             tracing::error!(task = self.id, error = %e, "could not record the end of a task");
         }
         let _ = self.tasks.state.flush().await;
         self.tasks.changed.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+
+    fn tasks() -> Tasks {
+        let clock: Arc<dyn Clock> = Arc::new(ManualClock::default());
+        let state = State::in_memory();
+        Tasks::new(state.clone(), Events::new(state, clock.clone()), clock)
+    }
+
+    #[tokio::test]
+    async fn a_second_locking_task_is_refused_naming_the_holder() {
+        let t = tasks();
+        let first = t.create("deploy", Some("d"), true).await.unwrap();
+        match t.create("deploy again", Some("d"), true).await {
+            Err(TaskError::Locked { deployment, task }) => assert_eq!((deployment.as_str(), task), ("d", first.id)),
+            other => panic!("expected Locked, got {:?}", other.map(|t| t.id)),
+        }
+        assert!(t.create("other", Some("e"), true).await.is_ok(), "locks are per deployment");
+        first.finish(Ok("done".into())).await;
+        assert!(t.create("deploy again", Some("d"), true).await.is_ok(), "the lock went with the task");
+    }
+
+    #[tokio::test]
+    async fn a_panicking_task_fails_with_the_panic_message_and_frees_its_lock() {
+        let t = tasks();
+        let task = t.create("deploy", Some("d"), true).await.unwrap();
+        let id = task.id;
+        let handle = task.run(async {
+            if std::env::var_os("BOSUN_NEVER_SET_THIS").is_none() {
+                panic!("injected: the planner met something impossible");
+            }
+            Ok("unreachable".to_string())
+        });
+        handle.await.expect("the supervisor itself does not panic");
+        let view = t.get(id).await.unwrap().unwrap();
+        assert_eq!(view.state, TaskState::Error);
+        assert_eq!(view.result.as_deref(), Some("the task panicked: injected: the planner met something impossible"));
+        assert!(t.create("next deploy", Some("d"), true).await.is_ok(), "the next deploy gets the lock");
+    }
+
+    #[tokio::test]
+    async fn times_come_from_the_clock() {
+        let clock = Arc::new(ManualClock::default());
+        let state = State::in_memory();
+        let t = Tasks::new(state.clone(), Events::new(state, clock.clone()), clock.clone());
+        let task = t.create("deploy", None, false).await.unwrap();
+        clock.advance(Duration::from_secs(90));
+        task.finish(Ok("done".into())).await;
+        let v = t.get(task.id).await.unwrap().unwrap();
+        assert_eq!(v.ended_at.unwrap() - v.started_at, 90);
     }
 }

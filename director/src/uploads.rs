@@ -3,7 +3,7 @@
 //! and version with other bytes is refused.
 
 use crate::records::{now_secs, ReleaseJob, ReleasePackage, ReleaseRecord, StemcellRecord};
-use crate::store::Tree;
+use crate::store::tables;
 use crate::Director;
 use bosun_types::api::UploadResult;
 use bosun_types::protocol::BlobRef;
@@ -119,8 +119,47 @@ fn verify_artifact(
     Ok((path, blob, files))
 }
 
-/// Processes an uploaded release tarball. Blocking: run it on a blocking thread.
-pub fn upload_release(director: &Director, tarball: &Path, work: &Path) -> Result<UploadResult, UploadError> {
+/// A release whose every digest and fingerprint checked out, not yet recorded.
+struct VerifiedRelease {
+    key: String,
+    record: ReleaseRecord,
+    /// Each package and job archive with the blob it is.
+    artifacts: Vec<(PathBuf, BlobRef)>,
+}
+
+/// Processes an uploaded release tarball: verified on a blocking thread, then recorded.
+pub async fn upload_release(director: &Director, tarball: PathBuf, work: PathBuf) -> Result<UploadResult, UploadError> {
+    let verified = tokio::task::spawn_blocking(move || verify_release(&tarball, &work))
+        .await
+        .map_err(|e| UploadError::Io(std::io::Error::other(e)))??;
+    let VerifiedRelease { key, mut record, artifacts } = verified;
+    // Everything checked out; only now does the upload touch the director's state.
+    if let Some(existing) = director.state.get(tables::RELEASES, &key).await? {
+        if existing.tarball_digest == record.tarball_digest {
+            return Ok(UploadResult { name: record.name, version: record.version, already_present: true });
+        }
+        return Err(invalid(format!(
+            "release {key} is already uploaded with other content; give the new one another version"
+        )));
+    }
+    let blobstore = director.blobstore.clone();
+    tokio::task::spawn_blocking(move || -> Result<(), UploadError> {
+        for (path, artifact) in &artifacts {
+            let stored = blobstore.put_file(path)?;
+            debug_assert_eq!(&stored, artifact);
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|e| UploadError::Io(std::io::Error::other(e)))??;
+    record.uploaded_at = now_secs();
+    director.state.put(tables::RELEASES, &key, &record).await?;
+    Ok(UploadResult { name: record.name, version: record.version, already_present: false })
+}
+
+/// Checks an uploaded release: every archive's digest and fingerprint, every job's spec and
+/// templates, every dependency. Blocking.
+fn verify_release(tarball: &Path, work: &Path) -> Result<VerifiedRelease, UploadError> {
     let tarball_digest = file_digest(tarball)?;
     unpack_outer(tarball, work)?;
     let mf_text =
@@ -185,32 +224,21 @@ pub fn upload_release(director: &Director, tarball: &Path, work: &Path) -> Resul
         }
         jobs.push((path, ReleaseJob { name: j.name.clone(), fingerprint: fp, blob, spec, templates }));
     }
-    // Everything checked out; only now does the upload touch the director's state.
-    if let Some(existing) = director.state.get::<ReleaseRecord>(Tree::Releases, &key)? {
-        if existing.tarball_digest == tarball_digest {
-            return Ok(UploadResult { name: mf.name, version, already_present: true });
-        }
-        return Err(invalid(format!(
-            "release {key} is already uploaded with other content; give the new one another version"
-        )));
-    }
-    for (path, artifact) in packages.iter().map(|(p, a)| (p, &a.blob)).chain(jobs.iter().map(|(p, j)| (p, &j.blob))) {
-        let stored = director.blobstore.put_file(path)?;
-        debug_assert_eq!(&stored, artifact);
-    }
-    let packages: Vec<ReleasePackage> = packages.into_iter().map(|(_, p)| p).collect();
-    let jobs: Vec<ReleaseJob> = jobs.into_iter().map(|(_, j)| j).collect();
+    let artifacts = packages
+        .iter()
+        .map(|(p, a)| (p.clone(), a.blob.clone()))
+        .chain(jobs.iter().map(|(p, j)| (p.clone(), j.blob.clone())))
+        .collect();
     let record = ReleaseRecord {
         name: mf.name.clone(),
         version: version.clone(),
         commit_hash: mf.commit_hash.clone(),
-        jobs,
-        packages,
+        jobs: jobs.into_iter().map(|(_, j)| j).collect(),
+        packages: packages.into_iter().map(|(_, p)| p).collect(),
         tarball_digest,
-        uploaded_at: now_secs(),
+        uploaded_at: 0,
     };
-    director.state.put(Tree::Releases, &key, &record)?;
-    Ok(UploadResult { name: mf.name, version, already_present: false })
+    Ok(VerifiedRelease { key, record, artifacts })
 }
 
 /// Processes an uploaded stemcell tarball: checks the image digest and the CPI's formats, then
@@ -247,7 +275,7 @@ pub async fn upload_stemcell(
     };
     bosun_types::manifest::check_name("stemcell.MF", "/name", &mf.name).map_err(|e| invalid(e.to_string()))?;
     let key = release_key(&mf.name, &mf.version.0);
-    if let Some(existing) = director.state.get::<StemcellRecord>(Tree::Stemcells, &key)? {
+    if let Some(existing) = director.state.get(tables::STEMCELLS, &key).await? {
         if existing.digest == digest {
             return Ok(UploadResult { name: mf.name, version: mf.version.0, already_present: true });
         }
@@ -272,6 +300,6 @@ pub async fn upload_stemcell(
         digest,
         uploaded_at: now_secs(),
     };
-    director.state.put(Tree::Stemcells, &key, &record)?;
+    director.state.put(tables::STEMCELLS, &key, &record).await?;
     Ok(UploadResult { name: mf.name, version: mf.version.0, already_present: false })
 }

@@ -1,18 +1,23 @@
 //! The instances of a deployment as `bosun instances` shows them.
 
 use crate::records::{DesiredState, InstanceRecord, StemcellRecord};
-use crate::store::{StoreError, Tree};
+use crate::store::{tables, StoreError};
 use crate::Director;
 use bosun_types::api::{InstanceState, InstanceView};
 use bosun_types::protocol::JobState;
 
 /// The instances of a deployment as the director sees them: the store's records joined with what
 /// the agents last reported.
-pub fn instance_views(d: &Director, deployment: &str, with_processes: bool) -> Result<Vec<InstanceView>, StoreError> {
-    let stemcells: Vec<StemcellRecord> = d.state.list(Tree::Stemcells, "")?;
+pub async fn instance_views(
+    d: &Director,
+    deployment: &str,
+    with_processes: bool,
+) -> Result<Vec<InstanceView>, StoreError> {
+    let stemcells: Vec<StemcellRecord> = d.state.list(tables::STEMCELLS, "").await?;
     let mut out: Vec<InstanceView> = d
         .state
-        .list::<InstanceRecord>(Tree::Instances, &format!("{deployment}/"))?
+        .list::<InstanceRecord>(tables::INSTANCES, &format!("{deployment}/"))
+        .await?
         .into_iter()
         .map(|r| {
             let status = r.vm.as_ref().and_then(|v| d.hub.status(&v.agent_id));

@@ -6,7 +6,7 @@ use super::vm::vm_tags;
 use crate::hub::HubError;
 use crate::planner::{DiskPlan, InstancePlan};
 use crate::records::{now_secs, InstanceRecord, OrphanedDiskRecord, VmRecord};
-use crate::store::{StoreError, Tree};
+use crate::store::{tables, StoreError};
 use crate::tasks::Task;
 use crate::Director;
 use bosun_cpi::CpiError;
@@ -29,9 +29,9 @@ pub(crate) async fn converge_disk(
                 detach_disk(d, &vm, &disk).await?;
             }
             let size = rec.applied.as_ref().map(|a| a.persistent_disk_mb).unwrap_or(0);
-            orphan_disk(d, task, rec, &disk, size, "the instance group no longer has a persistent disk")?;
+            orphan_disk(d, task, rec, &disk, size, "the instance group no longer has a persistent disk").await?;
         }
-        d.state.put(Tree::Instances, &rec.key(), rec)?;
+        d.state.put(tables::INSTANCES, &rec.key(), rec).await?;
         d.state.flush().await?;
         return Ok(());
     }
@@ -57,7 +57,7 @@ pub(crate) async fn detach_disk(d: &Director, vm: &VmRecord, disk: &str) -> Resu
 }
 
 /// Records a disk as orphaned: kept for the director's retention time, then deleted.
-pub(crate) fn orphan_disk(
+pub(crate) async fn orphan_disk(
     d: &Director,
     task: &Task,
     rec: &InstanceRecord,
@@ -65,21 +65,23 @@ pub(crate) fn orphan_disk(
     size_mb: u64,
     reason: &str,
 ) -> Result<(), StoreError> {
-    d.state.put(
-        Tree::OrphanedDisks,
-        disk,
-        &OrphanedDiskRecord {
-            disk_cid: disk.to_string(),
-            size_mb,
-            deployment: rec.deployment.clone(),
-            instance: rec.name(),
-            az: rec.az.clone(),
-            orphaned_at: now_secs(),
-            reason: reason.to_string(),
-        },
-    )?;
-    task.info("disk", Some(&rec.name()), format!("orphaned disk {disk} ({reason})"));
-    instance_event(task, rec, "orphan_disk", format!("orphaned disk {disk} ({reason})"));
+    d.state
+        .put(
+            tables::ORPHANED_DISKS,
+            disk,
+            &OrphanedDiskRecord {
+                disk_cid: disk.to_string(),
+                size_mb,
+                deployment: rec.deployment.clone(),
+                instance: rec.name(),
+                az: rec.az.clone(),
+                orphaned_at: now_secs(),
+                reason: reason.to_string(),
+            },
+        )
+        .await?;
+    task.info("disk", Some(&rec.name()), format!("orphaned disk {disk} ({reason})")).await;
+    instance_event(task, rec, "orphan_disk", format!("orphaned disk {disk} ({reason})")).await;
     Ok(())
 }
 
@@ -100,7 +102,7 @@ pub(crate) async fn migrate_disk(
     if d.config.cpi_resize_disk && !type_changed && to_mb > from_mb {
         match d.cpi.resize_disk(&old, to_mb).await {
             Ok(()) => {
-                task.info("disk", Some(&rec.name()), format!("resized disk {old}: {from_mb} → {to_mb} MiB"));
+                task.info("disk", Some(&rec.name()), format!("resized disk {old}: {from_mb} → {to_mb} MiB")).await;
                 return Ok(());
             }
             Err(CpiError::NotImplemented(_)) => {}
@@ -113,12 +115,12 @@ pub(crate) async fn migrate_disk(
         None => {
             let cid = d.cpi.create_disk(size, &cloud_properties, Some(&vm.cid)).await?;
             rec.migrating_disk = Some(cid.clone());
-            d.state.put(Tree::Instances, &rec.key(), rec)?;
+            d.state.put(tables::INSTANCES, &rec.key(), rec).await?;
             d.state.flush().await?;
             cid
         }
     };
-    task.info("disk", Some(&rec.name()), format!("migrating disk {old} ({from_mb} MiB) to {new} ({to_mb} MiB)"));
+    task.info("disk", Some(&rec.name()), format!("migrating disk {old} ({from_mb} MiB) to {new} ({to_mb} MiB)")).await;
     let copied = async {
         let hint = d.cpi.attach_disk(&vm.cid, &new).await?;
         // The agent is there again if attaching restarted it.
@@ -135,9 +137,9 @@ pub(crate) async fn migrate_disk(
     .await;
     if let Err(e) = copied {
         let _ = detach_disk(d, &vm, &new).await;
-        orphan_disk(d, task, rec, &new, size, "a disk migration onto it failed")?;
+        orphan_disk(d, task, rec, &new, size, "a disk migration onto it failed").await?;
         rec.migrating_disk = None;
-        d.state.put(Tree::Instances, &rec.key(), rec)?;
+        d.state.put(tables::INSTANCES, &rec.key(), rec).await?;
         d.state.flush().await?;
         return Err(e);
     }
@@ -148,11 +150,11 @@ pub(crate) async fn migrate_disk(
     }
     rec.disk_cids = vec![new.clone()];
     rec.migrating_disk = None;
-    orphan_disk(d, task, rec, &old, from_mb, "replaced by a disk migration")?;
-    d.state.put(Tree::Instances, &rec.key(), rec)?;
+    orphan_disk(d, task, rec, &old, from_mb, "replaced by a disk migration").await?;
+    d.state.put(tables::INSTANCES, &rec.key(), rec).await?;
     d.state.flush().await?;
     set_disk_tags(d, task, rec, &new).await;
-    task.info("disk", Some(&rec.name()), format!("disk {new} is the instance's persistent disk now"));
+    task.info("disk", Some(&rec.name()), format!("disk {new} is the instance's persistent disk now")).await;
     Ok(())
 }
 
@@ -161,7 +163,7 @@ pub(crate) async fn set_disk_tags(d: &Director, task: &Task, rec: &InstanceRecor
     meta.insert("instance_index".into(), rec.index.to_string());
     match d.cpi.set_disk_metadata(disk, &meta).await {
         Ok(()) | Err(CpiError::NotImplemented(_)) => {}
-        Err(e) => task.warn("disk", Some(&rec.name()), format!("set_disk_metadata failed: {e}")),
+        Err(e) => task.warn("disk", Some(&rec.name()), format!("set_disk_metadata failed: {e}")).await,
     }
 }
 
@@ -178,9 +180,9 @@ pub(crate) async fn attach_disks(
     if let (Some((size, cp)), true) = (&i.persistent_disk, rec.disk_cids.is_empty()) {
         let cid = d.cpi.create_disk(*size, cp, Some(&vm.cid)).await?;
         rec.disk_cids.push(cid.clone());
-        d.state.put(Tree::Instances, &rec.key(), rec)?;
+        d.state.put(tables::INSTANCES, &rec.key(), rec).await?;
         d.state.flush().await?;
-        task.info("disk", Some(&rec.name()), format!("created persistent disk {cid} ({size} MiB)"));
+        task.info("disk", Some(&rec.name()), format!("created persistent disk {cid} ({size} MiB)")).await;
         to_attach.push(cid);
     }
     for disk in to_attach {

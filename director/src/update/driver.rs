@@ -11,7 +11,7 @@ use super::step::{
 use super::vm::{create_vm_for, delete_vm_of, swap_vm};
 use crate::planner::{DiskPlan, GroupPlan, InstancePlan, Requests, DEFAULT_SCRIPT_TIMEOUT_MS};
 use crate::records::{instance_key, now_secs, DeploymentRecord, DesiredState, InstanceRecord};
-use crate::store::Tree;
+use crate::store::tables;
 use crate::tasks::Task;
 use crate::Director;
 use bosun_types::api::InstanceAction;
@@ -30,23 +30,24 @@ pub async fn execute(
     let plan = &prepared.plan;
     let deployment = plan.deployment.clone();
     let now = now_secs();
-    let created_at =
-        d.state.get::<DeploymentRecord>(Tree::Deployments, &deployment)?.map(|r| r.created_at).unwrap_or(now);
-    d.state.put(
-        Tree::Deployments,
-        &deployment,
-        &DeploymentRecord {
-            name: deployment.clone(),
-            manifest: manifest_text.to_string(),
-            cloud_config_version: prepared.cloud_config.version,
-            created_at,
-            updated_at: now,
-        },
-    )?;
-    store_variables(d, &deployment, &prepared.generated)?;
+    let created_at = d.state.get(tables::DEPLOYMENTS, &deployment).await?.map(|r| r.created_at).unwrap_or(now);
+    d.state
+        .put(
+            tables::DEPLOYMENTS,
+            &deployment,
+            &DeploymentRecord {
+                name: deployment.clone(),
+                manifest: manifest_text.to_string(),
+                cloud_config_version: prepared.cloud_config.version,
+                created_at,
+                updated_at: now,
+            },
+        )
+        .await?;
+    store_variables(d, &deployment, &prepared.generated).await?;
     d.state.flush().await?;
     if !plan.has_changes() {
-        task.info("plan", None, "no changes");
+        task.info("plan", None, "no changes").await;
         return Ok("no changes".into());
     }
     // Deletes first, each group's at its max_in_flight (BOSH's "Deleting unneeded instances").
@@ -63,9 +64,9 @@ pub async fn execute(
         let mut recs = recs;
         recs.sort_by_key(|r| std::cmp::Reverse(r.index));
         for chunk in recs.chunks(in_flight.max(1)) {
-            let runs = chunk.iter().map(|rec| {
-                task.info("delete", Some(&rec.name()), "deleting instance (no longer in the manifest)");
-                delete_instance(d, task, (*rec).clone(), NEXT_SCALE_IN, DiskFate::Orphan, timeout, opts)
+            let runs = chunk.iter().map(|rec| async move {
+                task.info("delete", Some(&rec.name()), "deleting instance (no longer in the manifest)").await;
+                delete_instance(d, task, (*rec).clone(), NEXT_SCALE_IN, DiskFate::Orphan, timeout, opts).await
             });
             for r in futures::future::join_all(runs).await {
                 r?;
@@ -100,7 +101,7 @@ pub(crate) async fn update_group(
     // New instances are recorded at once, so their addresses are reserved and `instances`
     // shows them while the deploy runs.
     for i in g.instances.iter().filter(|i| i.existing.is_none()) {
-        d.state.put(Tree::Instances, &instance_key(deployment, &i.uuid), &fresh_record(deployment, i))?;
+        d.state.put(tables::INSTANCES, &instance_key(deployment, &i.uuid), &fresh_record(deployment, i)).await?;
     }
     d.state.flush().await?;
     let todo: usize = g.batches.iter().map(|b| b.instances.len()).sum();
@@ -116,7 +117,8 @@ pub(crate) async fn update_group(
             if canaries == 1 { "y" } else { "ies" },
             g.update.max_in_flight
         ),
-    );
+    )
+    .await;
     let mut changed = 0;
     for batch in &g.batches {
         let watch = if batch.canary { g.update.canary_watch_time } else { g.update.update_watch_time };
@@ -134,7 +136,8 @@ pub(crate) async fn update_group(
                     "update",
                     None,
                     "a canary failed; the deploy stops here and the remaining instances are left as they were",
-                );
+                )
+                .await;
             }
             return Err(e);
         }
@@ -188,14 +191,15 @@ pub(crate) async fn converge_instance(
     let name = i.name();
     let mut rec: InstanceRecord = d
         .state
-        .get(Tree::Instances, &instance_key(deployment, &i.uuid))?
+        .get(tables::INSTANCES, &instance_key(deployment, &i.uuid))
+        .await?
         .unwrap_or_else(|| fresh_record(deployment, i));
     let label = format!("{}{} ({})", if canary { "canary " } else { "" }, i.action, i.reasons.join("; "));
-    task.info("update", Some(&name), label);
-    instance_event(task, &rec, &i.action.to_string(), i.reasons.join("; "));
+    task.info("update", Some(&name), label).await;
+    instance_event(task, &rec, &i.action.to_string(), i.reasons.join("; ")).await;
     if !rec.dirty {
         rec.dirty = true;
-        d.state.put(Tree::Instances, &rec.key(), &rec)?;
+        d.state.put(tables::INSTANCES, &rec.key(), &rec).await?;
         d.state.flush().await?;
     }
     let timeout = Duration::from_millis(script_timeout_ms);
@@ -286,8 +290,8 @@ pub(crate) async fn converge_instance(
         .await
         .map_err(step(&name, if start { "starting jobs" } else { "applying the spec" }))?;
     let outcome = if start { "running" } else { "applied; jobs left stopped" };
-    task.info("update", Some(&name), outcome);
-    instance_event(task, &rec, if start { "running" } else { "stopped" }, outcome);
+    task.info("update", Some(&name), outcome).await;
+    instance_event(task, &rec, if start { "running" } else { "stopped" }, outcome).await;
     Ok(())
 }
 
@@ -302,10 +306,10 @@ pub(crate) async fn settle_state(
 ) -> Result<(), DeployError> {
     rec.state = state;
     rec.dirty = false;
-    d.state.put(Tree::Instances, &rec.key(), rec)?;
+    d.state.put(tables::INSTANCES, &rec.key(), rec).await?;
     d.state.flush().await?;
-    task.info("update", Some(&rec.name()), format!("{action}: {message}"));
-    instance_event(task, rec, action, message);
+    task.info("update", Some(&rec.name()), format!("{action}: {message}")).await;
+    instance_event(task, rec, action, message).await;
     Ok(())
 }
 
@@ -316,11 +320,7 @@ pub(crate) async fn replan_instance(
     manifest_text: &str,
     uuid: &str,
 ) -> Result<InstancePlan, String> {
-    let (d2, text) = (d.clone(), manifest_text.to_string());
-    let prepared = tokio::task::spawn_blocking(move || prepare(&d2, &text, &Requests::default()))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| bosun_types::error_chain(&e))?;
+    let prepared = prepare(d, manifest_text, &Requests::default()).await.map_err(|e| bosun_types::error_chain(&e))?;
     prepared
         .plan
         .groups

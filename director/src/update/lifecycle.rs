@@ -6,10 +6,12 @@ use super::step::{step, DeployError, NextState, StepError, APPLY_TIMEOUT, COMMAN
 use crate::hub::HubError;
 use crate::planner::InstancePlan;
 use crate::records::{DesiredState, InstanceRecord};
-use crate::store::Tree;
+use crate::store::tables;
 use crate::tasks::Task;
 use crate::Director;
-use bosun_types::protocol::{AgentCommand, ApplyJob, ApplyPackage, ApplySpec, JobState, LifecycleScript, ScriptResult};
+use bosun_types::protocol::{
+    AgentCommand, ApplyJob, ApplyPackage, ApplySpec, BlobRef, JobState, LifecycleScript, ScriptResult,
+};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,7 +30,31 @@ pub(crate) struct StopHow {
     pub(crate) tolerant: bool,
 }
 
-pub(crate) fn build_spec(
+/// Packs and stores each rendered job (compression and fsync: off the async threads).
+async fn store_rendered_jobs(d: &Director, i: &InstancePlan) -> Result<Vec<BlobRef>, StepError> {
+    let rendered: Vec<(String, BTreeMap<String, (u32, Vec<u8>)>)> = i
+        .jobs
+        .iter()
+        .map(|j| {
+            (j.name.clone(), j.files.iter().map(|(p, (m, t))| (p.clone(), (*m, t.clone().into_bytes()))).collect())
+        })
+        .collect();
+    let blobstore = d.blobstore.clone();
+    tokio::task::spawn_blocking(move || {
+        rendered
+            .into_iter()
+            .map(|(name, files)| {
+                let archive = bosun_types::tarball::deterministic_tgz(&files)
+                    .map_err(|e| StepError::Failed(format!("packing rendered job `{name}`: {e}")))?;
+                Ok(blobstore.put_bytes(&archive)?)
+            })
+            .collect()
+    })
+    .await
+    .map_err(|e| StepError::Failed(format!("storing rendered jobs: {e}")))?
+}
+
+pub(crate) async fn build_spec(
     d: &Director,
     rec: &InstanceRecord,
     i: &InstancePlan,
@@ -36,12 +62,7 @@ pub(crate) fn build_spec(
 ) -> Result<(ApplySpec, Vec<String>), StepError> {
     let mut digests = Vec::new();
     let mut jobs = Vec::new();
-    for j in &i.jobs {
-        let files: BTreeMap<String, (u32, Vec<u8>)> =
-            j.files.iter().map(|(p, (m, t))| (p.clone(), (*m, t.clone().into_bytes()))).collect();
-        let archive = bosun_types::tarball::deterministic_tgz(&files)
-            .map_err(|e| StepError::Failed(format!("packing rendered job `{}`: {e}", j.name)))?;
-        let blob = d.blobstore.put_bytes(&archive)?;
+    for (j, blob) in i.jobs.iter().zip(store_rendered_jobs(d, i).await?) {
         digests.push(blob.digest.clone());
         jobs.push(ApplyJob {
             name: j.name.clone(),
@@ -159,13 +180,13 @@ pub(crate) async fn apply_and_start(
 ) -> Result<(), StepError> {
     let agent_id = rec.vm.as_ref().map(|v| v.agent_id.clone()).expect("has a VM");
     let generation = rec.generation + 1;
-    let (spec, digests) = build_spec(d, rec, i, generation)?;
+    let (spec, digests) = build_spec(d, rec, i, generation).await?;
     d.hub.allow_blobs(&agent_id, digests);
     d.hub.call(&agent_id, AgentCommand::Apply { spec: Box::new(spec) }, APPLY_TIMEOUT).await?;
     crate::fault::crash_point("after_apply");
     rec.generation = generation;
-    d.state.put(Tree::Instances, &rec.key(), rec)?;
-    task.info("update", Some(&rec.name()), format!("applied spec generation {generation}"));
+    d.state.put(tables::INSTANCES, &rec.key(), rec).await?;
+    task.info("update", Some(&rec.name()), format!("applied spec generation {generation}")).await;
     if let Some(watch) = watch {
         run_script(d, &agent_id, LifecycleScript::PreStart, vec![], BTreeMap::new(), timeout).await?;
         d.hub.call(&agent_id, AgentCommand::Start, COMMAND_TIMEOUT).await?;
@@ -174,7 +195,7 @@ pub(crate) async fn apply_and_start(
     }
     rec.applied = Some(i.applied.clone());
     rec.dirty = false;
-    d.state.put(Tree::Instances, &rec.key(), rec)?;
+    d.state.put(tables::INSTANCES, &rec.key(), rec).await?;
     d.state.flush().await?;
     Ok(())
 }
@@ -235,14 +256,14 @@ pub(crate) async fn stop_jobs(
     d.hub.await_reconnect(&vm.agent_id).await;
     if !d.hub.is_responsive(&vm.agent_id) {
         if how.tolerant {
-            task.warn("stop", Some(&rec.name()), "the agent is not responding; skipping drain and stop");
+            task.warn("stop", Some(&rec.name()), "the agent is not responding; skipping drain and stop").await;
             return Ok(());
         }
         return Err(HubError::NotConnected(vm.agent_id.clone()).into());
     }
     let next = how.next;
     if how.skip_drain {
-        task.info("stop", Some(&rec.name()), "skipping pre-stop and drain (--skip-drain)");
+        task.info("stop", Some(&rec.name()), "skipping pre-stop and drain (--skip-drain)").await;
     } else {
         let mut env = BTreeMap::new();
         env.insert("BOSH_VM_NEXT_STATE".to_string(), next.vm.to_string());
@@ -295,7 +316,7 @@ pub(crate) async fn drain(
             wait = wait.max(n.abs());
         }
         if wait > 0 {
-            task.info("drain", Some(&rec.name()), format!("drain asks to wait {wait} s"));
+            task.info("drain", Some(&rec.name()), format!("drain asks to wait {wait} s")).await;
             let until = (tokio::time::Instant::now() + Duration::from_secs(wait as u64)).min(deadline);
             tokio::time::sleep_until(until).await;
         }
@@ -307,10 +328,10 @@ pub(crate) async fn drain(
 }
 
 pub(crate) async fn run_post_deploy(d: &Arc<Director>, task: &Task, deployment: &str) -> Result<(), DeployError> {
-    let instances: Vec<InstanceRecord> = d.state.list(Tree::Instances, &format!("{deployment}/"))?;
+    let instances: Vec<InstanceRecord> = d.state.list(tables::INSTANCES, &format!("{deployment}/")).await?;
     // An agent that does not answer is the health monitor's (it would only hold the lock).
     for r in instances.iter().filter(|r| r.vm.as_ref().is_some_and(|v| !d.hub.is_responsive(&v.agent_id))) {
-        task.warn("post-deploy", Some(&r.name()), "the agent is not responding; post-deploy skipped there");
+        task.warn("post-deploy", Some(&r.name()), "the agent is not responding; post-deploy skipped there").await;
     }
     let runs = instances
         .iter()
@@ -325,6 +346,6 @@ pub(crate) async fn run_post_deploy(d: &Arc<Director>, task: &Task, deployment: 
     for r in futures::future::join_all(runs).await {
         r?;
     }
-    task.info("post-deploy", None, "post-deploy scripts done");
+    task.info("post-deploy", None, "post-deploy scripts done").await;
     Ok(())
 }

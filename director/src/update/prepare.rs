@@ -4,7 +4,7 @@
 use super::step::DeployError;
 use crate::planner::{plan, Plan, PlanningInput, Requests};
 use crate::records::{CloudConfigRecord, InstanceRecord, ReleaseRecord, StemcellRecord};
-use crate::store::{State, StoreError, Tree};
+use crate::store::{tables, State, StoreError, Tree};
 use crate::Director;
 use bosun_types::cloud_config::CloudConfig;
 use bosun_types::manifest::{DeploymentManifest, VariableDefinition};
@@ -30,26 +30,34 @@ pub(crate) fn variable_key(deployment: &str, name: &str) -> String {
     format!("{deployment}/{name}")
 }
 
-pub(crate) fn load_variable(
-    d: &Director,
-    deployment: &str,
-    name: &str,
-) -> Result<Option<serde_yaml::Value>, DeployError> {
-    let Some(sealed) = d.state.kv().get(Tree::Variables, &variable_key(deployment, name))? else { return Ok(None) };
-    let plain = d.secrets.open(&sealed).map_err(|e| DeployError::Input(format!("variable `{name}`: {e}")))?;
-    Ok(serde_json::from_slice(&plain).ok())
+/// The deployment's stored variables, opened.
+async fn load_variables(d: &Director, deployment: &str) -> Result<BTreeMap<String, serde_yaml::Value>, DeployError> {
+    let prefix = variable_key(deployment, "");
+    let mut out = BTreeMap::new();
+    for (key, sealed) in d.state.kv().scan_prefix(Tree::Variables, &prefix).await? {
+        let name = key[prefix.len()..].to_string();
+        let plain = d.secrets.open(&sealed).map_err(|e| DeployError::Input(format!("variable `{name}`: {e}")))?;
+        if let Ok(v) = serde_json::from_slice(&plain) {
+            out.insert(name, v);
+        }
+    }
+    Ok(out)
 }
 
-pub fn store_variables(d: &Director, deployment: &str, vars: &[(String, serde_yaml::Value)]) -> Result<(), StoreError> {
+pub async fn store_variables(
+    d: &Director,
+    deployment: &str,
+    vars: &[(String, serde_yaml::Value)],
+) -> Result<(), StoreError> {
     for (name, v) in vars {
         let sealed = d.secrets.seal(&serde_json::to_vec(v).expect("serializable"));
-        d.state.kv().put(Tree::Variables, &variable_key(deployment, name), &sealed)?;
+        d.state.kv().put(Tree::Variables, &variable_key(deployment, name), &sealed).await?;
     }
     Ok(())
 }
 
-pub fn latest_cloud_config(state: &State) -> Result<Option<CloudConfigRecord>, StoreError> {
-    Ok(state.list::<CloudConfigRecord>(Tree::CloudConfigs, "")?.into_iter().max_by_key(|c| c.version))
+pub async fn latest_cloud_config(state: &State) -> Result<Option<CloudConfigRecord>, StoreError> {
+    Ok(state.list(tables::CLOUD_CONFIGS, "").await?.into_iter().max_by_key(|c| c.version))
 }
 
 pub fn cloud_config_key(version: u64) -> String {
@@ -72,21 +80,54 @@ pub(crate) fn version_order(a: &str, b: &str) -> std::cmp::Ordering {
     pa.len().cmp(&pb.len())
 }
 
-/// Resolves variables, parses the manifest, resolves releases and stemcells and plans.
-pub fn prepare(d: &Director, manifest_text: &str, requests: &Requests) -> Result<Prepared, DeployError> {
+/// What a deploy is decided from, read from the store before anything is decided.
+struct StoredInputs {
+    variables: BTreeMap<String, serde_yaml::Value>,
+    cloud_config: Option<CloudConfigRecord>,
+    releases: Vec<ReleaseRecord>,
+    stemcells: Vec<StemcellRecord>,
+    instances: Vec<InstanceRecord>,
+}
+
+/// Resolves variables, parses the manifest, resolves releases and stemcells and plans: the store
+/// is read first, then the deciding (variable generation makes keys; planning is CPU work) runs
+/// off the async threads.
+pub async fn prepare(d: &Director, manifest_text: &str, requests: &Requests) -> Result<Prepared, DeployError> {
     let input = |m: String| DeployError::Input(m);
-    let mut raw = bosun_types::yaml::parse_value("manifest", manifest_text).map_err(|e| input(e.to_string()))?;
+    let raw = bosun_types::yaml::parse_value("manifest", manifest_text).map_err(|e| input(e.to_string()))?;
     let name =
         raw.get("name").and_then(|v| v.as_str()).ok_or_else(|| input("manifest: /name: missing".into()))?.to_string();
     bosun_types::manifest::check_name("manifest", "/name", &name).map_err(|e| input(e.to_string()))?;
+    let stored = StoredInputs {
+        variables: load_variables(d, &name).await?,
+        cloud_config: latest_cloud_config(&d.state).await?,
+        releases: d.state.list(tables::RELEASES, "").await?,
+        stemcells: d.state.list(tables::STEMCELLS, "").await?,
+        instances: d.state.list(tables::INSTANCES, "").await?,
+    };
+    let requests = requests.clone();
+    match tokio::task::spawn_blocking(move || decide(raw, name, &requests, stored)).await {
+        Ok(prepared) => prepared,
+        // A panic while deciding is the task's panic: its supervisor reports it.
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+fn decide(
+    mut raw: serde_yaml::Value,
+    name: String,
+    requests: &Requests,
+    stored: StoredInputs,
+) -> Result<Prepared, DeployError> {
+    let input = |m: String| DeployError::Input(m);
     let defs: VariablesOnly =
         bosun_types::yaml::from_value("manifest", raw.clone()).map_err(|e| input(e.to_string()))?;
     let mut values: BTreeMap<String, serde_yaml::Value> = BTreeMap::new();
     let mut generated = Vec::new();
     let referenced = bosun_types::vars::referenced_variables(&raw);
     for def in bosun_types::vars::generation_order(&defs.variables) {
-        if let Some(v) = load_variable(d, &name, &def.name)? {
-            values.insert(def.name.clone(), v);
+        if let Some(v) = stored.variables.get(&def.name) {
+            values.insert(def.name.clone(), v.clone());
             continue;
         }
         if !referenced.contains(&def.name)
@@ -106,7 +147,8 @@ pub fn prepare(d: &Director, manifest_text: &str, requests: &Requests) -> Result
         .map_err(|e| input(format!("manifest: {e}")))?;
     let manifest = DeploymentManifest::parse("manifest", raw).map_err(|e| input(e.to_string()))?;
 
-    let cc_record = latest_cloud_config(&d.state)?
+    let cc_record = stored
+        .cloud_config
         .ok_or_else(|| input("no cloud-config has been uploaded; run `bosun update-cloud-config` first".into()))?;
     let cloud_config = CloudConfig::parse(
         "cloud-config",
@@ -114,7 +156,7 @@ pub fn prepare(d: &Director, manifest_text: &str, requests: &Requests) -> Result
     )
     .map_err(|e| input(e.to_string()))?;
 
-    let all_releases: Vec<ReleaseRecord> = d.state.list(Tree::Releases, "")?;
+    let all_releases = stored.releases;
     let mut releases = BTreeMap::new();
     for (i, r) in manifest.releases.iter().enumerate() {
         let mut candidates: Vec<&ReleaseRecord> = all_releases.iter().filter(|x| x.name == r.name).collect();
@@ -135,7 +177,7 @@ pub fn prepare(d: &Director, manifest_text: &str, requests: &Requests) -> Result
         })?;
         releases.insert(r.name.clone(), chosen.clone());
     }
-    let all_stemcells: Vec<StemcellRecord> = d.state.list(Tree::Stemcells, "")?;
+    let all_stemcells = stored.stemcells;
     let mut stemcells = BTreeMap::new();
     for (i, s) in manifest.stemcells.iter().enumerate() {
         let mut candidates: Vec<&StemcellRecord> = all_stemcells
@@ -161,7 +203,7 @@ pub fn prepare(d: &Director, manifest_text: &str, requests: &Requests) -> Result
         })?;
         stemcells.insert(s.alias.clone(), chosen.clone());
     }
-    let everyone: Vec<InstanceRecord> = d.state.list(Tree::Instances, "")?;
+    let everyone = stored.instances;
     let existing: Vec<InstanceRecord> = everyone.iter().filter(|i| i.deployment == name).cloned().collect();
     let elsewhere: BTreeSet<Ipv4Addr> =
         everyone.iter().filter(|i| i.deployment != name).flat_map(|i| i.held_addresses()).collect();

@@ -7,7 +7,7 @@ use super::prepare::prepare;
 use super::step::ExecOptions;
 use crate::planner::{Requests, Selection};
 use crate::records::DeploymentRecord;
-use crate::store::Tree;
+use crate::store::tables;
 use crate::Director;
 use bosun_types::api::InstanceSelector;
 use std::sync::Arc;
@@ -33,14 +33,11 @@ pub async fn recreate_with_fencing(
     let chain = |e: &dyn std::error::Error| bosun_types::error_chain(e);
     let record = d
         .state
-        .get::<DeploymentRecord>(Tree::Deployments, deployment)
+        .get::<DeploymentRecord>(tables::DEPLOYMENTS, deployment)
+        .await
         .map_err(|e| chain(&e))?
         .ok_or_else(|| format!("deployment `{deployment}` no longer exists"))?;
     let requests = Requests { recreate: selection, canaries: Some(0), fence: true, ..Requests::default() };
-    let (d2, manifest) = (d.clone(), record.manifest.clone());
-    let prepared = tokio::task::spawn_blocking(move || prepare(&d2, &manifest, &requests))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| chain(&e))?;
+    let prepared = prepare(d, &record.manifest, &requests).await.map_err(|e| chain(&e))?;
     execute(d, task, &prepared, &record.manifest, ExecOptions::default()).await.map_err(|e| chain(&e))
 }

@@ -68,6 +68,6 @@ pub struct ExecOptions {
 }
 
 /// An instance's state change on the event timeline, caused by `task`.
-pub(crate) fn instance_event(task: &Task, rec: &InstanceRecord, action: &str, message: impl Into<String>) {
-    task.record(EventSubject::instance(&rec.deployment, &rec.name()), action, message);
+pub(crate) async fn instance_event(task: &Task, rec: &InstanceRecord, action: &str, message: impl Into<String>) {
+    task.record(EventSubject::instance(&rec.deployment, &rec.name()), action, message).await;
 }

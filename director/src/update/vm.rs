@@ -5,7 +5,7 @@ use super::lifecycle::{stop_jobs, StopHow};
 use super::step::{instance_event, StepError, COMMAND_TIMEOUT};
 use crate::planner::InstancePlan;
 use crate::records::{now_secs, AgentRecord, InstanceRecord, VmRecord};
-use crate::store::Tree;
+use crate::store::tables;
 use crate::tasks::Task;
 use crate::Director;
 use bosun_cpi::{CpiError, CreateVmRequest};
@@ -45,20 +45,22 @@ pub(crate) async fn create_vm_for(
     let cert =
         d.ca.issue(&agent_id, std::slice::from_ref(&agent_id), LeafUsage { server: false, client: true }, 3650, false)
             .map_err(|e| StepError::Failed(format!("issuing the agent's certificate: {e}")))?;
-    d.state.put(
-        Tree::Agents,
-        &agent_id,
-        &AgentRecord {
-            agent_id: agent_id.clone(),
-            cert_digest: bosun_types::digest::sha256_digest(&cert.cert_der),
-            deployment: rec.deployment.clone(),
-            instance: rec.uuid.clone(),
-            created_at: now_secs(),
-        },
-    )?;
+    d.state
+        .put(
+            tables::AGENTS,
+            &agent_id,
+            &AgentRecord {
+                agent_id: agent_id.clone(),
+                cert_digest: bosun_types::digest::sha256_digest(&cert.cert_der),
+                deployment: rec.deployment.clone(),
+                instance: rec.uuid.clone(),
+                created_at: now_secs(),
+            },
+        )
+        .await?;
     if replacement {
         rec.replacement_networks = i.networks.clone();
-        d.state.put(Tree::Instances, &rec.key(), rec)?;
+        d.state.put(tables::INSTANCES, &rec.key(), rec).await?;
     }
     d.state.flush().await?;
     let tags = vm_tags(d, &rec.deployment, rec);
@@ -94,7 +96,8 @@ pub(crate) async fn create_vm_for(
                     "create",
                     Some(&rec.name()),
                     format!("create_vm failed (try {tries} of {MAX_VM_CREATE_TRIES}): {message}"),
-                );
+                )
+                .await;
             }
             Err(e) => return Err(e.into()),
         }
@@ -114,7 +117,7 @@ pub(crate) async fn create_vm_for(
         }
     }
     let missing: Vec<String> = networks.iter().filter(|(_, n)| n.ip.is_empty()).map(|(k, _)| k.clone()).collect();
-    d.state.put(Tree::Instances, &rec.key(), rec)?;
+    d.state.put(tables::INSTANCES, &rec.key(), rec).await?;
     d.state.flush().await?;
     if !missing.is_empty() {
         return Err(StepError::Failed(format!(
@@ -124,11 +127,11 @@ pub(crate) async fn create_vm_for(
     }
     match d.cpi.set_vm_metadata(&vm_cid, &tags).await {
         Ok(()) | Err(CpiError::NotImplemented(_)) => {}
-        Err(e) => task.warn("create", Some(&rec.name()), format!("set_vm_metadata failed: {e}")),
+        Err(e) => task.warn("create", Some(&rec.name()), format!("set_vm_metadata failed: {e}")).await,
     }
     let what = format!("created {}VM {vm_cid}", if replacement { "replacement " } else { "" });
-    task.info("create", Some(&rec.name()), &what);
-    instance_event(task, rec, "create_vm", what);
+    task.info("create", Some(&rec.name()), &what).await;
+    instance_event(task, rec, "create_vm", what).await;
     Ok(())
 }
 
@@ -152,9 +155,9 @@ pub(crate) async fn swap_vm(
     delete_vm_of(d, task, rec).await?;
     rec.vm = rec.replacement_vm.take();
     rec.networks = std::mem::take(&mut rec.replacement_networks);
-    d.state.put(Tree::Instances, &rec.key(), rec)?;
+    d.state.put(tables::INSTANCES, &rec.key(), rec).await?;
     d.state.flush().await?;
-    task.info("update", Some(&rec.name()), "the replacement VM took the old one's place");
+    task.info("update", Some(&rec.name()), "the replacement VM took the old one's place").await;
     Ok(())
 }
 
@@ -168,23 +171,23 @@ pub(crate) async fn delete_vm_of(d: &Arc<Director>, task: &Task, rec: &mut Insta
         for disk in &rec.disk_cids {
             let unmount = AgentCommand::UnmountDisk { disk_cid: disk.clone() };
             if let Err(e) = d.hub.call(&vm.agent_id, unmount, COMMAND_TIMEOUT).await {
-                task.warn("delete", Some(&rec.name()), format!("unmounting disk {disk} failed: {e}"));
+                task.warn("delete", Some(&rec.name()), format!("unmounting disk {disk} failed: {e}")).await;
             }
         }
     }
     match d.cpi.delete_vm(&vm.cid).await {
-        Ok(()) => task.info("delete", Some(&rec.name()), format!("deleted VM {}", vm.cid)),
+        Ok(()) => task.info("delete", Some(&rec.name()), format!("deleted VM {}", vm.cid)).await,
         Err(CpiError::VmNotFound(_)) => {
-            task.warn("delete", Some(&rec.name()), format!("VM {} was already gone", vm.cid))
+            task.warn("delete", Some(&rec.name()), format!("VM {} was already gone", vm.cid)).await
         }
         Err(e) => return Err(e.into()),
     }
     crate::fault::crash_point("after_delete_vm");
-    instance_event(task, rec, "delete_vm", format!("deleted VM {}", vm.cid));
+    instance_event(task, rec, "delete_vm", format!("deleted VM {}", vm.cid)).await;
     d.hub.forget(&vm.agent_id);
-    d.state.delete(Tree::Agents, &vm.agent_id)?;
+    d.state.delete(tables::AGENTS, &vm.agent_id).await?;
     rec.vm = None;
-    d.state.put(Tree::Instances, &rec.key(), rec)?;
+    d.state.put(tables::INSTANCES, &rec.key(), rec).await?;
     d.state.flush().await?;
     Ok(())
 }
