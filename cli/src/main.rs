@@ -884,12 +884,15 @@ fn parse_time_ms(s: &str) -> Result<u64, String> {
 async fn cck(cli: &Cli, auto: bool, report: bool, resolution: &[String]) -> Result<()> {
     let d = deployment(cli)?;
     let c = client(cli)?;
-    let mut by_kind = std::collections::BTreeMap::new();
+    let mut by_kind: std::collections::BTreeMap<ProblemKind, Resolution> = std::collections::BTreeMap::new();
     for r in resolution {
         let (k, v) =
             r.split_once('=').ok_or_else(|| InputError::new(format!("--resolution `{r}`: write KIND=RESOLUTION")))?;
-        by_kind.insert(k.to_string(), v.to_string());
+        let kind = k.parse().map_err(|e| InputError::new(format!("--resolution `{r}`: problem type {e}")))?;
+        let res = v.parse().map_err(|e| InputError::new(format!("--resolution `{r}`: resolution {e}")))?;
+        by_kind.insert(kind, res);
     }
+    let names = |rs: &[Resolution]| rs.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", ");
     let problems: Vec<ProblemView> = c.get(&format!("/v1/deployments/{d}/problems")).await?;
     if cli.json && report {
         print_json(&problems)?;
@@ -897,7 +900,7 @@ async fn cck(cli: &Cli, auto: bool, report: bool, resolution: &[String]) -> Resu
         let rows: Vec<Vec<String>> = problems
             .iter()
             .enumerate()
-            .map(|(n, p)| vec![(n + 1).to_string(), p.kind.clone(), p.description.clone(), p.resolutions.join(", ")])
+            .map(|(n, p)| vec![(n + 1).to_string(), p.kind.to_string(), p.description.clone(), names(&p.resolutions)])
             .collect();
         eprint!("{}", output::table(&["#", "Type", "Description", "Resolutions (first: default)"], &rows));
     }
@@ -918,13 +921,13 @@ async fn cck(cli: &Cli, auto: bool, report: bool, resolution: &[String]) -> Resu
                 return Err(InputError::new(format!(
                     "--resolution {}={r}: choose from {}",
                     p.kind,
-                    p.resolutions.join(", ")
+                    names(&p.resolutions)
                 ))
                 .into());
             }
-            r.clone()
+            *r
         } else if auto || cli.non_interactive {
-            p.resolutions[0].clone()
+            p.resolutions[0]
         } else {
             ask_resolution(p)?
         };
@@ -935,7 +938,7 @@ async fn cck(cli: &Cli, auto: bool, report: bool, resolution: &[String]) -> Resu
     c.follow_task(t.task_id, cli.json).await.map(|_| ())
 }
 
-fn ask_resolution(p: &ProblemView) -> Result<String> {
+fn ask_resolution(p: &ProblemView) -> Result<Resolution> {
     use std::io::{BufRead, Write};
     eprintln!("\n{}", p.description);
     for (n, r) in p.resolutions.iter().enumerate() {
@@ -947,7 +950,7 @@ fn ask_resolution(p: &ProblemView) -> Result<String> {
     std::io::stdin().lock().read_line(&mut line)?;
     let line = line.trim();
     if line.is_empty() {
-        return Ok(p.resolutions[0].clone());
+        return Ok(p.resolutions[0]);
     }
     line.parse::<usize>()
         .ok()

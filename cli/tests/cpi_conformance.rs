@@ -29,7 +29,7 @@ fn network(ip: &str) -> BTreeMap<String, NetworkSettings> {
     m.insert(
         "default".to_string(),
         NetworkSettings {
-            kind: "manual".into(),
+            kind: bosun_types::cloud_config::NetworkType::Manual,
             ip: ip.into(),
             netmask: "255.255.255.0".into(),
             gateway: None,

@@ -22,7 +22,7 @@ fn network(ip: &str) -> BTreeMap<String, NetworkSettings> {
     m.insert(
         "conformance".to_string(),
         NetworkSettings {
-            kind: "manual".into(),
+            kind: bosun_types::cloud_config::NetworkType::Manual,
             ip: ip.into(),
             netmask: "255.255.255.0".into(),
             gateway: Some("10.247.0.1".into()),

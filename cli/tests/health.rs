@@ -1,6 +1,6 @@
 //! The health monitor, resurrection, meltdown, cloud check and crash safety, on real agents
 //! through the local CPI (heartbeat 500 ms, unresponsive after 3 missed). Each test has its own
-//! subnet (127.0.50–54.0/24).
+//! subnet (127.0.50–54.0/24, 57–58).
 
 mod common;
 
@@ -226,7 +226,7 @@ fn cck_finds_an_orphan_vm_made_behind_the_directors_back() {
     networks.insert(
         "default".to_string(),
         bosun_types::protocol::NetworkSettings {
-            kind: "manual".into(),
+            kind: bosun_types::cloud_config::NetworkType::Manual,
             ip: "127.0.54.200".into(),
             netmask: "255.255.255.0".into(),
             gateway: None,
@@ -347,4 +347,47 @@ fn cck_repairs_disk_problems() {
     let fixed = by_index(&d.running("disks", 2));
     assert_eq!(fixed[1]["disk_cids"].as_array().unwrap().len(), 1);
     assert_ne!(fixed[1]["disk_cids"][0], disk1);
+}
+
+#[test]
+fn an_update_task_that_panics_fails_with_the_panic_message_and_the_next_deploy_gets_the_lock() {
+    // The fault point panics once per director process: the first deploy meets it.
+    let d = TestDirector::start_with(&[], &[("BOSUN_PANIC_AT", "update_instance")]);
+    d.prepare_with(&d.write("cloud.yml", &local_cloud_config(57)), &testbed_release());
+    let m = d.write("m.yml", &sleeper_manifest("panicky", 2, "hello", "", "", ""));
+    let m = m.to_str().unwrap();
+    let out = d.run(&["-n", "-d", "panicky", "deploy", m]);
+    assert!(!out.status.success(), "the deploy whose task panicked fails");
+    let tasks = d.json(&["tasks"]);
+    assert_eq!(tasks[0]["state"], "error", "{tasks}");
+    assert_eq!(tasks[0]["result"], "the task panicked: BOSUN_PANIC_AT: update_instance", "{tasks}");
+    let evs = events(&d, "panicky");
+    assert!(
+        evs.iter().any(|e| e["action"] == "end" && e["message"].as_str().is_some_and(|m| m.contains("panicked"))),
+        "the task's end is on the timeline: {evs:?}"
+    );
+    d.ok(&["-n", "-d", "panicky", "deploy", m]);
+    d.running("panicky", 2);
+}
+
+#[test]
+fn the_health_monitor_survives_a_panic_and_still_resurrects() {
+    let d = TestDirector::start_with(&[], &[("BOSUN_PANIC_AT", "health_pass")]);
+    d.prepare_with(&d.write("cloud.yml", &local_cloud_config(58)), &testbed_release());
+    let m = d.write("m.yml", &sleeper_manifest("watched", 1, "hello", "", "", ""));
+    d.ok(&["-n", "-d", "watched", "deploy", m.to_str().unwrap()]);
+    let all = |d: &TestDirector| d.json(&["events", "--limit", "1000"]).as_array().expect("a list").clone();
+    eventually("the monitor's restart on the timeline", Duration::from_secs(30), || {
+        all(&d).into_iter().find(|e| e["action"] == "monitor_restarted")
+    });
+    let victim = d.running("watched", 1)[0].clone();
+    assert!(kill_vm(victim["vm_cid"].as_str().unwrap()) > 0);
+    let name = victim["instance"].as_str().unwrap();
+    eventually("the restarted monitor to notice the dead VM", Duration::from_secs(30), || {
+        has_event(&events(&d, "watched"), "missing", name).then_some(())
+    });
+    eventually("the instance running on a new VM", Duration::from_secs(120), || {
+        let i = d.instances("watched")[0].clone();
+        (i["vm_cid"] != victim["vm_cid"] && i["state"] == "running").then_some(())
+    });
 }

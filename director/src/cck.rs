@@ -3,13 +3,14 @@
 //! operator picks (BOSH's resolutions, plus orphans found by the director's tags).
 
 use crate::events::EventSubject;
+use crate::health::{classify, observe};
 use crate::planner::Selection;
 use crate::records::{now_secs, DesiredState, InstanceRecord, OrphanedDiskRecord};
 use crate::store::{tables, StoreError};
 use crate::tasks::Task;
 use crate::Director;
-use bosun_cpi::CpiError;
-use bosun_types::api::{InstanceSelector, ProblemView};
+use bosun_cpi::{tags, CpiError};
+use bosun_types::api::{InstanceSelector, InstanceState, ProblemKind, ProblemView, Resolution};
 use bosun_types::protocol::AgentCommand;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -39,20 +40,20 @@ enum Subject {
 }
 
 fn problem(
-    kind: &str,
+    kind: ProblemKind,
     object: &str,
     instance: Option<String>,
     description: String,
-    resolutions: &[&str],
+    resolutions: &[Resolution],
     subject: Subject,
 ) -> Problem {
     Problem {
         view: ProblemView {
             id: format!("{kind}:{object}"),
-            kind: kind.to_string(),
+            kind,
             description,
             instance,
-            resolutions: resolutions.iter().map(|r| r.to_string()).collect(),
+            resolutions: resolutions.to_vec(),
         },
         subject,
     }
@@ -67,37 +68,44 @@ pub async fn scan(d: &Director, deployment: &str) -> Result<Vec<Problem>, CckErr
         let Some(vm) = &rec.vm else {
             if rec.state != DesiredState::Detached {
                 out.push(problem(
-                    "missing_vm",
+                    ProblemKind::MissingVm,
                     &rec.uuid,
                     Some(name.clone()),
                     format!("{name} has no VM"),
-                    &["recreate_vm", "ignore"],
+                    &[Resolution::RecreateVm, Resolution::Ignore],
                     Subject::Instance(rec.clone()),
                 ));
             }
             continue;
         };
-        if !d.cpi.has_vm(&vm.cid).await? {
-            out.push(problem(
-                "missing_vm",
-                &rec.uuid,
-                Some(name.clone()),
-                format!("VM {} of {name} is missing", vm.cid),
-                &["recreate_vm", "delete_vm_reference", "ignore"],
-                Subject::Instance(rec.clone()),
-            ));
-            continue;
-        }
-        if !d.hub.is_responsive(&vm.agent_id) {
-            out.push(problem(
-                "unresponsive_agent",
-                &rec.uuid,
-                Some(name.clone()),
-                format!("the agent of {name} (VM {}) does not respond", vm.cid),
-                &["recreate_vm", "delete_vm", "ignore"],
-                Subject::Instance(rec.clone()),
-            ));
-            continue;
+        // The CPI is asked afresh; the answer serves every classification until the agent is
+        // heard from again.
+        d.sightings.record(&vm.cid, d.cpi.has_vm(&vm.cid).await?);
+        let status = d.hub.status(&vm.agent_id);
+        match classify(&observe(d, rec, status.as_ref())) {
+            InstanceState::Missing => {
+                out.push(problem(
+                    ProblemKind::MissingVm,
+                    &rec.uuid,
+                    Some(name.clone()),
+                    format!("VM {} of {name} is missing", vm.cid),
+                    &[Resolution::RecreateVm, Resolution::DeleteVmReference, Resolution::Ignore],
+                    Subject::Instance(rec.clone()),
+                ));
+                continue;
+            }
+            InstanceState::Unresponsive => {
+                out.push(problem(
+                    ProblemKind::UnresponsiveAgent,
+                    &rec.uuid,
+                    Some(name.clone()),
+                    format!("the agent of {name} (VM {}) does not respond", vm.cid),
+                    &[Resolution::RecreateVm, Resolution::DeleteVm, Resolution::Ignore],
+                    Subject::Instance(rec.clone()),
+                ));
+                continue;
+            }
+            _ => {}
         }
         let attached = match d.cpi.get_disks(&vm.cid).await {
             Ok(v) => Some(v),
@@ -114,29 +122,29 @@ pub async fn scan(d: &Director, deployment: &str) -> Result<Vec<Problem>, CckErr
             let subject = Subject::InstanceDisk(rec.clone(), disk.clone());
             if !exists {
                 out.push(problem(
-                    "missing_disk",
+                    ProblemKind::MissingDisk,
                     disk,
                     Some(name.clone()),
                     format!("disk {disk} of {name} is missing"),
-                    &["delete_disk_reference", "ignore"],
+                    &[Resolution::DeleteDiskReference, Resolution::Ignore],
                     subject,
                 ));
             } else if attached.as_ref().is_some_and(|a| !a.contains(disk)) {
                 out.push(problem(
-                    "unattached_disk",
+                    ProblemKind::UnattachedDisk,
                     disk,
                     Some(name.clone()),
                     format!("disk {disk} of {name} is not attached to its VM {}", vm.cid),
-                    &["reattach_disk", "delete_disk_reference", "ignore"],
+                    &[Resolution::ReattachDisk, Resolution::DeleteDiskReference, Resolution::Ignore],
                     subject,
                 ));
             } else if mounted.as_ref().is_some_and(|m| !m.contains(disk)) {
                 out.push(problem(
-                    "mount_mismatch",
+                    ProblemKind::MountMismatch,
                     disk,
                     Some(name.clone()),
                     format!("disk {disk} is attached to {name} but its agent has not mounted it"),
-                    &["reattach_disk", "ignore"],
+                    &[Resolution::ReattachDisk, Resolution::Ignore],
                     subject,
                 ));
             }
@@ -149,16 +157,16 @@ pub async fn scan(d: &Director, deployment: &str) -> Result<Vec<Problem>, CckErr
     match d.cpi.list_vms().await {
         Ok(vms) => {
             for vm in vms {
-                let ours = vm.metadata.get("director_uuid") == Some(&d.uuid)
-                    && vm.metadata.get("deployment").map(String::as_str) == Some(deployment);
+                let ours = vm.metadata.get(tags::DIRECTOR_UUID) == Some(&d.uuid)
+                    && vm.metadata.get(tags::DEPLOYMENT).map(String::as_str) == Some(deployment);
                 if ours && !known_vms.contains(&vm.vm_cid) {
-                    let claimed = vm.metadata.get("name").cloned().unwrap_or_else(|| "?".into());
+                    let claimed = vm.metadata.get(tags::NAME).cloned().unwrap_or_else(|| "?".into());
                     out.push(problem(
-                        "orphan_vm",
+                        ProblemKind::OrphanVm,
                         &vm.vm_cid,
                         None,
                         format!("VM {} carries this director's tags (as {claimed}) but no instance has it", vm.vm_cid),
-                        &["delete_vm", "ignore"],
+                        &[Resolution::DeleteVm, Resolution::Ignore],
                         Subject::OrphanVm(vm.vm_cid.clone()),
                     ));
                 }
@@ -176,15 +184,15 @@ pub async fn scan(d: &Director, deployment: &str) -> Result<Vec<Problem>, CckErr
     match d.cpi.list_disks().await {
         Ok(disks) => {
             for disk in disks {
-                let ours = disk.metadata.get("director_uuid") == Some(&d.uuid)
-                    && disk.metadata.get("deployment").map(String::as_str) == Some(deployment);
+                let ours = disk.metadata.get(tags::DIRECTOR_UUID) == Some(&d.uuid)
+                    && disk.metadata.get(tags::DEPLOYMENT).map(String::as_str) == Some(deployment);
                 if ours && !known_disks.contains(&disk.disk_cid) {
                     out.push(problem(
-                        "orphan_disk",
+                        ProblemKind::OrphanDisk,
                         &disk.disk_cid,
                         None,
                         format!("disk {} carries this deployment's tags but no instance has it", disk.disk_cid),
-                        &["orphan_disk", "delete_disk", "ignore"],
+                        &[Resolution::OrphanDisk, Resolution::DeleteDisk, Resolution::Ignore],
                         Subject::OrphanDisk { cid: disk.disk_cid.clone(), size_mb: disk.size_mb },
                     ));
                 }
@@ -202,7 +210,7 @@ pub async fn resolve(
     d: &Arc<Director>,
     task: &Task,
     deployment: &str,
-    picks: &BTreeMap<String, String>,
+    picks: &BTreeMap<String, Resolution>,
 ) -> Result<String, String> {
     let chain = |e: &dyn std::error::Error| bosun_types::error_chain(e);
     let problems = scan(d, deployment).await.map_err(|e| chain(&e))?;
@@ -219,7 +227,7 @@ pub async fn resolve(
             return Err(format!(
                 "problem {}: `{choice}` is not a resolution of it (choose from: {})",
                 p.view.id,
-                p.view.resolutions.join(", ")
+                p.view.resolutions.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", ")
             ));
         }
         let subject = match &p.view.instance {
@@ -228,7 +236,7 @@ pub async fn resolve(
         };
         task.record(subject, "resolve", format!("{}: {choice}", p.view.description)).await;
         task.info("cck", p.view.instance.as_deref(), format!("{} → {choice}", p.view.description)).await;
-        apply(d, task, deployment, p, choice, &mut recreate)
+        apply(d, task, deployment, p, *choice, &mut recreate)
             .await
             .map_err(|e| format!("problem {}: {e}", p.view.id))?;
         done += 1;
@@ -245,29 +253,29 @@ async fn apply(
     task: &Task,
     deployment: &str,
     p: &Problem,
-    choice: &str,
+    choice: Resolution,
     recreate: &mut Vec<InstanceSelector>,
 ) -> Result<(), String> {
     let chain = |e: &dyn std::error::Error| bosun_types::error_chain(e);
     match (&p.subject, choice) {
-        (_, "ignore") => {}
-        (Subject::Instance(rec), "recreate_vm") => {
+        (_, Resolution::Ignore) => {}
+        (Subject::Instance(rec), Resolution::RecreateVm) => {
             recreate.push(InstanceSelector::Uuid(rec.group.clone(), rec.uuid.clone()));
         }
-        (Subject::Instance(rec), "delete_vm_reference" | "delete_vm") => {
+        (Subject::Instance(rec), Resolution::DeleteVmReference | Resolution::DeleteVm) => {
             // The same deletion a recreate does; the next deploy gives the instance a VM again.
             let mut rec = rec.clone();
             crate::update::delete_vm_of(d, task, &mut rec).await.map_err(|e| chain(&e))?;
             rec.dirty = true;
             d.state.put(tables::INSTANCES, &rec.key(), &rec).await.map_err(|e| chain(&e))?;
         }
-        (Subject::InstanceDisk(rec, disk), "delete_disk_reference") => {
+        (Subject::InstanceDisk(rec, disk), Resolution::DeleteDiskReference) => {
             let mut rec = rec.clone();
             rec.disk_cids.retain(|x| x != disk);
             rec.dirty = true;
             d.state.put(tables::INSTANCES, &rec.key(), &rec).await.map_err(|e| chain(&e))?;
         }
-        (Subject::InstanceDisk(rec, disk), "reattach_disk") => {
+        (Subject::InstanceDisk(rec, disk), Resolution::ReattachDisk) => {
             let vm = rec.vm.clone().ok_or("the instance has no VM")?;
             let hint = match d.cpi.attach_disk(&vm.cid, disk).await {
                 Ok(h) => h,
@@ -278,15 +286,15 @@ async fn apply(
                 .await
                 .map_err(|e| chain(&e))?;
         }
-        (Subject::OrphanVm(cid), "delete_vm") => match d.cpi.delete_vm(cid).await {
+        (Subject::OrphanVm(cid), Resolution::DeleteVm) => match d.cpi.delete_vm(cid).await {
             Ok(()) | Err(CpiError::VmNotFound(_)) => task.info("cck", None, format!("deleted VM {cid}")).await,
             Err(e) => return Err(chain(&e)),
         },
-        (Subject::OrphanDisk { cid, .. }, "delete_disk") => match d.cpi.delete_disk(cid).await {
+        (Subject::OrphanDisk { cid, .. }, Resolution::DeleteDisk) => match d.cpi.delete_disk(cid).await {
             Ok(()) | Err(CpiError::DiskNotFound(_)) => task.info("cck", None, format!("deleted disk {cid}")).await,
             Err(e) => return Err(chain(&e)),
         },
-        (Subject::OrphanDisk { cid, size_mb }, "orphan_disk") => {
+        (Subject::OrphanDisk { cid, size_mb }, Resolution::OrphanDisk) => {
             d.state
                 .put(
                     tables::ORPHANED_DISKS,

@@ -15,9 +15,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use std::time::Instant;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot, Notify};
-use tokio::time::Instant;
 use tokio_util::codec::{FramedRead, LinesCodec};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -71,6 +71,7 @@ pub struct AgentHub {
     missed_heartbeats: u32,
     /// When this director started: the last sign of life of an agent not heard from since.
     started: Instant,
+    clock: Arc<dyn crate::clock::Clock>,
     connections: Mutex<HashMap<String, Arc<Connection>>>,
     status: Mutex<HashMap<String, AgentStatus>>,
     allowed_blobs: Mutex<HashMap<String, HashSet<String>>>,
@@ -85,6 +86,7 @@ impl AgentHub {
         journal: crate::journal::Journal,
         heartbeat_interval: Duration,
         missed_heartbeats: u32,
+        clock: Arc<dyn crate::clock::Clock>,
     ) -> Arc<Self> {
         Arc::new(Self {
             state,
@@ -92,7 +94,8 @@ impl AgentHub {
             journal,
             heartbeat_interval,
             missed_heartbeats,
-            started: Instant::now(),
+            started: clock.now(),
+            clock,
             connections: Mutex::new(HashMap::new()),
             status: Mutex::new(HashMap::new()),
             allowed_blobs: Mutex::new(HashMap::new()),
@@ -110,8 +113,12 @@ impl AgentHub {
     }
 
     /// Whether the agent has been heard from within three heartbeat intervals.
+    /// Whether a command sent now can be answered: connected and heard from lately. (How an
+    /// instance's health is judged is `health::classify`'s: there silence decides.)
     pub fn is_responsive(&self, agent_id: &str) -> bool {
-        self.status(agent_id).is_some_and(|s| s.connected && s.last_seen.elapsed() < self.unresponsive_after())
+        self.status(agent_id).is_some_and(|s| {
+            s.connected && self.clock.now().saturating_duration_since(s.last_seen) < self.unresponsive_after()
+        })
     }
 
     /// Silence longer than this makes an agent unresponsive.
@@ -124,8 +131,8 @@ impl AgentHub {
     /// grace agents get to find a restarted director.
     pub fn silent_for(&self, agent_id: &str, not_before: Instant) -> Duration {
         match self.status(agent_id) {
-            Some(s) => s.last_seen.elapsed(),
-            None => not_before.max(self.started + RECONNECT_GRACE).elapsed(),
+            Some(s) => self.clock.now().saturating_duration_since(s.last_seen),
+            None => self.clock.now().saturating_duration_since(not_before.max(self.started + RECONNECT_GRACE)),
         }
     }
 
@@ -133,7 +140,7 @@ impl AgentHub {
     /// reconnect grace to do so before a command is refused for it.
     pub async fn await_reconnect(&self, agent_id: &str) {
         let until = self.started + RECONNECT_GRACE + self.unresponsive_after();
-        let left = until.saturating_duration_since(Instant::now());
+        let left = until.saturating_duration_since(self.clock.now());
         if !left.is_zero() && self.status(agent_id).is_none() {
             let _ = self.wait_connected(agent_id, left).await;
         }
@@ -142,7 +149,7 @@ impl AgentHub {
     /// Records a state the director fetched itself (`get_state`), fresher than the last heartbeat.
     pub fn observe(&self, agent_id: &str, heartbeat: Heartbeat) {
         if let Some(s) = self.status.lock().expect("hub lock").get_mut(agent_id) {
-            s.last_seen = Instant::now();
+            s.last_seen = self.clock.now();
             s.heartbeat = Some(heartbeat);
         }
     }
@@ -160,7 +167,7 @@ impl AgentHub {
     }
 
     pub async fn wait_connected(&self, agent_id: &str, timeout: Duration) -> Result<(), HubError> {
-        let deadline = Instant::now() + timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let notified = self.changed.notified();
             if self.connections.lock().expect("hub lock").contains_key(agent_id) {
@@ -332,7 +339,7 @@ impl AgentHub {
                 }
                 self.status.lock().expect("hub lock").insert(
                     claimed.clone(),
-                    AgentStatus { connected: true, last_seen: Instant::now(), vm_cid, stemcell, heartbeat: None },
+                    AgentStatus { connected: true, last_seen: self.clock.now(), vm_cid, stemcell, heartbeat: None },
                 );
                 tracing::info!(agent_id = %claimed, applied_generation, "agent connected");
                 self.changed.notify_waiters();
@@ -350,13 +357,13 @@ impl AgentHub {
                     match serde_json::from_str::<AgentMessage>(&line) {
                         Ok(AgentMessage::Heartbeat(hb)) => {
                             if let Some(s) = self.status.lock().expect("hub lock").get_mut(&claimed) {
-                                s.last_seen = Instant::now();
+                                s.last_seen = self.clock.now();
                                 s.heartbeat = Some(hb);
                             }
                         }
                         Ok(AgentMessage::Reply { id, outcome }) => {
                             if let Some(s) = self.status.lock().expect("hub lock").get_mut(&claimed) {
-                                s.last_seen = Instant::now();
+                                s.last_seen = self.clock.now();
                             }
                             if let Some(tx) = conn.pending.lock().expect("hub lock").remove(&id) {
                                 let _ = tx.send(outcome);

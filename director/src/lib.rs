@@ -144,6 +144,8 @@ pub struct Director {
     pub events: events::Events,
     pub journal: journal::Journal,
     pub clock: Arc<dyn clock::Clock>,
+    /// The CPI's latest answers about VMs, shared by every health classification.
+    pub sightings: health::VmSightings,
     pub ca: CertAuthority,
     pub secrets: secrets::SecretBox,
     pub token: String,
@@ -246,6 +248,7 @@ pub async fn start(config: DirectorConfig, cpi: Arc<dyn Cpi>) -> Result<RunningD
         journal.clone(),
         config.heartbeat_interval,
         config.missed_heartbeats.max(1),
+        clock.clone(),
     );
 
     let api_listener = tokio::net::TcpListener::bind(config.listen)
@@ -308,6 +311,7 @@ pub async fn start(config: DirectorConfig, cpi: Arc<dyn Cpi>) -> Result<RunningD
         events,
         journal,
         clock,
+        sightings: health::VmSightings::default(),
         ca,
         secrets,
         token,

@@ -654,7 +654,7 @@ fn subnet_serves(s: &ResolvedSubnet, az: &Option<String>) -> bool {
 
 fn settings(s: &ResolvedSubnet, ip: Ipv4Addr, default: Vec<String>) -> NetworkSettings {
     NetworkSettings {
-        kind: "manual".into(),
+        kind: bosun_types::cloud_config::NetworkType::Manual,
         ip: ip.to_string(),
         netmask: s.network.netmask().to_string(),
         gateway: s.gateway.map(|g| g.to_string()),
@@ -685,7 +685,7 @@ fn assign_addresses(
                     .existing
                     .as_ref()
                     .and_then(|e| e.networks.get(&nref.name))
-                    .filter(|n| n.kind == DYNAMIC && !n.ip.is_empty())
+                    .filter(|n| n.kind == NetworkType::Dynamic && !n.ip.is_empty())
                     .cloned();
                 let settings = kept.unwrap_or_else(|| dynamic_settings(net, &slot.az, default.clone()));
                 slot.networks.insert(nref.name.clone(), settings);
@@ -1114,9 +1114,6 @@ fn pick_dynamic<'s>(
         .find_map(|s| s.dynamic_pool().find(|ip| !taken.contains(ip)).map(|ip| (s, ip)))
 }
 
-/// The kind of a network's settings on a dynamic network.
-pub const DYNAMIC: &str = "dynamic";
-
 /// Settings on a dynamic network before the cloud has given the VM an address: its DNS and cloud
 /// properties (those of the subnet serving the AZ, else the network's).
 fn dynamic_settings(
@@ -1129,7 +1126,7 @@ fn dynamic_settings(
         Some(a) => s.azs.is_empty() && s.az.is_none() || s.azs.contains(a) || s.az.as_ref() == Some(a),
     });
     NetworkSettings {
-        kind: DYNAMIC.into(),
+        kind: NetworkType::Dynamic,
         ip: String::new(),
         netmask: String::new(),
         gateway: None,

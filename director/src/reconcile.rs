@@ -9,7 +9,7 @@ use crate::events::EventSubject;
 use crate::records::{now_secs, AgentRecord, CpiOp, InstanceRecord, IntentOp, OrphanedDiskRecord};
 use crate::store::{tables, StoreError};
 use crate::Director;
-use bosun_cpi::CpiError;
+use bosun_cpi::{tags, CpiError};
 use std::collections::BTreeSet;
 
 #[derive(Debug, thiserror::Error)]
@@ -79,7 +79,7 @@ async fn reconcile(d: &Director) -> Result<String, ReconcileError> {
         match d.cpi.list_vms().await {
             Ok(vms) => {
                 for vm in vms {
-                    let ours = vm.metadata.get("director_uuid") == Some(&d.uuid);
+                    let ours = vm.metadata.get(tags::DIRECTOR_UUID) == Some(&d.uuid);
                     if !ours || known_vms.contains(&vm.vm_cid) {
                         continue;
                     }
@@ -87,13 +87,13 @@ async fn reconcile(d: &Director) -> Result<String, ReconcileError> {
                         Ok(()) | Err(CpiError::VmNotFound(_)) => {}
                         Err(e) => return Err(e.into()),
                     }
-                    let name = vm.metadata.get("name").cloned().unwrap_or_default();
+                    let name = vm.metadata.get(tags::NAME).cloned().unwrap_or_default();
                     d.events
                         .record(
                             EventSubject {
                                 object_type: "vm",
                                 object_name: vm.vm_cid.clone(),
-                                deployment: vm.metadata.get("deployment").cloned(),
+                                deployment: vm.metadata.get(tags::DEPLOYMENT).cloned(),
                                 instance: Some(name.clone()).filter(|n| !n.is_empty()),
                                 task: None,
                             },
@@ -126,7 +126,7 @@ async fn reconcile(d: &Director) -> Result<String, ReconcileError> {
         match d.cpi.list_disks().await {
             Ok(disks) => {
                 for disk in disks.into_iter().filter(|x| !known_disks.contains(&x.disk_cid)) {
-                    let foreign = disk.metadata.get("director_uuid").is_some_and(|u| u != &d.uuid);
+                    let foreign = disk.metadata.get(tags::DIRECTOR_UUID).is_some_and(|u| u != &d.uuid);
                     if foreign {
                         continue;
                     }
@@ -137,8 +137,8 @@ async fn reconcile(d: &Director) -> Result<String, ReconcileError> {
                             &OrphanedDiskRecord {
                                 disk_cid: disk.disk_cid.clone(),
                                 size_mb: disk.size_mb,
-                                deployment: disk.metadata.get("deployment").cloned().unwrap_or_default(),
-                                instance: disk.metadata.get("name").cloned().unwrap_or_default(),
+                                deployment: disk.metadata.get(tags::DEPLOYMENT).cloned().unwrap_or_default(),
+                                instance: disk.metadata.get(tags::NAME).cloned().unwrap_or_default(),
                                 az: None,
                                 orphaned_at: now_secs(),
                                 reason: "no instance knew it after the director stopped mid-task".into(),

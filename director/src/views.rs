@@ -1,10 +1,9 @@
 //! The instances of a deployment as `bosun instances` shows them.
 
-use crate::records::{DesiredState, InstanceRecord, StemcellRecord};
+use crate::records::{InstanceRecord, StemcellRecord};
 use crate::store::{tables, StoreError};
 use crate::Director;
-use bosun_types::api::{InstanceState, InstanceView};
-use bosun_types::protocol::JobState;
+use bosun_types::api::InstanceView;
 
 /// The instances of a deployment as the director sees them: the store's records joined with what
 /// the agents last reported.
@@ -21,19 +20,7 @@ pub async fn instance_views(
         .into_iter()
         .map(|r| {
             let status = r.vm.as_ref().and_then(|v| d.hub.status(&v.agent_id));
-            let state = match (&r.vm, &status) {
-                (None, _) if r.state == DesiredState::Detached => InstanceState::Detached,
-                (None, _) => InstanceState::Missing,
-                (Some(v), Some(s)) if d.hub.is_responsive(&v.agent_id) => {
-                    match s.heartbeat.as_ref().map(|h| h.job_state) {
-                        Some(JobState::Running) => InstanceState::Running,
-                        Some(JobState::Failing) => InstanceState::Failing,
-                        Some(JobState::Starting) | None => InstanceState::Starting,
-                        Some(JobState::Stopped) | Some(JobState::None) => InstanceState::Stopped,
-                    }
-                }
-                (Some(_), _) => InstanceState::Unresponsive,
-            };
+            let state = crate::health::classify(&crate::health::observe(d, &r, status.as_ref()));
             let stemcell = status.as_ref().and_then(|s| s.stemcell.clone()).or_else(|| {
                 r.vm.as_ref()
                     .and_then(|v| stemcells.iter().find(|s| s.cid == v.stemcell_cid))

@@ -406,26 +406,51 @@ pub struct EventView {
     pub message: String,
 }
 
+crate::named_enum! {
+    /// What kind of problem `bosun cck` found.
+    pub enum ProblemKind {
+        MissingVm = "missing_vm",
+        UnresponsiveAgent = "unresponsive_agent",
+        MissingDisk = "missing_disk",
+        UnattachedDisk = "unattached_disk",
+        MountMismatch = "mount_mismatch",
+        OrphanVm = "orphan_vm",
+        OrphanDisk = "orphan_disk",
+    }
+}
+
+crate::named_enum! {
+    /// A way to resolve a cck problem (BOSH's names).
+    pub enum Resolution {
+        Ignore = "ignore",
+        RecreateVm = "recreate_vm",
+        DeleteVm = "delete_vm",
+        DeleteVmReference = "delete_vm_reference",
+        DeleteDiskReference = "delete_disk_reference",
+        ReattachDisk = "reattach_disk",
+        OrphanDisk = "orphan_disk",
+        DeleteDisk = "delete_disk",
+    }
+}
+
 /// A problem `bosun cck` found, with the ways it can be resolved.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ProblemView {
     /// Stable while the problem lasts: `<type>:<object>`.
     pub id: String,
-    /// `missing_vm`, `unresponsive_agent`, `missing_disk`, `unattached_disk`, `mount_mismatch`,
-    /// `orphan_vm`, `orphan_disk`.
-    pub kind: String,
+    pub kind: ProblemKind,
     pub description: String,
     #[serde(default)]
     pub instance: Option<String>,
     /// The first is the default (what `--auto` does).
-    pub resolutions: Vec<String>,
+    pub resolutions: Vec<Resolution>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields)]
 pub struct ResolveRequest {
     /// Problem id → resolution. Problems not named are left alone.
-    pub resolutions: std::collections::BTreeMap<String, String>,
+    pub resolutions: std::collections::BTreeMap<String, Resolution>,
 }
 
 /// Resurrection switched for the whole director (`deployment` none) or one deployment.

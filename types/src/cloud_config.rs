@@ -68,6 +68,17 @@ pub enum NetworkType {
     Vip,
 }
 
+impl NetworkType {
+    /// The name manifests and the agent protocol use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NetworkType::Manual => "manual",
+            NetworkType::Dynamic => "dynamic",
+            NetworkType::Vip => "vip",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Network {

@@ -21,6 +21,42 @@ pub mod yaml;
 
 pub use yaml::{DocumentError, YamlPath};
 
+/// An enum whose variants are named by fixed snake_case words on the wire, in the CLI and in
+/// messages: one list gives the serde names, `as_str`, `Display`, `FromStr` and `ALL`.
+#[macro_export]
+macro_rules! named_enum {
+    ($(#[$meta:meta])* $vis:vis enum $name:ident { $($(#[$vmeta:meta])* $variant:ident = $word:literal,)+ }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+        $vis enum $name {
+            $($(#[$vmeta])* #[serde(rename = $word)] $variant,)+
+        }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $word,)+ }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                $name::ALL.iter().copied().find(|v| v.as_str() == s).ok_or_else(|| {
+                    let all: Vec<&str> = $name::ALL.iter().map(|v| v.as_str()).collect();
+                    format!("`{s}` is not one of {}", all.join(", "))
+                })
+            }
+        }
+    };
+}
+
 /// An error and its sources, each once: `a: b: c`. Messages describe their own layer only (house
 /// style), so the chain reads as a path from the operation down to the cause.
 pub fn error_chain(e: &dyn std::error::Error) -> String {

@@ -6,6 +6,7 @@
 //! a [`BlobHeader`] line and then the raw bytes). Every command carries an id; commands are
 //! idempotent, and `apply` carries a generation the agent never goes back behind.
 
+use crate::cloud_config::NetworkType;
 use crate::release::ProcessDefinition;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -69,8 +70,8 @@ pub struct DiskSettings {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct NetworkSettings {
-    #[serde(rename = "type", default = "manual")]
-    pub kind: String,
+    #[serde(rename = "type", default)]
+    pub kind: NetworkType,
     pub ip: String,
     pub netmask: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -81,10 +82,6 @@ pub struct NetworkSettings {
     pub dns: Vec<String>,
     #[serde(default)]
     pub cloud_properties: serde_json::Value,
-}
-
-fn manual() -> String {
-    "manual".into()
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]

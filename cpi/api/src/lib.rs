@@ -177,6 +177,23 @@ pub fn agent_settings(request: &CreateVmRequest, vm_cid: &str) -> CpiResult<Agen
     })
 }
 
+/// The tag keys the director sets on every VM and disk (BOSH's default tags), by which a restarted
+/// director and `bosun cck` recognise what is theirs.
+pub mod tags {
+    pub const DIRECTOR: &str = "director";
+    pub const DIRECTOR_UUID: &str = "director_uuid";
+    pub const DEPLOYMENT: &str = "deployment";
+    pub const INSTANCE_GROUP: &str = "instance_group";
+    /// BOSH's older name of the instance group, still set for tools that read it.
+    pub const JOB: &str = "job";
+    pub const ID: &str = "id";
+    /// `group/uuid`.
+    pub const NAME: &str = "name";
+    pub const INDEX: &str = "index";
+    pub const INSTANCE_INDEX: &str = "instance_index";
+    pub const CREATED_AT: &str = "created_at";
+}
+
 /// The VM's tags as the director set them at creation (`env.bosun.tags`).
 pub fn creation_tags(request: &CreateVmRequest) -> BTreeMap<String, String> {
     request

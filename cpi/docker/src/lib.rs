@@ -243,7 +243,8 @@ impl DockerCpi {
     ) -> CpiResult<BTreeMap<String, NetworkSettings>> {
         let guard = if make_networks { Some(self.lock.lock().await) } else { None };
         if make_networks {
-            for (name, n) in networks.iter().filter(|(_, n)| n.kind != "dynamic") {
+            for (name, n) in networks.iter().filter(|(_, n)| n.kind != bosun_types::cloud_config::NetworkType::Dynamic)
+            {
                 self.ensure_network(&network_name(name, n), n).await?;
             }
         }
@@ -340,7 +341,7 @@ impl DockerCpi {
                 (
                     name.clone(),
                     NetworkSettings {
-                        kind: "manual".into(),
+                        kind: bosun_types::cloud_config::NetworkType::Manual,
                         ip: ep.ipam_config.and_then(|i| i.ipv4_address).or(ep.ip_address).unwrap_or_default(),
                         netmask: String::new(),
                         gateway: ep.gateway,

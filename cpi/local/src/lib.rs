@@ -328,7 +328,10 @@ impl Cpi for LocalCpi {
             }
         }
         let mut networks = request.networks.clone();
-        for (name, n) in networks.iter_mut().filter(|(_, n)| n.kind == "dynamic" && n.ip.is_empty()) {
+        for (name, n) in networks
+            .iter_mut()
+            .filter(|(_, n)| n.kind == bosun_types::cloud_config::NetworkType::Dynamic && n.ip.is_empty())
+        {
             assign_dynamic(name, n, &held)?;
         }
         let ips = ips_of(&networks)?;

@@ -9,7 +9,7 @@ use crate::records::{now_secs, InstanceRecord, OrphanedDiskRecord, VmRecord};
 use crate::store::{tables, StoreError};
 use crate::tasks::Task;
 use crate::Director;
-use bosun_cpi::CpiError;
+use bosun_cpi::{tags, CpiError};
 use bosun_types::protocol::AgentCommand;
 use std::sync::Arc;
 
@@ -160,7 +160,7 @@ pub(crate) async fn migrate_disk(
 
 pub(crate) async fn set_disk_tags(d: &Director, task: &Task, rec: &InstanceRecord, disk: &str) {
     let mut meta = vm_tags(d, &rec.deployment, rec);
-    meta.insert("instance_index".into(), rec.index.to_string());
+    meta.insert(tags::INSTANCE_INDEX.into(), rec.index.to_string());
     match d.cpi.set_disk_metadata(disk, &meta).await {
         Ok(()) | Err(CpiError::NotImplemented(_)) => {}
         Err(e) => task.warn("disk", Some(&rec.name()), format!("set_disk_metadata failed: {e}")).await,

@@ -87,6 +87,7 @@ pub async fn execute(
 
 /// One instance group: its batches in order, each batch's instances at once. A failure stops the
 /// group (and the deploy) after the batch it happened in; what was done stays done.
+#[tracing::instrument(name = "group_update", skip_all, fields(group = %g.name))]
 pub(crate) async fn update_group(
     d: &Arc<Director>,
     task: &Task,
@@ -177,6 +178,7 @@ pub(crate) struct Converge<'a> {
     opts: ExecOptions,
 }
 
+#[tracing::instrument(name = "instance_update", skip_all, fields(instance = %i.name(), action = %i.action, canary = run.canary))]
 pub(crate) async fn converge_instance(
     d: &Arc<Director>,
     task: &Task,
@@ -188,6 +190,7 @@ pub(crate) async fn converge_instance(
     if matches!(i.action, InstanceAction::Keep | InstanceAction::Delete) {
         return Ok(()); // batches hold only instances that change; deletes go their own way
     }
+    crate::fault::panic_point(crate::fault::PanicPoint::UpdateInstance);
     let name = i.name();
     let mut rec: InstanceRecord = d
         .state

@@ -2,7 +2,7 @@
 //! the watch time → post-start, and the stop path (pre-stop → drain → stop → post-stop), each
 //! script with its timeout; post-deploy at the end of a deploy.
 
-use super::step::{step, DeployError, NextState, StepError, APPLY_TIMEOUT, COMMAND_TIMEOUT};
+use super::step::{step, DeployError, Next, NextState, StepError, APPLY_TIMEOUT, COMMAND_TIMEOUT};
 use crate::hub::HubError;
 use crate::planner::InstancePlan;
 use crate::records::{DesiredState, InstanceRecord};
@@ -183,7 +183,7 @@ pub(crate) async fn apply_and_start(
     let (spec, digests) = build_spec(d, rec, i, generation).await?;
     d.hub.allow_blobs(&agent_id, digests);
     d.hub.call(&agent_id, AgentCommand::Apply { spec: Box::new(spec) }, APPLY_TIMEOUT).await?;
-    crate::fault::crash_point("after_apply");
+    crate::fault::crash_point(crate::fault::CrashPoint::AfterApply);
     rec.generation = generation;
     d.state.put(tables::INSTANCES, &rec.key(), rec).await?;
     task.info("update", Some(&rec.name()), format!("applied spec generation {generation}")).await;
@@ -271,10 +271,10 @@ pub(crate) async fn stop_jobs(
         env.insert("BOSH_DEPLOYMENT_NEXT_STATE".to_string(), next.deployment.to_string());
         run_script(d, &vm.agent_id, LifecycleScript::PreStop, vec![], env.clone(), timeout).await?;
         let current = rec.applied.as_ref().map(|a| a.persistent_disk_mb).unwrap_or(0);
-        let next_disk = if next.instance == "delete" { 0 } else { how.next_disk_mb };
+        let next_disk = if next.instance == Next::Delete { 0 } else { how.next_disk_mb };
         env.insert("BOSH_JOB_STATE".to_string(), serde_json::json!({ "persistent_disk": current }).to_string());
         env.insert("BOSH_JOB_NEXT_STATE".to_string(), serde_json::json!({ "persistent_disk": next_disk }).to_string());
-        let kind = if how.shutdown || next.vm == "delete" { "job_shutdown" } else { "job_changed" };
+        let kind = if how.shutdown || next.vm == Next::Delete { "job_shutdown" } else { "job_changed" };
         drain(d, task, rec, &vm.agent_id, kind, env, timeout).await?;
     }
     d.hub.call(&vm.agent_id, AgentCommand::Stop, COMMAND_TIMEOUT + Duration::from_secs(60)).await?;

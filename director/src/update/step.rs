@@ -41,19 +41,29 @@ pub enum StepError {
     Failed(String),
 }
 
-/// The next states BOSH's pre-stop and drain scripts are told.
-#[derive(Debug, Clone, Copy)]
-pub struct NextState {
-    pub vm: &'static str,
-    pub instance: &'static str,
-    pub deployment: &'static str,
+bosun_types::named_enum! {
+    /// What becomes of a VM, an instance or a deployment after a stop (BOSH's next states).
+    pub enum Next {
+        Keep = "keep",
+        Delete = "delete",
+    }
 }
 
-pub(crate) const NEXT_UPDATE: NextState = NextState { vm: "keep", instance: "keep", deployment: "keep" };
-pub(crate) const NEXT_RECREATE: NextState = NextState { vm: "delete", instance: "keep", deployment: "keep" };
-pub(crate) const NEXT_SCALE_IN: NextState = NextState { vm: "delete", instance: "delete", deployment: "keep" };
+/// The next states BOSH's pre-stop and drain scripts are told (`BOSH_*_NEXT_STATE`).
+#[derive(Debug, Clone, Copy)]
+pub struct NextState {
+    pub vm: Next,
+    pub instance: Next,
+    pub deployment: Next,
+}
+
+pub(crate) const NEXT_UPDATE: NextState = NextState { vm: Next::Keep, instance: Next::Keep, deployment: Next::Keep };
+pub(crate) const NEXT_RECREATE: NextState =
+    NextState { vm: Next::Delete, instance: Next::Keep, deployment: Next::Keep };
+pub(crate) const NEXT_SCALE_IN: NextState =
+    NextState { vm: Next::Delete, instance: Next::Delete, deployment: Next::Keep };
 pub(crate) const NEXT_DELETE_DEPLOYMENT: NextState =
-    NextState { vm: "delete", instance: "delete", deployment: "delete" };
+    NextState { vm: Next::Delete, instance: Next::Delete, deployment: Next::Delete };
 
 pub(crate) fn step(instance: &str, what: &str) -> impl FnOnce(StepError) -> DeployError {
     let instance = instance.to_string();

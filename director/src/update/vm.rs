@@ -8,7 +8,7 @@ use crate::records::{now_secs, AgentRecord, InstanceRecord, VmRecord};
 use crate::store::tables;
 use crate::tasks::Task;
 use crate::Director;
-use bosun_cpi::{CpiError, CreateVmRequest};
+use bosun_cpi::{tags, CpiError, CreateVmRequest};
 use bosun_types::pki::LeafUsage;
 use bosun_types::protocol::AgentCommand;
 use std::collections::BTreeMap;
@@ -19,15 +19,15 @@ pub(crate) const MAX_VM_CREATE_TRIES: u32 = 5;
 
 pub(crate) fn vm_tags(d: &Director, deployment: &str, rec: &InstanceRecord) -> BTreeMap<String, String> {
     let mut t = BTreeMap::new();
-    t.insert("director".into(), d.config.name.clone());
-    t.insert("director_uuid".into(), d.uuid.clone());
-    t.insert("deployment".into(), deployment.to_string());
-    t.insert("instance_group".into(), rec.group.clone());
-    t.insert("job".into(), rec.group.clone());
-    t.insert("id".into(), rec.uuid.clone());
-    t.insert("name".into(), rec.name());
-    t.insert("index".into(), rec.index.to_string());
-    t.insert("created_at".into(), now_secs().to_string());
+    t.insert(tags::DIRECTOR.into(), d.config.name.clone());
+    t.insert(tags::DIRECTOR_UUID.into(), d.uuid.clone());
+    t.insert(tags::DEPLOYMENT.into(), deployment.to_string());
+    t.insert(tags::INSTANCE_GROUP.into(), rec.group.clone());
+    t.insert(tags::JOB.into(), rec.group.clone());
+    t.insert(tags::ID.into(), rec.uuid.clone());
+    t.insert(tags::NAME.into(), rec.name());
+    t.insert(tags::INDEX.into(), rec.index.to_string());
+    t.insert(tags::CREATED_AT.into(), now_secs().to_string());
     t
 }
 
@@ -102,7 +102,7 @@ pub(crate) async fn create_vm_for(
             Err(e) => return Err(e.into()),
         }
     };
-    crate::fault::crash_point("after_create_vm");
+    crate::fault::crash_point(crate::fault::CrashPoint::AfterCreateVm);
     let vm = VmRecord { cid: vm_cid.clone(), agent_id, stemcell_cid: i.stemcell.cid.clone(), created_at: now_secs() };
     if replacement {
         rec.replacement_vm = Some(vm);
@@ -182,7 +182,7 @@ pub(crate) async fn delete_vm_of(d: &Arc<Director>, task: &Task, rec: &mut Insta
         }
         Err(e) => return Err(e.into()),
     }
-    crate::fault::crash_point("after_delete_vm");
+    crate::fault::crash_point(crate::fault::CrashPoint::AfterDeleteVm);
     instance_event(task, rec, "delete_vm", format!("deleted VM {}", vm.cid)).await;
     d.hub.forget(&vm.agent_id);
     d.state.delete(tables::AGENTS, &vm.agent_id).await?;
