@@ -786,3 +786,23 @@ fn serial_groups_go_alone_and_neighbouring_non_serial_groups_go_together() {
     let stages: Vec<Vec<&str>> = p.stages.iter().map(names).collect();
     assert_eq!(stages, vec![vec!["db"], vec!["a", "b"], vec!["c"], vec!["d"], vec!["e"], vec!["f"]]);
 }
+
+#[test]
+fn deletes_run_highest_index_first_at_the_groups_max_in_flight_and_a_removed_group_at_once() {
+    let mut w = World::new();
+    let first = w.plan(&manifest(5, "")).unwrap();
+    w.apply(&first);
+    // Scale-in 5 → 1 at max_in_flight 2: indexes 4 3 | 2 1, the group's script timeout each.
+    let p = w.plan(&manifest(1, "")).unwrap();
+    let batches: Vec<Vec<u32>> =
+        p.delete_batches.iter().map(|b| b.instances.iter().map(|i| i.index).collect()).collect();
+    assert_eq!(batches, vec![vec![4, 3], vec![2, 1]]);
+    assert!(p.delete_batches.iter().all(|b| b.script_timeout_ms == p.groups[0].script_timeout_ms));
+    // A group gone from the manifest: all its instances in one batch, the default timeout.
+    let p = w.plan(&manifest(5, "").replace("- name: db", "- name: store")).unwrap();
+    assert_eq!(p.delete_batches.len(), 1);
+    assert_eq!(p.delete_batches[0].instances.len(), 5);
+    assert_eq!(p.delete_batches[0].script_timeout_ms, bosun_director::planner::DEFAULT_SCRIPT_TIMEOUT_MS);
+    // Nothing to delete: no batches.
+    assert!(w.plan(&manifest(5, "")).unwrap().delete_batches.is_empty());
+}

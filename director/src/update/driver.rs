@@ -9,7 +9,7 @@ use super::step::{
     instance_event, step, DeployError, ExecOptions, NextState, StepError, NEXT_RECREATE, NEXT_SCALE_IN, NEXT_UPDATE,
 };
 use super::vm::{create_vm_for, delete_vm_of, swap_vm};
-use crate::planner::{DiskPlan, GroupPlan, InstancePlan, Requests, DEFAULT_SCRIPT_TIMEOUT_MS};
+use crate::planner::{DiskPlan, GroupPlan, InstancePlan, Requests};
 use crate::records::{instance_key, now_secs, DeploymentRecord, DesiredState, InstanceRecord};
 use crate::store::tables;
 use crate::tasks::Task;
@@ -50,27 +50,15 @@ pub async fn execute(
         task.info("plan", None, "no changes").await;
         return Ok("no changes".into());
     }
-    // Deletes first, each group's at its max_in_flight (BOSH's "Deleting unneeded instances").
-    let mut deletes_by_group: BTreeMap<&str, Vec<&InstanceRecord>> = BTreeMap::new();
-    for rec in &plan.deletes {
-        deletes_by_group.entry(rec.group.as_str()).or_default().push(rec);
-    }
-    for (group, recs) in deletes_by_group {
-        let group_plan = plan.groups.iter().find(|g| g.name == group);
-        let in_flight = group_plan.map(|g| g.update.max_in_flight_for(recs.len())).unwrap_or(recs.len());
-        let timeout =
-            Duration::from_millis(group_plan.map(|g| g.script_timeout_ms).unwrap_or(DEFAULT_SCRIPT_TIMEOUT_MS));
-        // Highest index first, as the scale-in took them.
-        let mut recs = recs;
-        recs.sort_by_key(|r| std::cmp::Reverse(r.index));
-        for chunk in recs.chunks(in_flight.max(1)) {
-            let runs = chunk.iter().map(|rec| async move {
-                task.info("delete", Some(&rec.name()), "deleting instance (no longer in the manifest)").await;
-                delete_instance(d, task, (*rec).clone(), NEXT_SCALE_IN, DiskFate::Orphan, timeout, opts).await
-            });
-            for r in futures::future::join_all(runs).await {
-                r?;
-            }
+    // Deletes first, in the planner's batches (BOSH's "Deleting unneeded instances").
+    for batch in &plan.delete_batches {
+        let timeout = Duration::from_millis(batch.script_timeout_ms);
+        let runs = batch.instances.iter().map(|rec| async move {
+            task.info("delete", Some(&rec.name()), "deleting instance (no longer in the manifest)").await;
+            delete_instance(d, task, rec.clone(), NEXT_SCALE_IN, DiskFate::Orphan, timeout, opts).await
+        });
+        for r in futures::future::join_all(runs).await {
+            r?;
         }
     }
     // Stage by stage, as the planner ordered them (non-serial neighbours together).
