@@ -152,7 +152,7 @@ fn set(state: &Mutex<ProcessState>, f: impl FnOnce(&mut ProcessState)) {
 /// The pids a previous agent's pid files name (the files are removed as they are read).
 fn leftover_pids(run: &std::path::Path) -> Vec<i32> {
     let mut pids = Vec::new();
-    if let Ok(jobs) = std::fs::read_dir(&run) {
+    if let Ok(jobs) = std::fs::read_dir(run) {
         for job in jobs.flatten() {
             if let Ok(files) = std::fs::read_dir(job.path()) {
                 for f in files.flatten() {

@@ -141,15 +141,10 @@ impl Monitor {
             // An agent whose connection dropped is asked about at once: if its VM is gone there is
             // nothing to wait for. A silent one is asked once it is past the threshold.
             let ask = d.sightings.get(&vm.cid).is_none()
-                && ((dropped
-                    && !silent
-                    && !previous.is_some_and(Health::unhealthy)
-                    && self.probed.insert(key.clone()))
-                    || silent);
+                && (silent || (dropped && !previous.is_some_and(Health::unhealthy) && self.probed.insert(key.clone())));
             if ask {
                 match d.cpi.has_vm(&vm.cid).await {
-                    Ok(exists) if dropped || silent => d.sightings.record(&vm.cid, exists),
-                    Ok(_) => {}
+                    Ok(exists) => d.sightings.record(&vm.cid, exists),
                     Err(e) => tracing::warn!(vm = %vm.cid, error = %e, "has_vm failed; judging by the agent alone"),
                 }
             }

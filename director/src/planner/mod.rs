@@ -61,13 +61,16 @@ pub fn plan(input: &PlanningInput<'_>, rng: &mut dyn RngCore) -> Result<Plan, Pl
     Ok(Plan { deployment: input.manifest.name.clone(), groups, deletes, delete_batches, stages })
 }
 
+/// Each group (by position in the manifest) with its placed instances.
+type Placed = Vec<(usize, Vec<Slot>)>;
+
 /// Placement and addresses: each group's instances (index, AZ), the instances that go, and every
 /// instance's addresses — kept instances' reserved before anyone new is given one.
 fn place(
     input: &PlanningInput<'_>,
     rng: &mut dyn RngCore,
     taken: &mut BTreeSet<Ipv4Addr>,
-) -> Result<(Vec<(usize, Vec<Slot>)>, Vec<InstanceRecord>), PlanError> {
+) -> Result<(Placed, Vec<InstanceRecord>), PlanError> {
     let m = input.manifest;
     let group_names: BTreeSet<&str> = m.instance_groups.iter().map(|g| g.name.as_str()).collect();
     let mut deletes: Vec<InstanceRecord> =
@@ -75,7 +78,7 @@ fn place(
     for d in &deletes {
         taken.extend(d.held_addresses());
     }
-    let mut placed: Vec<(usize, Vec<Slot>)> = Vec::new();
+    let mut placed: Placed = Vec::new();
     for (gi, g) in m.instance_groups.iter().enumerate() {
         let (slots, gone) = placement::place_group(g, input.existing, rng);
         for d in &gone {

@@ -32,7 +32,9 @@ pub(crate) struct StopHow {
 
 /// Packs and stores each rendered job (compression and fsync: off the async threads).
 async fn store_rendered_jobs(d: &Director, i: &InstancePlan) -> Result<Vec<BlobRef>, StepError> {
-    let rendered: Vec<(String, BTreeMap<String, (u32, Vec<u8>)>)> = i
+    // (job name, path → (mode, bytes)) for each rendered job.
+    type Files = BTreeMap<String, (u32, Vec<u8>)>;
+    let rendered: Vec<(String, Files)> = i
         .jobs
         .iter()
         .map(|j| {

@@ -1,0 +1,194 @@
+//! Deployments and their instances: `deploy`, `deployments`, `instances`, `manifest`,
+//! `delete-deployment`, and the instance commands `recreate`, `restart`, `stop`, `start`.
+
+use crate::{client, confirm, deployment, manifest, output, print_json, Cli, InputError};
+use anyhow::Result;
+use bosun_types::api::*;
+use bosun_types::manifest::MaxInFlight;
+use std::path::Path;
+
+pub async fn deploy(
+    cli: &Cli,
+    path: &Path,
+    vars: &manifest::VarArgs,
+    dry_run: &bool,
+    recreate: &bool,
+    update: &UpdateArgs,
+) -> Result<()> {
+    let doc = manifest::load(path, vars, false)?;
+    let name = doc
+        .get("name")
+        .and_then(|n| n.as_str())
+        .ok_or_else(|| InputError::new(format!("{}: /name: missing", path.display())))?
+        .to_string();
+    if let Some(d) = &cli.deployment {
+        if d != &name {
+            return Err(InputError::new(format!(
+                "{} is the manifest of deployment `{name}`, not `{d}`",
+                path.display()
+            ))
+            .into());
+        }
+    }
+    let request =
+        DeployRequest { manifest: serde_yaml::to_string(&doc)?, recreate: *recreate, overrides: update.overrides() };
+    let c = client(cli)?;
+    let plan: PlanView = c.post_json(&format!("/v1/deployments/{name}/plan"), &request).await?;
+    if cli.json && *dry_run {
+        return print_json(&plan);
+    }
+    eprint!("{}", output::render_plan(&plan));
+    if *dry_run {
+        return Ok(());
+    }
+    if plan.changes && !confirm(cli)? {
+        return Err(InputError::new("deploy cancelled").into());
+    }
+    let t: TaskCreated = c.post_json("/v1/deployments", &request).await?;
+    c.follow_task(t.task_id, cli.json).await.map(|_| ())
+}
+
+pub async fn deployments(cli: &Cli) -> Result<()> {
+    let v: Vec<DeploymentView> = client(cli)?.get("/v1/deployments").await?;
+    if cli.json {
+        return print_json(&v);
+    }
+    let rows = v
+        .iter()
+        .map(|d| {
+            vec![
+                d.name.clone(),
+                d.releases.join(", "),
+                d.stemcells.join(", "),
+                d.instances.to_string(),
+                d.cloud_config.clone(),
+            ]
+        })
+        .collect::<Vec<_>>();
+    print!("{}", output::table(&["Name", "Release(s)", "Stemcell(s)", "Instances", "Cloud Config"], &rows));
+    Ok(())
+}
+
+pub async fn instances(cli: &Cli, ps: &bool) -> Result<()> {
+    let d = deployment(cli)?;
+    let v: Vec<InstanceView> = client(cli)?.get(&format!("/v1/deployments/{d}/instances?ps={ps}")).await?;
+    if cli.json {
+        return print_json(&v);
+    }
+    let mut rows = Vec::new();
+    for i in &v {
+        rows.push(vec![
+            format!("{}{}", i.instance, if i.bootstrap { "*" } else { "" }),
+            i.index.to_string(),
+            i.state.to_string(),
+            i.az.clone().unwrap_or_else(|| "-".into()),
+            i.ips.join(", "),
+            i.vm_cid.clone().unwrap_or_else(|| "-".into()),
+            i.stemcell.as_ref().map(|s| format!("{}/{}", s.name, s.version)).unwrap_or_else(|| "-".into()),
+        ]);
+        for p in i.processes.iter().flatten() {
+            rows.push(vec![
+                format!("~ {}/{}", p.job, p.name),
+                String::new(),
+                format!("{:?}", p.state).to_lowercase(),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+            ]);
+        }
+    }
+    println!("Deployment '{d}'\n");
+    print!("{}", output::table(&["Instance", "Index", "State", "AZ", "IPs", "VM CID", "Stemcell"], &rows));
+    println!("(*) bootstrap");
+    Ok(())
+}
+
+pub async fn manifest(cli: &Cli) -> Result<()> {
+    let d = deployment(cli)?;
+    print!("{}", client(cli)?.get_text(&format!("/v1/deployments/{d}/manifest")).await?);
+    Ok(())
+}
+
+pub async fn delete_deployment(cli: &Cli) -> Result<()> {
+    let d = deployment(cli)?;
+    let c = client(cli)?;
+    let _: DeploymentView = c.get(&format!("/v1/deployments/{d}")).await?;
+    eprintln!("Using deployment '{d}'; every VM and persistent disk of it will be deleted.");
+    if !confirm(cli)? {
+        return Err(InputError::new("delete cancelled").into());
+    }
+    let t: TaskCreated = c.delete(&format!("/v1/deployments/{d}")).await?;
+    c.follow_task(t.task_id, cli.json).await.map(|_| ())
+}
+
+/// How an update runs: BOSH's command-line overrides.
+#[derive(clap::Args, Debug)]
+pub struct UpdateArgs {
+    /// Skip pre-stop and drain scripts.
+    #[arg(long)]
+    skip_drain: bool,
+    /// Override every instance group's canaries.
+    #[arg(long)]
+    canaries: Option<u32>,
+    /// Override every instance group's max_in_flight (a number or a percentage such as 25%).
+    #[arg(long, value_parser = parse_max_in_flight)]
+    max_in_flight: Option<MaxInFlight>,
+}
+
+impl UpdateArgs {
+    fn overrides(&self) -> UpdateOverrides {
+        UpdateOverrides { skip_drain: self.skip_drain, canaries: self.canaries, max_in_flight: self.max_in_flight }
+    }
+}
+
+pub fn parse_max_in_flight(s: &str) -> Result<MaxInFlight, String> {
+    s.parse()
+}
+
+#[derive(clap::Args, Debug)]
+pub struct InstanceCommandArgs {
+    /// `group`, `group/uuid` or `group/index`; none means every instance of the deployment.
+    #[arg(value_parser = parse_selector)]
+    instances: Vec<String>,
+    /// Show the plan and stop.
+    #[arg(long)]
+    dry_run: bool,
+    #[command(flatten)]
+    update: UpdateArgs,
+}
+
+pub fn parse_selector(s: &str) -> Result<String, String> {
+    s.parse::<InstanceSelector>().map(|_| s.to_string())
+}
+
+/// recreate / restart / stop / start: show the plan, confirm, follow the task.
+pub async fn instance_command(
+    cli: &Cli,
+    command: InstanceCommand,
+    args: &InstanceCommandArgs,
+    hard: bool,
+) -> Result<()> {
+    let d = deployment(cli)?;
+    let c = client(cli)?;
+    let request = InstanceCommandRequest {
+        command,
+        instances: args.instances.clone(),
+        hard,
+        overrides: args.update.overrides(),
+        dry_run: args.dry_run,
+    };
+    let plan: PlanView = c.post_json(&format!("/v1/deployments/{d}/instance-commands/plan"), &request).await?;
+    if cli.json && args.dry_run {
+        return print_json(&plan);
+    }
+    eprint!("{}", output::render_plan(&plan));
+    if args.dry_run || !plan.changes {
+        return Ok(());
+    }
+    if !confirm(cli)? {
+        return Err(InputError::new(format!("{command} cancelled")).into());
+    }
+    let t: TaskCreated = c.post_json(&format!("/v1/deployments/{d}/instance-commands"), &request).await?;
+    c.follow_task(t.task_id, cli.json).await.map(|_| ())
+}

@@ -1,0 +1,114 @@
+//! `bosun director` (run a director) and `bosun target`.
+
+use crate::client::{Client, Target};
+use crate::{cpis, print_json, Cli, InputError};
+use anyhow::Result;
+use bosun_types::api::*;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub async fn target(cli: &Cli) -> Result<()> {
+    let t = Target::resolve(cli.director.as_deref(), cli.ca_cert.as_deref(), cli.token.as_deref())?;
+    let c = Client::new(t.clone())?;
+    let info: DirectorInfo = c.get("/v1/info").await?;
+    if cli.director.is_some() {
+        let path = t.save()?;
+        eprintln!("Target saved in {}", path.display());
+    }
+    if cli.json {
+        return print_json(&info);
+    }
+    println!(
+        "Director  {} ({})\nName      {}\nUUID      {}\nVersion   {}\nCPI       {}",
+        t.director, info.api_version, info.name, info.uuid, info.version, info.cpi
+    );
+    Ok(())
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DirectorArgs {
+    #[arg(long, value_name = "DIR")]
+    state_dir: PathBuf,
+    #[arg(long, default_value = "127.0.0.1:25555")]
+    listen: std::net::SocketAddr,
+    /// Where agents connect (mutual TLS). Defaults to the API's address, port + 1.
+    #[arg(long)]
+    agent_listen: Option<std::net::SocketAddr>,
+    /// The CPI: `local` (processes on this machine) or `docker` (containers on the Docker Engine).
+    #[arg(long, default_value = "local")]
+    cpi: String,
+    /// The CPI's options, YAML (docker: `socket`, `agent_director_address`).
+    #[arg(long, value_name = "FILE")]
+    cpi_config: Option<PathBuf>,
+    #[arg(long, default_value = "bosun")]
+    name: String,
+    /// Agent heartbeat interval, in milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    heartbeat_interval_ms: u64,
+    /// How long a new VM's agent has to connect, in seconds.
+    #[arg(long, default_value_t = 120)]
+    agent_wait_timeout: u64,
+    /// How long an orphaned persistent disk is kept before it is deleted, in seconds (BOSH: 5 days).
+    #[arg(long, default_value_t = 5 * 24 * 3600)]
+    orphaned_disk_retention: u64,
+    /// Grow persistent disks through the CPI's resize_disk where it can, instead of copying.
+    #[arg(long)]
+    enable_cpi_resize_disk: bool,
+    /// Heartbeats an agent may miss before it is unresponsive.
+    #[arg(long, default_value_t = 3)]
+    missed_heartbeats: u32,
+    /// Meltdown: at least this many instances of a deployment turned unhealthy ...
+    #[arg(long, default_value_t = 5)]
+    meltdown_min_instances: usize,
+    /// ... and at least this percentage of them ...
+    #[arg(long, default_value_t = 20)]
+    meltdown_percent: u32,
+    /// ... within this many seconds stops resurrection for the deployment.
+    #[arg(long, default_value_t = 600)]
+    meltdown_window: u64,
+}
+
+pub async fn run_director(args: &DirectorArgs) -> Result<()> {
+    let DirectorArgs { state_dir, listen, agent_listen, cpi, name, heartbeat_interval_ms, agent_wait_timeout, .. } =
+        args;
+    let (listen, agent_listen, heartbeat_interval_ms, agent_wait_timeout) =
+        (*listen, *agent_listen, *heartbeat_interval_ms, *agent_wait_timeout);
+    let cpi = cpis::open(cpi, args.cpi_config.as_deref(), state_dir).await?;
+    let agent_listen = agent_listen.unwrap_or_else(|| {
+        let port = if listen.port() == 0 { 0 } else { listen.port().wrapping_add(1) };
+        std::net::SocketAddr::new(listen.ip(), port)
+    });
+    if heartbeat_interval_ms < 100 {
+        return Err(InputError::new("--heartbeat-interval-ms must be at least 100").into());
+    }
+    let config = bosun_director::DirectorConfig {
+        name: name.to_string(),
+        state_dir: state_dir.to_path_buf(),
+        listen,
+        agent_listen,
+        agent_advertise: None,
+        heartbeat_interval: Duration::from_millis(heartbeat_interval_ms),
+        agent_wait_timeout: Duration::from_secs(agent_wait_timeout),
+        orphaned_disk_retention: Duration::from_secs(args.orphaned_disk_retention),
+        cpi_resize_disk: args.enable_cpi_resize_disk,
+        missed_heartbeats: args.missed_heartbeats,
+        meltdown: bosun_director::health::MeltdownConfig {
+            min_instances: args.meltdown_min_instances,
+            percent: args.meltdown_percent,
+            window: Duration::from_secs(args.meltdown_window),
+        },
+    };
+    let running = bosun_director::start(config, cpi).await?;
+    print!("{}", std::fs::read_to_string(&running.env_file)?);
+    println!("# written to {}", running.env_file.display());
+    use std::io::Write;
+    std::io::stdout().flush()?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("director stopping; VMs keep running");
+    running.director.state.flush().await?;
+    Ok(())
+}
