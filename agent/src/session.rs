@@ -224,6 +224,7 @@ impl Agent {
         .map_err(|e| format!("ledger writer failed: {e}"))?
     }
 
+    #[tracing::instrument(name = "command", skip_all, fields(command = command.name()))]
     async fn execute(&self, command: AgentCommand) -> Result<serde_json::Value, String> {
         match command {
             AgentCommand::GetState => Ok(serde_json::to_value(self.heartbeat().await).expect("serializable")),

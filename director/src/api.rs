@@ -3,7 +3,7 @@
 
 use crate::planner::{Requests, Selection};
 use crate::records::{
-    now_secs, CloudConfigRecord, DeploymentRecord, DesiredState, InstanceRecord, OrphanedDiskRecord, ReleaseRecord,
+    CloudConfigRecord, DeploymentRecord, DesiredState, InstanceRecord, OrphanedDiskRecord, ReleaseRecord,
     StemcellRecord,
 };
 use crate::store::tables;
@@ -178,7 +178,7 @@ async fn update_cloud_config(State(d): Shared, body: String) -> Result<Json<Clou
         .put(
             tables::CLOUD_CONFIGS,
             &update::cloud_config_key(version),
-            &CloudConfigRecord { version, yaml: body, created_at: now_secs() },
+            &CloudConfigRecord { version, yaml: body, created_at: d.clock.unix_secs() },
         )
         .await?;
     d.state.flush().await?;

@@ -5,7 +5,7 @@
 use crate::events::EventSubject;
 use crate::health::{classify, observe};
 use crate::planner::Selection;
-use crate::records::{now_secs, DesiredState, InstanceRecord, OrphanedDiskRecord};
+use crate::records::{DesiredState, InstanceRecord, OrphanedDiskRecord};
 use crate::store::{tables, StoreError};
 use crate::tasks::Task;
 use crate::Director;
@@ -305,7 +305,7 @@ async fn apply(
                         deployment: deployment.to_string(),
                         instance: String::new(),
                         az: None,
-                        orphaned_at: now_secs(),
+                        orphaned_at: d.clock.unix_secs(),
                         reason: "found by cck with no instance".into(),
                     },
                 )

@@ -1,7 +1,6 @@
 //! Orphaned persistent disks: kept for `orphaned_disk_retention` after no instance uses them (in
 //! case an operator wants the data back), then deleted; or deleted at once by `bosun delete-disk`.
 
-use crate::records::now_secs;
 use crate::store::{tables, StoreError};
 use crate::Director;
 use bosun_cpi::CpiError;
@@ -45,7 +44,7 @@ pub async fn sweep_expired_orphans(d: Arc<Director>) {
                 continue;
             }
         };
-        let now = now_secs();
+        let now = d.clock.unix_secs();
         for o in orphans.into_iter().filter(|o| o.orphaned_at + retention.as_secs() <= now) {
             if let Err(e) = delete_orphan(&d, &o.disk_cid).await {
                 tracing::warn!(error = %bosun_types::error_chain(&e), "deleting an expired orphaned disk");

@@ -180,6 +180,7 @@ impl AgentHub {
     }
 
     /// Sends a command and waits for its reply.
+    #[tracing::instrument(name = "agent_command", skip_all, fields(agent = agent_id, command = command.name()))]
     pub async fn call(
         &self,
         agent_id: &str,
@@ -263,6 +264,7 @@ impl AgentHub {
         crate::serve_tls("agents", listener, acceptor, move |tls, peer| self.clone().handle(tls, peer)).await
     }
 
+    #[tracing::instrument(name = "agent_connection", skip_all, fields(%peer))]
     async fn handle(
         self: Arc<Self>,
         tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,

@@ -6,7 +6,8 @@
 //! The journal sits at the seams — [`JournaledCpi`] wraps any CPI, the agent hub journals its
 //! calls — so no code path can reach the cloud or an agent without leaving an intent.
 
-use crate::records::{now_ms, CpiOp, Intent, IntentOp};
+use crate::clock::Clock;
+use crate::records::{CpiOp, Intent, IntentOp};
 use crate::store::{tables, State, StoreError};
 use async_trait::async_trait;
 use bosun_cpi::{Cpi, CpiError, CpiInfo, CpiResult, CreateVmRequest, DiskListing, VmListing};
@@ -18,6 +19,7 @@ use std::sync::Arc;
 #[derive(Clone)]
 pub struct Journal {
     state: State,
+    clock: Arc<dyn Clock>,
 }
 
 fn key(id: u64) -> String {
@@ -25,14 +27,14 @@ fn key(id: u64) -> String {
 }
 
 impl Journal {
-    pub fn new(state: State) -> Self {
-        Self { state }
+    pub fn new(state: State, clock: Arc<dyn Clock>) -> Self {
+        Self { state, clock }
     }
 
     /// Records an intent and makes it durable before returning.
     pub async fn begin(&self, op: IntentOp, subject: &str) -> Result<u64, StoreError> {
         let id = self.state.next_id("intent").await?;
-        let intent = Intent { id, op, subject: subject.to_string(), started_ms: now_ms() };
+        let intent = Intent { id, op, subject: subject.to_string(), started_ms: self.clock.unix_ms() };
         self.state.put(tables::INTENTS, &key(id), &intent).await?;
         self.state.flush().await?;
         Ok(id)

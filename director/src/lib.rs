@@ -240,7 +240,7 @@ pub async fn start(config: DirectorConfig, cpi: Arc<dyn Cpi>) -> Result<RunningD
     if interrupted > 0 {
         tracing::warn!(interrupted, "marked tasks interrupted by the last stop as failed");
     }
-    let journal = journal::Journal::new(state.clone());
+    let journal = journal::Journal::new(state.clone(), clock.clone());
     let cpi: Arc<dyn Cpi> = Arc::new(journal::JournaledCpi::new(cpi, journal.clone()));
     let hub = hub::AgentHub::new(
         state.clone(),

@@ -6,7 +6,7 @@
 //! reference; an instance an interrupted agent command was working on is marked dirty.
 
 use crate::events::EventSubject;
-use crate::records::{now_secs, AgentRecord, CpiOp, InstanceRecord, IntentOp, OrphanedDiskRecord};
+use crate::records::{AgentRecord, CpiOp, InstanceRecord, IntentOp, OrphanedDiskRecord};
 use crate::store::{tables, StoreError};
 use crate::Director;
 use bosun_cpi::{tags, CpiError};
@@ -140,7 +140,7 @@ async fn reconcile(d: &Director) -> Result<String, ReconcileError> {
                                 deployment: disk.metadata.get(tags::DEPLOYMENT).cloned().unwrap_or_default(),
                                 instance: disk.metadata.get(tags::NAME).cloned().unwrap_or_default(),
                                 az: None,
-                                orphaned_at: now_secs(),
+                                orphaned_at: d.clock.unix_secs(),
                                 reason: "no instance knew it after the director stopped mid-task".into(),
                             },
                         )

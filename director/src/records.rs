@@ -5,14 +5,6 @@ use bosun_types::release::{JobSpec, ProcessDefinition};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-pub fn now_secs() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
-
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct DeploymentRecord {
     pub name: String,

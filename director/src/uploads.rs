@@ -2,7 +2,7 @@
 //! record the result. Idempotent: the same name, version and bytes again is a no-op; the same name
 //! and version with other bytes is refused.
 
-use crate::records::{now_secs, ReleaseJob, ReleasePackage, ReleaseRecord, StemcellRecord};
+use crate::records::{ReleaseJob, ReleasePackage, ReleaseRecord, StemcellRecord};
 use crate::store::tables;
 use crate::Director;
 use bosun_types::api::UploadResult;
@@ -152,7 +152,7 @@ pub async fn upload_release(director: &Director, tarball: PathBuf, work: PathBuf
     })
     .await
     .map_err(|e| UploadError::Io(std::io::Error::other(e)))??;
-    record.uploaded_at = now_secs();
+    record.uploaded_at = director.clock.unix_secs();
     director.state.put(tables::RELEASES, &key, &record).await?;
     Ok(UploadResult { name: record.name, version: record.version, already_present: false })
 }
@@ -298,7 +298,7 @@ pub async fn upload_stemcell(
         cid,
         api_version: mf.api_version,
         digest,
-        uploaded_at: now_secs(),
+        uploaded_at: director.clock.unix_secs(),
     };
     director.state.put(tables::STEMCELLS, &key, &record).await?;
     Ok(UploadResult { name: mf.name, version: mf.version.0, already_present: false })

@@ -1,3 +1,5 @@
+//! Planner table tests: one table of every decision the planner makes, kept in one file so a
+//! rule and its neighbours are read together (hence its length).
 //! Planner scenarios, pure: manifest + cloud-config + releases + stemcells + existing instances →
 //! plan. No store, no CPI, no clock; a seeded RNG.
 

@@ -140,18 +140,21 @@ impl DockerCpi {
         self.state.join("metadata").join(format!("{cid}.json"))
     }
 
-    fn read_metadata(&self, cid: &str) -> BTreeMap<String, String> {
-        std::fs::read(self.metadata_path(cid)).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
+    async fn read_metadata(&self, cid: &str) -> BTreeMap<String, String> {
+        let bytes = tokio::fs::read(self.metadata_path(cid)).await;
+        bytes.ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
     }
 
-    fn merge_metadata(&self, cid: &str, metadata: &BTreeMap<String, String>) -> CpiResult<()> {
-        let mut m = self.read_metadata(cid);
+    async fn merge_metadata(&self, cid: &str, metadata: &BTreeMap<String, String>) -> CpiResult<()> {
+        let mut m = self.read_metadata(cid).await;
         m.extend(metadata.clone());
         let path = self.metadata_path(cid);
         let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(&m).expect("serializable"))
-            .and_then(|()| std::fs::rename(&tmp, &path))
-            .map_err(|e| CpiError::Cloud(format!("writing {}: {e}", path.display())))
+        let written = match tokio::fs::write(&tmp, serde_json::to_vec_pretty(&m).expect("serializable")).await {
+            Ok(()) => tokio::fs::rename(&tmp, &path).await,
+            Err(e) => Err(e),
+        };
+        written.map_err(|e| CpiError::Cloud(format!("writing {}: {e}", path.display())))
     }
 
     async fn inspect(&self, cid: &str) -> CpiResult<ContainerInspectResponse> {
@@ -520,7 +523,7 @@ impl Cpi for DockerCpi {
             .await
             .map_err(cloud("removing the container"))?;
         let _ = self.docker.remove_volume(&format!("{vm_cid}-root"), None::<RemoveVolumeOptions>).await;
-        let _ = std::fs::remove_file(self.metadata_path(vm_cid));
+        let _ = tokio::fs::remove_file(self.metadata_path(vm_cid)).await;
         self.prune_networks().await;
         Ok(())
     }
@@ -541,7 +544,7 @@ impl Cpi for DockerCpi {
 
     async fn set_vm_metadata(&self, vm_cid: &str, metadata: &BTreeMap<String, String>) -> CpiResult<()> {
         self.inspect(vm_cid).await?;
-        self.merge_metadata(vm_cid, metadata)
+        self.merge_metadata(vm_cid, metadata).await
     }
 
     async fn create_disk(
@@ -572,7 +575,7 @@ impl Cpi for DockerCpi {
             .remove_volume(disk_cid, None::<RemoveVolumeOptions>)
             .await
             .map_err(|e| CpiError::Cloud(format!("removing volume {disk_cid} (is it attached?): {e}")))?;
-        let _ = std::fs::remove_file(self.metadata_path(disk_cid));
+        let _ = tokio::fs::remove_file(self.metadata_path(disk_cid)).await;
         Ok(())
     }
 
@@ -605,7 +608,7 @@ impl Cpi for DockerCpi {
         if !self.has_disk(disk_cid).await? {
             return Err(CpiError::DiskNotFound(disk_cid.to_string()));
         }
-        self.merge_metadata(disk_cid, metadata)
+        self.merge_metadata(disk_cid, metadata).await
     }
 
     async fn has_disk(&self, disk_cid: &str) -> CpiResult<bool> {
@@ -628,15 +631,17 @@ impl Cpi for DockerCpi {
             .list_containers(Some(ListContainersOptions { all: true, filters, ..Default::default() }))
             .await
             .map_err(cloud("listing containers"))?;
-        Ok(list
-            .into_iter()
-            .filter_map(|c| {
-                let cid = c.names?.first()?.trim_start_matches('/').to_string();
-                let mut metadata = tags_of(&c.labels.unwrap_or_default());
-                metadata.extend(self.read_metadata(&cid));
-                Some(VmListing { vm_cid: cid, metadata })
-            })
-            .collect())
+        let mut out = Vec::new();
+        for c in list {
+            let Some(cid) = c.names.as_ref().and_then(|n| n.first()).map(|n| n.trim_start_matches('/').to_string())
+            else {
+                continue;
+            };
+            let mut metadata = tags_of(&c.labels.unwrap_or_default());
+            metadata.extend(self.read_metadata(&cid).await);
+            out.push(VmListing { vm_cid: cid, metadata });
+        }
+        Ok(out)
     }
 
     async fn list_disks(&self) -> CpiResult<Vec<DiskListing>> {
@@ -658,14 +663,15 @@ impl Cpi for DockerCpi {
                 }
             }
         }
-        Ok(volumes
-            .into_iter()
-            .map(|v| DiskListing {
+        let mut out = Vec::new();
+        for v in volumes {
+            out.push(DiskListing {
                 size_mb: v.labels.get(SIZE).and_then(|s| s.parse().ok()).unwrap_or(0),
                 attached_to: attached.get(&v.name).cloned(),
-                metadata: self.read_metadata(&v.name),
+                metadata: self.read_metadata(&v.name).await,
                 disk_cid: v.name,
-            })
-            .collect())
+            });
+        }
+        Ok(out)
     }
 }

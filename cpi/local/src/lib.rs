@@ -83,27 +83,24 @@ impl LocalCpi {
         self.base.join("stemcells").join(cid)
     }
 
-    fn read_disk(&self, cid: &str) -> CpiResult<DiskRecord> {
+    async fn read_disk(&self, cid: &str) -> CpiResult<DiskRecord> {
         check_cid(cid)?;
         let path = self.disk_dir(cid).join("disk.json");
-        match std::fs::read(&path) {
+        match tokio::fs::read(&path).await {
             Ok(b) => serde_json::from_slice(&b).map_err(|e| CpiError::Cloud(format!("{}: {e}", path.display()))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(CpiError::DiskNotFound(cid.to_string())),
             Err(e) => Err(CpiError::Cloud(format!("{}: {e}", path.display()))),
         }
     }
 
-    fn write_disk(&self, cid: &str, rec: &DiskRecord) -> CpiResult<()> {
-        write_atomic(
-            &self.disk_dir(cid).join("disk.json"),
-            &serde_json::to_vec_pretty(rec).expect("serializable"),
-            0o644,
-        )
+    async fn write_disk(&self, cid: &str, rec: &DiskRecord) -> CpiResult<()> {
+        write_file(self.disk_dir(cid).join("disk.json"), serde_json::to_vec_pretty(rec).expect("serializable"), 0o644)
+            .await
     }
 
-    fn vm_exists(&self, cid: &str) -> CpiResult<bool> {
+    async fn vm_exists(&self, cid: &str) -> CpiResult<bool> {
         check_cid(cid)?;
-        Ok(self.vm_dir(cid).join("settings.json").exists())
+        Ok(tokio::fs::try_exists(self.vm_dir(cid).join("settings.json")).await.unwrap_or(false))
     }
 }
 
@@ -146,6 +143,12 @@ fn spawn_agent(base: &Path, cid: &str) -> CpiResult<u32> {
     Ok(pid)
 }
 
+/// [`write_atomic`] off the async threads.
+async fn write_file(path: PathBuf, bytes: Vec<u8>, mode: u32) -> CpiResult<()> {
+    blocking(move || write_atomic(&path, &bytes, mode)).await
+}
+
+/// Replaces a file so a crash leaves the old or the new content (written, synced, renamed).
 fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> CpiResult<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
@@ -384,7 +387,7 @@ impl Cpi for LocalCpi {
     }
 
     async fn delete_vm(&self, vm_cid: &str) -> CpiResult<()> {
-        if !self.vm_exists(vm_cid)? {
+        if !self.vm_exists(vm_cid).await? {
             return Err(CpiError::VmNotFound(vm_cid.to_string()));
         }
         let cid = vm_cid.to_string();
@@ -400,16 +403,16 @@ impl Cpi for LocalCpi {
         let _guard = self.disk_lock.lock().await;
         for d in self.list_disks().await? {
             if d.attached_to.as_deref() == Some(vm_cid) {
-                let mut rec = self.read_disk(&d.disk_cid)?;
+                let mut rec = self.read_disk(&d.disk_cid).await?;
                 rec.attached_to = None;
-                self.write_disk(&d.disk_cid, &rec)?;
+                self.write_disk(&d.disk_cid, &rec).await?;
             }
         }
         Ok(())
     }
 
     async fn has_vm(&self, vm_cid: &str) -> CpiResult<bool> {
-        if !self.vm_exists(vm_cid)? {
+        if !self.vm_exists(vm_cid).await? {
             return Ok(false);
         }
         let cid = vm_cid.to_string();
@@ -417,7 +420,7 @@ impl Cpi for LocalCpi {
     }
 
     async fn reboot_vm(&self, vm_cid: &str) -> CpiResult<()> {
-        if !self.vm_exists(vm_cid)? {
+        if !self.vm_exists(vm_cid).await? {
             return Err(CpiError::VmNotFound(vm_cid.to_string()));
         }
         let cid = vm_cid.to_string();
@@ -430,14 +433,14 @@ impl Cpi for LocalCpi {
     }
 
     async fn set_vm_metadata(&self, vm_cid: &str, metadata: &BTreeMap<String, String>) -> CpiResult<()> {
-        if !self.vm_exists(vm_cid)? {
+        if !self.vm_exists(vm_cid).await? {
             return Err(CpiError::VmNotFound(vm_cid.to_string()));
         }
         let path = self.vm_dir(vm_cid).join("metadata.json");
         let mut current: BTreeMap<String, String> =
             tokio::fs::read(&path).await.ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
         current.extend(metadata.clone());
-        write_atomic(&path, &serde_json::to_vec_pretty(&current).expect("serializable"), 0o644)
+        write_file(path, serde_json::to_vec_pretty(&current).expect("serializable"), 0o644).await
     }
 
     async fn create_disk(
@@ -458,15 +461,15 @@ impl Cpi for LocalCpi {
             attached_to: None,
             metadata: Default::default(),
         };
-        self.write_disk(&cid, &rec)?;
+        self.write_disk(&cid, &rec).await?;
         Ok(cid)
     }
 
     async fn delete_disk(&self, disk_cid: &str) -> CpiResult<()> {
         let _guard = self.disk_lock.lock().await;
-        let rec = self.read_disk(disk_cid)?;
+        let rec = self.read_disk(disk_cid).await?;
         if let Some(vm) = rec.attached_to {
-            if self.vm_exists(&vm)? {
+            if self.vm_exists(&vm).await? {
                 return Err(CpiError::Cloud(format!("disk `{disk_cid}` is attached to VM `{vm}`")));
             }
         }
@@ -480,18 +483,18 @@ impl Cpi for LocalCpi {
 
     async fn attach_disk(&self, vm_cid: &str, disk_cid: &str) -> CpiResult<serde_json::Value> {
         let _guard = self.disk_lock.lock().await;
-        if !self.vm_exists(vm_cid)? {
+        if !self.vm_exists(vm_cid).await? {
             return Err(CpiError::VmNotFound(vm_cid.to_string()));
         }
-        let mut rec = self.read_disk(disk_cid)?;
+        let mut rec = self.read_disk(disk_cid).await?;
         match &rec.attached_to {
-            Some(other) if other != vm_cid && self.vm_exists(other)? => {
+            Some(other) if other != vm_cid && self.vm_exists(other).await? => {
                 return Err(CpiError::Cloud(format!("disk `{disk_cid}` is attached to VM `{other}`")));
             }
             _ => {}
         }
         rec.attached_to = Some(vm_cid.to_string());
-        self.write_disk(disk_cid, &rec)?;
+        self.write_disk(disk_cid, &rec).await?;
         let hint = serde_json::json!({ "path": self.disk_dir(disk_cid).join("data") });
         // Registry-less v2: the VM's settings learn the disk too, so an agent restarted without
         // the director still finds it.
@@ -500,26 +503,27 @@ impl Cpi for LocalCpi {
         let mut settings: bosun_types::protocol::AgentSettings =
             serde_json::from_slice(&bytes).map_err(|e| CpiError::Cloud(format!("VM settings: {e}")))?;
         settings.disks.persistent.insert(disk_cid.to_string(), hint.clone());
-        write_atomic(&settings_path, &serde_json::to_vec_pretty(&settings).expect("serializable"), 0o600)?;
+        write_file(settings_path.clone(), serde_json::to_vec_pretty(&settings).expect("serializable"), 0o600).await?;
         Ok(hint)
     }
 
     async fn detach_disk(&self, vm_cid: &str, disk_cid: &str) -> CpiResult<()> {
         let _guard = self.disk_lock.lock().await;
-        if !self.vm_exists(vm_cid)? {
+        if !self.vm_exists(vm_cid).await? {
             return Err(CpiError::VmNotFound(vm_cid.to_string()));
         }
-        let mut rec = self.read_disk(disk_cid)?;
+        let mut rec = self.read_disk(disk_cid).await?;
         if rec.attached_to.as_deref() != Some(vm_cid) {
             return Err(CpiError::DiskNotAttached { vm_cid: vm_cid.to_string(), disk_cid: disk_cid.to_string() });
         }
         rec.attached_to = None;
-        self.write_disk(disk_cid, &rec)?;
+        self.write_disk(disk_cid, &rec).await?;
         let settings_path = self.vm_dir(vm_cid).join("settings.json");
         if let Ok(bytes) = tokio::fs::read(&settings_path).await {
             if let Ok(mut settings) = serde_json::from_slice::<bosun_types::protocol::AgentSettings>(&bytes) {
                 settings.disks.persistent.remove(disk_cid);
-                write_atomic(&settings_path, &serde_json::to_vec_pretty(&settings).expect("serializable"), 0o600)?;
+                write_file(settings_path.clone(), serde_json::to_vec_pretty(&settings).expect("serializable"), 0o600)
+                    .await?;
             }
         }
         Ok(())
@@ -527,13 +531,13 @@ impl Cpi for LocalCpi {
 
     async fn set_disk_metadata(&self, disk_cid: &str, metadata: &BTreeMap<String, String>) -> CpiResult<()> {
         let _guard = self.disk_lock.lock().await;
-        let mut rec = self.read_disk(disk_cid)?;
+        let mut rec = self.read_disk(disk_cid).await?;
         rec.metadata.extend(metadata.clone());
-        self.write_disk(disk_cid, &rec)
+        self.write_disk(disk_cid, &rec).await
     }
 
     async fn has_disk(&self, disk_cid: &str) -> CpiResult<bool> {
-        match self.read_disk(disk_cid) {
+        match self.read_disk(disk_cid).await {
             Ok(_) => Ok(true),
             Err(CpiError::DiskNotFound(_)) => Ok(false),
             Err(e) => Err(e),
@@ -541,7 +545,7 @@ impl Cpi for LocalCpi {
     }
 
     async fn get_disks(&self, vm_cid: &str) -> CpiResult<Vec<String>> {
-        if !self.vm_exists(vm_cid)? {
+        if !self.vm_exists(vm_cid).await? {
             return Err(CpiError::VmNotFound(vm_cid.to_string()));
         }
         Ok(self
@@ -555,7 +559,7 @@ impl Cpi for LocalCpi {
 
     async fn resize_disk(&self, disk_cid: &str, new_size_mb: u64) -> CpiResult<()> {
         let _guard = self.disk_lock.lock().await;
-        let mut rec = self.read_disk(disk_cid)?;
+        let mut rec = self.read_disk(disk_cid).await?;
         if new_size_mb < rec.size_mb {
             return Err(CpiError::InvalidArguments(format!(
                 "resize_disk: cannot shrink `{disk_cid}` from {} to {new_size_mb} MiB",
@@ -564,7 +568,7 @@ impl Cpi for LocalCpi {
         }
         // A directory has no size of its own; the record is the disk's size.
         rec.size_mb = new_size_mb;
-        self.write_disk(disk_cid, &rec)
+        self.write_disk(disk_cid, &rec).await
     }
 
     async fn list_vms(&self) -> CpiResult<Vec<VmListing>> {
@@ -593,7 +597,7 @@ impl Cpi for LocalCpi {
         let mut rd = tokio::fs::read_dir(self.base.join("disks")).await.map_err(cloud("listing disks"))?;
         while let Some(e) = rd.next_entry().await.map_err(cloud("listing disks"))? {
             let Some(cid) = e.file_name().to_str().map(str::to_string) else { continue };
-            if let Ok(rec) = self.read_disk(&cid) {
+            if let Ok(rec) = self.read_disk(&cid).await {
                 out.push(DiskListing {
                     disk_cid: cid,
                     size_mb: rec.size_mb,

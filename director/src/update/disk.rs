@@ -5,7 +5,7 @@ use super::step::{instance_event, StepError, APPLY_TIMEOUT, COMMAND_TIMEOUT};
 use super::vm::vm_tags;
 use crate::hub::HubError;
 use crate::planner::{DiskPlan, InstancePlan};
-use crate::records::{now_secs, InstanceRecord, OrphanedDiskRecord, VmRecord};
+use crate::records::{InstanceRecord, OrphanedDiskRecord, VmRecord};
 use crate::store::{tables, StoreError};
 use crate::tasks::Task;
 use crate::Director;
@@ -75,7 +75,7 @@ pub(crate) async fn orphan_disk(
                 deployment: rec.deployment.clone(),
                 instance: rec.name(),
                 az: rec.az.clone(),
-                orphaned_at: now_secs(),
+                orphaned_at: d.clock.unix_secs(),
                 reason: reason.to_string(),
             },
         )

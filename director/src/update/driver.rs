@@ -10,7 +10,7 @@ use super::step::{
 };
 use super::vm::{create_vm_for, delete_vm_of, swap_vm};
 use crate::planner::{DiskPlan, GroupPlan, InstancePlan, Requests};
-use crate::records::{instance_key, now_secs, DeploymentRecord, DesiredState, InstanceRecord};
+use crate::records::{instance_key, DeploymentRecord, DesiredState, InstanceRecord};
 use crate::store::tables;
 use crate::tasks::Task;
 use crate::Director;
@@ -29,7 +29,7 @@ pub async fn execute(
 ) -> Result<String, DeployError> {
     let plan = &prepared.plan;
     let deployment = plan.deployment.clone();
-    let now = now_secs();
+    let now = d.clock.unix_secs();
     let created_at = d.state.get(tables::DEPLOYMENTS, &deployment).await?.map(|r| r.created_at).unwrap_or(now);
     d.state
         .put(

@@ -4,7 +4,7 @@
 use super::lifecycle::{stop_jobs, StopHow};
 use super::step::{instance_event, StepError, COMMAND_TIMEOUT};
 use crate::planner::InstancePlan;
-use crate::records::{now_secs, AgentRecord, InstanceRecord, VmRecord};
+use crate::records::{AgentRecord, InstanceRecord, VmRecord};
 use crate::store::tables;
 use crate::tasks::Task;
 use crate::Director;
@@ -27,7 +27,7 @@ pub(crate) fn vm_tags(d: &Director, deployment: &str, rec: &InstanceRecord) -> B
     t.insert(tags::ID.into(), rec.uuid.clone());
     t.insert(tags::NAME.into(), rec.name());
     t.insert(tags::INDEX.into(), rec.index.to_string());
-    t.insert(tags::CREATED_AT.into(), now_secs().to_string());
+    t.insert(tags::CREATED_AT.into(), d.clock.unix_secs().to_string());
     t
 }
 
@@ -54,7 +54,7 @@ pub(crate) async fn create_vm_for(
                 cert_digest: bosun_types::digest::sha256_digest(&cert.cert_der),
                 deployment: rec.deployment.clone(),
                 instance: rec.uuid.clone(),
-                created_at: now_secs(),
+                created_at: d.clock.unix_secs(),
             },
         )
         .await?;
@@ -103,7 +103,12 @@ pub(crate) async fn create_vm_for(
         }
     };
     crate::fault::crash_point(crate::fault::CrashPoint::AfterCreateVm);
-    let vm = VmRecord { cid: vm_cid.clone(), agent_id, stemcell_cid: i.stemcell.cid.clone(), created_at: now_secs() };
+    let vm = VmRecord {
+        cid: vm_cid.clone(),
+        agent_id,
+        stemcell_cid: i.stemcell.cid.clone(),
+        created_at: d.clock.unix_secs(),
+    };
     if replacement {
         rec.replacement_vm = Some(vm);
     } else {
