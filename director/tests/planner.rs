@@ -1,7 +1,6 @@
-//! Planner table tests: one table of every decision the planner makes, kept in one file so a
-//! rule and its neighbours are read together (hence its length).
 //! Planner scenarios, pure: manifest + cloud-config + releases + stemcells + existing instances →
-//! plan. No store, no CPI, no clock; a seeded RNG.
+//! plan. No store, no CPI, no clock; a seeded RNG. Every decision the planner makes is tabled in
+//! this one file, so a rule is read beside its neighbours (hence its length).
 
 use bosun_director::planner::{plan, Batch, DiskPlan, Plan, PlanningInput, Requests, Selection};
 use bosun_director::records::{
