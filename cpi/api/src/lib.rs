@@ -33,22 +33,6 @@ pub enum CpiError {
     Cloud(String),
 }
 
-impl CpiError {
-    /// BOSH's `CloudError` type names, for the external CPI protocol.
-    pub fn bosh_type(&self) -> &'static str {
-        match self {
-            CpiError::VmNotFound(_) => "Bosh::Clouds::VMNotFound",
-            CpiError::DiskNotFound(_) => "Bosh::Clouds::DiskNotFound",
-            CpiError::DiskNotAttached { .. } => "Bosh::Clouds::DiskNotAttached",
-            CpiError::StemcellNotFound(_) => "Bosh::Clouds::StemcellNotFound",
-            CpiError::VmCreationFailed { .. } => "Bosh::Clouds::VMCreationFailed",
-            CpiError::NotImplemented(_) => "Bosh::Clouds::NotImplemented",
-            CpiError::InvalidArguments(_) => "InvalidCall",
-            CpiError::Cloud(_) => "Bosh::Clouds::CloudError",
-        }
-    }
-}
-
 /// `info`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct CpiInfo {
