@@ -1,6 +1,5 @@
-//! Installs an apply spec: fetches each blob from the director, verifies its digest, builds
-//! packages with their `packaging` script, unpacks rendered jobs, and switches the `jobs/` and
-//! `packages/` links. Installed versions are keyed by fingerprint/digest, so re-applying the same
+//! Installs an apply spec: fetches each blob from the director, verifies its digest, unpacks the
+//! compiled packages and the rendered jobs, and switches the `jobs/` and `packages/` links. Installed versions are keyed by fingerprint/digest, so re-applying the same
 //! spec does nothing and a half-finished install is never used.
 
 use crate::dialer::Dialer;
@@ -9,10 +8,8 @@ use bosun_types::digest::{parse_sha256, Sha256Writer};
 use bosun_types::protocol::{encode_line, AgentMessage, ApplyPackage, ApplySpec, BlobHeader, BlobRef};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
-const PACKAGING_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 const INSTALLED_MARKER: &str = ".bosun-installed";
 
 #[derive(Debug, thiserror::Error)]
@@ -31,12 +28,12 @@ pub enum InstallError {
     },
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> InstallError + '_ {
+pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> InstallError + '_ {
     move |source| InstallError::Io { path: path.to_path_buf(), source }
 }
 
 /// A name or fingerprint we turn into a path component must be one.
-fn safe_component(s: &str) -> bool {
+pub(crate) fn safe_component(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 128
         && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
@@ -126,64 +123,28 @@ impl Installer<'_> {
         Ok(())
     }
 
+    /// Installs a compiled package: its blob unpacked under `data/packages/<name>/<digest>` and
+    /// `packages/<name>` pointed at it. Nothing is built here.
     async fn install_package(&self, p: &ApplyPackage) -> Result<(), InstallError> {
-        let target = self.layout.root.join("data/packages").join(&p.name).join(&p.fingerprint);
+        self.install_compiled(&p.name, &p.compiled).await
+    }
+
+    /// Unpacks a compiled package (unless it is here already) and links `packages/<name>` to it.
+    pub async fn install_compiled(&self, name: &str, compiled: &BlobRef) -> Result<(), InstallError> {
+        let hex = parse_sha256(&compiled.digest).ok_or_else(|| InstallError::Blob {
+            digest: compiled.digest.clone(),
+            message: "not a sha256 digest".into(),
+        })?;
+        let target = self.layout.root.join("data/packages").join(name).join(&hex[..16]);
         if !target.join(INSTALLED_MARKER).exists() {
-            let source = self.fetch_blob(&p.source).await?;
-            let compile = self.layout.compile().join(format!("{}-{}", p.name, p.fingerprint));
-            let _ = tokio::fs::remove_dir_all(&compile).await;
+            let blob = self.fetch_blob(compiled).await?;
             let _ = tokio::fs::remove_dir_all(&target).await;
-            unpack(&source, &compile)
+            unpack(&blob, &target)
                 .await
-                .map_err(|m| InstallError::Package { package: p.name.clone(), message: m })?;
-            tokio::fs::create_dir_all(&target).await.map_err(io(&target))?;
-            let log_dir = self.layout.log_dir("packaging");
-            tokio::fs::create_dir_all(&log_dir).await.map_err(io(&log_dir))?;
-            let log_path = log_dir.join(format!("{}.log", p.name));
-            let log = tokio::fs::File::create(&log_path).await.map_err(io(&log_path))?.into_std().await;
-            let log2 = log.try_clone().map_err(io(&log_path))?;
-            let mut cmd = tokio::process::Command::new("bash");
-            cmd.arg("-e")
-                .arg("packaging")
-                .current_dir(&compile)
-                .stdin(std::process::Stdio::null())
-                .stdout(log)
-                .stderr(log2);
-            cmd.env("BOSH_COMPILE_TARGET", &compile)
-                .env("BOSH_INSTALL_TARGET", &target)
-                .env("BOSH_PACKAGE_NAME", &p.name)
-                .env("BOSH_PACKAGE_VERSION", &p.fingerprint)
-                .env("BOSH_PACKAGES_DIR", self.layout.packages())
-                .env("BOSUN_ROOT", &self.layout.root);
-            cmd.process_group(0).kill_on_drop(true);
-            let status = match tokio::time::timeout(PACKAGING_TIMEOUT, cmd.status()).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    return Err(InstallError::Package {
-                        package: p.name.clone(),
-                        message: format!("could not run packaging: {e}"),
-                    })
-                }
-                Err(_) => {
-                    return Err(InstallError::Package {
-                        package: p.name.clone(),
-                        message: format!("packaging ran longer than {PACKAGING_TIMEOUT:?}"),
-                    })
-                }
-            };
-            if !status.success() {
-                let tail = tokio::fs::read_to_string(&log_path).await.unwrap_or_default();
-                let tail: String =
-                    tail.lines().rev().take(10).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
-                return Err(InstallError::Package {
-                    package: p.name.clone(),
-                    message: format!("packaging failed ({status}):\n{tail}"),
-                });
-            }
+                .map_err(|m| InstallError::Package { package: name.to_string(), message: m })?;
             tokio::fs::write(target.join(INSTALLED_MARKER), b"").await.map_err(io(&target))?;
-            let _ = tokio::fs::remove_dir_all(&compile).await;
         }
-        switch_link(&self.layout.packages().join(&p.name), &target).await
+        switch_link(&self.layout.packages().join(name), &target).await
     }
 
     /// Fetches a blob (unless already here), verifying size and digest before it is kept.
@@ -241,7 +202,7 @@ impl Installer<'_> {
 }
 
 /// Unpacks a .tgz into `dir`; refuses entries that would land outside it.
-async fn unpack(archive: &Path, dir: &Path) -> Result<(), String> {
+pub(crate) async fn unpack(archive: &Path, dir: &Path) -> Result<(), String> {
     let archive = archive.to_path_buf();
     let dir = dir.to_path_buf();
     tokio::task::spawn_blocking(move || {
@@ -262,7 +223,7 @@ async fn unpack(archive: &Path, dir: &Path) -> Result<(), String> {
 }
 
 /// Points `link` at `target`, atomically (a new link renamed over the old one).
-async fn switch_link(link: &Path, target: &Path) -> Result<(), InstallError> {
+pub(crate) async fn switch_link(link: &Path, target: &Path) -> Result<(), InstallError> {
     if tokio::fs::read_link(link).await.ok().as_deref() == Some(target) {
         return Ok(());
     }

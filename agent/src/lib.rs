@@ -1,7 +1,8 @@
 //! bosun-agent: runs on every VM. Boots from the settings its CPI wrote, dials the director over
 //! mutually authenticated TLS, heartbeats, and carries out the director's commands: installs the
-//! packages and rendered jobs of an apply spec (verifying every blob's digest), supervises the jobs'
-//! processes, runs their lifecycle scripts with timeouts, and mounts persistent disks.
+//! compiled packages and rendered jobs of an apply spec (verifying every blob's digest), supervises
+//! the jobs' processes, runs their lifecycle scripts with timeouts, mounts persistent disks, and —
+//! on a compilation VM — compiles packages and uploads the result.
 //!
 //! Architecture invariants:
 //! - The agent makes no policy decisions; it carries out commands and reports state.
@@ -9,6 +10,7 @@
 //! - It ledgers the applied spec and the desired run state to disk before acting, so a restarted
 //!   agent comes back to the same jobs without the director.
 
+pub mod compiler;
 pub mod dialer;
 pub mod disks;
 pub mod installer;

@@ -370,6 +370,17 @@ impl Agent {
                 self.save_ledger(&ledger).await?;
                 Ok(serde_json::Value::Null)
             }
+            AgentCommand::CompilePackage { package, timeout_ms } => {
+                let _op = self.op_lock.lock().await;
+                let compiler = crate::compiler::Compiler {
+                    layout: &self.layout,
+                    dialer: &self.dialer,
+                    agent_id: &self.settings.agent_id,
+                };
+                let compiled =
+                    compiler.compile(&package, Duration::from_millis(timeout_ms)).await.map_err(|e| error_chain(&e))?;
+                Ok(serde_json::to_value(compiled).expect("serializable"))
+            }
         }
     }
 }

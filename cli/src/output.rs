@@ -42,6 +42,13 @@ pub fn render_plan(plan: &PlanView) -> String {
         }
         out.push('\n');
     }
+    if !plan.compilations.is_empty() {
+        out.push_str("Packages to compile\n");
+        for c in &plan.compilations {
+            out.push_str(&format!("  + {c}\n"));
+        }
+        out.push('\n');
+    }
     for g in &plan.groups {
         out.push_str(&format!("Instance group {}\n", g.name));
         for i in &g.instances {

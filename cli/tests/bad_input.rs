@@ -22,6 +22,7 @@ networks:
   subnets:
   - range: 127.0.21.0/30
     azs: [z1]
+compilation: {workers: 1, network: default, az: z1, vm_type: default}
 "#;
 
 const MANIFEST: &str = r#"

@@ -42,6 +42,19 @@ impl Blobstore {
         self.path(digest).map(|p| p.exists()).unwrap_or(false)
     }
 
+    /// A fresh path in the blobstore's directory for a blob being written (then [`Self::adopt`]).
+    pub fn temp_path(&self) -> PathBuf {
+        self.dir.join(format!(".{}.tmp", uuid::Uuid::new_v4().simple()))
+    }
+
+    /// Moves a fully written and synced file whose digest the caller checked into place.
+    pub fn adopt(&self, tmp: &Path, digest: &str) -> Result<BlobRef, BlobError> {
+        let path = self.path(digest)?;
+        let size = std::fs::metadata(tmp).map_err(|source| BlobError::Io { path: tmp.to_path_buf(), source })?.len();
+        std::fs::rename(tmp, &path).map_err(|source| BlobError::Io { path: path.clone(), source })?;
+        Ok(BlobRef { digest: digest.to_string(), size })
+    }
+
     /// Stores bytes; blocking (small blobs: rendered templates).
     pub fn put_bytes(&self, bytes: &[u8]) -> Result<BlobRef, BlobError> {
         let digest = sha256_digest(bytes);

@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// Where the director can be killed, in the order a deploy reaches them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CrashPoint {
+    /// A compilation VM exists and its agent answers; the package is not compiled yet.
+    Compiling,
     AfterCreateVm,
     AfterApply,
     AfterDeleteVm,
@@ -19,6 +21,7 @@ pub enum CrashPoint {
 impl CrashPoint {
     pub fn name(self) -> &'static str {
         match self {
+            CrashPoint::Compiling => "compiling",
             CrashPoint::AfterCreateVm => "after_create_vm",
             CrashPoint::AfterApply => "after_apply",
             CrashPoint::AfterDeleteVm => "after_delete_vm",

@@ -75,6 +75,8 @@ pub struct AgentHub {
     connections: Mutex<HashMap<String, Arc<Connection>>>,
     status: Mutex<HashMap<String, AgentStatus>>,
     allowed_blobs: Mutex<HashMap<String, HashSet<String>>>,
+    /// Agents asked to upload a blob (compilation VMs), with the largest size accepted.
+    allowed_uploads: Mutex<HashMap<String, u64>>,
     next_id: AtomicU64,
     changed: Notify,
 }
@@ -99,6 +101,7 @@ impl AgentHub {
             connections: Mutex::new(HashMap::new()),
             status: Mutex::new(HashMap::new()),
             allowed_blobs: Mutex::new(HashMap::new()),
+            allowed_uploads: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             changed: Notify::new(),
         })
@@ -159,6 +162,17 @@ impl AgentHub {
         self.connections.lock().expect("hub lock").remove(agent_id);
         self.status.lock().expect("hub lock").remove(agent_id);
         self.allowed_blobs.lock().expect("hub lock").remove(agent_id);
+        self.allowed_uploads.lock().expect("hub lock").remove(agent_id);
+    }
+
+    /// Lets an agent upload blobs of at most `max_bytes` (a compilation VM's compiled package),
+    /// until [`Self::forbid_upload`].
+    pub fn allow_upload(&self, agent_id: &str, max_bytes: u64) {
+        self.allowed_uploads.lock().expect("hub lock").insert(agent_id.to_string(), max_bytes);
+    }
+
+    pub fn forbid_upload(&self, agent_id: &str) {
+        self.allowed_uploads.lock().expect("hub lock").remove(agent_id);
     }
 
     /// Lets an agent fetch these blobs (those its next spec names).
@@ -288,9 +302,11 @@ impl AgentHub {
             }
         };
         let claimed = match &msg {
-            AgentMessage::Hello { agent_id, .. } | AgentMessage::FetchBlob { agent_id, .. } => agent_id.clone(),
+            AgentMessage::Hello { agent_id, .. }
+            | AgentMessage::FetchBlob { agent_id, .. }
+            | AgentMessage::PutBlob { agent_id, .. } => agent_id.clone(),
             _ => {
-                tracing::warn!(%peer, "rejected an agent connection: it did not start with hello or fetch_blob");
+                tracing::warn!(%peer, "rejected an agent connection: it did not start with hello, fetch_blob or put_blob");
                 return;
             }
         };
@@ -313,6 +329,12 @@ impl AgentHub {
             AgentMessage::FetchBlob { digest, .. } => {
                 let mut stream = lines.into_inner().unsplit(write);
                 self.serve_blob(&claimed, &digest, &mut stream).await;
+            }
+            AgentMessage::PutBlob { digest, size, .. } => {
+                // The agent sends bytes only after our first answer, so nothing past the first
+                // line is buffered in `lines`.
+                let mut stream = lines.into_inner().unsplit(write);
+                self.receive_blob(&claimed, &digest, size, &mut stream).await;
             }
             AgentMessage::Hello { vm_cid, stemcell, applied_generation, .. } => {
                 let (tx, mut rx) = mpsc::channel::<DirectorMessage>(64);
@@ -429,5 +451,73 @@ impl AgentHub {
         }
         let _ = tokio::io::copy(&mut file, out).await;
         let _ = out.shutdown().await;
+    }
+
+    /// `put_blob`: an upload this agent was asked for, at most the size allowed, stored only if its
+    /// bytes have the digest it claimed.
+    async fn receive_blob<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+        &self,
+        agent_id: &str,
+        digest: &str,
+        size: u64,
+        stream: &mut S,
+    ) {
+        use tokio::io::AsyncReadExt;
+        const IDLE: Duration = Duration::from_secs(60);
+        let answer = |error: Option<String>| encode_line(&BlobHeader { size: Some(size), error });
+        let limit = self.allowed_uploads.lock().expect("hub lock").get(agent_id).copied();
+        let refusal = match limit {
+            None => Some("no upload was asked of this agent".to_string()),
+            Some(max) if size > max => Some(format!("{size} bytes is over the upload limit of {max}")),
+            Some(_) => self.blobstore.path(digest).err().map(|e| e.to_string()),
+        };
+        if let Some(why) = refusal {
+            tracing::warn!(agent_id, digest, "refused an upload: {why}");
+            let _ = stream.write_all(&answer(Some(why))).await;
+            return;
+        }
+        if stream.write_all(&answer(None)).await.is_err() {
+            return;
+        }
+        let tmp = self.blobstore.temp_path();
+        let stored = async {
+            let mut file = tokio::fs::File::create(&tmp).await.map_err(|e| format!("storing: {e}"))?;
+            let mut hasher = bosun_types::digest::Sha256Writer::default();
+            let mut remaining = size;
+            let mut buf = vec![0u8; 64 * 1024];
+            while remaining > 0 {
+                let want = remaining.min(buf.len() as u64) as usize;
+                let n = match tokio::time::timeout(IDLE, stream.read(&mut buf[..want])).await {
+                    Ok(Ok(0)) => return Err(format!("the connection closed with {remaining} bytes to go")),
+                    Ok(Ok(n)) => n,
+                    Ok(Err(e)) => return Err(format!("receiving: {e}")),
+                    Err(_) => return Err(format!("nothing arrived for {} s", IDLE.as_secs())),
+                };
+                hasher.update(&buf[..n]);
+                file.write_all(&buf[..n]).await.map_err(|e| format!("storing: {e}"))?;
+                remaining -= n as u64;
+            }
+            file.sync_all().await.map_err(|e| format!("storing: {e}"))?;
+            let got = hasher.finish();
+            if got != digest {
+                return Err(format!("the bytes have digest {got}, not {digest}"));
+            }
+            let (blobstore, tmp, digest) = (self.blobstore.clone(), tmp.clone(), digest.to_string());
+            tokio::task::spawn_blocking(move || blobstore.adopt(&tmp, &digest))
+                .await
+                .map_err(|e| format!("storing: {e}"))?
+                .map_err(|e| e.to_string())
+        }
+        .await;
+        let outcome = match stored {
+            Ok(_) => None,
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&tmp).await;
+                tracing::warn!(agent_id, digest, error = %e, "an upload failed");
+                Some(e)
+            }
+        };
+        let _ = stream.write_all(&answer(outcome)).await;
+        let _ = stream.shutdown().await;
     }
 }

@@ -9,6 +9,7 @@ pub mod api;
 pub mod blobstore;
 pub mod cck;
 pub mod clock;
+pub mod compiled_cache;
 pub mod disks;
 pub mod events;
 pub mod fault;
@@ -57,6 +58,11 @@ pub struct DirectorConfig {
     /// Heartbeats an agent may miss before it is unresponsive (3; with 2 s heartbeats, 6 s).
     pub missed_heartbeats: u32,
     pub meltdown: health::MeltdownConfig,
+    /// Where compiled packages are kept for every director on the machine (BOSH's
+    /// `compiled_package_cache`); none: only in this director's blobstore.
+    pub compiled_package_cache: Option<PathBuf>,
+    /// How long one package's `packaging` may run on a compilation VM.
+    pub compile_timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]

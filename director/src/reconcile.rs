@@ -33,11 +33,14 @@ pub async fn after_restart(d: &Director) -> String {
 }
 
 async fn reconcile(d: &Director) -> Result<String, ReconcileError> {
+    let mut notes = delete_compilation_vms(d).await?;
     let intents = d.journal.unfinished().await?;
     if intents.is_empty() {
-        return Ok("nothing was interrupted".into());
+        if notes.is_empty() {
+            return Ok("nothing was interrupted".into());
+        }
+        return Ok(notes.join("; "));
     }
-    let mut notes = Vec::new();
     let mut instances: Vec<InstanceRecord> = d.state.list(tables::INSTANCES, "").await?;
     let agents: Vec<AgentRecord> = d.state.list(tables::AGENTS, "").await?;
 
@@ -161,4 +164,44 @@ async fn reconcile(d: &Director) -> Result<String, ReconcileError> {
     };
     tracing::warn!(interrupted = intents.len(), "{summary}");
     Ok(summary)
+}
+
+/// No compilation survives a restart (its task was failed): VMs this director made to compile
+/// packages are deleted, with their agents' identities.
+async fn delete_compilation_vms(d: &Director) -> Result<Vec<String>, ReconcileError> {
+    let vms = match d.cpi.list_vms().await {
+        Ok(vms) => vms,
+        Err(CpiError::NotImplemented(_)) => return Ok(vec![]),
+        Err(e) => return Err(e.into()),
+    };
+    let mut notes = Vec::new();
+    for vm in vms {
+        let ours = vm.metadata.get(tags::DIRECTOR_UUID) == Some(&d.uuid);
+        let Some(package) = vm.metadata.get(tags::COMPILING).filter(|_| ours) else { continue };
+        match d.cpi.delete_vm(&vm.vm_cid).await {
+            Ok(()) | Err(CpiError::VmNotFound(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        d.events
+            .record(
+                EventSubject {
+                    object_type: "vm",
+                    object_name: vm.vm_cid.clone(),
+                    deployment: vm.metadata.get(tags::DEPLOYMENT).cloned(),
+                    instance: None,
+                    task: None,
+                },
+                "delete",
+                "director (reconcile after restart)",
+                format!("deleted compilation VM of package `{package}` left by a stop"),
+            )
+            .await;
+        notes.push(format!("deleted compilation VM {}", vm.vm_cid));
+    }
+    for a in d.state.list(tables::AGENTS, "").await? {
+        if a.instance.starts_with("compilation-") {
+            d.state.delete(tables::AGENTS, &a.agent_id).await?;
+        }
+    }
+    Ok(notes)
 }

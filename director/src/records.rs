@@ -200,6 +200,25 @@ pub struct RenderedJob {
     pub packages: Vec<String>,
 }
 
+/// A package compiled for a stemcell (`planner::compiled_key` names it).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CompiledPackageRecord {
+    pub key: String,
+    pub name: String,
+    pub fingerprint: String,
+    /// `name/version` of the release it was compiled from.
+    pub release: String,
+    pub stemcell_os: String,
+    pub stemcell_version: String,
+    /// Every package it depends on, directly or not: (name, compiled key).
+    pub dependencies: Vec<(String, String)>,
+    /// The install target as a `.tgz`.
+    pub blob: BlobRef,
+    pub compiled_at: u64,
+    /// How long `packaging` ran (0 when taken from the compiled-package cache).
+    pub packaging_ms: u64,
+}
+
 /// What an intent records as about to happen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -36,6 +36,7 @@ networks:
     gateway: 10.1.0.1
     reserved: [10.1.0.2 - 10.1.0.4]
     azs: [z1, z2, z3]
+compilation: {workers: 2, network: net, az: z1, vm_type: small}
 "#;
 
 fn manifest(instances: u32, extra: &str) -> String {
@@ -118,6 +119,8 @@ struct World {
     stemcells: BTreeMap<String, StemcellRecord>,
     existing: Vec<InstanceRecord>,
     elsewhere: BTreeSet<std::net::Ipv4Addr>,
+    /// Keys of the packages compiled so far.
+    compiled: BTreeSet<String>,
 }
 
 impl World {
@@ -127,7 +130,7 @@ impl World {
         releases.insert("rel".to_string(), release());
         let mut stemcells = BTreeMap::new();
         stemcells.insert("default".to_string(), stemcell("1"));
-        World { cloud, releases, stemcells, existing: vec![], elsewhere: BTreeSet::new() }
+        World { cloud, releases, stemcells, existing: vec![], elsewhere: BTreeSet::new(), compiled: BTreeSet::new() }
     }
 
     fn plan(&self, manifest_text: &str) -> Result<Plan, String> {
@@ -145,12 +148,14 @@ impl World {
             existing: &self.existing,
             addresses_in_use_elsewhere: &self.elsewhere,
             requests,
+            compiled: &self.compiled,
         };
         plan(&input, &mut rand::rngs::StdRng::seed_from_u64(7)).map_err(|e| e.to_string())
     }
 
     /// What the store holds after the executor carried a plan out.
     fn apply(&mut self, p: &Plan) {
+        self.compiled.extend(p.compilation.iter().flat_map(|c| c.packages.iter().map(|x| x.key.clone())));
         let deleted: Vec<String> = p.deletes.iter().map(|d| d.uuid.clone()).collect();
         self.existing.retain(|e| !deleted.contains(&e.uuid));
         for g in &p.groups {
@@ -806,4 +811,86 @@ fn deletes_run_highest_index_first_at_the_groups_max_in_flight_and_a_removed_gro
     assert_eq!(p.delete_batches[0].script_timeout_ms, bosun_director::planner::DEFAULT_SCRIPT_TIMEOUT_MS);
     // Nothing to delete: no batches.
     assert!(w.plan(&manifest(5, "")).unwrap().delete_batches.is_empty());
+}
+
+/// The release with `pkg` depending on `base`.
+fn with_dependency(w: &mut World) {
+    let r = w.releases.get_mut("rel").unwrap();
+    r.packages[0].dependencies = vec!["base".into()];
+    r.packages.push(ReleasePackage {
+        name: "base".into(),
+        fingerprint: "b1".into(),
+        blob: BlobRef { digest: "sha256:03".into(), size: 1 },
+        dependencies: vec![],
+    });
+}
+
+fn compilations(p: &Plan) -> Vec<(String, String)> {
+    p.compilation
+        .iter()
+        .flat_map(|c| &c.packages)
+        .map(|c| (c.package.name.clone(), format!("{}/{}", c.stemcell.operating_system, c.stemcell.version)))
+        .collect()
+}
+
+#[test]
+fn packages_compile_once_per_stemcell_dependencies_first_keyed_by_what_they_are_built_from() {
+    let mut w = World::new();
+    with_dependency(&mut w);
+    let first = w.plan(&manifest(3, "")).unwrap();
+    assert_eq!(compilations(&first), [("base".into(), "linux/1".into()), ("pkg".into(), "linux/1".into())]);
+    let c = first.compilation.as_ref().unwrap();
+    assert_eq!(c.packages[1].dependencies, vec![("base".to_string(), c.packages[0].key.clone())]);
+    // Every instance installs the same compiled packages.
+    let keys: BTreeSet<Vec<String>> = first.groups[0]
+        .instances
+        .iter()
+        .map(|i| i.packages.iter().map(|p| p.compiled_key.clone()).collect())
+        .collect();
+    assert_eq!(keys.len(), 1);
+    // Two workers asked for, two packages: two compilation VMs on addresses no instance has.
+    assert_eq!(c.workers.len(), 2);
+    let instance_ips: BTreeSet<String> =
+        first.groups[0].instances.iter().map(|i| i.networks["net"].ip.clone()).collect();
+    for wk in &c.workers {
+        assert!(!instance_ips.contains(&wk.networks["net"].ip), "{:?}", wk.networks);
+    }
+    assert_eq!((c.az.as_deref(), c.cloud_properties.clone()), (Some("z1"), serde_json::json!({"cpu": 1})));
+    w.apply(&first);
+
+    // Compiled already: nothing to compile, nothing changes.
+    let again = w.plan(&manifest(3, "")).unwrap();
+    assert!(again.compilation.is_none() && !again.has_changes());
+
+    // A new stemcell: compiled again for it, under new keys.
+    w.stemcells.insert("default".into(), stemcell("2"));
+    let upgrade = w.plan(&manifest(3, "")).unwrap();
+    assert_eq!(compilations(&upgrade), [("base".into(), "linux/2".into()), ("pkg".into(), "linux/2".into())]);
+    w.apply(&upgrade);
+
+    // A dependency's new source changes its dependents' keys too.
+    w.releases.get_mut("rel").unwrap().packages[1].fingerprint = "b2".into();
+    let rebuilt = w.plan(&manifest(3, "")).unwrap();
+    assert_eq!(compilations(&rebuilt), [("base".into(), "linux/2".into()), ("pkg".into(), "linux/2".into())]);
+}
+
+#[test]
+fn compilation_needs_a_compilation_block_and_the_manifests_wins_over_the_cloud_configs() {
+    let mut w = World::new();
+    // The manifest's block (BOSH v1's place) is used first.
+    let own = "compilation: {workers: 1, network: net, az: z2, cloud_properties: {cpu: 8}}";
+    let p = w.plan(&manifest(1, own)).unwrap();
+    let c = p.compilation.as_ref().unwrap();
+    assert_eq!((c.workers.len(), c.az.as_deref()), (1, Some("z2")));
+    assert_eq!(c.cloud_properties, serde_json::json!({"cpu": 8}));
+    // Workers are never more than the packages to compile.
+    let many = "compilation: {workers: 9, network: net}";
+    assert_eq!(w.plan(&manifest(1, many)).unwrap().compilation.unwrap().workers.len(), 1);
+    // A block naming what does not exist is refused where it stands.
+    let err = w.plan(&manifest(1, "compilation: {workers: 1, network: nope}")).unwrap_err();
+    assert_eq!(err, "/compilation/network: unknown network `nope`");
+    // Without any block, packages cannot compile: the plan says which.
+    w.cloud.compilation = None;
+    let err = w.plan(&manifest(1, "")).unwrap_err();
+    assert!(err.starts_with("/compilation: packages pkg must be compiled"), "{err}");
 }

@@ -295,6 +295,10 @@ pub struct PlanView {
     /// Unified diff of the stored manifest against the new one, property values redacted.
     pub manifest_diff: Vec<String>,
     pub groups: Vec<GroupPlanView>,
+    /// Packages to compile first (or take from the compiled-package cache), dependencies first:
+    /// `name/fingerprint for os/version`.
+    #[serde(default)]
+    pub compilations: Vec<String>,
     /// Whether anything would change.
     pub changes: bool,
 }

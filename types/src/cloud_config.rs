@@ -251,7 +251,7 @@ impl CloudConfig {
 fn unique_names<'a>(src: &str, what: &str, names: impl Iterator<Item = &'a String>) -> Result<BTreeSet<&'a str>, E> {
     let mut seen = BTreeSet::new();
     for (i, n) in names.enumerate() {
-        crate::manifest::check_name(src, format!("/{what}/{i}/name"), n)?;
+        crate::yaml::check_name(src, format!("/{what}/{i}/name"), n)?;
         if !seen.insert(n.as_str()) {
             return Err(E::invalid(src, format!("/{what}/{i}/name"), format!("`{n}` is defined twice")));
         }

@@ -1,5 +1,6 @@
 //! The deployment manifest (BOSH manifest v2).
 
+pub use crate::yaml::check_name;
 use serde::{Deserialize, Deserializer, Serialize};
 use std::collections::BTreeMap;
 
@@ -56,6 +57,9 @@ pub struct DeploymentManifest {
     pub tags: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub features: Option<Features>,
+    /// Where packages compile (BOSH v1's place for it; the cloud-config's is used when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compilation: Option<crate::cloud_config::Compilation>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -480,22 +484,5 @@ impl DeploymentManifest {
             }
         }
         Ok(())
-    }
-}
-
-/// Names end up in paths, tags and process environments: keep them to a safe alphabet.
-pub fn check_name(src: &str, path: impl std::fmt::Display, name: &str) -> Result<(), crate::DocumentError> {
-    let ok = !name.is_empty()
-        && name.len() <= 128
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
-        && !name.starts_with('.');
-    if ok {
-        Ok(())
-    } else {
-        Err(crate::DocumentError::invalid(
-            src,
-            path,
-            format!("`{name}` is not a valid name (letters, digits, `-`, `_`, `.`; at most 128)"),
-        ))
     }
 }

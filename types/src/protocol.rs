@@ -1,9 +1,10 @@
 //! The director↔agent protocol: the settings a CPI hands a new VM, and the newline-delimited JSON
 //! messages on the agent's mutually authenticated TLS connection to the director.
 //!
-//! The agent dials the director. Its first line on a connection is either `hello` (a control
-//! session: heartbeats up, commands down, replies up) or `fetch_blob` (one blob download, answered by
-//! a [`BlobHeader`] line and then the raw bytes). Every command carries an id; commands are
+//! The agent dials the director. Its first line on a connection is `hello` (a control session:
+//! heartbeats up, commands down, replies up), `fetch_blob` (one blob download, answered by a
+//! [`BlobHeader`] line and then the raw bytes) or `put_blob` (one upload of a blob the director
+//! asked for: a header, the bytes, a header). Every command carries an id; commands are
 //! idempotent, and `apply` carries a generation the agent never goes back behind.
 
 use crate::cloud_config::NetworkType;
@@ -116,6 +117,14 @@ pub enum AgentMessage {
         agent_id: String,
         digest: String,
     },
+    /// Uploads a blob the director asked this agent to make (a compiled package): the director
+    /// answers a [`BlobHeader`] (ready, or why not); then `size` raw bytes follow, and a second
+    /// header says whether they were stored.
+    PutBlob {
+        agent_id: String,
+        digest: String,
+        size: u64,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -210,6 +219,13 @@ pub enum AgentCommand {
         to_disk_cid: String,
         hint: serde_json::Value,
     },
+    /// On a compilation VM: fetches the package's source and its compiled dependencies, runs
+    /// `packaging` with BOSH's variables within the timeout, and uploads the install target as a
+    /// `.tgz` (`put_blob`). Answers a [`CompiledPackage`].
+    CompilePackage {
+        package: PackageToCompile,
+        timeout_ms: u64,
+    },
 }
 
 impl AgentCommand {
@@ -223,6 +239,7 @@ impl AgentCommand {
             AgentCommand::MountDisk { .. } => "mount_disk",
             AgentCommand::UnmountDisk { .. } => "unmount_disk",
             AgentCommand::MigrateDisk { .. } => "migrate_disk",
+            AgentCommand::CompilePackage { .. } => "compile_package",
         }
     }
 }
@@ -281,10 +298,42 @@ pub struct ApplyJob {
 pub struct ApplyPackage {
     pub name: String,
     pub fingerprint: String,
-    /// The package's source tarball (`packaging` script plus files).
-    pub source: BlobRef,
+    /// The package compiled for the VM's stemcell: its install target as a `.tgz`. Instance VMs
+    /// unpack it; they never run `packaging`.
+    pub compiled: BlobRef,
     #[serde(default)]
     pub dependencies: Vec<String>,
+}
+
+/// A package for a compilation VM to compile.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PackageToCompile {
+    pub name: String,
+    pub fingerprint: String,
+    /// Its source tarball (`packaging` plus files).
+    pub source: BlobRef,
+    /// Every package it depends on, directly or not, compiled for the same stemcell; installed at
+    /// `packages/<name>` before `packaging` runs.
+    #[serde(default)]
+    pub dependencies: Vec<CompiledDependency>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CompiledDependency {
+    pub name: String,
+    pub fingerprint: String,
+    pub compiled: BlobRef,
+}
+
+/// What `compile_package` answers: the compiled package, uploaded to the director.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CompiledPackage {
+    pub compiled: BlobRef,
+    /// How long `packaging` ran.
+    pub packaging_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]

@@ -117,6 +117,23 @@ fn pointer(path: &serde_path_to_error::Path) -> String {
     }
 }
 
+/// Names end up in paths, tags and process environments: keep them to a safe alphabet.
+pub fn check_name(src: &str, path: impl std::fmt::Display, name: &str) -> Result<(), DocumentError> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        && !name.starts_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err(DocumentError::invalid(
+            src,
+            path,
+            format!("`{name}` is not a valid name (letters, digits, `-`, `_`, `.`; at most 128)"),
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

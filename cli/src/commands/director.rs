@@ -66,6 +66,13 @@ pub struct DirectorArgs {
     /// ... within this many seconds stops resurrection for the deployment.
     #[arg(long, default_value_t = 600)]
     meltdown_window: u64,
+    /// Keep compiled packages here, for every director on this machine (BOSH's
+    /// compiled_package_cache); a director takes a package from it instead of compiling it again.
+    #[arg(long, value_name = "DIR", env = "BOSUN_COMPILED_PACKAGE_CACHE")]
+    compiled_package_cache: Option<PathBuf>,
+    /// How long one package's `packaging` may run on a compilation VM, in seconds.
+    #[arg(long, default_value_t = 2 * 3600)]
+    compile_timeout: u64,
 }
 
 pub async fn run_director(args: &DirectorArgs) -> Result<()> {
@@ -96,6 +103,13 @@ pub async fn run_director(args: &DirectorArgs) -> Result<()> {
             min_instances: args.meltdown_min_instances,
             percent: args.meltdown_percent,
             window: Duration::from_secs(args.meltdown_window),
+        },
+        compiled_package_cache: args.compiled_package_cache.clone(),
+        compile_timeout: {
+            if args.compile_timeout == 0 {
+                return Err(InputError::new("--compile-timeout must be at least 1 second").into());
+            }
+            Duration::from_secs(args.compile_timeout)
         },
     };
     let running = bosun_director::start(config, cpi).await?;

@@ -49,6 +49,23 @@ pub fn agent_bin() -> &'static Path {
     })
 }
 
+/// The compiled-package cache the test directors share: `BOSUN_TEST_COMPILED_PACKAGE_CACHE`, else
+/// `/var/cache/bosun/compiled-packages` where it can be made, else under `target/`.
+pub fn compiled_package_cache() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let wanted = std::env::var_os("BOSUN_TEST_COMPILED_PACKAGE_CACHE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/var/cache/bosun/compiled-packages"));
+        if std::fs::create_dir_all(&wanted).is_ok() {
+            return wanted;
+        }
+        let fallback = scratch().join("compiled-packages");
+        std::fs::create_dir_all(&fallback).expect("compiled-package cache dir");
+        fallback
+    })
+}
+
 fn scratch() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
@@ -301,6 +318,12 @@ impl TestDirector {
                 all_flags.extend(["--agent-listen".to_string(), format!("127.0.0.1:{agents}")]);
                 all_flags.extend(flags.iter().map(|s| s.to_string()));
             }
+        }
+        // Every test's director shares one compiled-package cache outside the clone, so what one
+        // compiled the others (and the next run on this machine) take from it; a test that must
+        // see compilation happen names a cache of its own.
+        if !flags.contains(&"--compiled-package-cache") {
+            all_flags.extend(["--compiled-package-cache".to_string(), compiled_package_cache().display().to_string()]);
         }
         let mut d = TestDirector {
             dir,

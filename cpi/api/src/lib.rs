@@ -176,6 +176,9 @@ pub mod tags {
     pub const INDEX: &str = "index";
     pub const INSTANCE_INDEX: &str = "instance_index";
     pub const CREATED_AT: &str = "created_at";
+    /// On a compilation VM: the package it was made to compile (BOSH's `compiling` tag). No
+    /// compilation survives a director restart, so a restarted director deletes such VMs.
+    pub const COMPILING: &str = "compiling";
 }
 
 /// The VM's tags as the director set them at creation (`env.bosun.tags`).

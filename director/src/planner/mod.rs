@@ -16,6 +16,8 @@
 //!             spare addresses
 //! links+shape properties, links, rendered templates, packages, VM shape → InstancePlan
 //! decide      the action and disk fate of each instance from what it will have applied
+//! compile     the packages changing instances install, keyed per stemcell; what is not yet
+//!             compiled, in dependency order, and the compilation VMs' addresses
 //! batches     canaries, AZ batches, stages, delete batches
 //! ```
 //! Where a new update stage goes: a decision in `decide`, its ordering in `batches`, its execution
@@ -23,6 +25,7 @@
 
 mod addresses;
 mod batches;
+mod compile;
 mod decide;
 mod links;
 mod model;
@@ -32,9 +35,10 @@ mod validate;
 
 pub use addresses::{address_pending, show_ip};
 pub use batches::stages;
+pub use compile::compiled_key;
 pub use model::{
-    Batch, DeleteBatch, DiskPlan, GroupPlan, InstancePlan, Plan, PlanError, PlanningInput, Requests, Selection,
-    DEFAULT_SCRIPT_TIMEOUT_MS,
+    Batch, CompilationPlan, CompilationWorker, DeleteBatch, DiskPlan, GroupPlan, InstancePlan, PackageCompilation,
+    Plan, PlanError, PlannedPackage, PlanningInput, Requests, Selection, DEFAULT_SCRIPT_TIMEOUT_MS,
 };
 
 use crate::records::{AppliedJob, AppliedState, InstanceRecord, RenderedJob};
@@ -54,11 +58,13 @@ pub fn plan(input: &PlanningInput<'_>, rng: &mut dyn RngCore) -> Result<Plan, Pl
     let (mut placed, mut deletes) = place(input, rng, &mut taken)?;
     validate::check_selections(input, &placed)?;
     plan_replacements(input, &mut placed, &mut taken);
-    let groups = render_groups(input, &placed)?;
+    let (groups, to_compile) = render_groups(input, &placed)?;
+    let compilation =
+        compile::plan_compilation(input.manifest, input.cloud_config, to_compile, input.compiled, &mut taken)?;
     deletes.sort_by(|a, b| (a.group.as_str(), a.index).cmp(&(b.group.as_str(), b.index)));
     let delete_batches = batches::delete_batches(&deletes, &groups);
     let stages = stages(&groups);
-    Ok(Plan { deployment: input.manifest.name.clone(), groups, deletes, delete_batches, stages })
+    Ok(Plan { deployment: input.manifest.name.clone(), groups, deletes, delete_batches, compilation, stages })
 }
 
 /// Each group (by position in the manifest) with its placed instances.
@@ -169,12 +175,23 @@ fn resolve_properties(input: &PlanningInput<'_>, placed: &[(usize, Vec<Slot>)]) 
     out
 }
 
-/// Properties, links, rendering, and what changes: one [`GroupPlan`] per group.
-fn render_groups(input: &PlanningInput<'_>, placed: &[(usize, Vec<Slot>)]) -> Result<Vec<GroupPlan>, PlanError> {
+/// Properties, links, rendering, and what changes: one [`GroupPlan`] per group; and the packages
+/// the instances that change install, as candidates for compilation.
+fn render_groups(
+    input: &PlanningInput<'_>,
+    placed: &[(usize, Vec<Slot>)],
+) -> Result<(Vec<GroupPlan>, Vec<PackageCompilation>), PlanError> {
     let properties = resolve_properties(input, placed);
     let providers = links::link_providers(input)?;
     let context = RenderContext { input, placed, properties: &properties, providers: &providers };
-    placed.iter().map(|(gi, slots)| plan_group(&context, *gi, slots)).collect()
+    let mut groups = Vec::new();
+    let mut to_compile = Vec::new();
+    for (gi, slots) in placed {
+        let (group, compilations) = plan_group(&context, *gi, slots)?;
+        groups.push(group);
+        to_compile.extend(compilations);
+    }
+    Ok((groups, to_compile))
 }
 
 /// What rendering any instance needs to see.
@@ -185,7 +202,11 @@ struct RenderContext<'a, 'i> {
     providers: &'a [links::Provider],
 }
 
-fn plan_group(c: &RenderContext<'_, '_>, gi: usize, slots: &[Slot]) -> Result<GroupPlan, PlanError> {
+fn plan_group(
+    c: &RenderContext<'_, '_>,
+    gi: usize,
+    slots: &[Slot],
+) -> Result<(GroupPlan, Vec<PackageCompilation>), PlanError> {
     let (input, m, cc) = (c.input, c.input.manifest, c.input.cloud_config);
     let g = &m.instance_groups[gi];
     let mut update = m.update.resolve(g.update.as_ref());
@@ -204,10 +225,16 @@ fn plan_group(c: &RenderContext<'_, '_>, gi: usize, slots: &[Slot]) -> Result<Gr
         _ => None,
     };
     let bootstrap_index = slots.iter().map(|s| s.index).min();
-    let instances = slots
-        .iter()
-        .map(|s| plan_instance(c, gi, s, Some(s.index) == bootstrap_index, &persistent_disk))
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut instances = Vec::new();
+    let mut to_compile = Vec::new();
+    for s in slots {
+        let (instance, compilations) = plan_instance(c, gi, s, Some(s.index) == bootstrap_index, &persistent_disk)?;
+        // An instance that stays as it is installs nothing.
+        if instance.action != InstanceAction::Keep {
+            to_compile.extend(compilations);
+        }
+        instances.push(instance);
+    }
     let batches = batches::compose_batches(&update, &instances);
     let script_timeout_ms = update.script_timeout_ms.unwrap_or_else(|| {
         g.jobs
@@ -217,7 +244,7 @@ fn plan_group(c: &RenderContext<'_, '_>, gi: usize, slots: &[Slot]) -> Result<Gr
             .map(|s| s * 1000)
             .unwrap_or(DEFAULT_SCRIPT_TIMEOUT_MS)
     });
-    Ok(GroupPlan { name: g.name.clone(), update, instances, batches, script_timeout_ms })
+    Ok((GroupPlan { name: g.name.clone(), update, instances, batches, script_timeout_ms }, to_compile))
 }
 
 fn plan_instance(
@@ -226,7 +253,7 @@ fn plan_instance(
     s: &Slot,
     bootstrap: bool,
     persistent_disk: &Option<(u64, serde_json::Value)>,
-) -> Result<InstancePlan, PlanError> {
+) -> Result<(InstancePlan, Vec<PackageCompilation>), PlanError> {
     let (input, m, cc) = (c.input, c.input.manifest, c.input.cloud_config);
     let g = &m.instance_groups[gi];
     let stemcell = input.stemcells.get(&g.stemcell).expect("validated").clone();
@@ -281,7 +308,8 @@ fn plan_instance(
             packages: rj.spec.packages.clone(),
         });
     }
-    let packages = shape::package_closure(input, &package_names, &gi)?;
+    let closure = shape::package_closure(input, &package_names, &gi)?;
+    let (packages, compilations) = compile::planned_packages(&closure, &stemcell);
     let configuration_hash = shape::configuration_hash(&jobs);
     let applied = AppliedState {
         stemcell: (stemcell.name.clone(), stemcell.version.clone()),
@@ -296,7 +324,7 @@ fn plan_instance(
         persistent_disk_digest: persistent_disk.as_ref().map(|(_, cp)| digest_json(cp)).unwrap_or_default(),
     };
     let d = decide::decide(s, &applied, bootstrap, &g.name, input.requests);
-    Ok(InstancePlan {
+    let instance = InstancePlan {
         group: g.name.clone(),
         uuid: s.uuid.clone(),
         index: s.index,
@@ -317,5 +345,6 @@ fn plan_instance(
         packages,
         configuration_hash,
         applied,
-    })
+    };
+    Ok((instance, compilations))
 }

@@ -38,6 +38,9 @@ pub struct PlanningInput<'a> {
     pub addresses_in_use_elsewhere: &'a BTreeSet<Ipv4Addr>,
     /// What the operator asked for beyond the manifest.
     pub requests: &'a Requests,
+    /// The keys of the packages compiled already (any deployment's, or the compiled-package
+    /// cache's).
+    pub compiled: &'a BTreeSet<String>,
 }
 
 /// Which instances a request is about.
@@ -122,7 +125,8 @@ pub struct InstancePlan {
     /// Size (MiB) and cloud properties of the persistent disk, if the instance has one.
     pub persistent_disk: Option<(u64, serde_json::Value)>,
     pub jobs: Vec<RenderedJob>,
-    pub packages: Vec<ReleasePackage>,
+    /// What it installs, each compiled for its stemcell.
+    pub packages: Vec<PlannedPackage>,
     pub configuration_hash: String,
     pub applied: AppliedState,
 }
@@ -145,6 +149,49 @@ pub struct GroupPlan {
     pub script_timeout_ms: u64,
 }
 
+/// A package as an instance installs it: compiled for its stemcell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedPackage {
+    pub name: String,
+    pub fingerprint: String,
+    pub dependencies: Vec<String>,
+    /// Which compiled package it is (`compile::compiled_key`).
+    pub compiled_key: String,
+}
+
+/// One package to compile for one stemcell.
+#[derive(Debug, Clone)]
+pub struct PackageCompilation {
+    pub key: String,
+    /// Its source.
+    pub package: ReleasePackage,
+    /// `name/version` of its release.
+    pub release: String,
+    pub stemcell: StemcellRecord,
+    /// Every package it depends on, directly or not: (name, compiled key).
+    pub dependencies: Vec<(String, String)>,
+}
+
+/// A compilation VM's addresses.
+#[derive(Debug, Clone)]
+pub struct CompilationWorker {
+    pub networks: BTreeMap<String, NetworkSettings>,
+}
+
+/// What compiles before any instance changes, and on what.
+#[derive(Debug, Clone)]
+pub struct CompilationPlan {
+    /// Dependencies before their dependents.
+    pub packages: Vec<PackageCompilation>,
+    /// At most the compilation block's `workers`: so many compile at once.
+    pub workers: Vec<CompilationWorker>,
+    pub az: Option<String>,
+    pub cloud_properties: serde_json::Value,
+    pub env: serde_json::Value,
+    /// `reuse_compilation_vms`: a worker's VM compiles package after package, deleted at the end.
+    pub reuse_vms: bool,
+}
+
 /// Instances deleted at once (BOSH's "Deleting unneeded instances").
 #[derive(Debug, Clone)]
 pub struct DeleteBatch {
@@ -164,6 +211,8 @@ pub struct Plan {
     pub deletes: Vec<InstanceRecord>,
     /// The order deletes run in, before any group is updated: each batch's instances at once.
     pub delete_batches: Vec<DeleteBatch>,
+    /// Packages to compile before anything else happens.
+    pub compilation: Option<CompilationPlan>,
     /// The order groups are updated in: each stage's groups (positions in `groups`) at once,
     /// stage after stage. Manifest order; consecutive `serial: false` groups share a stage.
     pub stages: Vec<Vec<usize>>,
@@ -171,7 +220,8 @@ pub struct Plan {
 
 impl Plan {
     pub fn has_changes(&self) -> bool {
-        !self.deletes.is_empty()
+        self.compilation.is_some()
+            || !self.deletes.is_empty()
             || self.groups.iter().flat_map(|g| &g.instances).any(|i| i.action != InstanceAction::Keep)
     }
 }

@@ -7,13 +7,14 @@ use bosun_types::cloud_config::CloudConfig;
 use bosun_types::manifest::InstanceGroup;
 use std::collections::{BTreeMap, BTreeSet};
 
-/// Every package the jobs need, with their dependencies, from the jobs' releases.
+/// Every package the jobs need, with their dependencies, from the jobs' releases; each with its
+/// release's `name/version`.
 pub(super) fn package_closure(
     input: &PlanningInput<'_>,
     wanted: &BTreeSet<(String, String)>,
     gi: &usize,
-) -> Result<Vec<ReleasePackage>, PlanError> {
-    let mut out: BTreeMap<String, ReleasePackage> = BTreeMap::new();
+) -> Result<Vec<(String, ReleasePackage)>, PlanError> {
+    let mut out: BTreeMap<String, (String, ReleasePackage)> = BTreeMap::new();
     let mut todo: Vec<(String, String)> = wanted.iter().cloned().collect();
     while let Some((release, name)) = todo.pop() {
         if out.contains_key(&name) {
@@ -29,7 +30,7 @@ pub(super) fn package_closure(
         for d in &p.dependencies {
             todo.push((release.clone(), d.clone()));
         }
-        out.insert(name, p.clone());
+        out.insert(name, (format!("{}/{}", r.name, r.version), p.clone()));
     }
     Ok(out.into_values().collect())
 }

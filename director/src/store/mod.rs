@@ -12,8 +12,8 @@ pub use memory::MemoryStore;
 pub use sled::SledStore;
 
 use crate::records::{
-    AgentRecord, CloudConfigRecord, DeploymentRecord, InstanceRecord, Intent, OrphanedDiskRecord, ReleaseRecord,
-    StemcellRecord,
+    AgentRecord, CloudConfigRecord, CompiledPackageRecord, DeploymentRecord, InstanceRecord, Intent,
+    OrphanedDiskRecord, ReleaseRecord, StemcellRecord,
 };
 use bosun_types::api::{EventView, TaskEvent, TaskView};
 use serde::de::DeserializeOwned;
@@ -37,6 +37,7 @@ pub enum Tree {
     OrphanedDisks,
     Events,
     Intents,
+    CompiledPackages,
     Meta,
 }
 
@@ -56,6 +57,7 @@ impl Tree {
             Tree::OrphanedDisks => "orphaned_disks",
             Tree::Events => "events",
             Tree::Intents => "intents",
+            Tree::CompiledPackages => "compiled_packages",
             Tree::Meta => "meta",
         }
     }
@@ -145,6 +147,7 @@ pub mod tables {
     pub const ORPHANED_DISKS: Table<OrphanedDiskRecord> = Table::new(Tree::OrphanedDisks);
     pub const EVENTS: Table<EventView> = Table::new(Tree::Events);
     pub const INTENTS: Table<Intent> = Table::new(Tree::Intents);
+    pub const COMPILED_PACKAGES: Table<CompiledPackageRecord> = Table::new(Tree::CompiledPackages);
 }
 
 /// Typed access to the store.

@@ -50,7 +50,12 @@ pub async fn execute(
         task.info("plan", None, "no changes").await;
         return Ok("no changes".into());
     }
-    // Deletes first, in the planner's batches (BOSH's "Deleting unneeded instances").
+    // Packages compile before anything changes: a failure here leaves every instance as it was.
+    if let Some(compilation) = &plan.compilation {
+        let (compiled, cached) = super::compile::compile(d, task, &deployment, compilation).await?;
+        task.info("compile", None, format!("{compiled} package(s) compiled, {cached} taken from the cache")).await;
+    }
+    // Deletes next, in the planner's batches (BOSH's "Deleting unneeded instances").
     for batch in &plan.delete_batches {
         let timeout = Duration::from_millis(batch.script_timeout_ms);
         let runs = batch.instances.iter().map(|rec| async move {

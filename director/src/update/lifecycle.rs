@@ -75,19 +75,22 @@ pub(crate) async fn build_spec(
             packages: j.packages.clone(),
         });
     }
-    let packages = i
-        .packages
-        .iter()
-        .map(|p| {
-            digests.push(p.blob.digest.clone());
-            ApplyPackage {
-                name: p.name.clone(),
-                fingerprint: p.fingerprint.clone(),
-                source: p.blob.clone(),
-                dependencies: p.dependencies.clone(),
-            }
-        })
-        .collect();
+    let mut packages = Vec::new();
+    for p in &i.packages {
+        let compiled = d.state.get(tables::COMPILED_PACKAGES, &p.compiled_key).await?.ok_or_else(|| {
+            StepError::Failed(format!(
+                "package `{}` is not compiled for stemcell {}/{}",
+                p.name, i.stemcell.operating_system, i.stemcell.version
+            ))
+        })?;
+        digests.push(compiled.blob.digest.clone());
+        packages.push(ApplyPackage {
+            name: p.name.clone(),
+            fingerprint: p.fingerprint.clone(),
+            compiled: compiled.blob,
+            dependencies: p.dependencies.clone(),
+        });
+    }
     let spec = ApplySpec {
         generation,
         deployment: rec.deployment.clone(),

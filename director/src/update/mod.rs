@@ -4,7 +4,8 @@
 //! prepare    manifest text → Prepared { manifest, cloud-config, Plan }   (reads the store; the
 //!            planner itself is pure)
 //! plan_view  Plan → PlanView for the operator (redacted diff, actions, batches)
-//! driver     Plan → deletes, then stages → batches → converge each instance
+//! driver     Plan → compilation, deletes, then stages → batches → converge each instance
+//!   ├─ compile    packages from the compiled-package cache or on compilation VMs
 //!   ├─ vm         create_vm (with retries), swap (create-swap-delete), delete_vm
 //!   ├─ disk       create / attach / migrate / orphan / mount persistent disks
 //!   └─ lifecycle  apply, pre-start, start, watch, post-start; pre-stop, drain, stop, post-stop
@@ -14,6 +15,7 @@
 //! ```
 //! Dependencies point down this list's tree (driver → vm → lifecycle → step), never back up.
 
+mod compile;
 mod delete;
 mod disk;
 mod driver;

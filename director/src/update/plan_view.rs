@@ -123,5 +123,16 @@ pub fn plan_view(plan: &Plan, old_manifest: Option<&str>, new_manifest: &str) ->
             }),
         }
     }
-    PlanView { deployment: plan.deployment.clone(), manifest_diff, groups, changes: plan.has_changes() }
+    let compilations = plan
+        .compilation
+        .iter()
+        .flat_map(|c| &c.packages)
+        .map(|p| {
+            format!(
+                "{}/{} for {}/{}",
+                p.package.name, p.package.fingerprint, p.stemcell.operating_system, p.stemcell.version
+            )
+        })
+        .collect();
+    PlanView { deployment: plan.deployment.clone(), manifest_diff, groups, compilations, changes: plan.has_changes() }
 }

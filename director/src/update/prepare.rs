@@ -87,6 +87,8 @@ struct StoredInputs {
     releases: Vec<ReleaseRecord>,
     stemcells: Vec<StemcellRecord>,
     instances: Vec<InstanceRecord>,
+    /// Keys of the packages compiled already.
+    compiled: BTreeSet<String>,
 }
 
 /// Resolves variables, parses the manifest, resolves releases and stemcells and plans: the store
@@ -104,6 +106,7 @@ pub async fn prepare(d: &Director, manifest_text: &str, requests: &Requests) -> 
         releases: d.state.list(tables::RELEASES, "").await?,
         stemcells: d.state.list(tables::STEMCELLS, "").await?,
         instances: d.state.list(tables::INSTANCES, "").await?,
+        compiled: d.state.kv().scan_prefix(Tree::CompiledPackages, "").await?.into_iter().map(|(k, _)| k).collect(),
     };
     let requests = requests.clone();
     match tokio::task::spawn_blocking(move || decide(raw, name, &requests, stored)).await {
@@ -215,6 +218,7 @@ fn decide(
         existing: &existing,
         addresses_in_use_elsewhere: &elsewhere,
         requests,
+        compiled: &stored.compiled,
     };
     let plan = plan(&planning, &mut rand::thread_rng()).map_err(|e| input(format!("manifest: {e}")))?;
     Ok(Prepared { manifest, cloud_config: cc_record, plan, generated })

@@ -18,6 +18,9 @@ pub enum DeployError {
     Input(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A package did not compile; no instance was touched.
+    #[error("compiling package `{package}`: {message}")]
+    Compile { package: String, message: String },
     #[error("instance {instance}: {step}")]
     Step {
         instance: String,

@@ -31,16 +31,17 @@ pub(crate) fn vm_tags(d: &Director, deployment: &str, rec: &InstanceRecord) -> B
     t
 }
 
-/// Creates a VM for the instance: an agent identity and certificate first (recorded), then the
-/// CPI call, then the VM recorded at once. With `replacement`, the VM is made on the plan's
-/// (new) addresses and recorded as the instance's replacement, not yet its VM.
-pub(crate) async fn create_vm_for(
-    d: &Arc<Director>,
-    task: &Task,
-    rec: &mut InstanceRecord,
-    i: &InstancePlan,
-    replacement: bool,
-) -> Result<(), StepError> {
+/// A new VM's agent: its id and the certificate issued for it, recorded (and flushed) before
+/// the VM exists, so an agent can only ever connect as the identity the director made for it.
+pub(crate) struct AgentIdentity {
+    pub agent_id: String,
+    cert_pem: String,
+    key_pem: String,
+}
+
+/// Mints a fresh agent identity for a VM of `owner` (an instance uuid, or what a compilation VM
+/// works for). Never reused: a new VM gets a new identity.
+pub(crate) async fn new_agent(d: &Director, deployment: &str, owner: &str) -> Result<AgentIdentity, StepError> {
     let agent_id = format!("agent-{}", uuid::Uuid::new_v4());
     let cert =
         d.ca.issue(&agent_id, std::slice::from_ref(&agent_id), LeafUsage { server: false, client: true }, 3650, false)
@@ -52,56 +53,91 @@ pub(crate) async fn create_vm_for(
             &AgentRecord {
                 agent_id: agent_id.clone(),
                 cert_digest: bosun_types::digest::sha256_digest(&cert.cert_der),
-                deployment: rec.deployment.clone(),
-                instance: rec.uuid.clone(),
+                deployment: deployment.to_string(),
+                instance: owner.to_string(),
                 created_at: d.clock.unix_secs(),
             },
         )
         .await?;
-    if replacement {
-        rec.replacement_networks = i.networks.clone();
-        d.state.put(tables::INSTANCES, &rec.key(), rec).await?;
-    }
     d.state.flush().await?;
-    let tags = vm_tags(d, &rec.deployment, rec);
-    let mut env = i.env.clone();
-    if !env.is_object() {
-        env = serde_json::json!({});
-    }
+    Ok(AgentIdentity { agent_id, cert_pem: cert.cert_pem, key_pem: cert.key_pem })
+}
+
+/// The VM's `env` as the CPI gets it: the manifest's, plus how its agent reaches the director
+/// (with its credentials) and the tags it carries from creation.
+pub(crate) fn agent_env(
+    d: &Director,
+    env: &serde_json::Value,
+    identity: &AgentIdentity,
+    tags: &BTreeMap<String, String>,
+) -> serde_json::Value {
+    let mut env = if env.is_object() { env.clone() } else { serde_json::json!({}) };
     env["bosun"] = serde_json::json!({
         "director": {
             "address": d.agent_address,
             "server_name": crate::DIRECTOR_SERVER_NAME,
             "ca_cert": d.ca.cert_pem(),
-            "client_cert": cert.cert_pem,
-            "client_key": cert.key_pem,
+            "client_cert": identity.cert_pem,
+            "client_key": identity.key_pem,
         },
         "tags": tags,
     });
-    let request = CreateVmRequest {
-        agent_id: agent_id.clone(),
-        stemcell_cid: i.stemcell.cid.clone(),
-        cloud_properties: i.cloud_properties.clone(),
-        networks: if replacement { i.networks.clone() } else { rec.networks.clone() },
-        disk_cids: rec.disk_cids.clone(),
-        env,
-    };
+    env
+}
+
+/// `create_vm`, tried again (up to [`MAX_VM_CREATE_TRIES`] in all) while the CPI says the failure
+/// may be retried.
+pub(crate) async fn create_vm_with_retries(
+    d: &Director,
+    task: &Task,
+    what: &str,
+    request: &CreateVmRequest,
+) -> Result<(String, BTreeMap<String, bosun_types::protocol::NetworkSettings>), StepError> {
     let mut tries = 0;
-    let (vm_cid, assigned) = loop {
+    loop {
         tries += 1;
-        match d.cpi.create_vm(&request).await {
-            Ok(x) => break x,
+        match d.cpi.create_vm(request).await {
+            Ok(x) => return Ok(x),
             Err(CpiError::VmCreationFailed { message, ok_to_retry: true }) if tries < MAX_VM_CREATE_TRIES => {
                 task.warn(
                     "create",
-                    Some(&rec.name()),
+                    Some(what),
                     format!("create_vm failed (try {tries} of {MAX_VM_CREATE_TRIES}): {message}"),
                 )
                 .await;
             }
             Err(e) => return Err(e.into()),
         }
+    }
+}
+
+/// Creates a VM for the instance: an agent identity and certificate first (recorded), then the
+/// CPI call, then the VM recorded at once. With `replacement`, the VM is made on the plan's
+/// (new) addresses and recorded as the instance's replacement, not yet its VM.
+pub(crate) async fn create_vm_for(
+    d: &Arc<Director>,
+    task: &Task,
+    rec: &mut InstanceRecord,
+    i: &InstancePlan,
+    replacement: bool,
+) -> Result<(), StepError> {
+    let identity = new_agent(d, &rec.deployment, &rec.uuid).await?;
+    if replacement {
+        rec.replacement_networks = i.networks.clone();
+        d.state.put(tables::INSTANCES, &rec.key(), rec).await?;
+        d.state.flush().await?;
+    }
+    let tags = vm_tags(d, &rec.deployment, rec);
+    let request = CreateVmRequest {
+        agent_id: identity.agent_id.clone(),
+        stemcell_cid: i.stemcell.cid.clone(),
+        cloud_properties: i.cloud_properties.clone(),
+        networks: if replacement { i.networks.clone() } else { rec.networks.clone() },
+        disk_cids: rec.disk_cids.clone(),
+        env: agent_env(d, &i.env, &identity, &tags),
     };
+    let (vm_cid, assigned) = create_vm_with_retries(d, task, &rec.name(), &request).await?;
+    let agent_id = identity.agent_id;
     crate::fault::crash_point(crate::fault::CrashPoint::AfterCreateVm);
     let vm = VmRecord {
         cid: vm_cid.clone(),

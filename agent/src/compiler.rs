@@ -1,0 +1,180 @@
+//! `compile_package`, on a compilation VM: the package's compiled dependencies are installed at
+//! `packages/<dep>`, its source is unpacked into a compile directory, `packaging` runs there with
+//! BOSH's variables (`BOSH_COMPILE_TARGET`, `BOSH_INSTALL_TARGET`, `BOSH_PACKAGE_NAME`,
+//! `BOSH_PACKAGE_VERSION`) within the timeout, and the install target is packed as a `.tgz` and
+//! uploaded to the director, which checks its digest.
+//!
+//! `BOSH_INSTALL_TARGET` is `packages/<name>` — the path the package has on every VM that installs
+//! it — so whatever `packaging` bakes into the binaries (rpaths, wrapper scripts) holds there too.
+
+use crate::dialer::Dialer;
+use crate::installer::{io, safe_component, switch_link, unpack, InstallError, Installer};
+use crate::layout::Layout;
+use bosun_types::digest::Sha256Writer;
+use bosun_types::protocol::{encode_line, AgentMessage, BlobHeader, BlobRef, CompiledPackage, PackageToCompile};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+
+/// Lines of `packaging`'s output an error carries.
+const OUTPUT_TAIL_LINES: usize = 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    #[error(transparent)]
+    Install(#[from] InstallError),
+    #[error("package `{package}`: {message}")]
+    Packaging { package: String, message: String },
+    #[error("uploading the compiled package: {0}")]
+    Upload(String),
+}
+
+pub struct Compiler<'a> {
+    pub layout: &'a Layout,
+    pub dialer: &'a Dialer,
+    pub agent_id: &'a str,
+}
+
+impl Compiler<'_> {
+    pub async fn compile(&self, p: &PackageToCompile, timeout: Duration) -> Result<CompiledPackage, CompileError> {
+        let failed = |message: String| CompileError::Packaging { package: p.name.clone(), message };
+        if !safe_component(&p.name) || !safe_component(&p.fingerprint) {
+            return Err(failed("name or fingerprint is not a safe path component".into()));
+        }
+        let installer = Installer { layout: self.layout, dialer: self.dialer, agent_id: self.agent_id };
+        for dep in &p.dependencies {
+            if !safe_component(&dep.name) {
+                return Err(failed(format!("dependency `{}` is not a safe path component", dep.name)));
+            }
+            installer.install_compiled(&dep.name, &dep.compiled).await?;
+        }
+        let source = installer.fetch_blob(&p.source).await?;
+        let compile = self.layout.compile().join(format!("{}-{}", p.name, p.fingerprint));
+        let target = self.layout.root.join("data/packages").join(&p.name).join(format!("compiling-{}", p.fingerprint));
+        for d in [&compile, &target] {
+            let _ = tokio::fs::remove_dir_all(d).await;
+        }
+        unpack(&source, &compile).await.map_err(failed)?;
+        tokio::fs::create_dir_all(&target).await.map_err(|e| InstallError::Io { path: target.clone(), source: e })?;
+        let install_target = self.layout.packages().join(&p.name);
+        switch_link(&install_target, &target).await?;
+
+        let started = Instant::now();
+        run_packaging(self.layout, p, &compile, &install_target, timeout).await?;
+        let packaging_ms = started.elapsed().as_millis() as u64;
+        tracing::info!(package = %p.name, packaging_ms, "packaging finished");
+
+        let archive = self.layout.root.join("data/tmp").join(format!("{}-{}.tgz", p.name, p.fingerprint));
+        let compiled = pack(&target, &archive).await.map_err(failed)?;
+        let uploaded = self.upload(&archive, &compiled).await;
+        let _ = tokio::fs::remove_file(&archive).await;
+        let _ = tokio::fs::remove_dir_all(&compile).await;
+        uploaded?;
+        Ok(CompiledPackage { compiled, packaging_ms })
+    }
+
+    /// `put_blob`: ask, send the bytes, hear whether the director stored them.
+    async fn upload(&self, archive: &Path, blob: &BlobRef) -> Result<(), CompileError> {
+        let up = |m: String| CompileError::Upload(m);
+        let stream = self.dialer.connect().await.map_err(|e| up(format!("connecting to the director: {e}")))?;
+        let mut stream = tokio::io::BufReader::new(stream);
+        let ask =
+            AgentMessage::PutBlob { agent_id: self.agent_id.to_string(), digest: blob.digest.clone(), size: blob.size };
+        stream.get_mut().write_all(&encode_line(&ask)).await.map_err(|e| up(format!("asking: {e}")))?;
+        read_header(&mut stream).await.map_err(up)?;
+        let mut file = tokio::fs::File::open(archive).await.map_err(|e| up(format!("{}: {e}", archive.display())))?;
+        tokio::io::copy(&mut file, stream.get_mut()).await.map_err(|e| up(format!("sending: {e}")))?;
+        stream.get_mut().flush().await.map_err(|e| up(format!("sending: {e}")))?;
+        read_header(&mut stream).await.map_err(up)
+    }
+}
+
+async fn read_header<S: tokio::io::AsyncRead + Unpin>(stream: &mut tokio::io::BufReader<S>) -> Result<(), String> {
+    let mut line = Vec::new();
+    stream.take(64 * 1024).read_until(b'\n', &mut line).await.map_err(|e| format!("reading the answer: {e}"))?;
+    let header: BlobHeader = serde_json::from_slice(&line).map_err(|e| format!("malformed answer: {e}"))?;
+    match header.error {
+        Some(e) => Err(format!("the director refused: {e}")),
+        None => Ok(()),
+    }
+}
+
+/// Runs `packaging` in `compile` with BOSH's variables, its output in the `packaging` log
+/// directory; on failure the error carries the output's last lines.
+async fn run_packaging(
+    layout: &Layout,
+    p: &PackageToCompile,
+    compile: &Path,
+    install_target: &Path,
+    timeout: Duration,
+) -> Result<(), CompileError> {
+    let failed = |message: String| CompileError::Packaging { package: p.name.clone(), message };
+    let log_dir = layout.log_dir("packaging");
+    tokio::fs::create_dir_all(&log_dir).await.map_err(io(&log_dir))?;
+    let log_path = log_dir.join(format!("{}.log", p.name));
+    let log = tokio::fs::File::create(&log_path).await.map_err(io(&log_path))?.into_std().await;
+    let log2 = log.try_clone().map_err(io(&log_path))?;
+    let mut cmd = tokio::process::Command::new("bash");
+    cmd.arg("-e")
+        .arg("packaging")
+        .current_dir(compile)
+        .stdin(std::process::Stdio::null())
+        .stdout(log)
+        .stderr(log2)
+        .env("BOSH_COMPILE_TARGET", compile)
+        .env("BOSH_INSTALL_TARGET", install_target)
+        .env("BOSH_PACKAGE_NAME", &p.name)
+        .env("BOSH_PACKAGE_VERSION", &p.fingerprint)
+        .env("BOSH_PACKAGES_DIR", layout.packages())
+        .env("BOSUN_ROOT", &layout.root)
+        .env("TMPDIR", layout.root.join("data/tmp"));
+    cmd.process_group(0).kill_on_drop(true);
+    let status = match tokio::time::timeout(timeout, cmd.status()).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(failed(format!("could not run packaging: {e}"))),
+        Err(_) => {
+            let tail = output_tail(&log_path).await;
+            return Err(failed(format!("packaging ran longer than {} s:\n{tail}", timeout.as_secs())));
+        }
+    };
+    if !status.success() {
+        return Err(failed(format!("packaging failed ({status}):\n{}", output_tail(&log_path).await)));
+    }
+    Ok(())
+}
+
+async fn output_tail(log: &Path) -> String {
+    let text = tokio::fs::read_to_string(log).await.unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(OUTPUT_TAIL_LINES)..].join("\n")
+}
+
+/// Packs `dir`'s contents into a `.tgz` at `archive` and returns its reference. Symlinks stay
+/// symlinks; file modes are kept.
+async fn pack(dir: &Path, archive: &Path) -> Result<BlobRef, String> {
+    let (dir, archive): (PathBuf, PathBuf) = (dir.to_path_buf(), archive.to_path_buf());
+    tokio::task::spawn_blocking(move || -> Result<BlobRef, String> {
+        use std::io::Write;
+        if let Some(parent) = archive.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+        }
+        let file = std::fs::File::create(&archive).map_err(|e| format!("{}: {e}", archive.display()))?;
+        let mut gz = flate2::write::GzEncoder::new(file, flate2::Compression::fast());
+        {
+            let mut tar = tar::Builder::new(&mut gz);
+            tar.follow_symlinks(false);
+            tar.append_dir_all(".", &dir).map_err(|e| format!("packing {}: {e}", dir.display()))?;
+            tar.finish().map_err(|e| format!("packing: {e}"))?;
+        }
+        let file = gz.finish().map_err(|e| format!("packing: {e}"))?;
+        file.sync_all().map_err(|e| format!("packing: {e}"))?;
+        drop(file);
+        let mut hasher = Sha256Writer::default();
+        let mut f = std::fs::File::open(&archive).map_err(|e| format!("{}: {e}", archive.display()))?;
+        let size = std::io::copy(&mut f, &mut hasher).map_err(|e| format!("hashing: {e}"))?;
+        hasher.flush().map_err(|e| format!("hashing: {e}"))?;
+        Ok(BlobRef { digest: hasher.finish(), size })
+    })
+    .await
+    .map_err(|e| format!("pack worker failed: {e}"))?
+}

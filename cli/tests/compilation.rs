@@ -1,0 +1,179 @@
+//! Compilation on compilation VMs through the local CPI: packages compile once per stemcell, in
+//! dependency order, on VMs that are gone afterwards; instance VMs only unpack what was compiled;
+//! a failing `packaging` fails the deploy before any instance exists; a director killed in the
+//! middle of a compilation leaves no compilation VM after its restart. Each test has its own
+//! subnet (127.0.60–61.0/24) and its own compiled-package cache (so it sees compilation happen).
+
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+fn greeter_manifest(name: &str, instances: u32, stemcell_version: &str, job: &str) -> String {
+    format!(
+        r#"name: {name}
+releases: [{{name: testbed, version: latest}}]
+stemcells: [{{alias: default, os: local, version: "{stemcell_version}"}}]
+update: {{canaries: 1, max_in_flight: 2, canary_watch_time: 500-5000, update_watch_time: 500-5000}}
+instance_groups:
+- name: greeter
+  azs: [z1, z2, z3]
+  instances: {instances}
+  vm_type: default
+  stemcell: default
+  networks: [{{name: default}}]
+  jobs:
+  - {{name: {job}, release: testbed}}
+"#
+    )
+}
+
+/// The task's event lines of the last task.
+fn last_task_lines(d: &TestDirector) -> Vec<String> {
+    let tasks = d.json(&["tasks"]);
+    let id = tasks[0]["id"].as_u64().expect("a task").to_string();
+    let page = d.json(&["task", &id]);
+    page["events"].as_array().expect("events").iter().map(|e| e["message"].as_str().unwrap_or("").to_string()).collect()
+}
+
+fn count(lines: &[String], prefix: &str) -> usize {
+    lines.iter().filter(|l| l.starts_with(prefix)).count()
+}
+
+fn vm_dirs(d: &TestDirector) -> Vec<String> {
+    std::fs::read_dir(d.cpi_base().join("vms"))
+        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default()
+}
+
+fn instance_root(d: &TestDirector, vm_cid: &str) -> PathBuf {
+    d.cpi_base().join("vms").join(vm_cid).join("root")
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).trim().to_string()
+}
+
+#[test]
+fn packages_compile_once_per_stemcell_on_compilation_vms_that_are_gone_afterwards() {
+    let cache = tempfile::tempdir().unwrap();
+    let d = TestDirector::start_with(&["--compiled-package-cache", cache.path().to_str().unwrap()], &[]);
+    // The local cloud-config's compilation block: 2 workers on the default network in z1.
+    d.prepare_with(&d.write("cloud.yml", &local_cloud_config(60)), &testbed_release());
+    let first = d.write("first.yml", &greeter_manifest("first", 2, "1", "greeter"));
+    let plan = d.json(&["-d", "first", "deploy", first.to_str().unwrap(), "--dry-run"]);
+    let names: Vec<&str> = plan["compilations"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
+    assert_eq!(names.len(), 2, "{plan}");
+    assert!(names[0].starts_with("libgreet/") && names[1].starts_with("greet/"), "dependencies first: {names:?}");
+    assert!(names.iter().all(|n| n.ends_with(" for local/1")), "{names:?}");
+
+    d.ok(&["-n", "-d", "first", "deploy", first.to_str().unwrap()]);
+    let lines = last_task_lines(&d);
+    assert_eq!(count(&lines, "compiled libgreet/"), 1, "{lines:#?}");
+    assert_eq!(count(&lines, "compiled greet/"), 1, "{lines:#?}");
+    assert!(lines.iter().any(|l| l == "2 package(s) compiled, 0 taken from the cache"), "{lines:#?}");
+    let instances = d.running("first", 2);
+    let instance_vms: Vec<String> = instances.iter().map(|i| i["vm_cid"].as_str().unwrap().to_string()).collect();
+    assert_eq!(
+        {
+            let mut v = vm_dirs(&d);
+            v.sort();
+            v
+        },
+        {
+            let mut v = instance_vms.clone();
+            v.sort();
+            v
+        },
+        "only the instances' VMs remain"
+    );
+    for vm in &instance_vms {
+        let root = instance_root(&d, vm);
+        let greeting = eventually("the greeter to write its greeting", Duration::from_secs(30), || {
+            std::fs::read_to_string(root.join("store/greeting")).ok().filter(|g| !g.is_empty())
+        });
+        assert_eq!(greeting.trim(), "hello from libgreet", "built against the compiled dependency");
+        for pkg in ["greet", "libgreet"] {
+            let on = read(&root.join("packages").join(pkg).join("compiled-on"));
+            assert!(on.starts_with("vm-") && !instance_vms.contains(&on), "{pkg} compiled on {on}, a compilation VM");
+        }
+        assert!(!root.join("data/sys/log/packaging").exists(), "instance VM {vm} ran packaging");
+        assert!(!root.join("data/compile").read_dir().map(|mut r| r.next().is_some()).unwrap_or(false));
+    }
+    // The cache holds both, each a tarball with its record.
+    let cached: Vec<String> = std::fs::read_dir(cache.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".json"))
+        .collect();
+    assert_eq!(cached.len(), 2, "{cached:?}");
+
+    // Another deployment of the same release and stemcell compiles nothing.
+    let second = d.write("second.yml", &greeter_manifest("second", 1, "1", "greeter"));
+    let plan = d.json(&["-d", "second", "deploy", second.to_str().unwrap(), "--dry-run"]);
+    assert_eq!(plan["compilations"], serde_json::json!([]), "{plan}");
+    d.ok(&["-n", "-d", "second", "deploy", second.to_str().unwrap()]);
+    assert_eq!(count(&last_task_lines(&d), "compil"), 0, "nothing compiled");
+    d.running("second", 1);
+
+    // A new stemcell version: both compile again, for it.
+    d.ok(&["upload-stemcell", stemcell("2").to_str().unwrap()]);
+    let upgraded = d.write("upgraded.yml", &greeter_manifest("first", 2, "2", "greeter"));
+    d.ok(&["-n", "-d", "first", "deploy", upgraded.to_str().unwrap()]);
+    let lines = last_task_lines(&d);
+    assert_eq!(count(&lines, "compiled libgreet/"), 1, "{lines:#?}");
+    assert_eq!(count(&lines, "compiled greet/"), 1, "{lines:#?}");
+    assert!(lines.iter().filter(|l| l.starts_with("compiled ")).all(|l| l.contains(" for local/2 ")), "{lines:#?}");
+    let upgraded_instances = d.running("first", 2);
+    assert!(upgraded_instances.iter().all(|i| i["stemcell"]["version"] == "2"), "{upgraded_instances:?}");
+
+    // A package whose packaging fails fails the deploy before any instance exists.
+    let broken = d.write("broken.yml", &greeter_manifest("broken", 2, "1", "broken-job"));
+    let err = d.fails(1, &["-n", "-d", "broken", "deploy", broken.to_str().unwrap()]);
+    assert!(err.contains("compiling package `broken`"), "{err}");
+    assert!(err.contains("broken: no compiler here"), "the packaging output reaches the operator: {err}");
+    assert!(d.instances("broken").iter().all(|i| i["vm_cid"].is_null()), "no instance VM was made");
+    let mut left = vm_dirs(&d);
+    left.sort();
+    let mut want: Vec<String> = d
+        .instances("first")
+        .iter()
+        .chain(d.instances("second").iter())
+        .map(|i| i["vm_cid"].as_str().unwrap().to_string())
+        .collect();
+    want.sort();
+    assert_eq!(left, want, "the failed compilation's VM is gone");
+}
+
+#[test]
+fn a_director_killed_while_compiling_leaves_no_compilation_vm_and_the_next_deploy_compiles() {
+    let cache = tempfile::tempdir().unwrap();
+    let mut d = TestDirector::start_with(
+        &["--compiled-package-cache", cache.path().to_str().unwrap()],
+        &[("BOSUN_CRASH_AT", "compiling")],
+    );
+    d.prepare_with(&d.write("cloud.yml", &local_cloud_config(61)), &testbed_release());
+    let m = d.write("m.yml", &greeter_manifest("killed", 1, "1", "greeter"));
+    assert!(!d.run(&["-n", "-d", "killed", "deploy", m.to_str().unwrap()]).status.success());
+    d.wait_for_exit(Duration::from_secs(30));
+    assert_eq!(vm_dirs(&d).len(), 1, "the compilation VM the director was using exists");
+    d.relaunch_with(&[]);
+    eventually("the restarted director to delete the compilation VM", Duration::from_secs(30), || {
+        vm_dirs(&d).is_empty().then_some(())
+    });
+    let evs = d.json(&["events", "--limit", "100"]);
+    assert!(
+        evs.as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "delete" && e["message"].as_str().is_some_and(|m| m.contains("compilation VM"))),
+        "{evs}"
+    );
+    d.ok(&["-n", "-d", "killed", "deploy", m.to_str().unwrap()]);
+    let lines = last_task_lines(&d);
+    assert_eq!(count(&lines, "compiled "), 2, "what was missing compiles: {lines:#?}");
+    let i = d.running("killed", 1);
+    assert_eq!(vm_dirs(&d), vec![i[0]["vm_cid"].as_str().unwrap().to_string()]);
+}

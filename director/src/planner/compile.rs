@@ -1,0 +1,188 @@
+//! Compilation: which packages an instance installs, each named by the key of its compiled form
+//! (the package's name and fingerprint, the stemcell's OS and version, and its dependencies'
+//! keys), and which of those keys nobody has compiled yet — in dependency order — with the
+//! compilation VMs' shape and addresses.
+
+use super::addresses::{dynamic_settings, pick_dynamic, settings};
+use super::model::{perr, CompilationPlan, CompilationWorker, PackageCompilation, PlanError, PlannedPackage};
+use crate::records::{ReleasePackage, StemcellRecord};
+use bosun_types::cloud_config::{CloudConfig, Compilation, NetworkType};
+use bosun_types::manifest::DeploymentManifest;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+/// The key of a package compiled for a stemcell: the same source, stemcell and dependencies
+/// always give the same key, and anything else gives another.
+pub fn compiled_key(name: &str, fingerprint: &str, os: &str, version: &str, dependency_keys: &[String]) -> String {
+    let mut h = bosun_types::digest::Sha256Writer::default();
+    for part in [name, fingerprint, os, version] {
+        h.update(part.as_bytes());
+        h.update(&[0]);
+    }
+    let mut deps = dependency_keys.to_vec();
+    deps.sort();
+    for d in deps {
+        h.update(d.as_bytes());
+        h.update(&[0]);
+    }
+    h.finish()
+}
+
+/// The packages of one instance (a closed set from one release) as it installs them, with what
+/// compiling each would take.
+pub(super) fn planned_packages(
+    closure: &[(String, ReleasePackage)],
+    stemcell: &StemcellRecord,
+) -> (Vec<PlannedPackage>, Vec<PackageCompilation>) {
+    let by_name: BTreeMap<&str, &ReleasePackage> = closure.iter().map(|(_, p)| (p.name.as_str(), p)).collect();
+    let release_of: BTreeMap<&str, &str> = closure.iter().map(|(r, p)| (p.name.as_str(), r.as_str())).collect();
+    let mut keys: BTreeMap<String, String> = BTreeMap::new();
+    // Transitive dependencies, by name, for each package.
+    let mut below: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut order: Vec<&ReleasePackage> = Vec::new();
+    // Dependencies first (the closure is validated acyclic by the release upload).
+    fn visit<'a>(
+        p: &'a ReleasePackage,
+        by_name: &BTreeMap<&str, &'a ReleasePackage>,
+        seen: &mut BTreeSet<String>,
+        order: &mut Vec<&'a ReleasePackage>,
+    ) {
+        if !seen.insert(p.name.clone()) {
+            return;
+        }
+        for d in &p.dependencies {
+            if let Some(dep) = by_name.get(d.as_str()) {
+                visit(dep, by_name, seen, order);
+            }
+        }
+        order.push(p);
+    }
+    let mut seen = BTreeSet::new();
+    for (_, p) in closure {
+        visit(p, &by_name, &mut seen, &mut order);
+    }
+    let mut planned = Vec::new();
+    let mut compilations = Vec::new();
+    for p in order {
+        let mut all: BTreeSet<String> = BTreeSet::new();
+        for d in &p.dependencies {
+            all.insert(d.clone());
+            all.extend(below.get(d).cloned().unwrap_or_default());
+        }
+        let direct_keys: Vec<String> = p.dependencies.iter().filter_map(|d| keys.get(d).cloned()).collect();
+        let key = compiled_key(&p.name, &p.fingerprint, &stemcell.operating_system, &stemcell.version, &direct_keys);
+        keys.insert(p.name.clone(), key.clone());
+        below.insert(p.name.clone(), all.clone());
+        planned.push(PlannedPackage {
+            name: p.name.clone(),
+            fingerprint: p.fingerprint.clone(),
+            dependencies: p.dependencies.clone(),
+            compiled_key: key.clone(),
+        });
+        compilations.push(PackageCompilation {
+            key,
+            package: p.clone(),
+            release: release_of[p.name.as_str()].to_string(),
+            stemcell: stemcell.clone(),
+            dependencies: all.iter().map(|d| (d.clone(), keys[d].clone())).collect(),
+        });
+    }
+    (planned, compilations)
+}
+
+/// What must be compiled (not in `compiled`), in dependency order, and the compilation VMs to do
+/// it on: at most `workers`, each with its addresses on the compilation network.
+pub(super) fn plan_compilation(
+    m: &DeploymentManifest,
+    cc: &CloudConfig,
+    candidates: Vec<PackageCompilation>,
+    compiled: &BTreeSet<String>,
+    taken: &mut BTreeSet<Ipv4Addr>,
+) -> Result<Option<CompilationPlan>, PlanError> {
+    let mut packages: Vec<PackageCompilation> = Vec::new();
+    let mut queued: BTreeSet<String> = BTreeSet::new();
+    // Candidates arrive dependencies-first per instance; keeping the first sighting keeps that order.
+    for c in candidates {
+        if !compiled.contains(&c.key) && queued.insert(c.key.clone()) {
+            packages.push(c);
+        }
+    }
+    if packages.is_empty() {
+        return Ok(None);
+    }
+    let (config, at) = match (&m.compilation, &cc.compilation) {
+        (Some(c), _) => (c, "/compilation"),
+        (None, Some(c)) => (c, "cloud-config: /compilation"),
+        (None, None) => {
+            let names: Vec<&str> = packages.iter().map(|p| p.package.name.as_str()).collect();
+            return Err(perr(
+                "/compilation",
+                format!(
+                    "packages {} must be compiled, but neither the manifest nor the cloud-config has a `compilation` block",
+                    names.join(", ")
+                ),
+            ));
+        }
+    };
+    check_config(config, cc, at)?;
+    let cloud_properties = match (&config.cloud_properties, &config.vm_type) {
+        (Some(cp), _) => cp.clone(),
+        (None, Some(vt)) => {
+            cc.vm_types.iter().find(|v| &v.name == vt).map(|v| v.cloud_properties.clone()).unwrap_or_default()
+        }
+        (None, None) => serde_json::json!({}),
+    };
+    let net = cc.network(&config.network).expect("checked");
+    let wanted = (config.workers as usize).min(packages.len()).max(1);
+    let mut workers = Vec::new();
+    for _ in 0..wanted {
+        let address = if net.kind == NetworkType::Dynamic {
+            dynamic_settings(net, &config.az, vec!["dns".into(), "gateway".into()])
+        } else {
+            let subnets =
+                cc.resolved_subnets(&config.network).map_err(|e| perr(format!("{at}/network"), e.to_string()))?;
+            match pick_dynamic(&subnets, &config.az, taken) {
+                Some((s, ip)) => {
+                    taken.insert(ip);
+                    settings(s, ip, vec!["dns".into(), "gateway".into()])
+                }
+                None if workers.is_empty() => {
+                    return Err(perr(
+                        format!("{at}/network"),
+                        format!("network `{}` has no free address for a compilation VM", config.network),
+                    ))
+                }
+                None => break, // fewer workers than asked: the addresses there are
+            }
+        };
+        workers.push(CompilationWorker { networks: [(config.network.clone(), address)].into() });
+    }
+    Ok(Some(CompilationPlan {
+        packages,
+        workers,
+        az: config.az.clone(),
+        cloud_properties,
+        env: config.env.clone().unwrap_or_else(|| serde_json::json!({})),
+        reuse_vms: config.reuse_compilation_vms,
+    }))
+}
+
+fn check_config(c: &Compilation, cc: &CloudConfig, at: &str) -> Result<(), PlanError> {
+    if c.workers == 0 {
+        return Err(perr(format!("{at}/workers"), "must be at least 1"));
+    }
+    if cc.network(&c.network).is_none() {
+        return Err(perr(format!("{at}/network"), format!("unknown network `{}`", c.network)));
+    }
+    if let Some(az) = &c.az {
+        if !cc.azs.iter().any(|a| &a.name == az) {
+            return Err(perr(format!("{at}/az"), format!("unknown AZ `{az}`")));
+        }
+    }
+    if let Some(vt) = &c.vm_type {
+        if !cc.vm_types.iter().any(|v| &v.name == vt) {
+            return Err(perr(format!("{at}/vm_type"), format!("unknown vm_type `{vt}`")));
+        }
+    }
+    Ok(())
+}
