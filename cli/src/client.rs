@@ -134,6 +134,34 @@ impl Client {
         Ok(self.send(self.request(reqwest::Method::GET, path)).await?.json().await?)
     }
 
+    /// Streams a response body into `to` (written beside it, then renamed, so a failed download
+    /// leaves nothing). Returns the bytes written.
+    pub async fn download(&self, path: &str, to: &std::path::Path) -> Result<u64> {
+        use futures::StreamExt;
+        use tokio::io::AsyncWriteExt;
+        let resp = self.send(self.request(reqwest::Method::GET, path)).await?;
+        let tmp = to.with_extension("partial");
+        let mut file = tokio::fs::File::create(&tmp).await.with_context(|| format!("creating {}", tmp.display()))?;
+        let mut body = resp.bytes_stream();
+        let mut n = 0u64;
+        let written: Result<()> = async {
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.context("downloading")?;
+                file.write_all(&chunk).await?;
+                n += chunk.len() as u64;
+            }
+            file.sync_all().await?;
+            Ok(())
+        }
+        .await;
+        if let Err(e) = written {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(e);
+        }
+        tokio::fs::rename(&tmp, to).await.with_context(|| format!("writing {}", to.display()))?;
+        Ok(n)
+    }
+
     pub async fn get_text(&self, path: &str) -> Result<String> {
         Ok(self.send(self.request(reqwest::Method::GET, path)).await?.text().await?)
     }

@@ -108,6 +108,26 @@ enum Command {
     /// List uploaded releases.
     #[command(after_help = "Example:\n  bosun releases --json")]
     Releases,
+    /// Write a compiled release: the release's jobs and its packages as compiled for a stemcell.
+    #[command(after_help = "Example:\n  bosun export-release kubo/0+dev.1 local/1 --dir /tmp")]
+    ExportRelease {
+        /// NAME/VERSION of an uploaded release.
+        release: String,
+        /// OS/VERSION of the stemcell its packages were compiled for.
+        stemcell: String,
+        /// Where to write `NAME-VERSION-OS-VERSION.tgz`.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Only this job (repeatable) and the packages it needs.
+        #[arg(long = "job", value_name = "NAME")]
+        jobs: Vec<String>,
+    },
+    /// Show a release's jobs and packages, with the stemcells each package is compiled for.
+    #[command(after_help = "Example:\n  bosun inspect-release kubo/0+dev.1")]
+    InspectRelease {
+        /// NAME/VERSION of an uploaded release.
+        release: String,
+    },
     /// Upload a stemcell tarball.
     #[command(after_help = "Example:\n  bosun upload-stemcell $(stemcells/local/build.sh 1 | tail -1)")]
     UploadStemcell { tarball: PathBuf },
@@ -325,6 +345,10 @@ async fn run(cli: Cli) -> Result<()> {
         Command::SyncBlobs { dir } => commands::artifacts::sync_blobs(dir).await,
         Command::UploadRelease { path } => commands::artifacts::upload_release(cli, path).await,
         Command::Releases => commands::artifacts::releases(cli).await,
+        Command::ExportRelease { release, stemcell, dir, jobs } => {
+            commands::artifacts::export_release(cli, release, stemcell, dir, jobs).await
+        }
+        Command::InspectRelease { release } => commands::artifacts::inspect_release(cli, release).await,
         Command::UploadStemcell { tarball } => commands::artifacts::upload_stemcell(cli, tarball).await,
         Command::Stemcells => commands::artifacts::stemcells(cli).await,
         Command::Deploy { manifest: path, vars, dry_run, recreate, update } => {

@@ -5,7 +5,9 @@
 use crate::InputError;
 use anyhow::{Context, Result};
 use bosun_types::digest::{sha256_digest, Sha256Writer};
-use bosun_types::release::{BlobsYml, DebianPackage, JobSpec, PackageSpec, ReleaseArtifact, ReleaseManifest};
+use bosun_types::release::{
+    BlobsYml, DebianPackage, DebianSourceFile, JobSpec, PackageSpec, ReleaseArtifact, ReleaseManifest,
+};
 use bosun_types::tarball::{deterministic_tgz, fingerprint, Entry};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -53,8 +55,33 @@ pub fn sync_blobs(dir: &Path) -> Result<usize> {
         std::fs::create_dir_all(target.parent().expect("inside blobs/"))?;
         let work = tempfile::tempdir_in(dir.join("blobs"))?;
         let source = entry.source.clone().unwrap_or_default();
-        let got = match (&source.debian, &source.url) {
-            (Some(DebianPackage { package, version }), None) => {
+        let got = match (&source.debian, &source.debian_source, &source.url) {
+            (None, Some(DebianSourceFile { package, version, file }), None) => {
+                eprintln!("fetching {name} (Debian source package {package}={version}, {file})");
+                let out = std::process::Command::new("apt-get")
+                    .args(["source", "--download-only", "-q", &format!("{package}={version}")])
+                    .current_dir(work.path())
+                    .output()
+                    .context("running apt-get source")?;
+                if !out.status.success() {
+                    let err = String::from_utf8_lossy(&out.stderr);
+                    let hint = if err.contains("deb-src") || err.contains("Unable to find a source package") {
+                        " (apt's sources need a deb-src line: run ci/setup)"
+                    } else {
+                        ""
+                    };
+                    return Err(input(format!(
+                        "blob {name}: apt-get source {package}={version} failed{hint}: {}",
+                        err.trim()
+                    )));
+                }
+                let p = work.path().join(file);
+                if file.contains('/') || !p.is_file() {
+                    return Err(input(format!("blob {name}: source package {package}={version} has no file `{file}`")));
+                }
+                p
+            }
+            (Some(DebianPackage { package, version }), None, None) => {
                 eprintln!("fetching {name} (Debian package {package}={version})");
                 let out = std::process::Command::new("apt-get")
                     .args(["download", "-q", &format!("{package}={version}")])
@@ -79,7 +106,7 @@ pub fn sync_blobs(dir: &Path) -> Result<usize> {
                     .find(|p| p.extension().is_some_and(|x| x == "deb"))
                     .ok_or_else(|| input(format!("blob {name}: apt-get download produced no .deb")))?
             }
-            (None, Some(url)) => {
+            (None, None, Some(url)) => {
                 let Some(local) = url.strip_prefix("file://") else {
                     return Err(input(format!(
                         "blob {name}: only file:// and Debian sources can be fetched on this machine ({url})"
@@ -89,15 +116,15 @@ pub fn sync_blobs(dir: &Path) -> Result<usize> {
                 std::fs::copy(local, &p).with_context(|| format!("blob {name}: copying {local}"))?;
                 p
             }
-            (Some(_), Some(_)) => {
+            (None, None, None) => {
                 return Err(input(format!(
-                    "{}: blob {name}: give one source, `debian` or `url`, not both",
+                    "blob {name} is missing from blobs/ and {} gives no source for it",
                     path.display()
                 )))
             }
-            (None, None) => {
+            _ => {
                 return Err(input(format!(
-                    "blob {name} is missing from blobs/ and {} gives no source for it",
+                    "{}: blob {name}: give one source, `debian`, `debian_source` or `url`, not several",
                     path.display()
                 )))
             }
@@ -274,6 +301,7 @@ pub fn create_release(dir: &Path, version: Option<&str>, tarball: Option<&Path>)
         uncommitted_changes: false,
         jobs,
         packages,
+        compiled_packages: vec![],
     };
     let mut outer: BTreeMap<String, Entry> = BTreeMap::new();
     outer.insert("release.MF".into(), (0o644, serde_yaml::to_string(&mf)?.into_bytes()));

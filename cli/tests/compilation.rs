@@ -2,7 +2,7 @@
 //! dependency order, on VMs that are gone afterwards; instance VMs only unpack what was compiled;
 //! a failing `packaging` fails the deploy before any instance exists; a director killed in the
 //! middle of a compilation leaves no compilation VM after its restart. Each test has its own
-//! subnet (127.0.60–61.0/24) and its own compiled-package cache (so it sees compilation happen).
+//! subnet (127.0.60–61.0/24, 63) and its own compiled-package cache (so it sees compilation happen).
 
 mod common;
 
@@ -176,4 +176,53 @@ fn a_director_killed_while_compiling_leaves_no_compilation_vm_and_the_next_deplo
     assert_eq!(count(&lines, "compiled "), 2, "what was missing compiles: {lines:#?}");
     let i = d.running("killed", 1);
     assert_eq!(vm_dirs(&d), vec![i[0]["vm_cid"].as_str().unwrap().to_string()]);
+}
+
+#[test]
+fn an_exported_compiled_release_deploys_on_a_new_director_without_compiling() {
+    let (cache, other_cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let d = TestDirector::start_with(&["--compiled-package-cache", cache.path().to_str().unwrap()], &[]);
+    let cloud = d.write("cloud.yml", &local_cloud_config(63));
+    d.prepare_with(&cloud, &testbed_release());
+    let m = d.write("m.yml", &greeter_manifest("exported", 1, "1", "greeter"));
+    d.ok(&["-n", "-d", "exported", "deploy", m.to_str().unwrap()]);
+    let version = d.json(&["releases"])[0]["version"].as_str().unwrap().to_string();
+    let release = format!("testbed/{version}");
+
+    let inspect = d.json(&["inspect-release", &release]);
+    let compiled_for = |v: &serde_json::Value, p: &str| {
+        v["packages"].as_array().unwrap().iter().find(|x| x["name"] == p).unwrap()["compiled_for"].clone()
+    };
+    assert_eq!(compiled_for(&inspect, "greet"), serde_json::json!(["local/1"]), "{inspect}");
+    assert_eq!(compiled_for(&inspect, "broken"), serde_json::json!([]), "{inspect}");
+    // Not everything is compiled: a whole export is refused, naming what is missing.
+    let out = tempfile::tempdir().unwrap();
+    let err = d.fails(2, &["export-release", &release, "local/1", "--dir", out.path().to_str().unwrap()]);
+    assert!(err.contains("not compiled for local/1: package(s) broken"), "{err}");
+    let tarball =
+        d.ok(&["export-release", &release, "local/1", "--job", "greeter", "--dir", out.path().to_str().unwrap()]);
+    let tarball = PathBuf::from(tarball.trim());
+    assert_eq!(tarball, out.path().join(format!("testbed-{version}-local-1.tgz")));
+
+    // A new director with an empty cache: the compiled release needs no compilation on local/1.
+    let fresh = TestDirector::start_with(&["--compiled-package-cache", other_cache.path().to_str().unwrap()], &[]);
+    fresh.prepare_with(&cloud, &tarball);
+    let inspect = fresh.json(&["inspect-release", &release]);
+    assert_eq!(compiled_for(&inspect, "libgreet"), serde_json::json!(["local/1"]), "{inspect}");
+    assert!(inspect["packages"].as_array().unwrap().iter().all(|p| p["compiled_only"] == true), "{inspect}");
+    let plan = fresh.json(&["-d", "exported", "deploy", m.to_str().unwrap(), "--dry-run"]);
+    assert_eq!(plan["compilations"], serde_json::json!([]), "{plan}");
+    fresh.ok(&["-n", "-d", "exported", "deploy", m.to_str().unwrap()]);
+    assert_eq!(count(&last_task_lines(&fresh), "compil"), 0, "nothing compiled");
+    let i = fresh.running("exported", 1);
+    let root = fresh.cpi_base().join("vms").join(i[0]["vm_cid"].as_str().unwrap()).join("root");
+    let greeting = eventually("the greeting", Duration::from_secs(30), || {
+        std::fs::read_to_string(root.join("store/greeting")).ok().filter(|g| !g.is_empty())
+    });
+    assert_eq!(greeting.trim(), "hello from libgreet");
+    // On another stemcell the compiled release cannot compile: the plan says why.
+    fresh.ok(&["upload-stemcell", stemcell("2").to_str().unwrap()]);
+    let on_two = fresh.write("two.yml", &greeter_manifest("exported", 1, "2", "greeter"));
+    let err = fresh.fails(2, &["-n", "-d", "exported", "deploy", on_two.to_str().unwrap()]);
+    assert!(err.contains("is a compiled release") && err.contains("local/2"), "{err}");
 }

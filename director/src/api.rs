@@ -84,6 +84,8 @@ pub fn router(d: Arc<Director>) -> Router {
         .route("/v1/info", get(info))
         .route("/v1/cloud-config", get(get_cloud_config).post(update_cloud_config))
         .route("/v1/releases", get(list_releases))
+        .route("/v1/releases/{name}/{version}", get(inspect_release))
+        .route("/v1/releases/{name}/{version}/export", get(export_release))
         .route("/v1/stemcells", get(list_stemcells))
         .route("/v1/deployments", get(list_deployments).post(deploy))
         .route("/v1/deployments/{name}", get(get_deployment).delete(delete_deployment))
@@ -202,6 +204,50 @@ async fn deployments_using(d: &Director) -> Result<Vec<(String, ManifestRefs)>, 
         .into_iter()
         .map(|rec| (rec.name, serde_yaml::from_str(&rec.manifest).unwrap_or_default()))
         .collect())
+}
+
+async fn inspect_release(
+    State(d): Shared,
+    Path((name, version)): Path<(String, String)>,
+) -> Result<Json<ReleaseInspectView>, ApiError> {
+    crate::compiled_releases::inspect(&d, &name, &version)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("release `{name}/{version}` is not uploaded")))
+}
+
+#[derive(serde::Deserialize)]
+struct ExportQuery {
+    stemcell: String,
+    /// Comma-separated job names: only these and the packages they need.
+    #[serde(default)]
+    jobs: Option<String>,
+}
+
+/// A compiled release tarball, streamed (the file is unlinked once open, so nothing is left).
+async fn export_release(
+    State(d): Shared,
+    Path((name, version)): Path<(String, String)>,
+    Query(q): Query<ExportQuery>,
+) -> Result<Response, ApiError> {
+    use crate::compiled_releases::ExportError;
+    let jobs: Vec<String> =
+        q.jobs.iter().flat_map(|j| j.split(',')).filter(|j| !j.is_empty()).map(str::to_string).collect();
+    let path =
+        crate::compiled_releases::export(&d, &name, &version, &q.stemcell, &jobs).await.map_err(|e| match e {
+            ExportError::NoRelease(_) | ExportError::NoJob { .. } => ApiError::not_found(e.to_string()),
+            ExportError::BadStemcell(_) => ApiError::bad_request(e.to_string()),
+            ExportError::NotCompiled { .. } => ApiError::conflict(e.to_string()),
+            ExportError::Store(e) => ApiError::from(e),
+            ExportError::Io(ref io) => ApiError::internal(io),
+        })?;
+    let file = tokio::fs::File::open(&path).await.map_err(|e| ApiError::internal(&e));
+    let _ = tokio::fs::remove_file(&path).await;
+    let stream = tokio_util::io::ReaderStream::new(file?);
+    Ok(Response::builder()
+        .header("content-type", "application/gzip")
+        .body(Body::from_stream(stream))
+        .expect("a response builds"))
 }
 
 async fn list_releases(State(d): Shared) -> Result<Json<Vec<ReleaseView>>, ApiError> {

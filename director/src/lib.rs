@@ -10,6 +10,7 @@ pub mod blobstore;
 pub mod cck;
 pub mod clock;
 pub mod compiled_cache;
+pub mod compiled_releases;
 pub mod disks;
 pub mod events;
 pub mod fault;

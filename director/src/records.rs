@@ -49,8 +49,12 @@ pub struct ReleaseJob {
 pub struct ReleasePackage {
     pub name: String,
     pub fingerprint: String,
+    /// Its source; for a package of a compiled release (`compiled_only`), its compiled tarball.
     pub blob: BlobRef,
     pub dependencies: Vec<String>,
+    /// From a compiled release: there is no source to compile it for another stemcell.
+    #[serde(default)]
+    pub compiled_only: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

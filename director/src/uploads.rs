@@ -2,7 +2,7 @@
 //! record the result. Idempotent: the same name, version and bytes again is a no-op; the same name
 //! and version with other bytes is refused.
 
-use crate::records::{ReleaseJob, ReleasePackage, ReleaseRecord, StemcellRecord};
+use crate::records::{CompiledPackageRecord, ReleaseJob, ReleasePackage, ReleaseRecord, StemcellRecord};
 use crate::store::tables;
 use crate::Director;
 use bosun_types::api::UploadResult;
@@ -119,10 +119,22 @@ fn verify_artifact(
     Ok((path, blob, files))
 }
 
+/// A compiled package of a compiled release, checked.
+struct CompiledUpload {
+    path: PathBuf,
+    name: String,
+    fingerprint: String,
+    os: String,
+    stemcell_version: String,
+    dependencies: Vec<String>,
+    blob: BlobRef,
+}
+
 /// A release whose every digest and fingerprint checked out, not yet recorded.
 struct VerifiedRelease {
     key: String,
     record: ReleaseRecord,
+    compiled: Vec<CompiledUpload>,
     /// Each package and job archive with the blob it is.
     artifacts: Vec<(PathBuf, BlobRef)>,
 }
@@ -132,7 +144,7 @@ pub async fn upload_release(director: &Director, tarball: PathBuf, work: PathBuf
     let verified = tokio::task::spawn_blocking(move || verify_release(&tarball, &work))
         .await
         .map_err(|e| UploadError::Io(std::io::Error::other(e)))??;
-    let VerifiedRelease { key, mut record, artifacts } = verified;
+    let VerifiedRelease { key, mut record, artifacts, compiled } = verified;
     // Everything checked out; only now does the upload touch the director's state.
     if let Some(existing) = director.state.get(tables::RELEASES, &key).await? {
         if existing.tarball_digest == record.tarball_digest {
@@ -153,8 +165,75 @@ pub async fn upload_release(director: &Director, tarball: PathBuf, work: PathBuf
     .await
     .map_err(|e| UploadError::Io(std::io::Error::other(e)))??;
     record.uploaded_at = director.clock.unix_secs();
+    record_compiled(director, &record, &compiled).await?;
     director.state.put(tables::RELEASES, &key, &record).await?;
     Ok(UploadResult { name: record.name, version: record.version, already_present: false })
+}
+
+/// Records a compiled release's packages as compiled for their stemcells, under the keys the
+/// planner will look for (dependencies first, so each key covers its dependencies' keys).
+async fn record_compiled(
+    director: &Director,
+    release: &ReleaseRecord,
+    compiled: &[CompiledUpload],
+) -> Result<(), UploadError> {
+    let mut keys: BTreeMap<(String, String, String), String> = BTreeMap::new();
+    // Per (package, os, version): every package below it, with its key.
+    let mut below: BTreeMap<(String, String, String), Vec<(String, String)>> = BTreeMap::new();
+    let mut left: Vec<&CompiledUpload> = compiled.iter().collect();
+    while !left.is_empty() {
+        let before = left.len();
+        let mut next = Vec::new();
+        for c in left {
+            let stemcell = (c.os.clone(), c.stemcell_version.clone());
+            let deps: Option<Vec<String>> = c
+                .dependencies
+                .iter()
+                .map(|d| keys.get(&(d.clone(), stemcell.0.clone(), stemcell.1.clone())).cloned())
+                .collect();
+            let Some(dep_keys) = deps else {
+                next.push(c);
+                continue;
+            };
+            let key = crate::planner::compiled_key(&c.name, &c.fingerprint, &c.os, &c.stemcell_version, &dep_keys);
+            let mut all_deps: BTreeMap<String, String> = BTreeMap::new();
+            for d in &c.dependencies {
+                let at = (d.clone(), c.os.clone(), c.stemcell_version.clone());
+                all_deps.insert(d.clone(), keys[&at].clone());
+                all_deps.extend(below.get(&at).cloned().unwrap_or_default());
+            }
+            let all_deps: Vec<(String, String)> = all_deps.into_iter().collect();
+            let at = (c.name.clone(), c.os.clone(), c.stemcell_version.clone());
+            keys.insert(at.clone(), key.clone());
+            below.insert(at, all_deps.clone());
+            if director.state.get(tables::COMPILED_PACKAGES, &key).await?.is_none() {
+                let record = CompiledPackageRecord {
+                    key: key.clone(),
+                    name: c.name.clone(),
+                    fingerprint: c.fingerprint.clone(),
+                    release: format!("{}/{}", release.name, release.version),
+                    stemcell_os: c.os.clone(),
+                    stemcell_version: c.stemcell_version.clone(),
+                    dependencies: all_deps,
+                    blob: c.blob.clone(),
+                    compiled_at: director.clock.unix_secs(),
+                    packaging_ms: 0,
+                };
+                director.state.put(tables::COMPILED_PACKAGES, &key, &record).await?;
+            }
+        }
+        if next.len() == before {
+            let names: Vec<&str> = next.iter().map(|c| c.name.as_str()).collect();
+            return Err(invalid(format!(
+                "release {}/{}: compiled packages {} depend on packages compiled for another stemcell, or on each other in a circle",
+                release.name,
+                release.version,
+                names.join(", ")
+            )));
+        }
+        left = next;
+    }
+    Ok(())
 }
 
 /// Checks an uploaded release: every archive's digest and fingerprint, every job's spec and
@@ -179,8 +258,60 @@ fn verify_release(tarball: &Path, work: &Path) -> Result<VerifiedRelease, Upload
         let fp = p.fingerprint.clone();
         packages.push((
             path,
-            ReleasePackage { name: p.name.clone(), fingerprint: fp, blob, dependencies: p.dependencies.clone() },
+            ReleasePackage {
+                name: p.name.clone(),
+                fingerprint: fp,
+                blob,
+                dependencies: p.dependencies.clone(),
+                compiled_only: false,
+            },
         ));
+    }
+    // A compiled release's packages: the compiled tarballs, each for the stemcell it names.
+    let mut compiled = Vec::new();
+    for c in &mf.compiled_packages {
+        bosun_types::manifest::check_name("release.MF", "/compiled_packages", &c.name)
+            .map_err(|e| invalid(e.to_string()))?;
+        let at = at("compiled package", &c.name);
+        let path = work.join("compiled_packages").join(format!("{}.tgz", c.name));
+        if !path.is_file() {
+            return Err(invalid(format!("{at}: compiled_packages/{}.tgz is missing from the tarball", c.name)));
+        }
+        let digest = file_digest(&path)?;
+        if digest != c.sha1 {
+            return Err(invalid(format!(
+                "{at}: digest mismatch (release.MF says {}, the tarball holds {digest})",
+                c.sha1
+            )));
+        }
+        let (os, stemcell_version) = c
+            .stemcell
+            .split_once('/')
+            .filter(|(o, v)| !o.is_empty() && !v.is_empty() && !v.contains('/'))
+            .ok_or_else(|| invalid(format!("{at}: stemcell `{}` is not OS/VERSION", c.stemcell)))?;
+        let size = std::fs::metadata(&path).map_err(UploadError::Io)?.len();
+        let blob = BlobRef { digest, size };
+        if !packages.iter().any(|(_, p): &(PathBuf, ReleasePackage)| p.name == c.name) {
+            packages.push((
+                path.clone(),
+                ReleasePackage {
+                    name: c.name.clone(),
+                    fingerprint: c.fingerprint.clone(),
+                    blob: blob.clone(),
+                    dependencies: c.dependencies.clone(),
+                    compiled_only: true,
+                },
+            ));
+        }
+        compiled.push(CompiledUpload {
+            path,
+            name: c.name.clone(),
+            fingerprint: c.fingerprint.clone(),
+            os: os.to_string(),
+            stemcell_version: stemcell_version.to_string(),
+            dependencies: c.dependencies.clone(),
+            blob,
+        });
     }
     for (_, p) in &packages {
         for d in &p.dependencies {
@@ -227,6 +358,7 @@ fn verify_release(tarball: &Path, work: &Path) -> Result<VerifiedRelease, Upload
     let artifacts = packages
         .iter()
         .map(|(p, a)| (p.clone(), a.blob.clone()))
+        .chain(compiled.iter().map(|c| (c.path.clone(), c.blob.clone())))
         .chain(jobs.iter().map(|(p, j)| (p.clone(), j.blob.clone())))
         .collect();
     let record = ReleaseRecord {
@@ -238,7 +370,7 @@ fn verify_release(tarball: &Path, work: &Path) -> Result<VerifiedRelease, Upload
         tarball_digest,
         uploaded_at: 0,
     };
-    Ok(VerifiedRelease { key, record, artifacts })
+    Ok(VerifiedRelease { key, record, artifacts, compiled })
 }
 
 /// Processes an uploaded stemcell tarball: checks the image digest and the CPI's formats, then

@@ -95,6 +95,7 @@ processes: [{name: member, executable: bin/run}]
             fingerprint: "p1".into(),
             blob: BlobRef { digest: "sha256:01".into(), size: 1 },
             dependencies: vec![],
+            compiled_only: false,
         }],
         tarball_digest: "sha256:02".into(),
         uploaded_at: 1,
@@ -822,6 +823,7 @@ fn with_dependency(w: &mut World) {
         fingerprint: "b1".into(),
         blob: BlobRef { digest: "sha256:03".into(), size: 1 },
         dependencies: vec![],
+        compiled_only: false,
     });
 }
 
@@ -842,11 +844,8 @@ fn packages_compile_once_per_stemcell_dependencies_first_keyed_by_what_they_are_
     let c = first.compilation.as_ref().unwrap();
     assert_eq!(c.packages[1].dependencies, vec![("base".to_string(), c.packages[0].key.clone())]);
     // Every instance installs the same compiled packages.
-    let keys: BTreeSet<Vec<String>> = first.groups[0]
-        .instances
-        .iter()
-        .map(|i| i.packages.iter().map(|p| p.compiled_key.clone()).collect())
-        .collect();
+    let keys: BTreeSet<Vec<String>> =
+        first.groups[0].instances.iter().map(|i| i.packages.iter().map(|p| p.compiled_key.clone()).collect()).collect();
     assert_eq!(keys.len(), 1);
     // Two workers asked for, two packages: two compilation VMs on addresses no instance has.
     assert_eq!(c.workers.len(), 2);

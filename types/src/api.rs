@@ -370,6 +370,35 @@ pub struct ReleaseView {
     pub deployments: Vec<String>,
 }
 
+/// `bosun inspect-release`: a release's jobs and packages, each package with the stemcells it is
+/// compiled for.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ReleaseInspectView {
+    pub name: String,
+    pub version: String,
+    pub commit_hash: String,
+    pub jobs: Vec<InspectJob>,
+    pub packages: Vec<InspectPackage>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct InspectJob {
+    pub name: String,
+    pub fingerprint: String,
+    pub packages: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct InspectPackage {
+    pub name: String,
+    pub fingerprint: String,
+    pub dependencies: Vec<String>,
+    /// From a compiled release: no source to compile it for other stemcells.
+    pub compiled_only: bool,
+    /// `os/version` of every stemcell it is compiled for.
+    pub compiled_for: Vec<String>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct StemcellView {
     pub name: String,

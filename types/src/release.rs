@@ -99,6 +99,25 @@ pub struct ReleaseManifest {
     pub jobs: Vec<ReleaseArtifact>,
     #[serde(default)]
     pub packages: Vec<ReleaseArtifact>,
+    /// A compiled release's packages (`compiled_packages/<name>.tgz`), compiled for one stemcell.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub compiled_packages: Vec<CompiledArtifact>,
+}
+
+/// A package of a compiled release: its install target as built for `stemcell`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CompiledArtifact {
+    pub name: String,
+    pub version: String,
+    /// The fingerprint of the source it was compiled from.
+    pub fingerprint: String,
+    /// The compiled tarball's digest, `sha256:<hex>`.
+    pub sha1: String,
+    /// `os/version` (BOSH writes `ubuntu-jammy/1.200`).
+    pub stemcell: String,
+    #[serde(default)]
+    pub dependencies: Vec<String>,
 }
 
 /// A job or package inside a release tarball (`jobs/<name>.tgz`, `packages/<name>.tgz`).
@@ -164,6 +183,10 @@ pub struct BlobSource {
     /// Fetched with `apt-get download <package>=<version>` through the machine's apt sources.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub debian: Option<DebianPackage>,
+    /// One file of a Debian source package, fetched with `apt-get source --download-only
+    /// <package>=<version>` (needs a `deb-src` source, which `ci/setup` adds beside the `deb` ones).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub debian_source: Option<DebianSourceFile>,
     /// Fetched from a URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
@@ -174,4 +197,13 @@ pub struct BlobSource {
 pub struct DebianPackage {
     pub package: String,
     pub version: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DebianSourceFile {
+    pub package: String,
+    pub version: String,
+    /// The file of the source package to keep (e.g. its `.orig.tar.gz`).
+    pub file: String,
 }

@@ -86,3 +86,79 @@ pub async fn stemcells(cli: &Cli) -> Result<()> {
     println!("(*) in use");
     Ok(())
 }
+
+/// A value as a URL path segment or query value: what URLs give meaning to, percent-encoded.
+fn url_part(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// `NAME/VERSION` (or `OS/VERSION`), each part a plain name.
+fn split_pair<'a>(what: &str, s: &'a str) -> Result<(&'a str, &'a str)> {
+    s.split_once('/')
+        .filter(|(a, b)| !a.is_empty() && !b.is_empty() && !b.contains('/'))
+        .ok_or_else(|| InputError::new(format!("{what} `{s}`: write NAME/VERSION")).into())
+}
+
+pub async fn export_release(cli: &Cli, release: &str, stemcell: &str, dir: &Path, jobs: &[String]) -> Result<()> {
+    let (name, version) = split_pair("release", release)?;
+    let (os, stemcell_version) = split_pair("stemcell", stemcell)?;
+    if !dir.is_dir() {
+        return Err(InputError::new(format!("--dir {}: no such directory", dir.display())).into());
+    }
+    let out = dir.join(format!("{name}-{version}-{os}-{stemcell_version}.tgz"));
+    let c = client(cli)?;
+    for j in jobs {
+        bosun_types::manifest::check_name("--job", "", j).map_err(|e| InputError::new(e.to_string()))?;
+    }
+    let mut path = format!(
+        "/v1/releases/{}/{}/export?stemcell={}/{}",
+        url_part(name),
+        url_part(version),
+        url_part(os),
+        url_part(stemcell_version)
+    );
+    if !jobs.is_empty() {
+        path.push_str(&format!("&jobs={}", jobs.join(",")));
+    }
+    let bytes = c.download(&path, &out).await?;
+    if cli.json {
+        return print_json(&serde_json::json!({"tarball": out, "bytes": bytes}));
+    }
+    println!("{}", out.display());
+    Ok(())
+}
+
+pub async fn inspect_release(cli: &Cli, release: &str) -> Result<()> {
+    let (name, version) = split_pair("release", release)?;
+    let v: ReleaseInspectView =
+        client(cli)?.get(&format!("/v1/releases/{}/{}", url_part(name), url_part(version))).await?;
+    if cli.json {
+        return print_json(&v);
+    }
+    let jobs: Vec<Vec<String>> =
+        v.jobs.iter().map(|j| vec![j.name.clone(), j.fingerprint.clone(), j.packages.join(", ")]).collect();
+    println!("Release {}/{} ({})\n", v.name, v.version, v.commit_hash);
+    print!("{}", output::table(&["Job", "Fingerprint", "Packages"], &jobs));
+    println!();
+    let packages: Vec<Vec<String>> = v
+        .packages
+        .iter()
+        .map(|p| {
+            let compiled =
+                if p.compiled_for.is_empty() { "(source only)".to_string() } else { p.compiled_for.join(", ") };
+            vec![
+                p.name.clone(),
+                p.fingerprint.clone(),
+                p.dependencies.join(", "),
+                format!("{compiled}{}", if p.compiled_only { " (no source)" } else { "" }),
+            ]
+        })
+        .collect();
+    print!("{}", output::table(&["Package", "Fingerprint", "Dependencies", "Compiled for"], &packages));
+    Ok(())
+}

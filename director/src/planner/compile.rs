@@ -110,6 +110,15 @@ pub(super) fn plan_compilation(
     if packages.is_empty() {
         return Ok(None);
     }
+    if let Some(p) = packages.iter().find(|p| p.package.compiled_only) {
+        return Err(perr(
+            "/stemcells",
+            format!(
+                "release {} is a compiled release: its package `{}` is not compiled for stemcell {}/{} and the release carries no source to compile it",
+                p.release, p.package.name, p.stemcell.operating_system, p.stemcell.version
+            ),
+        ));
+    }
     let (config, at) = match (&m.compilation, &cc.compilation) {
         (Some(c), _) => (c, "/compilation"),
         (None, Some(c)) => (c, "cloud-config: /compilation"),
