@@ -18,6 +18,33 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
 /// Lines of `packaging`'s output an error carries.
 const OUTPUT_TAIL_LINES: usize = 20;
+/// How often a running compilation reports.
+const PROGRESS_EVERY: Duration = Duration::from_secs(15);
+
+/// Reports, every [`PROGRESS_EVERY`] until aborted, how long `packaging` of `package` has run and
+/// the last line it printed, as `progress` on command `id`.
+pub async fn report_progress(layout: Layout, package: String, id: u64, tx: tokio::sync::mpsc::Sender<AgentMessage>) {
+    report_every(PROGRESS_EVERY, layout, package, id, tx).await
+}
+
+async fn report_every(
+    every: Duration,
+    layout: Layout,
+    package: String,
+    id: u64,
+    tx: tokio::sync::mpsc::Sender<AgentMessage>,
+) {
+    let started = Instant::now();
+    let log = layout.log_dir("packaging").join(format!("{package}.log"));
+    loop {
+        tokio::time::sleep(every).await;
+        let last = output_tail(&log).await.lines().last().unwrap_or("").chars().take(200).collect::<String>();
+        let message = format!("{package}: {} s; last line: {last}", started.elapsed().as_secs());
+        if tx.send(AgentMessage::Progress { id, message }).await.is_err() {
+            return;
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum CompileError {
@@ -177,4 +204,29 @@ async fn pack(dir: &Path, archive: &Path) -> Result<BlobRef, String> {
     })
     .await
     .map_err(|e| format!("pack worker failed: {e}"))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn progress_reports_say_how_long_and_the_last_line_printed() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path());
+        let log_dir = layout.log_dir("packaging");
+        std::fs::create_dir_all(&log_dir).unwrap();
+        std::fs::write(log_dir.join("kubernetes.log"), "+++ generating\n+++ Building go targets\n").unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+        let reporter = tokio::spawn(report_every(Duration::from_millis(20), layout, "kubernetes".into(), 7, tx));
+        let first = rx.recv().await.expect("a report");
+        reporter.abort();
+        match first {
+            AgentMessage::Progress { id, message } => {
+                assert_eq!(id, 7);
+                assert!(message.starts_with("kubernetes: 0 s; last line: +++ Building go targets"), "{message}");
+            }
+            other => panic!("expected progress, got {other:?}"),
+        }
+    }
 }

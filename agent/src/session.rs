@@ -172,7 +172,23 @@ impl Agent {
                         tokio::spawn(async move {
                             let name = command.name();
                             tracing::info!(id, command = name, "command received");
-                            let outcome = match me.execute(command).await {
+                            // A compilation can run for many minutes: say how it goes meanwhile.
+                            let reporter = match &command {
+                                AgentCommand::CompilePackage { package, .. } => {
+                                    Some(tokio::spawn(crate::compiler::report_progress(
+                                        me.layout.clone(),
+                                        package.name.clone(),
+                                        id,
+                                        tx.clone(),
+                                    )))
+                                }
+                                _ => None,
+                            };
+                            let outcome = me.execute(command).await;
+                            if let Some(r) = reporter {
+                                r.abort();
+                            }
+                            let outcome = match outcome {
                                 Ok(v) => CommandOutcome::Ok(v),
                                 Err(e) => {
                                     tracing::warn!(id, command = name, error = %e, "command failed");

@@ -77,6 +77,9 @@ pub struct AgentHub {
     allowed_blobs: Mutex<HashMap<String, HashSet<String>>>,
     /// Agents asked to upload a blob (compilation VMs), with the largest size accepted.
     allowed_uploads: Mutex<HashMap<String, u64>>,
+    /// Where a command's progress reports go, by command id (those sent with `call_reporting`),
+    /// with the agent whose reports they are.
+    progress: Mutex<HashMap<u64, (String, mpsc::UnboundedSender<String>)>>,
     next_id: AtomicU64,
     changed: Notify,
 }
@@ -102,6 +105,7 @@ impl AgentHub {
             status: Mutex::new(HashMap::new()),
             allowed_blobs: Mutex::new(HashMap::new()),
             allowed_uploads: Mutex::new(HashMap::new()),
+            progress: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             changed: Notify::new(),
         })
@@ -194,12 +198,24 @@ impl AgentHub {
     }
 
     /// Sends a command and waits for its reply.
-    #[tracing::instrument(name = "agent_command", skip_all, fields(agent = agent_id, command = command.name()))]
     pub async fn call(
         &self,
         agent_id: &str,
         command: AgentCommand,
         timeout: Duration,
+    ) -> Result<serde_json::Value, HubError> {
+        self.call_reporting(agent_id, command, timeout, None).await
+    }
+
+    /// [`Self::call`], with the agent's progress reports on the command (a long compilation's)
+    /// sent to `progress` as they come.
+    #[tracing::instrument(name = "agent_command", skip_all, fields(agent = agent_id, command = command.name()))]
+    pub async fn call_reporting(
+        &self,
+        agent_id: &str,
+        command: AgentCommand,
+        timeout: Duration,
+        progress: Option<mpsc::UnboundedSender<String>>,
     ) -> Result<serde_json::Value, HubError> {
         let name = command.name();
         // Commands that change something are journaled; reading state is not.
@@ -210,7 +226,7 @@ impl AgentHub {
             })?),
         };
         self.await_reconnect(agent_id).await;
-        let out = self.send(agent_id, name, command, timeout).await;
+        let out = self.send(agent_id, name, command, timeout, progress).await;
         if let Some(id) = intent {
             self.journal.end(id).await;
         }
@@ -223,6 +239,7 @@ impl AgentHub {
         name: &'static str,
         command: AgentCommand,
         timeout: Duration,
+        progress: Option<mpsc::UnboundedSender<String>>,
     ) -> Result<serde_json::Value, HubError> {
         let conn = self
             .connections
@@ -232,6 +249,18 @@ impl AgentHub {
             .cloned()
             .ok_or_else(|| HubError::NotConnected(agent_id.to_string()))?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        if let Some(p) = progress {
+            self.progress.lock().expect("hub lock").insert(id, (agent_id.to_string(), p));
+        }
+        // However this ends, the progress sink goes with it.
+        type Sinks = Mutex<HashMap<u64, (String, mpsc::UnboundedSender<String>)>>;
+        struct Unregister<'a>(&'a Sinks, u64);
+        impl Drop for Unregister<'_> {
+            fn drop(&mut self) {
+                self.0.lock().expect("hub lock").remove(&self.1);
+            }
+        }
+        let _unregister = Unregister(&self.progress, id);
         let (tx, rx) = oneshot::channel();
         conn.pending.lock().expect("hub lock").insert(id, tx);
         if conn.tx.send(DirectorMessage::Command { id, command }).await.is_err() {
@@ -394,7 +423,13 @@ impl AgentHub {
                             }
                         }
                         Ok(AgentMessage::Progress { id, message }) => {
-                            tracing::debug!(agent_id = %claimed, id, message, "agent progress")
+                            tracing::debug!(agent_id = %claimed, id, message, "agent progress");
+                            // Only the agent the command went to reports on it.
+                            if let Some((_, sink)) =
+                                self.progress.lock().expect("hub lock").get(&id).filter(|(a, _)| *a == claimed)
+                            {
+                                let _ = sink.send(message);
+                            }
                         }
                         Ok(_) => tracing::warn!(agent_id = %claimed, "agent sent an unexpected message; ignored"),
                         Err(e) => {

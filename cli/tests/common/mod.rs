@@ -79,6 +79,7 @@ fn scratch() -> &'static Path {
 pub fn stemcell(version: &str) -> PathBuf {
     static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one_at_a_time = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
+    remove_stale("stemcells-");
     let out = scratch().join(format!("stemcells-{}", std::process::id()));
     let tarball = out.join(format!("bosun-local-{version}.tgz"));
     if !tarball.exists() {
@@ -217,7 +218,21 @@ pub fn testbed_release() -> PathBuf {
     TARBALL.get_or_init(|| release_tarball(&repo().join("cli/tests/fixtures/testbed"), "testbed")).clone()
 }
 
+/// Removes what earlier test processes left in the scratch directory under `prefix<pid>`, for pids
+/// no longer alive (release tarballs with the Kubernetes blobs are over 100 MB each).
+fn remove_stale(prefix: &str) {
+    for e in std::fs::read_dir(scratch()).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(prefix) else { continue };
+        let pid: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        if !pid.is_empty() && !Path::new("/proc").join(&pid).exists() {
+            let _ = std::fs::remove_file(e.path()).or_else(|_| std::fs::remove_dir_all(e.path()));
+        }
+    }
+}
+
 fn release_tarball(dir: &Path, name: &str) -> PathBuf {
+    remove_stale(&format!("{name}-"));
     let o = Command::new(bosun_bin()).arg("sync-blobs").arg(dir).output().expect("bosun sync-blobs");
     assert!(o.status.success(), "sync-blobs failed: {}", String::from_utf8_lossy(&o.stderr));
     let tarball = scratch().join(format!("{name}-{}.tgz", std::process::id()));

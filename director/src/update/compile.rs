@@ -145,7 +145,7 @@ async fn compile_one(
     };
     task.info("compile", None, format!("compiling {what} on VM {}", worker.vm_cid)).await;
     crate::fault::crash_point(crate::fault::CrashPoint::Compiling);
-    let outcome = run_compilation(d, &worker, p).await;
+    let outcome = run_compilation(d, task, &worker, p).await;
     let keep = plan.reuse_vms && outcome.is_ok();
     let worker = if keep {
         Some(worker)
@@ -195,7 +195,12 @@ async fn compile_one(
 }
 
 /// Sends `compile_package` and waits for the compiled package to be in the blobstore.
-async fn run_compilation(d: &Director, w: &Worker, p: &PackageCompilation) -> Result<CompiledPackage, String> {
+async fn run_compilation(
+    d: &Director,
+    task: &Task,
+    w: &Worker,
+    p: &PackageCompilation,
+) -> Result<CompiledPackage, String> {
     let mut dependencies = Vec::new();
     for (name, key) in &p.dependencies {
         let rec = d
@@ -220,7 +225,15 @@ async fn run_compilation(d: &Director, w: &Worker, p: &PackageCompilation) -> Re
         },
         timeout_ms: timeout.as_millis() as u64,
     };
-    let answer = d.hub.call(&w.agent_id, command, timeout + COMMAND_TIMEOUT).await;
+    // The agent's progress reports become the task's lines while it compiles.
+    let (progress, mut reports) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let forward = async {
+        while let Some(r) = reports.recv().await {
+            task.info("compile", None, format!("compiling {r}")).await;
+        }
+    };
+    let call = d.hub.call_reporting(&w.agent_id, command, timeout + COMMAND_TIMEOUT, Some(progress));
+    let (answer, ()) = tokio::join!(call, forward);
     d.hub.forbid_upload(&w.agent_id);
     let answer = answer.map_err(|e| bosun_types::error_chain(&e))?;
     let compiled: CompiledPackage =
