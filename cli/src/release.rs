@@ -35,6 +35,29 @@ pub fn release_name(dir: &Path) -> Result<String> {
     Ok(f.name)
 }
 
+/// `apt-get VERB… -q PACKAGE=VERSION` in `work`, through this machine's own apt sources; a failure
+/// names the blob and says what usually fixes it.
+fn apt_get(work: &Path, blob: &str, verb: &[&str], package: &str, version: &str) -> Result<()> {
+    let out = std::process::Command::new("apt-get")
+        .args(verb)
+        .args(["-q", &format!("{package}={version}")])
+        .current_dir(work)
+        .output()
+        .with_context(|| format!("running apt-get {}", verb[0]))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    let hint = if err.contains("deb-src") || err.contains("Unable to find a source package") {
+        " (apt's sources need a deb-src line: run ci/setup)"
+    } else if err.contains("Unable to locate") || err.contains("not found") {
+        " (run `apt-get update` first)"
+    } else {
+        ""
+    };
+    Err(input(format!("blob {blob}: apt-get {} {package}={version} failed{hint}: {}", verb[0], err.trim())))
+}
+
 /// Fetches every blob that is missing or does not match its digest. Returns how many it fetched.
 pub fn sync_blobs(dir: &Path) -> Result<usize> {
     let path = dir.join("config/blobs.yml");
@@ -58,23 +81,7 @@ pub fn sync_blobs(dir: &Path) -> Result<usize> {
         let got = match (&source.debian, &source.debian_source, &source.url) {
             (None, Some(DebianSourceFile { package, version, file }), None) => {
                 eprintln!("fetching {name} (Debian source package {package}={version}, {file})");
-                let out = std::process::Command::new("apt-get")
-                    .args(["source", "--download-only", "-q", &format!("{package}={version}")])
-                    .current_dir(work.path())
-                    .output()
-                    .context("running apt-get source")?;
-                if !out.status.success() {
-                    let err = String::from_utf8_lossy(&out.stderr);
-                    let hint = if err.contains("deb-src") || err.contains("Unable to find a source package") {
-                        " (apt's sources need a deb-src line: run ci/setup)"
-                    } else {
-                        ""
-                    };
-                    return Err(input(format!(
-                        "blob {name}: apt-get source {package}={version} failed{hint}: {}",
-                        err.trim()
-                    )));
-                }
+                apt_get(work.path(), name, &["source", "--download-only"], package, version)?;
                 let p = work.path().join(file);
                 if file.contains('/') || !p.is_file() {
                     return Err(input(format!("blob {name}: source package {package}={version} has no file `{file}`")));
@@ -83,23 +90,7 @@ pub fn sync_blobs(dir: &Path) -> Result<usize> {
             }
             (Some(DebianPackage { package, version }), None, None) => {
                 eprintln!("fetching {name} (Debian package {package}={version})");
-                let out = std::process::Command::new("apt-get")
-                    .args(["download", "-q", &format!("{package}={version}")])
-                    .current_dir(work.path())
-                    .output()
-                    .context("running apt-get download")?;
-                if !out.status.success() {
-                    let err = String::from_utf8_lossy(&out.stderr);
-                    let hint = if err.contains("Unable to locate") || err.contains("not found") {
-                        " (run `apt-get update` first)"
-                    } else {
-                        ""
-                    };
-                    return Err(input(format!(
-                        "blob {name}: apt-get download {package}={version} failed{hint}: {}",
-                        err.trim()
-                    )));
-                }
+                apt_get(work.path(), name, &["download"], package, version)?;
                 std::fs::read_dir(work.path())?
                     .flatten()
                     .map(|e| e.path())

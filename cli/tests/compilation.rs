@@ -2,7 +2,7 @@
 //! dependency order, on VMs that are gone afterwards; instance VMs only unpack what was compiled;
 //! a failing `packaging` fails the deploy before any instance exists; a director killed in the
 //! middle of a compilation leaves no compilation VM after its restart. Each test has its own
-//! subnet (127.0.60–61.0/24, 63) and its own compiled-package cache (so it sees compilation happen).
+//! subnet (127.0.60–61.0/24, 63–64) and its own compiled-package cache (so it sees compilation happen).
 
 mod common;
 
@@ -225,4 +225,46 @@ fn an_exported_compiled_release_deploys_on_a_new_director_without_compiling() {
     let on_two = fresh.write("two.yml", &greeter_manifest("exported", 1, "2", "greeter"));
     let err = fresh.fails(2, &["-n", "-d", "exported", "deploy", on_two.to_str().unwrap()]);
     assert!(err.contains("is a compiled release") && err.contains("local/2"), "{err}");
+}
+
+#[test]
+fn a_cache_entry_whose_bytes_do_not_match_its_record_is_refused_and_compiled_again() {
+    let cache = tempfile::tempdir().unwrap();
+    let flags = ["--compiled-package-cache", cache.path().to_str().unwrap()];
+    let first = TestDirector::start_with(&flags, &[]);
+    let cloud = first.write("cloud.yml", &local_cloud_config(64));
+    first.prepare_with(&cloud, &testbed_release());
+    let m = first.write("m.yml", &greeter_manifest("cached", 1, "1", "greeter"));
+    first.ok(&["-n", "-d", "cached", "deploy", m.to_str().unwrap()]);
+    // Corrupt libgreet's cached tarball (its record says another digest now).
+    let record = std::fs::read_dir(cache.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "json") && read(p).contains("\"name\": \"libgreet\""))
+        .expect("libgreet's record in the cache");
+    let tgz = record.with_extension("tgz");
+    let mut bytes = std::fs::read(&tgz).unwrap();
+    bytes.extend_from_slice(b"corrupted");
+    std::fs::write(&tgz, bytes).unwrap();
+
+    let second = TestDirector::start_with(&flags, &[]);
+    second.prepare_with(&cloud, &testbed_release());
+    second.ok(&["-n", "-d", "cached", "deploy", m.to_str().unwrap()]);
+    let lines = last_task_lines(&second);
+    assert!(
+        lines.iter().any(|l| l.contains("libgreet/") && l.contains("entry is refused") && l.contains("has digest")),
+        "{lines:#?}"
+    );
+    assert_eq!(count(&lines, "compiled libgreet/"), 1, "compiled again: {lines:#?}");
+    assert!(
+        lines.iter().any(|l| l.starts_with("greet/") && l.ends_with("taken from the compiled-package cache")),
+        "{lines:#?}"
+    );
+    assert!(lines.iter().any(|l| l == "1 package(s) compiled, 1 taken from the cache"), "{lines:#?}");
+    // The refused entry was replaced by the new one.
+    let fresh: serde_json::Value = serde_json::from_str(&read(&record)).unwrap();
+    let digest = bosun_types::digest::sha256_digest(&std::fs::read(&tgz).unwrap());
+    assert_eq!(fresh["blob"]["digest"], digest);
+    second.running("cached", 1);
 }

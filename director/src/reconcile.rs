@@ -9,7 +9,7 @@ use crate::events::EventSubject;
 use crate::records::{AgentRecord, CpiOp, InstanceRecord, IntentOp, OrphanedDiskRecord};
 use crate::store::{tables, StoreError};
 use crate::Director;
-use bosun_cpi::{tags, CpiError};
+use bosun_cpi::{tags, CpiError, VmListing};
 use std::collections::BTreeSet;
 
 #[derive(Debug, thiserror::Error)]
@@ -86,25 +86,7 @@ async fn reconcile(d: &Director) -> Result<String, ReconcileError> {
                     if !ours || known_vms.contains(&vm.vm_cid) {
                         continue;
                     }
-                    match d.cpi.delete_vm(&vm.vm_cid).await {
-                        Ok(()) | Err(CpiError::VmNotFound(_)) => {}
-                        Err(e) => return Err(e.into()),
-                    }
-                    let name = vm.metadata.get(tags::NAME).cloned().unwrap_or_default();
-                    d.events
-                        .record(
-                            EventSubject {
-                                object_type: "vm",
-                                object_name: vm.vm_cid.clone(),
-                                deployment: vm.metadata.get(tags::DEPLOYMENT).cloned(),
-                                instance: Some(name.clone()).filter(|n| !n.is_empty()),
-                                task: None,
-                            },
-                            "delete",
-                            "director (reconcile after restart)",
-                            "deleted a VM an interrupted task created but never recorded",
-                        )
-                        .await;
+                    delete_vm(d, &vm, "deleted a VM an interrupted task created but never recorded").await?;
                     notes.push(format!("deleted unrecorded VM {}", vm.vm_cid));
                 }
             }
@@ -178,24 +160,7 @@ async fn delete_compilation_vms(d: &Director) -> Result<Vec<String>, ReconcileEr
     for vm in vms {
         let ours = vm.metadata.get(tags::DIRECTOR_UUID) == Some(&d.uuid);
         let Some(package) = vm.metadata.get(tags::COMPILING).filter(|_| ours) else { continue };
-        match d.cpi.delete_vm(&vm.vm_cid).await {
-            Ok(()) | Err(CpiError::VmNotFound(_)) => {}
-            Err(e) => return Err(e.into()),
-        }
-        d.events
-            .record(
-                EventSubject {
-                    object_type: "vm",
-                    object_name: vm.vm_cid.clone(),
-                    deployment: vm.metadata.get(tags::DEPLOYMENT).cloned(),
-                    instance: None,
-                    task: None,
-                },
-                "delete",
-                "director (reconcile after restart)",
-                format!("deleted compilation VM of package `{package}` left by a stop"),
-            )
-            .await;
+        delete_vm(d, &vm, &format!("deleted compilation VM of package `{package}` left by a stop")).await?;
         notes.push(format!("deleted compilation VM {}", vm.vm_cid));
     }
     for a in d.state.list(tables::AGENTS, "").await? {
@@ -204,4 +169,26 @@ async fn delete_compilation_vms(d: &Director) -> Result<Vec<String>, ReconcileEr
         }
     }
     Ok(notes)
+}
+
+/// Deletes a VM the restarted director found it made but does not keep, and says so on the
+/// timeline (with the instance its tags name, if any).
+async fn delete_vm(d: &Director, vm: &VmListing, why: &str) -> Result<(), ReconcileError> {
+    match d.cpi.delete_vm(&vm.vm_cid).await {
+        Ok(()) | Err(CpiError::VmNotFound(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let subject = EventSubject {
+        object_type: "vm",
+        object_name: vm.vm_cid.clone(),
+        deployment: vm.metadata.get(tags::DEPLOYMENT).cloned(),
+        instance: vm
+            .metadata
+            .get(tags::NAME)
+            .filter(|n| !n.is_empty() && !vm.metadata.contains_key(tags::COMPILING))
+            .cloned(),
+        task: None,
+    };
+    d.events.record(subject, "delete", "director (reconcile after restart)", why).await;
+    Ok(())
 }
