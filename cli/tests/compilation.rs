@@ -2,7 +2,7 @@
 //! dependency order, on VMs that are gone afterwards; instance VMs only unpack what was compiled;
 //! a failing `packaging` fails the deploy before any instance exists; a director killed in the
 //! middle of a compilation leaves no compilation VM after its restart. Each test has its own
-//! subnet (127.0.60–61.0/24, 63–64) and its own compiled-package cache (so it sees compilation happen).
+//! subnet (127.0.60–61.0/24, 63–65) and its own compiled-package cache (so it sees compilation happen).
 
 mod common;
 
@@ -267,4 +267,50 @@ fn a_cache_entry_whose_bytes_do_not_match_its_record_is_refused_and_compiled_aga
     let digest = bosun_types::digest::sha256_digest(&std::fs::read(&tgz).unwrap());
     assert_eq!(fresh["blob"]["digest"], digest);
     second.running("cached", 1);
+}
+
+/// A copy of the testbed release directory whose `greet` package has other packaging (so only
+/// its fingerprint changes), made into a tarball.
+fn testbed_with_new_greet(scratch: &Path) -> PathBuf {
+    let dir = scratch.join("testbed");
+    let o = std::process::Command::new("cp")
+        .args(["-r"])
+        .arg(repo().join("cli/tests/fixtures/testbed"))
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let packaging = dir.join("packages/greet/packaging");
+    let text = std::fs::read_to_string(&packaging).unwrap();
+    std::fs::write(&packaging, format!("{text}# a new version of greet\n")).unwrap();
+    let tarball = scratch.join("testbed-2.tgz");
+    let o = std::process::Command::new(bosun_bin())
+        .args(["create-release"])
+        .arg(&dir)
+        .args(["--version", "2", "--tarball"])
+        .arg(&tarball)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    tarball
+}
+
+#[test]
+fn a_changed_package_compiles_alone_against_its_dependency_compiled_before() {
+    let cache = tempfile::tempdir().unwrap();
+    let d = TestDirector::start_with(&["--compiled-package-cache", cache.path().to_str().unwrap()], &[]);
+    d.prepare_with(&d.write("cloud.yml", &local_cloud_config(65)), &testbed_release());
+    let m = d.write("m.yml", &greeter_manifest("changed", 1, "1", "greeter"));
+    d.ok(&["-n", "-d", "changed", "deploy", m.to_str().unwrap()]);
+    assert_eq!(count(&last_task_lines(&d), "compiled "), 2);
+    let scratch = tempfile::tempdir().unwrap();
+    d.ok(&["upload-release", testbed_with_new_greet(scratch.path()).to_str().unwrap()]);
+    let plan = d.json(&["-d", "changed", "deploy", m.to_str().unwrap(), "--dry-run"]);
+    let names: Vec<&str> = plan["compilations"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
+    assert!(names.len() == 1 && names[0].starts_with("greet/"), "only greet: {names:?}");
+    d.ok(&["-n", "-d", "changed", "deploy", m.to_str().unwrap()]);
+    let lines = last_task_lines(&d);
+    assert_eq!(count(&lines, "compiled greet/"), 1, "{lines:#?}");
+    assert_eq!(count(&lines, "compiled libgreet/"), 0, "{lines:#?}");
+    d.running("changed", 1);
 }

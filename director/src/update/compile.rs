@@ -41,6 +41,8 @@ pub(crate) async fn compile(
     plan: &CompilationPlan,
 ) -> Result<(usize, usize), DeployError> {
     let mut pending: VecDeque<&PackageCompilation> = plan.packages.iter().collect();
+    // A dependency the plan does not list was compiled before: only listed ones are waited for.
+    let listed: BTreeSet<&str> = plan.packages.iter().map(|p| p.key.as_str()).collect();
     let mut done: BTreeSet<String> = BTreeSet::new();
     let mut free: Vec<(usize, Option<Worker>)> = (0..plan.workers.len()).rev().map(|k| (k, None)).collect();
     let mut running = FuturesUnordered::new();
@@ -49,9 +51,10 @@ pub(crate) async fn compile(
     loop {
         // Start what is ready while workers are free (and nothing has failed).
         while failure.is_none() && !free.is_empty() {
-            let Some(pos) = pending.iter().position(|p| p.dependencies.iter().all(|(_, k)| done.contains(k))) else {
-                break;
+            let ready = |p: &&PackageCompilation| {
+                p.dependencies.iter().all(|(_, k)| done.contains(k) || !listed.contains(k.as_str()))
             };
+            let Some(pos) = pending.iter().position(ready) else { break };
             let p = pending.remove(pos).expect("found above");
             let (slot, worker) = free.pop().expect("checked above");
             running.push(compile_one(d, task, deployment, plan, &plan.workers[slot], p, worker, slot));
