@@ -101,14 +101,20 @@ impl Supervisor {
     }
 
     /// Stops every process and waits until all are gone. Idempotent.
+    /// Stops every process (each given its shutdown grace) and waits for them all. The process
+    /// table is let go of before the waiting, so heartbeats — which read it — flow on while a
+    /// slow job stops.
     pub async fn stop(&self) {
-        let mut procs = self.procs.lock().await;
-        for p in procs.iter_mut() {
-            if let Some(tx) = p.stop.take() {
-                let _ = tx.send(());
+        let stopping: Vec<Supervised> = {
+            let mut procs = self.procs.lock().await;
+            for p in procs.iter_mut() {
+                if let Some(tx) = p.stop.take() {
+                    let _ = tx.send(());
+                }
             }
-        }
-        for p in procs.drain(..) {
+            procs.drain(..).collect()
+        };
+        for p in stopping {
             let _ = p.task.await;
         }
     }
@@ -382,5 +388,38 @@ mod tests {
             assert!(!alive, "process {pid} survived stop");
         }
         assert!(!layout.run_dir("stubborn").join("main.pid").exists());
+    }
+
+    #[tokio::test]
+    async fn the_process_table_stays_readable_while_a_slow_job_stops() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path());
+        layout.create().unwrap();
+        let sup = std::sync::Arc::new(Supervisor::new(layout.clone()));
+        // Ignores SIGTERM for 3 s, then exits; its grace is longer.
+        let mut slow =
+            job(&layout, "slow", "#!/bin/bash\ntrap 'sleep 3; exit 0' TERM\nwhile true; do sleep 0.1; done\n");
+        slow.processes[0].shutdown_grace = Some(10);
+        sup.start(&[slow]).await;
+        wait_for(&sup, "running", |s| s.state == ProcessStatus::Running).await;
+        let stopping = {
+            let sup = sup.clone();
+            tokio::spawn(async move { sup.stop().await })
+        };
+        // While it stops, what heartbeats read answers at once, again and again.
+        let started = std::time::Instant::now();
+        let mut reads = 0;
+        while !stopping.is_finished() {
+            let asked = std::time::Instant::now();
+            let _ = tokio::time::timeout(Duration::from_millis(500), sup.job_state(true, false))
+                .await
+                .expect("the process table answers within 500 ms while a job stops");
+            assert!(asked.elapsed() < Duration::from_millis(500));
+            reads += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        stopping.await.unwrap();
+        assert!(started.elapsed() >= Duration::from_secs(2), "the job took its time to stop");
+        assert!(reads >= 10, "read {reads} times while stopping");
     }
 }
