@@ -114,11 +114,15 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The token of an `Authorization: Bearer <token>` header; the scheme's name is matched without
+/// regard to case (RFC 7235 §2.1), and spaces may separate it from the token.
+fn bearer_token(header: &str) -> Option<&str> {
+    let (scheme, token) = header.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim_start_matches(' ')).filter(|t| !t.is_empty())
+}
+
 async fn authenticate(State(d): Shared, headers: HeaderMap, request: Request, next: Next) -> Response {
-    let presented = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+    let presented = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(bearer_token);
     match presented {
         Some(t) if constant_time_eq(t.as_bytes(), d.token.as_bytes()) => next.run(request).await,
         Some(_) => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "the token is not valid for this director")
@@ -740,4 +744,19 @@ async fn task_events(
         .await?
         .map(Json)
         .ok_or_else(|| ApiError::not_found(format!("task {id} does not exist")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_token;
+
+    #[test]
+    fn the_bearer_scheme_is_matched_without_regard_to_case() {
+        for h in ["Bearer abc", "bearer abc", "BEARER abc", "Bearer   abc"] {
+            assert_eq!(bearer_token(h), Some("abc"), "{h}");
+        }
+        for h in ["Basic abc", "Bearer", "Bearer ", "Bearerabc", "Token abc"] {
+            assert_eq!(bearer_token(h), None, "{h}");
+        }
+    }
 }
