@@ -211,7 +211,12 @@ pub fn generate(def: &VariableDefinition, existing: &dyn Fn(&str) -> Option<Valu
         "certificate" => {
             let is_ca = opts.get("is_ca").and_then(|v| v.as_bool()).unwrap_or(false);
             let cn = opt_str("common_name").ok_or_else(|| err("options.common_name is required".into()))?;
-            let days = opts.get("duration").and_then(|v| v.as_u64()).unwrap_or(365) as u32;
+            // Days; what does not fit is refused rather than wrapped into a short-lived certificate.
+            let days = opts.get("duration").and_then(|v| v.as_u64()).unwrap_or(365);
+            let days = u32::try_from(days)
+                .ok()
+                .filter(|d| (1..=36_500).contains(d))
+                .ok_or_else(|| err(format!("options.duration {days} is not between 1 and 36500 days")))?;
             let sans: Vec<String> = opts
                 .get("alternative_names")
                 .and_then(|v| v.as_array())
@@ -341,5 +346,17 @@ mod tests {
         let defs = [leaf_def.clone(), ca_def.clone()];
         let order = generation_order(&defs);
         assert_eq!(order[0].name, "ca");
+    }
+
+    #[test]
+    fn a_certificate_duration_out_of_range_is_refused_not_wrapped() {
+        for days in ["0", "36501", "4294967297"] {
+            let def: VariableDefinition = serde_yaml::from_str(&format!(
+                "{{name: ca, type: certificate, options: {{is_ca: true, common_name: ca, duration: {days}}}}}"
+            ))
+            .unwrap();
+            let e = generate(&def, &|_| None).unwrap_err();
+            assert!(e.to_string().contains(&format!("options.duration {days} is not between 1 and 36500 days")), "{e}");
+        }
     }
 }
