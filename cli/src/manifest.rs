@@ -88,14 +88,16 @@ pub fn load(path: &Path, args: &VarArgs, strict: bool) -> Result<Value> {
             write_private(store_path, serde_yaml::to_string(&store)?.as_bytes())?;
         }
     }
+    // Declared variables nobody gave a value stay as they are, `((name.key))` included: the
+    // director generates them. Anything else unanswered is an error here.
     let declared_names: Vec<&str> = declared.iter().map(|d| d.name.as_str()).collect();
-    let lookup = |n: &str| -> Option<Value> {
-        values
-            .get(n)
-            .cloned()
-            .or_else(|| (!strict && declared_names.contains(&n)).then(|| Value::String(format!("(({n}))"))))
-    };
-    bosun_types::vars::interpolate(&mut doc, &lookup, true).map_err(|e| InputError::new(format!("{name}: {e}")))?;
+    let left = bosun_types::vars::interpolate_leaving(&mut doc, &|n| values.get(n).cloned())
+        .map_err(|e| InputError::new(format!("{name}: {e}")))?;
+    let missing: Vec<_> = left.into_iter().filter(|m| strict || !declared_names.contains(&m.name.as_str())).collect();
+    if !missing.is_empty() {
+        let e = bosun_types::vars::InterpolationError::Missing(missing);
+        return Err(InputError::new(format!("{name}: {e}")).into());
+    }
     Ok(doc)
 }
 

@@ -116,12 +116,22 @@ pub fn interpolate(
     lookup: &dyn Fn(&str) -> Option<Value>,
     strict: bool,
 ) -> Result<(), InterpolationError> {
-    let mut missing = Vec::new();
-    interpolate_at(doc, "", lookup, &mut missing)?;
+    let missing = interpolate_leaving(doc, lookup)?;
     if strict && !missing.is_empty() {
         return Err(InterpolationError::Missing(missing));
     }
     Ok(())
+}
+
+/// Replaces every placeholder `lookup` can answer and leaves the others in place, whole
+/// (`((name.key))` included); returns those it left, for the caller to judge.
+pub fn interpolate_leaving(
+    doc: &mut Value,
+    lookup: &dyn Fn(&str) -> Option<Value>,
+) -> Result<Vec<MissingVariable>, InterpolationError> {
+    let mut missing = Vec::new();
+    interpolate_at(doc, "", lookup, &mut missing)?;
+    Ok(missing)
 }
 
 fn interpolate_at(
