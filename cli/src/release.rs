@@ -60,6 +60,11 @@ fn apt_get(work: &Path, blob: &str, verb: &[&str], package: &str, version: &str)
 
 /// Fetches every blob that is missing or does not match its digest. Returns how many it fetched.
 pub fn sync_blobs(dir: &Path) -> Result<usize> {
+    sync_blobs_via(dir, blob_cache().as_deref())
+}
+
+/// [`sync_blobs`], with the machine's blob cache given (none: fetch only).
+fn sync_blobs_via(dir: &Path, cache: Option<&Path>) -> Result<usize> {
     let path = dir.join("config/blobs.yml");
     if !path.exists() {
         return Ok(0);
@@ -77,6 +82,15 @@ pub fn sync_blobs(dir: &Path) -> Result<usize> {
         }
         std::fs::create_dir_all(target.parent().expect("inside blobs/"))?;
         let work = tempfile::tempdir_in(dir.join("blobs"))?;
+        // A copy kept outside the clone by an earlier fetch, checked like a fresh one.
+        let cached_name = bosun_types::digest::parse_sha256(&entry.sha).map(|hex| format!("sha256-{hex}"));
+        if let Some(cached) = cache.zip(cached_name.as_ref()).map(|(c, n)| c.join(n)).filter(|c| c.is_file()) {
+            let copy = work.path().join("cached");
+            if std::fs::copy(&cached, &copy).is_ok() && file_digest(&copy)? == (entry.size, entry.sha.clone()) {
+                std::fs::rename(&copy, &target)?;
+                continue;
+            }
+        }
         let source = entry.source.clone().unwrap_or_default();
         let got = match (&source.debian, &source.debian_source, &source.url) {
             (None, Some(DebianSourceFile { package, version, file }), None) => {
@@ -127,10 +141,27 @@ pub fn sync_blobs(dir: &Path) -> Result<usize> {
                 entry.size, entry.sha
             )));
         }
+        if let Some((cache, cached_name)) = cache.zip(cached_name) {
+            // Best effort: a mirror that drops this version later finds it here.
+            let kept = cache.join(cached_name);
+            let tmp = cache.join(format!(".{}.tmp", std::process::id()));
+            if std::fs::create_dir_all(cache).is_ok() && std::fs::copy(&got, &tmp).is_ok() {
+                let _ = std::fs::rename(&tmp, &kept);
+            }
+        }
         std::fs::rename(&got, &target)?;
         fetched += 1;
     }
     Ok(fetched)
+}
+
+/// Where fetched blobs are also kept, by digest, for every clone on this machine:
+/// `BOSUN_BLOB_CACHE`, else `/var/cache/bosun/blobs` where it can be made; none otherwise.
+fn blob_cache() -> Option<PathBuf> {
+    let dir = std::env::var_os("BOSUN_BLOB_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/bosun/blobs"));
+    std::fs::create_dir_all(&dir).ok().map(|()| dir)
 }
 
 fn walk(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
@@ -312,4 +343,37 @@ pub fn create_release(dir: &Path, version: Option<&str>, tarball: Option<&Path>)
     }
     std::fs::write(&path, bytes)?;
     Ok((path, version))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fetched_blob_is_kept_by_digest_and_found_there_when_its_source_is_gone() {
+        let work = tempfile::tempdir().unwrap();
+        let (release, cache, source) =
+            (work.path().join("rel"), work.path().join("cache"), work.path().join("src.bin"));
+        std::fs::create_dir_all(release.join("config")).unwrap();
+        std::fs::write(&source, b"a blob's bytes").unwrap();
+        let sha = sha256_digest(b"a blob's bytes");
+        std::fs::write(
+            release.join("config/blobs.yml"),
+            format!("pkg/b.bin:\n  size: 14\n  sha: {sha}\n  source:\n    url: file://{}\n", source.display()),
+        )
+        .unwrap();
+        assert_eq!(sync_blobs_via(&release, Some(&cache)).unwrap(), 1);
+        let hex = sha.strip_prefix("sha256:").unwrap();
+        assert_eq!(std::fs::read(cache.join(format!("sha256-{hex}"))).unwrap(), b"a blob's bytes");
+        // The source disappears (a mirror moved on) and so does the clone's copy: the cache answers.
+        std::fs::remove_file(&source).unwrap();
+        std::fs::remove_file(release.join("blobs/pkg/b.bin")).unwrap();
+        assert_eq!(sync_blobs_via(&release, Some(&cache)).unwrap(), 0, "nothing fetched");
+        assert_eq!(std::fs::read(release.join("blobs/pkg/b.bin")).unwrap(), b"a blob's bytes");
+        // A cached copy with other bytes is not used.
+        std::fs::remove_file(release.join("blobs/pkg/b.bin")).unwrap();
+        std::fs::write(cache.join(format!("sha256-{hex}")), b"other bytes!!!").unwrap();
+        let e = sync_blobs_via(&release, Some(&cache)).unwrap_err();
+        assert!(e.to_string().contains("copying"), "{e}");
+    }
 }
