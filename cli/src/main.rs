@@ -272,6 +272,8 @@ fn main() {
             }
         }))
         .with_writer(std::io::stderr)
+        // Colours only for a person at a terminal: a log file gets plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let code = match rt.block_on(run(cli)) {
