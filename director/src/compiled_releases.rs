@@ -3,7 +3,7 @@
 //! `bosun inspect-release` lists a release's jobs and packages with the stemcells each package is
 //! compiled for. (Uploading a compiled release records its packages as compiled: `uploads`.)
 
-use crate::planner::compiled_key;
+use crate::planner::keyed_for_stemcell;
 use crate::records::{CompiledPackageRecord, ReleasePackage, ReleaseRecord};
 use crate::store::{tables, StoreError};
 use crate::Director;
@@ -32,34 +32,7 @@ pub enum ExportError {
 
 /// Each package of the release with its compiled key for the stemcell (dependencies first).
 fn keys_for(release: &ReleaseRecord, os: &str, version: &str) -> Vec<(ReleasePackage, String)> {
-    let by_name: BTreeMap<&str, &ReleasePackage> = release.packages.iter().map(|p| (p.name.as_str(), p)).collect();
-    let mut keys: BTreeMap<String, String> = BTreeMap::new();
-    let mut out = Vec::new();
-    fn visit(
-        p: &ReleasePackage,
-        by_name: &BTreeMap<&str, &ReleasePackage>,
-        keys: &mut BTreeMap<String, String>,
-        out: &mut Vec<(ReleasePackage, String)>,
-        os: &str,
-        version: &str,
-    ) {
-        if keys.contains_key(&p.name) {
-            return;
-        }
-        for d in &p.dependencies {
-            if let Some(dep) = by_name.get(d.as_str()) {
-                visit(dep, by_name, keys, out, os, version);
-            }
-        }
-        let deps: Vec<String> = p.dependencies.iter().filter_map(|d| keys.get(d).cloned()).collect();
-        let key = compiled_key(&p.name, &p.fingerprint, os, version, &deps);
-        keys.insert(p.name.clone(), key.clone());
-        out.push((p.clone(), key));
-    }
-    for p in &release.packages {
-        visit(p, &by_name, &mut keys, &mut out, os, version);
-    }
-    out
+    keyed_for_stemcell(&release.packages, os, version).into_iter().map(|(p, key, _)| (p.clone(), key)).collect()
 }
 
 async fn release(d: &Director, name: &str, version: &str) -> Result<Option<ReleaseRecord>, StoreError> {

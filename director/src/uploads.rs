@@ -171,67 +171,70 @@ pub async fn upload_release(director: &Director, tarball: PathBuf, work: PathBuf
 }
 
 /// Records a compiled release's packages as compiled for their stemcells, under the keys the
-/// planner will look for (dependencies first, so each key covers its dependencies' keys).
+/// planner will look for (`planner::keyed_for_stemcell`, the one place keys are worked out).
 async fn record_compiled(
     director: &Director,
     release: &ReleaseRecord,
     compiled: &[CompiledUpload],
 ) -> Result<(), UploadError> {
-    let mut keys: BTreeMap<(String, String, String), String> = BTreeMap::new();
-    // Per (package, os, version): every package below it, with its key.
-    let mut below: BTreeMap<(String, String, String), Vec<(String, String)>> = BTreeMap::new();
-    let mut left: Vec<&CompiledUpload> = compiled.iter().collect();
-    while !left.is_empty() {
-        let before = left.len();
-        let mut next = Vec::new();
-        for c in left {
-            let stemcell = (c.os.clone(), c.stemcell_version.clone());
-            let deps: Option<Vec<String>> = c
-                .dependencies
-                .iter()
-                .map(|d| keys.get(&(d.clone(), stemcell.0.clone(), stemcell.1.clone())).cloned())
-                .collect();
-            let Some(dep_keys) = deps else {
-                next.push(c);
-                continue;
-            };
-            let key = crate::planner::compiled_key(&c.name, &c.fingerprint, &c.os, &c.stemcell_version, &dep_keys);
-            let mut all_deps: BTreeMap<String, String> = BTreeMap::new();
-            for d in &c.dependencies {
-                let at = (d.clone(), c.os.clone(), c.stemcell_version.clone());
-                all_deps.insert(d.clone(), keys[&at].clone());
-                all_deps.extend(below.get(&at).cloned().unwrap_or_default());
+    let mut by_stemcell: BTreeMap<(&str, &str), Vec<&CompiledUpload>> = BTreeMap::new();
+    for c in compiled {
+        by_stemcell.entry((c.os.as_str(), c.stemcell_version.as_str())).or_default().push(c);
+    }
+    for ((os, version), uploads) in by_stemcell {
+        for c in &uploads {
+            if let Some(d) = c.dependencies.iter().find(|d| !uploads.iter().any(|u| &u.name == *d)) {
+                return Err(invalid(format!(
+                    "release {}/{}: compiled package `{}` depends on `{d}`, which is not compiled for {os}/{version} in it",
+                    release.name, release.version, c.name
+                )));
             }
-            let all_deps: Vec<(String, String)> = all_deps.into_iter().collect();
-            let at = (c.name.clone(), c.os.clone(), c.stemcell_version.clone());
-            keys.insert(at.clone(), key.clone());
-            below.insert(at, all_deps.clone());
+        }
+        // Nothing may depend on itself, directly or not.
+        for c in &uploads {
+            let mut todo: Vec<&String> = c.dependencies.iter().collect();
+            let mut seen = std::collections::BTreeSet::new();
+            while let Some(d) = todo.pop() {
+                if d == &c.name {
+                    return Err(invalid(format!(
+                        "release {}/{}: compiled package `{}` depends on itself",
+                        release.name, release.version, c.name
+                    )));
+                }
+                if seen.insert(d) {
+                    if let Some(u) = uploads.iter().find(|u| &u.name == d) {
+                        todo.extend(u.dependencies.iter());
+                    }
+                }
+            }
+        }
+        let packages: Vec<ReleasePackage> = uploads
+            .iter()
+            .map(|c| ReleasePackage {
+                name: c.name.clone(),
+                fingerprint: c.fingerprint.clone(),
+                blob: c.blob.clone(),
+                dependencies: c.dependencies.clone(),
+                compiled_only: true,
+            })
+            .collect();
+        for (p, key, dependencies) in crate::planner::keyed_for_stemcell(&packages, os, version) {
             if director.state.get(tables::COMPILED_PACKAGES, &key).await?.is_none() {
                 let record = CompiledPackageRecord {
                     key: key.clone(),
-                    name: c.name.clone(),
-                    fingerprint: c.fingerprint.clone(),
+                    name: p.name.clone(),
+                    fingerprint: p.fingerprint.clone(),
                     release: format!("{}/{}", release.name, release.version),
-                    stemcell_os: c.os.clone(),
-                    stemcell_version: c.stemcell_version.clone(),
-                    dependencies: all_deps,
-                    blob: c.blob.clone(),
+                    stemcell_os: os.to_string(),
+                    stemcell_version: version.to_string(),
+                    dependencies,
+                    blob: p.blob.clone(),
                     compiled_at: director.clock.unix_secs(),
                     packaging_ms: 0,
                 };
                 director.state.put(tables::COMPILED_PACKAGES, &key, &record).await?;
             }
         }
-        if next.len() == before {
-            let names: Vec<&str> = next.iter().map(|c| c.name.as_str()).collect();
-            return Err(invalid(format!(
-                "release {}/{}: compiled packages {} depend on packages compiled for another stemcell, or on each other in a circle",
-                release.name,
-                release.version,
-                names.join(", ")
-            )));
-        }
-        left = next;
     }
     Ok(())
 }

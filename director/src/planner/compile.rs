@@ -28,19 +28,20 @@ pub fn compiled_key(name: &str, fingerprint: &str, os: &str, version: &str, depe
     h.finish()
 }
 
-/// The packages of one instance (a closed set from one release) as it installs them, with what
-/// compiling each would take.
-pub(super) fn planned_packages(
-    closure: &[(String, ReleasePackage)],
-    stemcell: &StemcellRecord,
-) -> (Vec<PlannedPackage>, Vec<PackageCompilation>) {
-    let by_name: BTreeMap<&str, &ReleasePackage> = closure.iter().map(|(_, p)| (p.name.as_str(), p)).collect();
-    let release_of: BTreeMap<&str, &str> = closure.iter().map(|(r, p)| (p.name.as_str(), r.as_str())).collect();
-    let mut keys: BTreeMap<String, String> = BTreeMap::new();
-    // Transitive dependencies, by name, for each package.
-    let mut below: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    let mut order: Vec<&ReleasePackage> = Vec::new();
-    // Dependencies first (the closure is validated acyclic by the release upload).
+/// A package, its compiled key, and every package below it (name, key).
+pub type KeyedPackage<'a> = (&'a ReleasePackage, String, Vec<(String, String)>);
+
+/// A closed set of packages keyed for a stemcell: each with its compiled key and every package
+/// below it (by name, with its key), dependencies before dependents. The one place keys are
+/// worked out — the planner, `export-release` and compiled-release uploads all ask here. A
+/// dependency outside the set is left out (the release upload refuses such sets).
+pub fn keyed_for_stemcell<'a>(
+    packages: impl IntoIterator<Item = &'a ReleasePackage>,
+    os: &str,
+    version: &str,
+) -> Vec<KeyedPackage<'a>> {
+    let packages: Vec<&ReleasePackage> = packages.into_iter().collect();
+    let by_name: BTreeMap<&str, &ReleasePackage> = packages.iter().map(|p| (p.name.as_str(), *p)).collect();
     fn visit<'a>(
         p: &'a ReleasePackage,
         by_name: &BTreeMap<&str, &'a ReleasePackage>,
@@ -57,22 +58,40 @@ pub(super) fn planned_packages(
         }
         order.push(p);
     }
-    let mut seen = BTreeSet::new();
-    for (_, p) in closure {
+    let (mut seen, mut order) = (BTreeSet::new(), Vec::new());
+    for p in &packages {
         visit(p, &by_name, &mut seen, &mut order);
     }
-    let mut planned = Vec::new();
-    let mut compilations = Vec::new();
+    let mut keys: BTreeMap<String, String> = BTreeMap::new();
+    let mut below: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut out = Vec::new();
     for p in order {
         let mut all: BTreeSet<String> = BTreeSet::new();
-        for d in &p.dependencies {
+        for d in p.dependencies.iter().filter(|d| keys.contains_key(*d)) {
             all.insert(d.clone());
             all.extend(below.get(d).cloned().unwrap_or_default());
         }
-        let direct_keys: Vec<String> = p.dependencies.iter().filter_map(|d| keys.get(d).cloned()).collect();
-        let key = compiled_key(&p.name, &p.fingerprint, &stemcell.operating_system, &stemcell.version, &direct_keys);
+        let direct: Vec<String> = p.dependencies.iter().filter_map(|d| keys.get(d).cloned()).collect();
+        let key = compiled_key(&p.name, &p.fingerprint, os, version, &direct);
         keys.insert(p.name.clone(), key.clone());
         below.insert(p.name.clone(), all.clone());
+        out.push((p, key, all.iter().map(|d| (d.clone(), keys[d].clone())).collect()));
+    }
+    out
+}
+
+/// The packages of one instance (a closed set) as it installs them, with what compiling each
+/// would take.
+pub(super) fn planned_packages(
+    closure: &[(String, ReleasePackage)],
+    stemcell: &StemcellRecord,
+) -> (Vec<PlannedPackage>, Vec<PackageCompilation>) {
+    let release_of: BTreeMap<&str, &str> = closure.iter().map(|(r, p)| (p.name.as_str(), r.as_str())).collect();
+    let mut planned = Vec::new();
+    let mut compilations = Vec::new();
+    for (p, key, dependencies) in
+        keyed_for_stemcell(closure.iter().map(|(_, p)| p), &stemcell.operating_system, &stemcell.version)
+    {
         planned.push(PlannedPackage {
             name: p.name.clone(),
             fingerprint: p.fingerprint.clone(),
@@ -84,7 +103,7 @@ pub(super) fn planned_packages(
             package: p.clone(),
             release: release_of[p.name.as_str()].to_string(),
             stemcell: stemcell.clone(),
-            dependencies: all.iter().map(|d| (d.clone(), keys[d].clone())).collect(),
+            dependencies,
         });
     }
     (planned, compilations)

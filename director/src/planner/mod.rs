@@ -35,7 +35,7 @@ mod validate;
 
 pub use addresses::{address_pending, show_ip};
 pub use batches::stages;
-pub use compile::compiled_key;
+pub use compile::{compiled_key, keyed_for_stemcell};
 pub use model::{
     Batch, CompilationPlan, CompilationWorker, DeleteBatch, DiskPlan, GroupPlan, InstancePlan, PackageCompilation,
     Plan, PlanError, PlannedPackage, PlanningInput, Requests, Selection, DEFAULT_SCRIPT_TIMEOUT_MS,
