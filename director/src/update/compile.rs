@@ -6,7 +6,7 @@
 //! last lines `packaging` printed; every compilation VM is deleted whatever happens.
 
 use super::step::{DeployError, StepError, COMMAND_TIMEOUT};
-use super::vm::{agent_env, create_vm_with_retries, new_agent};
+use super::vm::{agent_env, base_tags, create_vm_with_retries, new_agent};
 use crate::planner::{CompilationPlan, CompilationWorker, PackageCompilation};
 use crate::records::CompiledPackageRecord;
 use crate::store::tables;
@@ -15,7 +15,7 @@ use crate::Director;
 use bosun_cpi::{tags, CpiError, CreateVmRequest};
 use bosun_types::protocol::{AgentCommand, CompiledDependency, CompiledPackage, PackageToCompile};
 use futures::stream::{FuturesUnordered, StreamExt};
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -257,13 +257,9 @@ async fn start_worker(
 ) -> Result<Worker, StepError> {
     let id = uuid::Uuid::new_v4().to_string();
     let identity = new_agent(d, deployment, &format!("compilation-{id}")).await?;
-    let mut t = BTreeMap::new();
-    t.insert(tags::DIRECTOR.to_string(), d.config.name.clone());
-    t.insert(tags::DIRECTOR_UUID.to_string(), d.uuid.clone());
-    t.insert(tags::DEPLOYMENT.to_string(), deployment.to_string());
+    let mut t = base_tags(d, deployment);
     t.insert(tags::COMPILING.to_string(), p.package.name.clone());
     t.insert(tags::NAME.to_string(), format!("compilation/{id}"));
-    t.insert(tags::CREATED_AT.to_string(), d.clock.unix_secs().to_string());
     let request = CreateVmRequest {
         agent_id: identity.agent_id.clone(),
         stemcell_cid: p.stemcell.cid.clone(),

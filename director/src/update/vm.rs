@@ -17,17 +17,23 @@ use std::time::Duration;
 
 pub(crate) const MAX_VM_CREATE_TRIES: u32 = 5;
 
-pub(crate) fn vm_tags(d: &Director, deployment: &str, rec: &InstanceRecord) -> BTreeMap<String, String> {
+/// The tags every VM of a deployment carries: whose it is, and when it was made.
+pub(crate) fn base_tags(d: &Director, deployment: &str) -> BTreeMap<String, String> {
     let mut t = BTreeMap::new();
     t.insert(tags::DIRECTOR.into(), d.config.name.clone());
     t.insert(tags::DIRECTOR_UUID.into(), d.uuid.clone());
     t.insert(tags::DEPLOYMENT.into(), deployment.to_string());
+    t.insert(tags::CREATED_AT.into(), d.clock.unix_secs().to_string());
+    t
+}
+
+pub(crate) fn vm_tags(d: &Director, deployment: &str, rec: &InstanceRecord) -> BTreeMap<String, String> {
+    let mut t = base_tags(d, deployment);
     t.insert(tags::INSTANCE_GROUP.into(), rec.group.clone());
     t.insert(tags::JOB.into(), rec.group.clone());
     t.insert(tags::ID.into(), rec.uuid.clone());
     t.insert(tags::NAME.into(), rec.name());
     t.insert(tags::INDEX.into(), rec.index.to_string());
-    t.insert(tags::CREATED_AT.into(), d.clock.unix_secs().to_string());
     t
 }
 
