@@ -11,6 +11,11 @@
 //! Every process of a VM carries `BOSUN_LOCAL_VM=<cid>` in its environment; that is how
 //! `delete_vm` finds and kills the whole process tree, including processes that left the agent's
 //! process group, and how `has_vm` tells whether the VM still runs.
+//!
+//! A VM on a bridged network is isolated further (its own network and mount namespaces and
+//! cgroup; see [`isolation`]): what runs in it, containers included, is its cgroup's processes.
+
+pub mod isolation;
 
 use bosun_cpi::{
     agent_settings, creation_tags, Cpi, CpiError, CpiInfo, CpiResult, CreateVmRequest, DiskListing, VmListing,
@@ -108,13 +113,17 @@ impl LocalCpi {
 /// (tokens in the environment) reach a VM.
 fn spawn_agent(base: &Path, cid: &str) -> CpiResult<u32> {
     let dir = base.join("vms").join(cid);
+    let agent = dir.join("bin/bosun-agent");
+    let mut cmd = match isolated_nic(&dir)? {
+        Some(_) => isolation::enclosed_command(cid, &dir, &agent)?,
+        None => std::process::Command::new(&agent),
+    };
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(dir.join("agent.log"))
         .map_err(cloud("opening agent.log"))?;
     let log2 = log.try_clone().map_err(cloud("opening agent.log"))?;
-    let mut cmd = std::process::Command::new(dir.join("bin/bosun-agent"));
     cmd.arg("--root").arg(dir.join("root")).arg("--settings").arg(dir.join("settings.json"));
     cmd.env_clear();
     cmd.env("PATH", std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into()));
@@ -141,6 +150,39 @@ fn spawn_agent(base: &Path, cid: &str) -> CpiResult<u32> {
     });
     write_atomic(&dir.join("agent.pid"), pid.to_string().as_bytes(), 0o644)?;
     Ok(pid)
+}
+
+/// The bridged network of an existing VM, from its settings: whether it is isolated.
+fn isolated_nic(dir: &Path) -> CpiResult<Option<isolation::BridgedNic>> {
+    let bytes = std::fs::read(dir.join("settings.json")).map_err(cloud("reading VM settings"))?;
+    let settings: bosun_types::protocol::AgentSettings =
+        serde_json::from_slice(&bytes).map_err(|e| CpiError::Cloud(format!("VM settings: {e}")))?;
+    isolation::bridged_nic(&settings.networks)
+}
+
+/// Every live process of a VM: those carrying its marker and, for an isolated VM, everything in
+/// its cgroup (containers do not inherit the marker).
+pub fn vm_processes(cid: &str) -> Vec<i32> {
+    let mut pids = processes_with_env(VM_MARKER, cid);
+    pids.extend(isolation::cgroup_pids(cid));
+    pids.sort_unstable();
+    pids.dedup();
+    pids
+}
+
+/// Kills every process of a VM, as pulling its power would.
+pub fn kill_vm_processes(cid: &str, deadline: Duration) -> Result<usize, String> {
+    let in_cgroup = isolation::kill_cgroup(cid, deadline)?;
+    Ok(in_cgroup + kill_processes_with_env(VM_MARKER, cid, deadline)?)
+}
+
+/// Kills a VM and removes what isolated it (cgroups, network namespace, a bridge left empty).
+fn tear_down(dir: &Path, cid: &str) -> CpiResult<()> {
+    let nic = isolated_nic(dir).ok().flatten();
+    kill_vm_processes(cid, Duration::from_secs(30)).map_err(CpiError::Cloud)?;
+    isolation::remove_cgroups(cid);
+    isolation::unplumb(cid, nic.as_ref().map(|n| n.bridge.as_str()));
+    Ok(())
 }
 
 /// [`write_atomic`] off the async threads.
@@ -220,10 +262,11 @@ fn ips_of(networks: &BTreeMap<String, NetworkSettings>) -> CpiResult<Vec<Ipv4Add
                 message: format!("network `{name}`: the local CPI needs a static IPv4 address, got `{}`", n.ip),
                 ok_to_retry: false,
             })?;
-            if !ip.is_loopback() {
+            if !ip.is_loopback() && n.cloud_properties.get("bridge").is_none() {
                 return Err(CpiError::VmCreationFailed {
                     message: format!(
-                        "network `{name}`: {ip} is not a loopback address; the local CPI binds VMs to 127.0.0.0/8"
+                        "network `{name}`: {ip} is not a loopback address; the local CPI binds VMs to 127.0.0.0/8 \
+                         unless the network names a bridge (`cloud_properties: {{bridge: NAME}}`)"
                     ),
                     ok_to_retry: false,
                 });
@@ -246,8 +289,8 @@ fn assign_dynamic(name: &str, n: &mut NetworkSettings, held: &BTreeMap<Ipv4Addr,
             bad("the local CPI needs `cloud_properties: {range: 127.x.y.0/24}` to give addresses".into())
         })?;
     let net: ipnet::Ipv4Net = range.parse().map_err(|_| bad(format!("range `{range}` is not an IPv4 network")))?;
-    if !net.network().is_loopback() {
-        return Err(bad(format!("range {range} is not in 127.0.0.0/8")));
+    if !net.network().is_loopback() && n.cloud_properties.get("bridge").is_none() {
+        return Err(bad(format!("range {range} is not in 127.0.0.0/8 and names no bridge")));
     }
     let ip = net
         .hosts()
@@ -347,6 +390,11 @@ impl Cpi for LocalCpi {
         let cid = format!("vm-{}", uuid::Uuid::new_v4().simple());
         let mut settings = agent_settings(request, &cid)?;
         settings.networks = networks.clone();
+        let nic = isolation::bridged_nic(&networks)?;
+        if let Some(nic) = &nic {
+            let (gateway, director) = (nic.gateway, settings.director.address.clone());
+            settings.director.address = blocking(move || isolation::director_reachable(gateway, &director)).await?;
+        }
         let tags = creation_tags(request);
         let dir = self.vm_dir(&cid);
         let cid2 = cid.clone();
@@ -368,11 +416,14 @@ impl Cpi for LocalCpi {
                     &serde_json::to_vec_pretty(&settings).expect("serializable"),
                     0o600,
                 )?;
+                if let Some(nic) = &nic {
+                    isolation::plumb(&cid2, nic)?;
+                }
                 spawn_agent(&base, &cid2)
             })();
             if let Err(e) = result {
                 // A CPI must clean up after a failed create_vm.
-                let _ = kill_processes_with_env(VM_MARKER, &cid2, Duration::from_secs(10));
+                let _ = tear_down(&dir, &cid2);
                 let _ = std::fs::remove_dir_all(&dir);
                 return Err(match e {
                     e @ CpiError::VmCreationFailed { .. } => e,
@@ -393,7 +444,7 @@ impl Cpi for LocalCpi {
         let cid = vm_cid.to_string();
         let dir = self.vm_dir(vm_cid);
         blocking(move || {
-            kill_processes_with_env(VM_MARKER, &cid, Duration::from_secs(30)).map_err(CpiError::Cloud)?;
+            tear_down(&dir, &cid)?;
             // Remove settings first: a half-deleted VM must read as gone.
             let _ = std::fs::remove_file(dir.join("settings.json"));
             std::fs::remove_dir_all(&dir).map_err(cloud("removing the VM directory"))
@@ -416,7 +467,7 @@ impl Cpi for LocalCpi {
             return Ok(false);
         }
         let cid = vm_cid.to_string();
-        blocking(move || Ok(!processes_with_env(VM_MARKER, &cid).is_empty())).await
+        blocking(move || Ok(!vm_processes(&cid).is_empty())).await
     }
 
     async fn reboot_vm(&self, vm_cid: &str) -> CpiResult<()> {
@@ -426,7 +477,7 @@ impl Cpi for LocalCpi {
         let cid = vm_cid.to_string();
         let base = self.base.clone();
         blocking(move || {
-            kill_processes_with_env(VM_MARKER, &cid, Duration::from_secs(30)).map_err(CpiError::Cloud)?;
+            kill_vm_processes(&cid, Duration::from_secs(30)).map_err(CpiError::Cloud)?;
             spawn_agent(&base, &cid).map(|_| ())
         })
         .await
@@ -624,4 +675,14 @@ fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Kills every VM under a base directory and removes what isolated them (for test harnesses that
+/// must leave nothing behind, failing or not). The directories stay.
+pub fn tear_down_all(base: &Path) {
+    for e in std::fs::read_dir(base.join("vms")).into_iter().flatten().flatten() {
+        if let Some(cid) = e.file_name().to_str() {
+            let _ = tear_down(&e.path(), cid);
+        }
+    }
 }
