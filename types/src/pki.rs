@@ -118,8 +118,22 @@ impl CertAuthority {
         days: u32,
         is_ca: bool,
     ) -> Result<IssuedCert, PkiError> {
+        self.issue_in(common_name, None, sans, usage, days, is_ca)
+    }
+
+    /// [`issue`](Self::issue) with an organization in the subject (Kubernetes reads it as the
+    /// client's group, e.g. `system:nodes`, `system:masters`).
+    pub fn issue_in(
+        &self,
+        common_name: &str,
+        organization: Option<&str>,
+        sans: &[String],
+        usage: LeafUsage,
+        days: u32,
+        is_ca: bool,
+    ) -> Result<IssuedCert, PkiError> {
         let mut p = CertificateParams::new(sans.to_vec()).map_err(gen_err(common_name))?;
-        p.distinguished_name = dn(common_name, None);
+        p.distinguished_name = dn(common_name, organization);
         if is_ca {
             p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
             p.key_usages =

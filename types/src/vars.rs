@@ -271,14 +271,32 @@ pub fn generate(def: &VariableDefinition, existing: &dyn Fn(&str) -> Option<Valu
                     (CertAuthority::from_pem(cert, key).map_err(|e| err(e.to_string()))?, cert.to_string())
                 }
             };
-            let issued = signer.issue(&cn, &sans, usage, days, is_ca).map_err(|e| err(e.to_string()))?;
+            let issued = signer
+                .issue_in(&cn, opt_str("organization").as_deref(), &sans, usage, days, is_ca)
+                .map_err(|e| err(e.to_string()))?;
             let mut m = serde_yaml::Mapping::new();
             m.insert("ca".into(), Value::String(ca_pem));
             m.insert("certificate".into(), Value::String(issued.cert_pem));
             m.insert("private_key".into(), Value::String(issued.key_pem));
             Ok(Value::Mapping(m))
         }
-        "rsa" | "ssh" => {
+        "rsa" => {
+            let bits = opts.get("key_length").and_then(|v| v.as_u64()).unwrap_or(2048);
+            if ![2048, 3072, 4096].contains(&bits) {
+                return Err(err(format!("key_length {bits} is not one of 2048, 3072, 4096")));
+            }
+            use rsa::pkcs1::EncodeRsaPrivateKey;
+            use rsa::pkcs8::EncodePublicKey;
+            let key = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), bits as usize).map_err(|e| err(e.to_string()))?;
+            let private = key.to_pkcs1_pem(rsa::pkcs8::LineEnding::LF).map_err(|e| err(e.to_string()))?;
+            let public =
+                key.to_public_key().to_public_key_pem(rsa::pkcs8::LineEnding::LF).map_err(|e| err(e.to_string()))?;
+            let mut m = serde_yaml::Mapping::new();
+            m.insert("private_key".into(), Value::String(private.to_string()));
+            m.insert("public_key".into(), Value::String(public));
+            Ok(Value::Mapping(m))
+        }
+        "ssh" => {
             Err(err("generation of this type is not supported yet; pass the value with -v or --vars-file".into()))
         }
         other => Err(err(format!("unknown variable type `{other}` (password, certificate, rsa, ssh)"))),
@@ -356,6 +374,33 @@ mod tests {
         let defs = [leaf_def.clone(), ca_def.clone()];
         let order = generation_order(&defs);
         assert_eq!(order[0].name, "ca");
+    }
+
+    #[test]
+    fn rsa_keys_and_certificates_with_an_organization() {
+        use rsa::pkcs1::DecodeRsaPrivateKey;
+        use rsa::pkcs8::DecodePublicKey;
+        let def: VariableDefinition = serde_yaml::from_str("{name: sa, type: rsa}").unwrap();
+        let v = generate(&def, &|_| None).unwrap();
+        let private = rsa::RsaPrivateKey::from_pkcs1_pem(v["private_key"].as_str().unwrap()).unwrap();
+        let public = rsa::RsaPublicKey::from_public_key_pem(v["public_key"].as_str().unwrap()).unwrap();
+        assert_eq!(private.to_public_key(), public);
+        assert_eq!(rsa::traits::PublicKeyParts::size(&public), 256, "2048 bits by default");
+        let bad: VariableDefinition = serde_yaml::from_str("{name: sa, type: rsa, options: {key_length: 1024}}").unwrap();
+        assert!(generate(&bad, &|_| None).unwrap_err().to_string().contains("key_length 1024"));
+
+        let ca_def: VariableDefinition =
+            serde_yaml::from_str("{name: ca, type: certificate, options: {is_ca: true, common_name: ca}}").unwrap();
+        let ca = generate(&ca_def, &|_| None).unwrap();
+        let node: VariableDefinition = serde_yaml::from_str(
+            "{name: n, type: certificate, options: {ca: ca, common_name: 'system:node:a', organization: 'system:nodes', extended_key_usage: [client_auth]}}",
+        )
+        .unwrap();
+        let cert = generate(&node, &|n| (n == "ca").then(|| ca.clone())).unwrap();
+        let der = rcgen::CertificateParams::from_ca_cert_pem(cert["certificate"].as_str().unwrap()).unwrap();
+        let subject: Vec<_> = der.distinguished_name.iter().map(|(t, v)| (format!("{t:?}"), format!("{v:?}"))).collect();
+        assert!(subject.iter().any(|(t, v)| t.contains("OrganizationName") && v.contains("system:nodes")), "{subject:?}");
+        assert!(subject.iter().any(|(t, v)| t.contains("CommonName") && v.contains("system:node:a")), "{subject:?}");
     }
 
     #[test]
