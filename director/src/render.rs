@@ -2,7 +2,8 @@
 //! `p("a.b")`, `p("a.b", default)`, `if_p("a", "b")` (true when all are set), `link("name")` (with
 //! `.instances`, `.address`, `.p()`, `.if_p()`) and `spec` (name, index, id, az, address, ip,
 //! bootstrap, deployment, networks, job, persistent_disk, release). Templates are Jinja
-//! (minijinja): sandboxed, no file or network access, bounded by fuel.
+//! (minijinja): sandboxed, no file or network access, bounded by fuel. The `sh_quote` filter
+//! makes any value one shell word (`{{ p('token') | sh_quote }}`): values never become code.
 
 use minijinja::value::{Object, Value};
 use minijinja::{Environment, Error, ErrorKind, UndefinedBehavior};
@@ -126,6 +127,7 @@ pub fn render_job(
     let props = Arc::new(properties.clone());
     let p1 = props.clone();
     env.add_function("p", move |args: minijinja::value::Rest<Value>| p_impl(&p1, &args, ""));
+    env.add_filter("sh_quote", sh_quote);
     let p2 = props.clone();
     env.add_function("if_p", move |args: minijinja::value::Rest<Value>| if_p_impl(&p2, &args));
     let links = Arc::new(links.clone());
@@ -163,7 +165,7 @@ pub fn render_job(
         // Scripts are executable; keys are for the job's user only.
         let mode = if dest.starts_with("bin/") {
             0o755
-        } else if dest.ends_with(".key") || dest.ends_with(".pem") {
+        } else if [".key", ".pem", ".kubeconfig", ".token"].iter().any(|s| dest.ends_with(s)) {
             0o600
         } else {
             0o644
@@ -171,6 +173,15 @@ pub fn render_job(
         out.insert(dest.clone(), (mode, text));
     }
     Ok(out)
+}
+
+/// One POSIX shell word holding exactly the value: single quotes, each `'` as `'\''`.
+fn sh_quote(v: Value) -> String {
+    let text = match v.as_str() {
+        Some(s) => s.to_string(),
+        None => v.to_string(),
+    };
+    format!("'{}'", text.replace('\'', "'\\''"))
 }
 
 #[cfg(test)]
@@ -229,6 +240,15 @@ mod tests {
             .unwrap_err()
             .message
             .contains("consumes no link `nope`"));
+    }
+
+    #[test]
+    fn sh_quote_makes_one_word_that_runs_nothing() {
+        let hostile = "$(touch /tmp/x) `id` \"q\" 'single' ; rm -rf /\nnext line";
+        let out = one("printf '%s' {{ p('v') | sh_quote }}", json!({"v": hostile}), BTreeMap::new()).unwrap();
+        let o = std::process::Command::new("bash").arg("-c").arg(&out).output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&o.stdout), hostile);
+        assert_eq!(one("{{ p('n') | sh_quote }}", json!({"n": 5}), BTreeMap::new()).unwrap(), "'5'");
     }
 
     #[test]
