@@ -3,7 +3,7 @@
 //! to the job's log directory, and its tail comes back to the director for the task log.
 
 use crate::layout::Layout;
-use bosun_types::protocol::{LifecycleScript, ScriptResult};
+use bosun_types::protocol::{AgentMessage, LifecycleScript, ScriptResult};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use std::collections::BTreeMap;
@@ -21,11 +21,65 @@ pub async fn run_all(
     env: &BTreeMap<String, String>,
     timeout: Duration,
 ) -> Vec<ScriptResult> {
+    let name = script.to_string();
     let runs = jobs
         .iter()
         .filter(|job| layout.job(job).join(script.path()).is_file())
-        .map(|job| run_one(layout, job, script, args, env, timeout));
+        .map(|job| run_one(layout, job, script.path(), &name, args, env, timeout));
     futures::future::join_all(runs).await
+}
+
+/// The errand of `job`: its `bin/run`, output into `run.log` in the job's log directory.
+pub async fn run_errand(layout: &Layout, job: &str, timeout: Duration) -> Result<ScriptResult, String> {
+    if !layout.job(job).join(ERRAND_SCRIPT).is_file() {
+        return Err(format!("job `{job}` is not installed here or has no {ERRAND_SCRIPT}: it is not an errand"));
+    }
+    let env = BTreeMap::new();
+    Ok(run_one(layout, job, ERRAND_SCRIPT, "run", &[], &env, timeout).await)
+}
+
+/// An errand job's script.
+pub const ERRAND_SCRIPT: &str = "bin/run";
+
+/// Sends every line appended to `log` after `from` bytes as progress on command `id`, every
+/// half second, and what is left once `done` fires (an errand's output, live and whole).
+pub async fn stream_lines(
+    log: std::path::PathBuf,
+    from: u64,
+    id: u64,
+    tx: tokio::sync::mpsc::Sender<AgentMessage>,
+    mut done: tokio::sync::oneshot::Receiver<()>,
+) {
+    use tokio::io::AsyncSeekExt;
+    let mut offset = from;
+    let mut partial = Vec::new();
+    let mut last = false;
+    while !last {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = &mut done => last = true,
+        }
+        let Ok(mut f) = tokio::fs::File::open(&log).await else { continue };
+        if f.seek(std::io::SeekFrom::Start(offset)).await.is_err() {
+            continue;
+        }
+        let mut buf = Vec::new();
+        if let Ok(n) = f.read_to_end(&mut buf).await {
+            offset += n as u64;
+        }
+        partial.extend_from_slice(&buf);
+        while let Some(end) = partial.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = partial.drain(..=end).collect();
+            let message = String::from_utf8_lossy(&line[..line.len() - 1]).chars().take(2000).collect();
+            if tx.send(AgentMessage::Progress { id, message }).await.is_err() {
+                return;
+            }
+        }
+    }
+    if !partial.is_empty() {
+        let message = String::from_utf8_lossy(&partial).chars().take(2000).collect();
+        let _ = tx.send(AgentMessage::Progress { id, message }).await;
+    }
 }
 
 async fn read_capped(mut r: impl tokio::io::AsyncRead + Unpin, log: Option<std::fs::File>) -> Vec<u8> {
@@ -53,17 +107,18 @@ async fn read_capped(mut r: impl tokio::io::AsyncRead + Unpin, log: Option<std::
 async fn run_one(
     layout: &Layout,
     job: &str,
-    script: LifecycleScript,
+    script: &str,
+    log_name: &str,
     args: &[String],
     env: &BTreeMap<String, String>,
     timeout: Duration,
 ) -> ScriptResult {
     let started = Instant::now();
-    let path = layout.job(job).join(script.path());
+    let path = layout.job(job).join(script);
     let log_dir = layout.log_dir(job);
     let _ = tokio::fs::create_dir_all(&log_dir).await;
     let log =
-        match tokio::fs::OpenOptions::new().create(true).append(true).open(log_dir.join(format!("{script}.log"))).await
+        match tokio::fs::OpenOptions::new().create(true).append(true).open(log_dir.join(format!("{log_name}.log"))).await
         {
             Ok(f) => Some(f.into_std().await),
             Err(_) => None,

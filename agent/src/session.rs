@@ -173,7 +173,8 @@ impl Agent {
                             let name = command.name();
                             tracing::info!(id, command = name, "command received");
                             // A compilation can run for many minutes: say how it goes meanwhile.
-                            let reporter = match &command {
+                            let mut errand_done = None;
+                            let mut reporter = match &command {
                                 AgentCommand::CompilePackage { package, .. } => {
                                     Some(tokio::spawn(crate::compiler::report_progress(
                                         me.layout.clone(),
@@ -182,9 +183,23 @@ impl Agent {
                                         tx.clone(),
                                     )))
                                 }
+                                // An errand's output, line by line, as it comes.
+                                AgentCommand::RunErrand { job, .. } => {
+                                    let log = me.layout.log_dir(job).join("run.log");
+                                    let from = tokio::fs::metadata(&log).await.map(|m| m.len()).unwrap_or(0);
+                                    let (finished, done) = tokio::sync::oneshot::channel();
+                                    errand_done = Some(finished);
+                                    Some(tokio::spawn(crate::scripts::stream_lines(log, from, id, tx.clone(), done)))
+                                }
                                 _ => None,
                             };
                             let outcome = me.execute(command).await;
+                            if let (Some(finished), Some(r)) = (errand_done, reporter.as_mut()) {
+                                // The last lines go before the reply.
+                                let _ = finished.send(());
+                                let _ = r.await;
+                                reporter = None;
+                            }
                             if let Some(r) = reporter {
                                 r.abort();
                             }
@@ -385,6 +400,11 @@ impl Agent {
                 ledger.mounted_disk = Some((to_disk_cid, to));
                 self.save_ledger(&ledger).await?;
                 Ok(serde_json::Value::Null)
+            }
+            AgentCommand::RunErrand { job, timeout_ms } => {
+                let result =
+                    crate::scripts::run_errand(&self.layout, &job, Duration::from_millis(timeout_ms)).await?;
+                Ok(serde_json::to_value(result).expect("serializable"))
             }
             AgentCommand::CompilePackage { package, timeout_ms } => {
                 let _op = self.op_lock.lock().await;

@@ -28,6 +28,14 @@ impl InputError {
     }
 }
 
+/// An errand that ran and exited non-zero: bosun exits with its code.
+#[derive(Debug, thiserror::Error)]
+#[error("errand `{errand}` exited {code}")]
+pub struct ErrandExit {
+    pub errand: String,
+    pub code: i32,
+}
+
 /// A task that ended in error: exit code 1.
 #[derive(Debug, thiserror::Error)]
 #[error("task {id} failed: {message}")]
@@ -233,6 +241,25 @@ enum Command {
     /// Show a deployment's manifest.
     #[command(after_help = "Example:\n  bosun -d quickstart manifest")]
     Manifest,
+    /// Run an errand job on the instances that have it; prints its output, exits with its code.
+    #[command(after_help = "Example:\n  bosun -d kubernetes run-errand smoke-tests --instance master/0")]
+    RunErrand {
+        /// The errand's job name.
+        name: String,
+        /// Where to run it: `group`, `group/uuid` or `group/index` (repeatable; default: every
+        /// instance with the job).
+        #[arg(long = "instance")]
+        instances: Vec<String>,
+        /// Skip the run when the last one succeeded and nothing changed since.
+        #[arg(long)]
+        when_changed: bool,
+        /// Seconds the errand may run.
+        #[arg(long, default_value_t = 1800)]
+        timeout: u64,
+    },
+    /// Print the deployment's admin kubeconfig (from its Kubernetes control plane).
+    #[command(after_help = "Example:\n  bosun -d kubernetes kubeconfig > kubeconfig && kubectl --kubeconfig kubeconfig get nodes")]
+    Kubeconfig,
     /// List recent tasks.
     #[command(after_help = "Example:\n  bosun tasks --recent 10")]
     Tasks {
@@ -280,7 +307,9 @@ fn main() {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("Error: {}", chain(&e));
-            if e.chain().any(|c| c.is::<InputError>()) {
+            if let Some(exit) = e.downcast_ref::<ErrandExit>() {
+                exit.code.clamp(1, 255)
+            } else if e.chain().any(|c| c.is::<InputError>()) {
                 2
             } else {
                 1
@@ -359,6 +388,10 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Deployments => commands::deployments::deployments(cli).await,
         Command::Instances { ps } => commands::deployments::instances(cli, ps).await,
         Command::Manifest => commands::deployments::manifest(cli).await,
+        Command::RunErrand { name, instances, when_changed, timeout } => {
+            commands::deployments::run_errand(cli, name, instances, *when_changed, *timeout).await
+        }
+        Command::Kubeconfig => commands::deployments::kubeconfig(cli).await,
         Command::Tasks { recent } => commands::tasks::tasks(cli, recent).await,
         Command::Task { id } => commands::tasks::task(cli, id).await,
         Command::Events { instance, task, since, before, limit } => {

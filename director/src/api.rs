@@ -94,6 +94,8 @@ pub fn router(d: Arc<Director>) -> Router {
         .route("/v1/deployments/{name}/plan", post(plan))
         .route("/v1/deployments/{name}/instance-commands", post(instance_command))
         .route("/v1/deployments/{name}/instance-commands/plan", post(instance_command_plan))
+        .route("/v1/deployments/{name}/errands/{errand}/runs", post(run_errand))
+        .route("/v1/deployments/{name}/kubeconfig", get(kubeconfig))
         .route("/v1/disks/orphaned", get(list_orphaned_disks))
         .route("/v1/events", get(list_events))
         .route("/v1/resurrection", get(get_resurrection).put(switch_resurrection))
@@ -557,6 +559,72 @@ async fn instance_command(
     let description = format!("{}{} {what}", req.command, if req.hard { " --hard" } else { "" });
     let opts = update::ExecOptions { skip_drain: req.overrides.skip_drain };
     start_update(d, &name, description, manifest, requests, opts).await
+}
+
+async fn run_errand(
+    State(d): Shared,
+    Path((name, errand)): Path<(String, String)>,
+    Json(req): Json<bosun_types::api::ErrandRunRequest>,
+) -> Result<Json<TaskCreated>, ApiError> {
+    deployment_record(&d, &name).await?;
+    let selectors: Vec<InstanceSelector> = req
+        .instances
+        .iter()
+        .map(|s| s.parse::<InstanceSelector>().map_err(|e| ApiError::bad_request(format!("instances: {e}"))))
+        .collect::<Result<_, _>>()?;
+    if req.timeout_secs == Some(0) {
+        return Err(ApiError::bad_request("timeout_secs must be at least 1"));
+    }
+    // Bad input fails the request and starts nothing.
+    crate::errands::targets(&d, &name, &errand, &selectors).await.map_err(ApiError::bad_request)?;
+    let task = d.tasks.create(&format!("run errand {errand}"), Some(&name), true).await?;
+    let id = task.id;
+    task.clone().run(async move { crate::errands::run(&d, &task, &name, &errand, &req).await });
+    Ok(Json(TaskCreated { task_id: id }))
+}
+
+/// The admin kubeconfig of a deployment that runs Kubernetes: the file a job's spec names as its
+/// `kubeconfig`, as the director renders it for the deployment's current state (the bootstrap
+/// instance's first). Handing it out is an event.
+async fn kubeconfig(State(d): Shared, Path(name): Path<String>) -> Result<String, ApiError> {
+    let manifest = deployment_record(&d, &name).await?.manifest;
+    let prepared = prepare(&d, &manifest, &Requests::default()).await?;
+    let releases: Vec<ReleaseRecord> = d.state.list(tables::RELEASES, "").await?;
+    let declared = |release: &str, job: &str| {
+        prepared.manifest.releases.iter().find(|r| r.name == release).and_then(|r| {
+            releases
+                .iter()
+                .filter(|x| x.name == r.name)
+                .flat_map(|x| &x.jobs)
+                .find(|j| j.name == job)
+                .and_then(|j| j.spec.kubeconfig.clone())
+        })
+    };
+    let mut instances: Vec<&crate::planner::InstancePlan> =
+        prepared.plan.groups.iter().flat_map(|g| &g.instances).collect();
+    instances.sort_by_key(|i| !i.bootstrap);
+    for i in instances {
+        for job in &i.jobs {
+            let Some(path) = declared(&job.release, &job.name) else { continue };
+            let (_, text) = job.files.get(&path).ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_release",
+                    format!("job `{}` names {path} as its kubeconfig and renders no such file", job.name),
+                )
+            })?;
+            d.events
+                .record(
+                    crate::events::EventSubject::deployment(&name),
+                    "kubeconfig",
+                    "operator",
+                    format!("admin kubeconfig of job `{}` handed out", job.name),
+                )
+                .await;
+            return Ok(text.clone());
+        }
+    }
+    Err(ApiError::not_found(format!("no job of deployment `{name}` offers a kubeconfig (is Kubernetes deployed there?)")))
 }
 
 async fn list_events(

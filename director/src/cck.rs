@@ -243,7 +243,7 @@ pub async fn resolve(
     }
     d.state.flush().await.map_err(|e| chain(&e))?;
     if !recreate.is_empty() {
-        crate::update::recreate_with_fencing(d, task, deployment, Selection::Some(recreate)).await?;
+        crate::update::recreate_with_fencing(d, task, deployment, Selection::Some(recreate), true).await?;
     }
     Ok(format!("{done} problem{} resolved", if done == 1 { "" } else { "s" }))
 }

@@ -12,6 +12,7 @@ pub mod clock;
 pub mod compiled_cache;
 pub mod compiled_releases;
 pub mod disks;
+pub mod errands;
 pub mod events;
 pub mod fault;
 pub mod health;

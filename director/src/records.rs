@@ -3,7 +3,7 @@
 use bosun_types::protocol::{BlobRef, NetworkSettings};
 use bosun_types::release::{JobSpec, ProcessDefinition};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct DeploymentRecord {
@@ -202,6 +202,9 @@ pub struct RenderedJob {
     pub files: BTreeMap<String, (u32, String)>,
     pub processes: Vec<ProcessDefinition>,
     pub packages: Vec<String>,
+    /// With a `bin/peer-changed` script: the groups providing the links it consumes, whose
+    /// membership changes it is told about.
+    pub peer_groups: BTreeSet<String>,
 }
 
 /// A package compiled for a stemcell (`planner::compiled_key` names it).

@@ -3,7 +3,8 @@
 //! `.instances`, `.address`, `.p()`, `.if_p()`) and `spec` (name, index, id, az, address, ip,
 //! bootstrap, deployment, networks, job, persistent_disk, release). Templates are Jinja
 //! (minijinja): sandboxed, no file or network access, bounded by fuel. The `sh_quote` filter
-//! makes any value one shell word (`{{ p('token') | sh_quote }}`): values never become code.
+//! makes any value one shell word (`{{ p('token') | sh_quote }}`): values never become code;
+//! `b64encode` gives a value's base64 (kubeconfigs embed certificates so).
 
 use minijinja::value::{Object, Value};
 use minijinja::{Environment, Error, ErrorKind, UndefinedBehavior};
@@ -122,12 +123,18 @@ pub fn render_job(
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
     env.set_keep_trailing_newline(true);
+    // BOSH templates are not escaped: minijinja would JSON-quote every value in `*.yml.j2` and
+    // `*.json.j2` templates (its default by file name).
+    env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
     // A template that loops forever must not hang a deploy.
     env.set_fuel(Some(5_000_000));
     let props = Arc::new(properties.clone());
     let p1 = props.clone();
     env.add_function("p", move |args: minijinja::value::Rest<Value>| p_impl(&p1, &args, ""));
     env.add_filter("sh_quote", sh_quote);
+    env.add_filter("b64encode", |v: String| -> String {
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, v.as_bytes())
+    });
     let p2 = props.clone();
     env.add_function("if_p", move |args: minijinja::value::Rest<Value>| if_p_impl(&p2, &args));
     let links = Arc::new(links.clone());
@@ -243,12 +250,24 @@ mod tests {
     }
 
     #[test]
+    fn yaml_and_json_templates_are_not_escaped() {
+        let mut t = BTreeMap::new();
+        t.insert("config/a.yml.j2".to_string(), "address: \"{{ spec.address }}\"".to_string());
+        let mut d = BTreeMap::new();
+        d.insert("config/a.yml.j2".to_string(), "config/a.yml".to_string());
+        let spec = json!({"address": "10.0.0.5"});
+        let out = render_job("j", &t, &d, &spec, &json!({}), &BTreeMap::new()).unwrap();
+        assert_eq!(out["config/a.yml"].1, "address: \"10.0.0.5\"");
+    }
+
+    #[test]
     fn sh_quote_makes_one_word_that_runs_nothing() {
         let hostile = "$(touch /tmp/x) `id` \"q\" 'single' ; rm -rf /\nnext line";
         let out = one("printf '%s' {{ p('v') | sh_quote }}", json!({"v": hostile}), BTreeMap::new()).unwrap();
         let o = std::process::Command::new("bash").arg("-c").arg(&out).output().unwrap();
         assert_eq!(String::from_utf8_lossy(&o.stdout), hostile);
         assert_eq!(one("{{ p('n') | sh_quote }}", json!({"n": 5}), BTreeMap::new()).unwrap(), "'5'");
+        assert_eq!(one("{{ p('v') | b64encode }}", json!({"v": "ca\n"}), BTreeMap::new()).unwrap(), "Y2EK");
     }
 
     #[test]

@@ -71,6 +71,7 @@ impl Tasks {
             started_at: self.clock.unix_secs(),
             ended_at: None,
             result: None,
+            exit_code: None,
         };
         self.state.put(tables::TASKS, &task_key(id), &view).await?;
         let task = Task { id, tasks: self.clone(), lock_key, description: description.to_string() };
@@ -234,6 +235,15 @@ impl Task {
 
     pub async fn warn(&self, stage: &str, instance: Option<&str>, message: impl Into<String>) {
         self.event(EventLevel::Warn, stage, instance, message).await;
+    }
+
+    /// Records an errand's exit code on the task (before it finishes).
+    pub async fn set_exit_code(&self, code: i32) -> Result<(), StoreError> {
+        if let Some(mut t) = self.tasks.get(self.id).await? {
+            t.exit_code = Some(code);
+            self.tasks.state.put(tables::TASKS, &task_key(self.id), &t).await?;
+        }
+        Ok(())
     }
 
     pub async fn finish(&self, outcome: Result<String, String>) {

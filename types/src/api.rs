@@ -61,6 +61,9 @@ pub struct TaskView {
     pub ended_at: Option<u64>,
     /// A one-line summary when done, or the error when failed.
     pub result: Option<String>,
+    /// An errand run's exit code (the highest of the instances it ran on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -156,6 +159,21 @@ pub struct InstanceCommandRequest {
     /// Only show the plan.
     #[serde(default)]
     pub dry_run: bool,
+}
+
+/// `bosun run-errand NAME`: where and how.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ErrandRunRequest {
+    /// `group`, `group/uuid` or `group/index`; empty means every instance with the errand.
+    #[serde(default)]
+    pub instances: Vec<String>,
+    /// Skip the run when the last one succeeded and nothing changed since.
+    #[serde(default)]
+    pub when_changed: bool,
+    /// Seconds the errand may run (default 1800).
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
 }
 
 /// Which instances a command is about: `group`, `group/uuid` or `group/index`.

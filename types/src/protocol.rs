@@ -161,6 +161,9 @@ pub enum LifecycleScript {
     PreStop,
     Drain,
     PostStop,
+    /// Told when an instance of a group whose link the job consumes is lost, recreated, added
+    /// or removed (the change is in its environment).
+    PeerChanged,
 }
 
 impl LifecycleScript {
@@ -173,6 +176,7 @@ impl LifecycleScript {
             LifecycleScript::PreStop => "bin/pre-stop",
             LifecycleScript::Drain => "bin/drain",
             LifecycleScript::PostStop => "bin/post-stop",
+            LifecycleScript::PeerChanged => "bin/peer-changed",
         }
     }
 }
@@ -226,6 +230,12 @@ pub enum AgentCommand {
         package: PackageToCompile,
         timeout_ms: u64,
     },
+    /// Runs an errand: the job's `bin/run`, bounded by the timeout, its output lines sent as
+    /// progress while it runs. Answers a [`ScriptResult`].
+    RunErrand {
+        job: String,
+        timeout_ms: u64,
+    },
 }
 
 impl AgentCommand {
@@ -240,6 +250,7 @@ impl AgentCommand {
             AgentCommand::UnmountDisk { .. } => "unmount_disk",
             AgentCommand::MigrateDisk { .. } => "migrate_disk",
             AgentCommand::CompilePackage { .. } => "compile_package",
+            AgentCommand::RunErrand { .. } => "run_errand",
         }
     }
 }

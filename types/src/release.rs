@@ -28,6 +28,10 @@ pub struct JobSpec {
     /// Default timeout of each lifecycle script, in seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub script_timeout: Option<u64>,
+    /// A rendered file (its destination) holding a self-contained admin kubeconfig: what
+    /// `bosun -d DEPLOYMENT kubeconfig` hands the operator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubeconfig: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]

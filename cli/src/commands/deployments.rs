@@ -110,6 +110,38 @@ pub async fn manifest(cli: &Cli) -> Result<()> {
     Ok(())
 }
 
+/// Runs an errand and follows it: its output lines come as the task's events.
+pub async fn run_errand(cli: &Cli, name: &str, instances: &[String], when_changed: bool, timeout: u64) -> Result<()> {
+    let d = deployment(cli)?;
+    if timeout == 0 {
+        return Err(InputError::new("--timeout must be at least 1 second").into());
+    }
+    for i in instances {
+        i.parse::<bosun_types::api::InstanceSelector>().map_err(|e| InputError::new(format!("--instance: {e}")))?;
+    }
+    let c = client(cli)?;
+    let req = bosun_types::api::ErrandRunRequest {
+        instances: instances.to_vec(),
+        when_changed,
+        timeout_secs: Some(timeout),
+    };
+    let t: TaskCreated = c.post_json(&format!("/v1/deployments/{d}/errands/{name}/runs"), &req).await?;
+    c.follow_task(t.task_id, cli.json).await?;
+    let task: bosun_types::api::TaskView = c.get(&format!("/v1/tasks/{}", t.task_id)).await?;
+    match task.exit_code {
+        Some(0) => Ok(()),
+        Some(code) => Err(crate::ErrandExit { errand: name.to_string(), code }.into()),
+        None => Err(anyhow::anyhow!("task {} recorded no exit code for errand `{name}`", t.task_id)),
+    }
+}
+
+/// Prints the deployment's admin kubeconfig on stdout.
+pub async fn kubeconfig(cli: &Cli) -> Result<()> {
+    let d = deployment(cli)?;
+    print!("{}", client(cli)?.get_text(&format!("/v1/deployments/{d}/kubeconfig")).await?);
+    Ok(())
+}
+
 pub async fn delete_deployment(cli: &Cli) -> Result<()> {
     let d = deployment(cli)?;
     let c = client(cli)?;

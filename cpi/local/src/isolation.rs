@@ -1,6 +1,6 @@
 //! Isolated local VMs: a VM on a *bridged* network (`cloud_properties: {bridge: NAME}`) gets its
 //! own network namespace (a veth on a host bridge the CPI makes, the cloud-config's address and
-//! gateway), its own mount namespace (a fresh `/run` and private `/var/lib/kubelet`,
+//! gateway), its own mount namespace (a fresh `/run` and private `/var/lib/kubelet`, `/var/lib/cni`,
 //! `/var/log/pods`, `/var/log/containers`), and one cgroup in every hierarchy
 //! (`/sys/fs/cgroup/<h>/bosun/<cid>`) holding every process of it, containers included. Killing
 //! the cgroup's processes is killing the VM; the mount namespace and everything mounted in it go
@@ -22,7 +22,7 @@ use std::time::Duration;
 const CGROUP_PARENT: &str = "bosun";
 /// Paths a VM gets a private copy of (bind-mounted from its own directory): the kubelet hard-codes
 /// them, and several kubelets on one machine must not share them.
-const PRIVATE_PATHS: &[&str] = &["/var/lib/kubelet", "/var/log/pods", "/var/log/containers"];
+const PRIVATE_PATHS: &[&str] = &["/var/lib/kubelet", "/var/lib/cni", "/var/log/pods", "/var/log/containers"];
 /// Marks the host-side iptables rules the CPI adds, so it finds exactly its own again.
 const RULE_COMMENT: &str = "bosun-local-bridge";
 

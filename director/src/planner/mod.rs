@@ -44,6 +44,7 @@ pub use model::{
 use crate::records::{AppliedJob, AppliedState, InstanceRecord, RenderedJob};
 use crate::render::{lookup, render_job, set_nested};
 use bosun_types::api::InstanceAction;
+use bosun_types::protocol::LifecycleScript;
 use bosun_types::manifest::VmStrategy;
 use model::{digest_json, job_of, perr, Slot};
 use rand::RngCore;
@@ -299,6 +300,15 @@ fn plan_instance(
             fingerprint: rj.fingerprint.clone(),
             properties: prop_digests,
         });
+        let peer_groups = if files.contains_key(LifecycleScript::PeerChanged.path()) {
+            links
+                .values()
+                .flat_map(|l| &l.instances)
+                .filter_map(|i| i.get("name").and_then(|n| n.as_str()).map(str::to_string))
+                .collect()
+        } else {
+            BTreeSet::new()
+        };
         jobs.push(RenderedJob {
             name: j.name.clone(),
             release: release.name.clone(),
@@ -306,6 +316,7 @@ fn plan_instance(
             files,
             processes: rj.spec.processes.clone(),
             packages: rj.spec.packages.clone(),
+            peer_groups,
         });
     }
     let closure = shape::package_closure(input, &package_names, &gi)?;

@@ -65,6 +65,10 @@ pub async fn execute(
         for r in futures::future::join_all(runs).await {
             r?;
         }
+        for rec in &batch.instances {
+            super::peers::tell(d, task, plan, &super::peers::Peer::of_record(rec), super::peers::PeerEvent::Removed)
+                .await;
+        }
     }
     // Stage by stage, as the planner ordered them (non-serial neighbours together).
     let mut changed = 0usize;
@@ -73,6 +77,15 @@ pub async fn execute(
         for r in futures::future::join_all(runs).await {
             changed += r?;
         }
+    }
+    // Peers learn of new and replaced members once these run.
+    for i in plan.groups.iter().flat_map(|g| &g.instances) {
+        let event = match i.action {
+            InstanceAction::Create => super::peers::PeerEvent::Added,
+            InstanceAction::Recreate => super::peers::PeerEvent::Recreated,
+            _ => continue,
+        };
+        super::peers::tell(d, task, plan, &super::peers::Peer::of_plan(i), event).await;
     }
     run_post_deploy(d, task, &deployment).await?;
     Ok(format!("{} instance{} changed, {} deleted", changed, if changed == 1 { "" } else { "s" }, plan.deletes.len()))

@@ -20,6 +20,7 @@ mod delete;
 mod disk;
 mod driver;
 mod lifecycle;
+mod peers;
 mod plan_view;
 mod prepare;
 mod repair;
