@@ -217,7 +217,22 @@ impl Agent {
                         tracing::info!(id, "cancel requested; commands run to their own timeouts")
                     }
                     Ok(DirectorMessage::Welcome { .. }) => {}
-                    Err(e) => tracing::warn!(error = %e, "ignoring a malformed message from the director"),
+                    Err(e) => {
+                        // A command this agent does not know (a newer director) is answered,
+                        // not left for the director to time out on.
+                        let id = serde_json::from_str::<serde_json::Value>(&line)
+                            .ok()
+                            .filter(|v| v.get("type").and_then(|t| t.as_str()) == Some("command"))
+                            .and_then(|v| v.get("id").and_then(|i| i.as_u64()));
+                        match id {
+                            Some(id) => {
+                                tracing::warn!(id, error = %e, "refusing a command this agent does not understand");
+                                let outcome = CommandOutcome::Error(format!("this agent cannot run the command: {e}"));
+                                let _ = tx.send(AgentMessage::Reply { id, outcome }).await;
+                            }
+                            None => tracing::warn!(error = %e, "ignoring a malformed message from the director"),
+                        }
+                    }
                 },
             }
         };

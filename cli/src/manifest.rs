@@ -64,7 +64,12 @@ pub fn load(path: &Path, args: &VarArgs, strict: bool) -> Result<Value> {
     }
     for kv in &args.vars {
         let (k, v) = kv.split_once('=').ok_or_else(|| InputError::new(format!("-v `{kv}`: write it as name=value")))?;
-        values.insert(k.to_string(), Value::String(v.to_string()));
+        // As bosh does: the value is YAML (`-v n=5` is the integer 5), a plain string otherwise.
+        let value = match serde_yaml::from_str::<Value>(v) {
+            Ok(parsed) if !v.is_empty() => parsed,
+            _ => Value::String(v.to_string()),
+        };
+        values.insert(k.to_string(), value);
     }
     let declared: Vec<VariableDefinition> = match doc.get("variables") {
         Some(v) => {

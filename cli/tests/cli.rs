@@ -157,3 +157,22 @@ fn doc_ca(store: &str) -> serde_yaml::Value {
     let s: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(store).unwrap()).unwrap();
     s["db_ca"]["certificate"].clone()
 }
+
+#[test]
+fn dash_v_values_are_yaml_as_in_bosh() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("m.yml");
+    std::fs::write(&m, "n: ((n))\nb: ((b))\ns: ((s))\nq: ((q))\nm: ((m))\ne: ((e))\n").unwrap();
+    let (code, out, err) = bosun(
+        &["interpolate", m.to_str().unwrap(), "-v", "n=5", "-v", "b=true", "-v", "s=text", "-v", "q=\"5\"", "-v", "m={a: 1}", "-v", "e="],
+        dir.path(),
+    );
+    assert_eq!(code, 0, "{err}");
+    let doc: serde_yaml::Value = serde_yaml::from_str(&out).unwrap();
+    assert_eq!(doc["n"], serde_yaml::Value::from(5));
+    assert_eq!(doc["b"], serde_yaml::Value::from(true));
+    assert_eq!(doc["s"], serde_yaml::Value::from("text"));
+    assert_eq!(doc["q"], serde_yaml::Value::from("5"));
+    assert_eq!(doc["m"]["a"], serde_yaml::Value::from(1));
+    assert_eq!(doc["e"], serde_yaml::Value::from(""));
+}

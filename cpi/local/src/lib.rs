@@ -177,8 +177,9 @@ pub fn kill_vm_processes(cid: &str, deadline: Duration) -> Result<usize, String>
 }
 
 /// Kills a VM and removes what isolated it (cgroups, network namespace, a bridge left empty).
-fn tear_down(dir: &Path, cid: &str) -> CpiResult<()> {
-    let nic = isolated_nic(dir).ok().flatten();
+/// `nic` when known already, else from its settings.
+fn tear_down(dir: &Path, cid: &str, nic: Option<&isolation::BridgedNic>) -> CpiResult<()> {
+    let nic = nic.cloned().or_else(|| isolated_nic(dir).ok().flatten());
     kill_vm_processes(cid, Duration::from_secs(30)).map_err(CpiError::Cloud)?;
     isolation::remove_cgroups(cid);
     isolation::unplumb(cid, nic.as_ref().map(|n| n.bridge.as_str()));
@@ -391,10 +392,6 @@ impl Cpi for LocalCpi {
         let mut settings = agent_settings(request, &cid)?;
         settings.networks = networks.clone();
         let nic = isolation::bridged_nic(&networks)?;
-        if let Some(nic) = &nic {
-            let (gateway, director) = (nic.gateway, settings.director.address.clone());
-            settings.director.address = blocking(move || isolation::director_reachable(gateway, &director)).await?;
-        }
         let tags = creation_tags(request);
         let dir = self.vm_dir(&cid);
         let cid2 = cid.clone();
@@ -410,20 +407,22 @@ impl Cpi for LocalCpi {
                     &serde_json::to_vec_pretty(&tags).expect("serializable"),
                     0o644,
                 )?;
+                if let Some(nic) = &nic {
+                    isolation::plumb(&cid2, nic)?;
+                    // The agent reaches the director through the bridge's address.
+                    settings.director.address = isolation::director_reachable(nic.gateway, &settings.director.address)?;
+                }
                 // Settings hold the agent's private key: owner-only.
                 write_atomic(
                     &dir.join("settings.json"),
                     &serde_json::to_vec_pretty(&settings).expect("serializable"),
                     0o600,
                 )?;
-                if let Some(nic) = &nic {
-                    isolation::plumb(&cid2, nic)?;
-                }
                 spawn_agent(&base, &cid2)
             })();
             if let Err(e) = result {
                 // A CPI must clean up after a failed create_vm.
-                let _ = tear_down(&dir, &cid2);
+                let _ = tear_down(&dir, &cid2, nic.as_ref());
                 let _ = std::fs::remove_dir_all(&dir);
                 return Err(match e {
                     e @ CpiError::VmCreationFailed { .. } => e,
@@ -444,7 +443,7 @@ impl Cpi for LocalCpi {
         let cid = vm_cid.to_string();
         let dir = self.vm_dir(vm_cid);
         blocking(move || {
-            tear_down(&dir, &cid)?;
+            tear_down(&dir, &cid, None)?;
             // Remove settings first: a half-deleted VM must read as gone.
             let _ = std::fs::remove_file(dir.join("settings.json"));
             std::fs::remove_dir_all(&dir).map_err(cloud("removing the VM directory"))
@@ -682,7 +681,7 @@ fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
 pub fn tear_down_all(base: &Path) {
     for e in std::fs::read_dir(base.join("vms")).into_iter().flatten().flatten() {
         if let Some(cid) = e.file_name().to_str() {
-            let _ = tear_down(&e.path(), cid);
+            let _ = tear_down(&e.path(), cid, None);
         }
     }
 }
