@@ -117,12 +117,15 @@ async fn run_one(
     let path = layout.job(job).join(script);
     let log_dir = layout.log_dir(job);
     let _ = tokio::fs::create_dir_all(&log_dir).await;
-    let log =
-        match tokio::fs::OpenOptions::new().create(true).append(true).open(log_dir.join(format!("{log_name}.log"))).await
-        {
-            Ok(f) => Some(f.into_std().await),
-            Err(_) => None,
-        };
+    let log = match tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_dir.join(format!("{log_name}.log")))
+        .await
+    {
+        Ok(f) => Some(f.into_std().await),
+        Err(_) => None,
+    };
     let mut cmd = tokio::process::Command::new(&path);
     cmd.args(args)
         .current_dir(layout.job(job))

@@ -417,8 +417,7 @@ impl Agent {
                 Ok(serde_json::Value::Null)
             }
             AgentCommand::RunErrand { job, timeout_ms } => {
-                let result =
-                    crate::scripts::run_errand(&self.layout, &job, Duration::from_millis(timeout_ms)).await?;
+                let result = crate::scripts::run_errand(&self.layout, &job, Duration::from_millis(timeout_ms)).await?;
                 Ok(serde_json::to_value(result).expect("serializable"))
             }
             AgentCommand::CompilePackage { package, timeout_ms } => {

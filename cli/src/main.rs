@@ -258,7 +258,9 @@ enum Command {
         timeout: u64,
     },
     /// Print the deployment's admin kubeconfig (from its Kubernetes control plane).
-    #[command(after_help = "Example:\n  bosun -d kubernetes kubeconfig > kubeconfig && kubectl --kubeconfig kubeconfig get nodes")]
+    #[command(
+        after_help = "Example:\n  bosun -d kubernetes kubeconfig > kubeconfig && kubectl --kubeconfig kubeconfig get nodes"
+    )]
     Kubeconfig,
     /// List recent tasks.
     #[command(after_help = "Example:\n  bosun tasks --recent 10")]

@@ -164,7 +164,22 @@ fn dash_v_values_are_yaml_as_in_bosh() {
     let m = dir.path().join("m.yml");
     std::fs::write(&m, "n: ((n))\nb: ((b))\ns: ((s))\nq: ((q))\nm: ((m))\ne: ((e))\n").unwrap();
     let (code, out, err) = bosun(
-        &["interpolate", m.to_str().unwrap(), "-v", "n=5", "-v", "b=true", "-v", "s=text", "-v", "q=\"5\"", "-v", "m={a: 1}", "-v", "e="],
+        &[
+            "interpolate",
+            m.to_str().unwrap(),
+            "-v",
+            "n=5",
+            "-v",
+            "b=true",
+            "-v",
+            "s=text",
+            "-v",
+            "q=\"5\"",
+            "-v",
+            "m={a: 1}",
+            "-v",
+            "e=",
+        ],
         dir.path(),
     );
     assert_eq!(code, 0, "{err}");

@@ -624,7 +624,9 @@ async fn kubeconfig(State(d): Shared, Path(name): Path<String>) -> Result<String
             return Ok(text.clone());
         }
     }
-    Err(ApiError::not_found(format!("no job of deployment `{name}` offers a kubeconfig (is Kubernetes deployed there?)")))
+    Err(ApiError::not_found(format!(
+        "no job of deployment `{name}` offers a kubeconfig (is Kubernetes deployed there?)"
+    )))
 }
 
 async fn list_events(

@@ -68,7 +68,13 @@ fn last_success_key(deployment: &str, errand: &str) -> String {
 }
 
 /// Runs the errand; the task's result says how it went, its exit code is recorded on the task.
-pub async fn run(d: &Arc<Director>, task: &Task, deployment: &str, errand: &str, req: &ErrandRunRequest) -> Result<String, String> {
+pub async fn run(
+    d: &Arc<Director>,
+    task: &Task,
+    deployment: &str,
+    errand: &str,
+    req: &ErrandRunRequest,
+) -> Result<String, String> {
     let selectors: Vec<InstanceSelector> =
         req.instances.iter().map(|s| s.parse::<InstanceSelector>()).collect::<Result<_, _>>()?;
     let targets = targets(d, deployment, errand, &selectors).await?;

@@ -287,7 +287,8 @@ pub fn generate(def: &VariableDefinition, existing: &dyn Fn(&str) -> Option<Valu
             }
             use rsa::pkcs1::EncodeRsaPrivateKey;
             use rsa::pkcs8::EncodePublicKey;
-            let key = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), bits as usize).map_err(|e| err(e.to_string()))?;
+            let key =
+                rsa::RsaPrivateKey::new(&mut rand::thread_rng(), bits as usize).map_err(|e| err(e.to_string()))?;
             let private = key.to_pkcs1_pem(rsa::pkcs8::LineEnding::LF).map_err(|e| err(e.to_string()))?;
             let public =
                 key.to_public_key().to_public_key_pem(rsa::pkcs8::LineEnding::LF).map_err(|e| err(e.to_string()))?;
@@ -296,9 +297,7 @@ pub fn generate(def: &VariableDefinition, existing: &dyn Fn(&str) -> Option<Valu
             m.insert("public_key".into(), Value::String(public));
             Ok(Value::Mapping(m))
         }
-        "ssh" => {
-            Err(err("generation of this type is not supported yet; pass the value with -v or --vars-file".into()))
-        }
+        "ssh" => Err(err("generation of this type is not supported yet; pass the value with -v or --vars-file".into())),
         other => Err(err(format!("unknown variable type `{other}` (password, certificate, rsa, ssh)"))),
     }
 }
@@ -386,7 +385,8 @@ mod tests {
         let public = rsa::RsaPublicKey::from_public_key_pem(v["public_key"].as_str().unwrap()).unwrap();
         assert_eq!(private.to_public_key(), public);
         assert_eq!(rsa::traits::PublicKeyParts::size(&public), 256, "2048 bits by default");
-        let bad: VariableDefinition = serde_yaml::from_str("{name: sa, type: rsa, options: {key_length: 1024}}").unwrap();
+        let bad: VariableDefinition =
+            serde_yaml::from_str("{name: sa, type: rsa, options: {key_length: 1024}}").unwrap();
         assert!(generate(&bad, &|_| None).unwrap_err().to_string().contains("key_length 1024"));
 
         let ca_def: VariableDefinition =
@@ -398,8 +398,12 @@ mod tests {
         .unwrap();
         let cert = generate(&node, &|n| (n == "ca").then(|| ca.clone())).unwrap();
         let der = rcgen::CertificateParams::from_ca_cert_pem(cert["certificate"].as_str().unwrap()).unwrap();
-        let subject: Vec<_> = der.distinguished_name.iter().map(|(t, v)| (format!("{t:?}"), format!("{v:?}"))).collect();
-        assert!(subject.iter().any(|(t, v)| t.contains("OrganizationName") && v.contains("system:nodes")), "{subject:?}");
+        let subject: Vec<_> =
+            der.distinguished_name.iter().map(|(t, v)| (format!("{t:?}"), format!("{v:?}"))).collect();
+        assert!(
+            subject.iter().any(|(t, v)| t.contains("OrganizationName") && v.contains("system:nodes")),
+            "{subject:?}"
+        );
         assert!(subject.iter().any(|(t, v)| t.contains("CommonName") && v.contains("system:node:a")), "{subject:?}");
     }
 

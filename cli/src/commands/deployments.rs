@@ -120,11 +120,8 @@ pub async fn run_errand(cli: &Cli, name: &str, instances: &[String], when_change
         i.parse::<bosun_types::api::InstanceSelector>().map_err(|e| InputError::new(format!("--instance: {e}")))?;
     }
     let c = client(cli)?;
-    let req = bosun_types::api::ErrandRunRequest {
-        instances: instances.to_vec(),
-        when_changed,
-        timeout_secs: Some(timeout),
-    };
+    let req =
+        bosun_types::api::ErrandRunRequest { instances: instances.to_vec(), when_changed, timeout_secs: Some(timeout) };
     let t: TaskCreated = c.post_json(&format!("/v1/deployments/{d}/errands/{name}/runs"), &req).await?;
     c.follow_task(t.task_id, cli.json).await?;
     let task: bosun_types::api::TaskView = c.get(&format!("/v1/tasks/{}", t.task_id)).await?;

@@ -44,8 +44,8 @@ pub use model::{
 use crate::records::{AppliedJob, AppliedState, InstanceRecord, RenderedJob};
 use crate::render::{lookup, render_job, set_nested};
 use bosun_types::api::InstanceAction;
-use bosun_types::protocol::LifecycleScript;
 use bosun_types::manifest::VmStrategy;
+use bosun_types::protocol::LifecycleScript;
 use model::{digest_json, job_of, perr, Slot};
 use rand::RngCore;
 use std::collections::{BTreeMap, BTreeSet};

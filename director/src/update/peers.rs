@@ -94,8 +94,12 @@ pub async fn tell(d: &Arc<Director>, task: &Task, plan: &Plan, peer: &Peer, even
                 Ok(results) => {
                     for r in results {
                         let said = r.output_tail.trim().lines().last().unwrap_or("").to_string();
-                        task.info("peers", Some(&name), format!("job `{}` told {subject} {}: {said}", r.job, event.as_str()))
-                            .await;
+                        task.info(
+                            "peers",
+                            Some(&name),
+                            format!("job `{}` told {subject} {}: {said}", r.job, event.as_str()),
+                        )
+                        .await;
                     }
                 }
                 Err(e) => {

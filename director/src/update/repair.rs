@@ -43,7 +43,12 @@ pub async fn recreate_with_fencing(
     let requests = Requests { recreate: selection, canaries: Some(0), fence: true, ..Requests::default() };
     let prepared = prepare(d, &record.manifest, &requests).await.map_err(|e| chain(&e))?;
     if lost {
-        let gone = prepared.plan.groups.iter().flat_map(|g| &g.instances).filter(|i| requests.recreate.matches(&i.group, &i.uuid, i.index));
+        let gone = prepared
+            .plan
+            .groups
+            .iter()
+            .flat_map(|g| &g.instances)
+            .filter(|i| requests.recreate.matches(&i.group, &i.uuid, i.index));
         for i in gone {
             super::peers::tell(d, task, &prepared.plan, &super::peers::Peer::of_plan(i), super::peers::PeerEvent::Lost)
                 .await;
