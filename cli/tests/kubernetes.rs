@@ -542,7 +542,7 @@ fn bench_worker_failover() {
     let (m0, m1, m2) = stats(&mut moved);
     let (b0, b1, b2) = stats(&mut back);
     println!("\nworker VM killed (SIGKILL of every process, containers too), {trials} trials:");
-    println!("{:<44} {:>7} {:>7} {:>7}   {}", "", "min", "median", "max", "for comparison");
+    println!("{:<44} {:>7} {:>7} {:>7}   for comparison", "", "min", "median", "max");
     println!(
         "{:<44} {m0:>6.1}s {m1:>6.1}s {m2:>6.1}s   Kubernetes defaults: 40 s NotReady + 300 s eviction = 340 s",
         "death → its 4 pods Ready on the other worker"
