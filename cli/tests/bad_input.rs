@@ -159,10 +159,10 @@ fn bad_input_is_refused_with_a_clear_error_and_changes_nothing() {
         ),
         (
             "unknown job",
-            bad("  - name: etcd\n", "  - name: kubelet\n"),
+            bad("  - name: etcd\n", "  - name: kube-dns\n"),
             vec![],
             2,
-            vec!["/instance_groups/0/jobs/0/name: release `kubo/", "has no job `kubelet`"],
+            vec!["/instance_groups/0/jobs/0/name: release `kubo/", "has no job `kube-dns`"],
         ),
         (
             "more instances than static IPs",

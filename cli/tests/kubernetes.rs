@@ -468,10 +468,30 @@ fn a_kubernetes_cluster_deploys_heals_a_dead_worker_scales_and_leaves_nothing_be
         .and_then(|i| i["ips"][0].as_str().map(str::to_string))
         .expect("worker 0's address");
     let probe = Prober::start(format!("{first_ip}:30080"));
-    let ops = repo().join("manifests/ops/workers.yml");
+    let workers_ops = repo().join("manifests/ops/workers.yml");
+    let workers_ops = workers_ops.to_str().unwrap();
+    // The same deploy gives the apply-addons errand something to apply (the master updates: its
+    // control plane restarts while the workers serve).
+    let addons = d.write(
+        "addons.yml",
+        "- type: replace\n  path: /instance_groups/name=master/jobs/name=apply-addons/properties/addons?\n  value: [{apiVersion: v1, kind: Namespace, metadata: {name: from-addons}}]\n",
+    );
+    let addons = addons.to_str().unwrap();
     let m = d.dir.path().join("kubernetes.yml");
     let started = Instant::now();
-    d.ok(&["-n", "-d", "kubernetes", "deploy", m.to_str().unwrap(), "-o", ops.to_str().unwrap(), "-v", "workers=3"]);
+    d.ok(&[
+        "-n",
+        "-d",
+        "kubernetes",
+        "deploy",
+        m.to_str().unwrap(),
+        "-o",
+        workers_ops,
+        "-v",
+        "workers=3",
+        "-o",
+        addons,
+    ]);
     eventually("3 Ready nodes", Duration::from_secs(120), || {
         let n = k.nodes();
         (n.len() == 3 && n.iter().all(|(_, r)| *r)).then_some(())
@@ -479,10 +499,25 @@ fn a_kubernetes_cluster_deploys_heals_a_dead_worker_scales_and_leaves_nothing_be
     println!("scale 2 → 3: the new node Ready {:.0} s after the deploy began", started.elapsed().as_secs_f64());
     let out = d.ok(&["-d", "kubernetes", "run-errand", "smoke-tests"]);
     assert!(out.contains("smoke test passed: 3 replicas on 3 nodes"), "{out}");
+    let out = d.ok(&["-d", "kubernetes", "run-errand", "apply-addons"]);
+    assert!(out.contains("namespace/from-addons created"), "{out}");
+    k.ok(&["get", "namespace", "from-addons"]);
     let third = c.workers()[2].clone();
     c.web_on(&third.1);
     let started = Instant::now();
-    d.ok(&["-n", "-d", "kubernetes", "deploy", m.to_str().unwrap()]);
+    d.ok(&[
+        "-n",
+        "-d",
+        "kubernetes",
+        "deploy",
+        m.to_str().unwrap(),
+        "-o",
+        workers_ops,
+        "-v",
+        "workers=2",
+        "-o",
+        addons,
+    ]);
     println!("scale 3 → 2: {:.0} s (drain included)", started.elapsed().as_secs_f64());
     let nodes = k.nodes();
     assert_eq!(nodes.len(), 2, "{nodes:?}");

@@ -1,7 +1,7 @@
 //! Director-side variables through the CLI: a certificate the director generates is usable as
 //! `((name.ca))`, `((name.certificate))` and `((name.private_key))` without a vars-store — the CLI
 //! leaves what it cannot answer to the director — and the stored manifest holds no secret.
-//! Subnet 127.0.66.0/24.
+//! Subnets 127.0.66.0/24 and 127.0.67.0/24.
 
 mod common;
 
@@ -39,4 +39,51 @@ fn a_director_generated_certificate_is_usable_by_its_keys_and_never_stored_in_th
     assert!(!stored.contains("PRIVATE KEY") && !stored.contains("BEGIN CERTIFICATE"), "{stored}");
     // Deploying again changes nothing: the generated values are kept.
     assert!(d.ok(&["-n", "-d", "vars", "deploy", m.to_str().unwrap()]).contains("No changes."));
+}
+
+/// Property values reach the etcd job's scripts as one word each (the `sh_quote` filter): a
+/// cluster token full of shell syntax arrives verbatim as etcd's argument, and none of it runs —
+/// not in the start script, pre-start, post-start or drain.
+#[test]
+fn hostile_property_values_arrive_verbatim_and_run_nothing() {
+    let d = TestDirector::start();
+    d.prepare(&d.write("cloud.yml", &local_cloud_config(67)));
+    let marker = d.dir.path().join("ran");
+    let m = marker.display();
+    let hostile = format!("$(touch {m}-1) `touch {m}-2` \"q\" 'single' ; touch {m}-3 \n touch {m}-4 & $HOME");
+    let vars = d.write("hostile.yml", &format!("etcd_token: {}\n", serde_json::to_string(&hostile).unwrap()));
+    let manifest = r#"name: hostile
+releases: [{name: kubo, version: latest}]
+stemcells: [{alias: default, os: local, version: latest}]
+update: {canaries: 1, max_in_flight: 1, canary_watch_time: 1000-60000, update_watch_time: 1000-60000}
+instance_groups:
+- name: etcd
+  azs: [z1]
+  instances: 1
+  vm_type: default
+  stemcell: default
+  networks: [{name: default}]
+  jobs:
+  - name: etcd
+    release: kubo
+    properties: {etcd: {cluster_token: ((etcd_token))}}
+"#;
+    let m = d.write("hostile-manifest.yml", manifest);
+    d.ok(&["-n", "-d", "hostile", "deploy", m.to_str().unwrap(), "-l", vars.to_str().unwrap()]);
+    let i = d.running("hostile", 1);
+    let vm = i[0]["vm_cid"].as_str().unwrap().to_string();
+    // etcd's own argument list holds the token exactly, as one argument.
+    let argv = eventually("etcd's command line", Duration::from_secs(30), || {
+        bosun_cpi_local::vm_processes(&vm).into_iter().find_map(|pid| {
+            let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let args: Vec<String> = raw.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+            args.first().is_some_and(|a| a.ends_with("/etcd")).then_some(args)
+        })
+    });
+    let at = argv.iter().position(|a| a == "--initial-cluster-token").expect("the token flag");
+    assert_eq!(argv[at + 1], hostile, "the token arrives verbatim");
+    d.ok(&["-n", "-d", "hostile", "delete-deployment"]);
+    let ran: Vec<_> =
+        (1..=4).map(|k| format!("{}-{k}", marker.display())).filter(|p| std::path::Path::new(p).exists()).collect();
+    assert!(ran.is_empty(), "the value ran as code: {ran:?}");
 }
