@@ -253,6 +253,9 @@ enum Command {
         /// Skip the run when the last one succeeded and nothing changed since.
         #[arg(long)]
         when_changed: bool,
+        /// Keep an errand group's VMs after the run (they are deleted otherwise).
+        #[arg(long)]
+        keep_alive: bool,
         /// Seconds the errand may run.
         #[arg(long, default_value_t = 1800)]
         timeout: u64,
@@ -390,8 +393,13 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Deployments => commands::deployments::deployments(cli).await,
         Command::Instances { ps } => commands::deployments::instances(cli, ps).await,
         Command::Manifest => commands::deployments::manifest(cli).await,
-        Command::RunErrand { name, instances, when_changed, timeout } => {
-            commands::deployments::run_errand(cli, name, instances, *when_changed, *timeout).await
+        Command::RunErrand { name, instances, when_changed, keep_alive, timeout } => {
+            let how = commands::deployments::ErrandRun {
+                when_changed: *when_changed,
+                keep_alive: *keep_alive,
+                timeout: *timeout,
+            };
+            commands::deployments::run_errand(cli, name, instances, how).await
         }
         Command::Kubeconfig => commands::deployments::kubeconfig(cli).await,
         Command::Tasks { recent } => commands::tasks::tasks(cli, recent).await,

@@ -171,6 +171,9 @@ pub struct ErrandRunRequest {
     /// Skip the run when the last one succeeded and nothing changed since.
     #[serde(default)]
     pub when_changed: bool,
+    /// An errand group's VMs stay after the run (they are deleted otherwise).
+    #[serde(default)]
+    pub keep_alive: bool,
     /// Seconds the errand may run (default 1800).
     #[serde(default)]
     pub timeout_secs: Option<u64>,

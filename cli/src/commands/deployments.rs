@@ -110,8 +110,16 @@ pub async fn manifest(cli: &Cli) -> Result<()> {
     Ok(())
 }
 
+/// How `run-errand` runs it.
+pub struct ErrandRun {
+    pub when_changed: bool,
+    pub keep_alive: bool,
+    pub timeout: u64,
+}
+
 /// Runs an errand and follows it: its output lines come as the task's events.
-pub async fn run_errand(cli: &Cli, name: &str, instances: &[String], when_changed: bool, timeout: u64) -> Result<()> {
+pub async fn run_errand(cli: &Cli, name: &str, instances: &[String], how: ErrandRun) -> Result<()> {
+    let ErrandRun { when_changed, keep_alive, timeout } = how;
     let d = deployment(cli)?;
     if timeout == 0 {
         return Err(InputError::new("--timeout must be at least 1 second").into());
@@ -120,8 +128,12 @@ pub async fn run_errand(cli: &Cli, name: &str, instances: &[String], when_change
         i.parse::<bosun_types::api::InstanceSelector>().map_err(|e| InputError::new(format!("--instance: {e}")))?;
     }
     let c = client(cli)?;
-    let req =
-        bosun_types::api::ErrandRunRequest { instances: instances.to_vec(), when_changed, timeout_secs: Some(timeout) };
+    let req = bosun_types::api::ErrandRunRequest {
+        instances: instances.to_vec(),
+        when_changed,
+        keep_alive,
+        timeout_secs: Some(timeout),
+    };
     let t: TaskCreated = c.post_json(&format!("/v1/deployments/{d}/errands/{name}/runs"), &req).await?;
     c.follow_task(t.task_id, cli.json).await?;
     let task: bosun_types::api::TaskView = c.get(&format!("/v1/tasks/{}", t.task_id)).await?;

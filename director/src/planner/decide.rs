@@ -55,8 +55,16 @@ pub(super) struct Decision {
 }
 
 /// What must happen to an instance, and why.
-pub(super) fn decide(slot: &Slot, desired: &AppliedState, bootstrap: bool, group: &str, req: &Requests) -> Decision {
-    let current_state = slot.existing.as_ref().map(|e| e.state).unwrap_or_default();
+/// `new_state`: what a new instance starts as (an errand group's wait without VMs, `Detached`).
+pub(super) fn decide(
+    slot: &Slot,
+    desired: &AppliedState,
+    bootstrap: bool,
+    group: &str,
+    new_state: DesiredState,
+    req: &Requests,
+) -> Decision {
+    let current_state = slot.existing.as_ref().map(|e| e.state).unwrap_or(new_state);
     let state = match &req.state {
         Some((sel, st)) if sel.matches(group, &slot.uuid, slot.index) => *st,
         _ => current_state,
@@ -64,6 +72,14 @@ pub(super) fn decide(slot: &Slot, desired: &AppliedState, bootstrap: bool, group
     let wants_disk = desired.persistent_disk_mb > 0;
     let decision = |action, reasons, disk| Decision { action, reasons, disk, state };
     let Some(existing) = &slot.existing else {
+        if state == DesiredState::Detached {
+            // Recorded with its address; its VM is made when it is started (an errand's run).
+            return decision(
+                InstanceAction::Keep,
+                vec!["new instance, without a VM until it runs".into()],
+                DiskPlan::None,
+            );
+        }
         let disk = if wants_disk { DiskPlan::Create } else { DiskPlan::None };
         return decision(InstanceAction::Create, vec!["new instance".into()], disk);
     };

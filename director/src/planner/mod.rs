@@ -41,7 +41,7 @@ pub use model::{
     Plan, PlanError, PlannedPackage, PlanningInput, Requests, Selection, DEFAULT_SCRIPT_TIMEOUT_MS,
 };
 
-use crate::records::{AppliedJob, AppliedState, InstanceRecord, RenderedJob};
+use crate::records::{AppliedJob, AppliedState, DesiredState, InstanceRecord, RenderedJob};
 use crate::render::{lookup, render_job, set_nested};
 use bosun_types::api::InstanceAction;
 use bosun_types::manifest::VmStrategy;
@@ -334,7 +334,11 @@ fn plan_instance(
         persistent_disk_mb: persistent_disk.as_ref().map(|(mb, _)| *mb).unwrap_or(0),
         persistent_disk_digest: persistent_disk.as_ref().map(|(_, cp)| digest_json(cp)).unwrap_or_default(),
     };
-    let d = decide::decide(s, &applied, bootstrap, &g.name, input.requests);
+    let new_state = match g.lifecycle {
+        bosun_types::manifest::Lifecycle::Errand => DesiredState::Detached,
+        _ => DesiredState::Started,
+    };
+    let d = decide::decide(s, &applied, bootstrap, &g.name, new_state, input.requests);
     let instance = InstancePlan {
         group: g.name.clone(),
         uuid: s.uuid.clone(),

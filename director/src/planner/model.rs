@@ -222,7 +222,11 @@ impl Plan {
     pub fn has_changes(&self) -> bool {
         self.compilation.is_some()
             || !self.deletes.is_empty()
-            || self.groups.iter().flat_map(|g| &g.instances).any(|i| i.action != InstanceAction::Keep)
+            || self
+                .groups
+                .iter()
+                .flat_map(|g| &g.instances)
+                .any(|i| i.action != InstanceAction::Keep || i.existing.is_none())
     }
 }
 

@@ -118,9 +118,6 @@ pub(super) fn validate_references(input: &PlanningInput<'_>) -> Result<(), PlanE
                 ));
             }
         }
-        if g.lifecycle == bosun_types::manifest::Lifecycle::Errand {
-            return Err(perr(at("lifecycle"), "errand instance groups are not supported yet"));
-        }
     }
     Ok(())
 }

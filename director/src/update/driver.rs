@@ -102,15 +102,15 @@ pub(crate) async fn update_group(
     manifest_text: &str,
     opts: ExecOptions,
 ) -> Result<usize, DeployError> {
-    if g.batches.is_empty() {
-        return Ok(0);
-    }
     // New instances are recorded at once, so their addresses are reserved and `instances`
-    // shows them while the deploy runs.
+    // shows them while the deploy runs (an errand group's, without VMs, only so).
     for i in g.instances.iter().filter(|i| i.existing.is_none()) {
         d.state.put(tables::INSTANCES, &instance_key(deployment, &i.uuid), &fresh_record(deployment, i)).await?;
     }
     d.state.flush().await?;
+    if g.batches.is_empty() {
+        return Ok(0);
+    }
     let todo: usize = g.batches.iter().map(|b| b.instances.len()).sum();
     let canaries: usize = g.batches.iter().filter(|b| b.canary).map(|b| b.instances.len()).sum();
     task.info(
