@@ -41,15 +41,9 @@ pub async fn targets(
     errand: &str,
     selectors: &[InstanceSelector],
 ) -> Result<Targets, String> {
-    let record = d
-        .state
-        .get::<crate::records::DeploymentRecord>(tables::DEPLOYMENTS, deployment)
-        .await
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("deployment `{deployment}` does not exist"))?;
-    let prepared = crate::update::prepare(d, &record.manifest, &Requests::default())
-        .await
-        .map_err(|e| bosun_types::error_chain(&e))?;
+    let manifest = stored_manifest(d, deployment).await?;
+    let prepared =
+        crate::update::prepare(d, &manifest, &Requests::default()).await.map_err(|e| bosun_types::error_chain(&e))?;
     let groups: Vec<(&str, bool)> = prepared
         .manifest
         .instance_groups
@@ -103,6 +97,16 @@ pub async fn targets(
     Ok(Targets { instances: chosen, errand_group, configuration })
 }
 
+/// The deployment's manifest as last deployed.
+async fn stored_manifest(d: &Director, deployment: &str) -> Result<String, String> {
+    d.state
+        .get::<crate::records::DeploymentRecord>(tables::DEPLOYMENTS, deployment)
+        .await
+        .map_err(|e| e.to_string())?
+        .map(|r| r.manifest)
+        .ok_or_else(|| format!("deployment `{deployment}` does not exist"))
+}
+
 fn last_success_key(deployment: &str, errand: &str) -> String {
     format!("errand-success/{deployment}/{errand}")
 }
@@ -116,18 +120,12 @@ async fn set_state(
     instances: &[InstanceRecord],
     state: DesiredState,
 ) -> Result<(), String> {
-    let record = d
-        .state
-        .get::<crate::records::DeploymentRecord>(tables::DEPLOYMENTS, deployment)
-        .await
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("deployment `{deployment}` no longer exists"))?;
+    let manifest = stored_manifest(d, deployment).await?;
     let selection =
         Selection::Some(instances.iter().map(|i| InstanceSelector::Uuid(i.group.clone(), i.uuid.clone())).collect());
     let requests = Requests { state: Some((selection, state)), ..Requests::default() };
-    let prepared =
-        crate::update::prepare(d, &record.manifest, &requests).await.map_err(|e| bosun_types::error_chain(&e))?;
-    crate::update::execute(d, task, &prepared, &record.manifest, crate::update::ExecOptions::default())
+    let prepared = crate::update::prepare(d, &manifest, &requests).await.map_err(|e| bosun_types::error_chain(&e))?;
+    crate::update::execute(d, task, &prepared, &manifest, crate::update::ExecOptions::default())
         .await
         .map_err(|e| bosun_types::error_chain(&e))?;
     Ok(())
