@@ -478,20 +478,24 @@ fn a_kubernetes_cluster_deploys_heals_a_dead_worker_scales_and_leaves_nothing_be
     );
     let addons = addons.to_str().unwrap();
     let m = d.dir.path().join("kubernetes.yml");
+    let deploy_workers = |n: u32| {
+        let workers = format!("workers={n}");
+        d.ok(&[
+            "-n",
+            "-d",
+            "kubernetes",
+            "deploy",
+            m.to_str().unwrap(),
+            "-o",
+            workers_ops,
+            "-v",
+            &workers,
+            "-o",
+            addons,
+        ]);
+    };
     let started = Instant::now();
-    d.ok(&[
-        "-n",
-        "-d",
-        "kubernetes",
-        "deploy",
-        m.to_str().unwrap(),
-        "-o",
-        workers_ops,
-        "-v",
-        "workers=3",
-        "-o",
-        addons,
-    ]);
+    deploy_workers(3);
     eventually("3 Ready nodes", Duration::from_secs(120), || {
         let n = k.nodes();
         (n.len() == 3 && n.iter().all(|(_, r)| *r)).then_some(())
@@ -505,19 +509,7 @@ fn a_kubernetes_cluster_deploys_heals_a_dead_worker_scales_and_leaves_nothing_be
     let third = c.workers()[2].clone();
     c.web_on(&third.1);
     let started = Instant::now();
-    d.ok(&[
-        "-n",
-        "-d",
-        "kubernetes",
-        "deploy",
-        m.to_str().unwrap(),
-        "-o",
-        workers_ops,
-        "-v",
-        "workers=2",
-        "-o",
-        addons,
-    ]);
+    deploy_workers(2);
     println!("scale 3 → 2: {:.0} s (drain included)", started.elapsed().as_secs_f64());
     let nodes = k.nodes();
     assert_eq!(nodes.len(), 2, "{nodes:?}");
