@@ -1,6 +1,7 @@
 //! Job template rendering, in the director, with BOSH's helpers under their names:
 //! `p("a.b")`, `p("a.b", default)`, `if_p("a", "b")` (true when all are set), `link("name")` (with
-//! `.instances`, `.address`, `.p()`, `.if_p()`) and `spec` (name, index, id, az, address, ip,
+//! `.instances`, `.address`, `.p()`, `.if_p()`), `if_link("name")` (the link, or none when an
+//! optional link did not resolve) and `spec` (name, index, id, az, address, ip,
 //! bootstrap, deployment, networks, job, persistent_disk, release). Templates are Jinja
 //! (minijinja): sandboxed, no file or network access, bounded by fuel. The `sh_quote` filter
 //! makes any value one shell word (`{{ p('token') | sh_quote }}`): values never become code;
@@ -138,19 +139,26 @@ pub fn render_job(
     let p2 = props.clone();
     env.add_function("if_p", move |args: minijinja::value::Rest<Value>| if_p_impl(&p2, &args));
     let links = Arc::new(links.clone());
-    let job_name = job.to_string();
+    let link_object = |links: &BTreeMap<String, LinkData>, name: &str| {
+        links.get(name).map(|l| {
+            let address =
+                l.instances.first().and_then(|i| i.get("address")).cloned().unwrap_or(serde_json::Value::Null);
+            Value::from_object(LinkObject {
+                name: name.to_string(),
+                instances: Value::from_serialize(&l.instances),
+                address: Value::from_serialize(&address),
+                properties: l.properties.clone(),
+            })
+        })
+    };
+    let (l1, job_name) = (links.clone(), job.to_string());
     env.add_function("link", move |name: String| -> Result<Value, Error> {
-        let l = links.get(&name).ok_or_else(|| {
+        link_object(&l1, &name).ok_or_else(|| {
             Error::new(ErrorKind::InvalidOperation, format!("job `{job_name}` consumes no link `{name}`"))
-        })?;
-        let address = l.instances.first().and_then(|i| i.get("address")).cloned().unwrap_or(serde_json::Value::Null);
-        Ok(Value::from_object(LinkObject {
-            name: name.clone(),
-            instances: Value::from_serialize(&l.instances),
-            address: Value::from_serialize(&address),
-            properties: l.properties.clone(),
-        }))
+        })
     });
+    // BOSH's `if_link`: the link when an (optional) link resolved, none otherwise.
+    env.add_function("if_link", move |name: String| link_object(&links, &name).unwrap_or(Value::from(())));
     let err = |template: &str, e: &Error| {
         let mut message = e.to_string();
         let mut src = std::error::Error::source(e);
@@ -239,7 +247,7 @@ mod tests {
         let out = one(
             "{% if if_p('tls') %}tls{% else %}plain{% endif %} {% for i in link('peers').instances %}{{ i.id }}=http://{{ i.address }}:{{ link('peers').p('port') }}{% if not loop.last %},{% endif %}{% endfor %}",
             json!({}),
-            links,
+            links.clone(),
         )
         .unwrap();
         assert_eq!(out, "plain a=http://127.0.10.2:2380,b=http://127.0.10.3:2380");
@@ -247,6 +255,9 @@ mod tests {
             .unwrap_err()
             .message
             .contains("consumes no link `nope`"));
+        let t = "{% set l = if_link('peers') %}{% if l %}{{ l.p('port') }}{% else %}none{% endif %}";
+        assert_eq!(one(t, json!({}), links.clone()).unwrap(), "2380");
+        assert_eq!(one(t, json!({}), BTreeMap::new()).unwrap(), "none");
     }
 
     #[test]
