@@ -35,10 +35,12 @@ pub fn release_name(dir: &Path) -> Result<String> {
     Ok(f.name)
 }
 
-/// `apt-get VERB… -q PACKAGE=VERSION` in `work`, through this machine's own apt sources; a failure
-/// names the blob and says what usually fixes it.
-fn apt_get(work: &Path, blob: &str, verb: &[&str], package: &str, version: &str) -> Result<()> {
+/// `apt-get VERB… -q PACKAGE=VERSION` in `work`, through this machine's own apt sources (with
+/// `apt_options`, a private configuration such as [`suite_apt_options`] makes); a failure names
+/// the blob and says what usually fixes it.
+fn apt_get(work: &Path, blob: &str, verb: &[&str], package: &str, version: &str, apt_options: &[String]) -> Result<()> {
     let out = std::process::Command::new("apt-get")
+        .args(apt_options)
         .args(verb)
         .args(["-q", &format!("{package}={version}")])
         .current_dir(work)
@@ -56,6 +58,107 @@ fn apt_get(work: &Path, blob: &str, verb: &[&str], package: &str, version: &str)
         ""
     };
     Err(input(format!("blob {blob}: apt-get {} {package}={version} failed{hint}: {}", verb[0], err.trim())))
+}
+
+/// This machine's Debian `deb` sources (deb822 `.sources` stanzas and one-line `.list` entries)
+/// for its own release, moved to `suite`: the same mirrors and keyrings, another suite.
+fn sources_for_suite(apt_dir: &Path, codename: &str, suite: &str) -> String {
+    let mut out = String::new();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(apt_dir.join("sources.list.d"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    files.sort();
+    files.insert(0, apt_dir.join("sources.list"));
+    for f in files {
+        let Ok(text) = std::fs::read_to_string(&f) else { continue };
+        let name = f.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.ends_with(".sources") {
+            for stanza in text.split("\n\n") {
+                let field = |key: &str| {
+                    stanza.lines().find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.trim().eq_ignore_ascii_case(key).then(|| v.trim().to_string())
+                    })
+                };
+                let types = field("Types").unwrap_or_default();
+                let suites = field("Suites").unwrap_or_default();
+                if !types.split_whitespace().any(|t| t == "deb") || !suites.split_whitespace().any(|x| x == codename) {
+                    continue;
+                }
+                out.push_str(&format!("Types: deb\nSuites: {suite}\n"));
+                for key in ["URIs", "Components", "Signed-By"] {
+                    if let Some(v) = field(key) {
+                        out.push_str(&format!("{key}: {v}\n"));
+                    }
+                }
+                out.push('\n');
+            }
+        } else if name == "sources.list" || name.ends_with(".list") {
+            for line in text.lines() {
+                let words: Vec<&str> = line.split_whitespace().collect();
+                if words.first() != Some(&"deb") {
+                    continue;
+                }
+                // deb [options] URI SUITE COMPONENTS…
+                let at = if words.get(1).is_some_and(|w| w.starts_with('[')) {
+                    words.iter().position(|w| w.ends_with(']')).map_or(usize::MAX, |i| i + 2)
+                } else {
+                    2
+                };
+                if words.get(at) == Some(&codename) {
+                    let mut moved = words.clone();
+                    moved[at] = suite;
+                    out.push_str(&format!("{}\n", moved.join(" ")));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// apt-get options for a private apt configuration (sources, lists, cache under `dir`) that sees
+/// this machine's Debian mirrors at `suite` (e.g. the next release) and nothing else; its package
+/// lists are fetched here. The machine's own apt configuration is left as it is.
+fn suite_apt_options(dir: &Path, blob: &str, suite: &str) -> Result<Vec<String>> {
+    let os_release = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
+    let codename = os_release
+        .lines()
+        .find_map(|l| l.strip_prefix("VERSION_CODENAME="))
+        .map(|c| c.trim_matches('"').to_string())
+        .ok_or_else(|| input(format!("blob {blob}: /etc/os-release names no VERSION_CODENAME")))?;
+    if suite.is_empty() || !suite.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+        return Err(input(format!("blob {blob}: `{suite}` is not a Debian suite name")));
+    }
+    let sources = sources_for_suite(Path::new("/etc/apt"), &codename, suite);
+    if sources.is_empty() {
+        return Err(input(format!(
+            "blob {blob}: this machine's apt sources have no Debian `{codename}` source to move to `{suite}`"
+        )));
+    }
+    let parts = dir.join("sources.list.d");
+    std::fs::create_dir_all(&parts)?;
+    std::fs::create_dir_all(dir.join("lists/partial"))?;
+    std::fs::create_dir_all(dir.join("cache/archives/partial"))?;
+    std::fs::write(parts.join(format!("{suite}.sources")), &sources)?;
+    let opt = |k: &str, v: &Path| format!("-oDir::{k}={}", v.display());
+    let options = vec![
+        opt("Etc::SourceList", &parts.join("none.list")),
+        opt("Etc::SourceParts", &parts),
+        opt("State::Lists", &dir.join("lists")),
+        opt("Cache", &dir.join("cache")),
+    ];
+    let out = std::process::Command::new("apt-get")
+        .args(&options)
+        .args(["-q", "update"])
+        .output()
+        .context("running apt-get update")?;
+    if !out.status.success() {
+        return Err(input(format!(
+            "blob {blob}: apt-get update for suite `{suite}` failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(options)
 }
 
 /// Fetches every blob that is missing or does not match its digest. Returns how many it fetched.
@@ -95,16 +198,25 @@ fn sync_blobs_via(dir: &Path, cache: Option<&Path>) -> Result<usize> {
         let got = match (&source.debian, &source.debian_source, &source.url) {
             (None, Some(DebianSourceFile { package, version, file }), None) => {
                 eprintln!("fetching {name} (Debian source package {package}={version}, {file})");
-                apt_get(work.path(), name, &["source", "--download-only"], package, version)?;
+                apt_get(work.path(), name, &["source", "--download-only"], package, version, &[])?;
                 let p = work.path().join(file);
                 if file.contains('/') || !p.is_file() {
                     return Err(input(format!("blob {name}: source package {package}={version} has no file `{file}`")));
                 }
                 p
             }
-            (Some(DebianPackage { package, version }), None, None) => {
-                eprintln!("fetching {name} (Debian package {package}={version})");
-                apt_get(work.path(), name, &["download"], package, version)?;
+            (Some(DebianPackage { package, version, suite }), None, None) => {
+                let options = match suite {
+                    Some(suite) => {
+                        eprintln!("fetching {name} (Debian package {package}={version} from {suite})");
+                        suite_apt_options(&work.path().join(".apt"), name, suite)?
+                    }
+                    None => {
+                        eprintln!("fetching {name} (Debian package {package}={version})");
+                        Vec::new()
+                    }
+                };
+                apt_get(work.path(), name, &["download"], package, version, &options)?;
                 std::fs::read_dir(work.path())?
                     .flatten()
                     .map(|e| e.path())
@@ -348,6 +460,30 @@ pub fn create_release(dir: &Path, version: Option<&str>, tarball: Option<&Path>)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn another_suite_uses_the_machines_own_debian_mirrors_and_keyrings() {
+        let apt = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(apt.path().join("sources.list.d")).unwrap();
+        std::fs::write(
+            apt.path().join("sources.list.d/debian.sources"),
+            "Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates\nComponents: main\nSigned-By: /k.gpg\n\n\
+             Types: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\nComponents: main\n\n\
+             Types: deb-src\nURIs: http://mirror.example/debian\nSuites: bookworm\nComponents: main\n",
+        )
+        .unwrap();
+        std::fs::write(
+            apt.path().join("sources.list"),
+            "deb [arch=amd64] http://other.example/debian bookworm main\ndeb http://x.example/d bullseye main\n",
+        )
+        .unwrap();
+        let got = sources_for_suite(apt.path(), "bookworm", "trixie");
+        assert_eq!(
+            got,
+            "deb [arch=amd64] http://other.example/debian trixie main\n\
+             Types: deb\nSuites: trixie\nURIs: http://mirror.example/debian\nComponents: main\nSigned-By: /k.gpg\n\n"
+        );
+    }
 
     #[test]
     fn a_fetched_blob_is_kept_by_digest_and_found_there_when_its_source_is_gone() {

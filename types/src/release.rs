@@ -201,6 +201,10 @@ pub struct BlobSource {
 pub struct DebianPackage {
     pub package: String,
     pub version: String,
+    /// Another Debian suite than the machine's own (e.g. the next release, `trixie`), fetched
+    /// through the machine's Debian mirrors with a private apt configuration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suite: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
