@@ -218,7 +218,13 @@ async fn record_compiled(
                 compiled_only: true,
             })
             .collect();
-        for (p, key, dependencies) in crate::planner::keyed_for_stemcell(&packages, os, version) {
+        // Under the stemcell's exact version and under its line: BOSH lets a compiled release's
+        // packages serve every stemcell of the same major version.
+        let line = crate::planner::stemcell_line_version(version);
+        let keyed = crate::planner::keyed_for_stemcell(&packages, os, version)
+            .into_iter()
+            .chain(crate::planner::keyed_for_stemcell(&packages, os, &line));
+        for (p, key, dependencies) in keyed {
             if director.state.get(tables::COMPILED_PACKAGES, &key).await?.is_none() {
                 let record = CompiledPackageRecord {
                     key: key.clone(),

@@ -80,17 +80,56 @@ pub fn keyed_for_stemcell<'a>(
     out
 }
 
+/// The stemcell line a version belongs to: its major version (BOSH's `StemcellVersion.match`
+/// compares the first component). Packages of a compiled release are recorded for their
+/// stemcell's line too (`stemcell_line_version`), and serve every stemcell of that line.
+pub fn stemcell_line_version(version: &str) -> String {
+    format!("line:{}", version.split('.').next().unwrap_or(version))
+}
+
+/// A closed set of packages keyed for a stemcell as an instance installs them: each package's
+/// exact key when it is compiled (or must be compiled) for this very stemcell, or — as BOSH does
+/// for compiled releases — the key it was recorded under for the stemcell's line, when only
+/// that is compiled. Dependencies carry the keys chosen for them.
+pub fn resolved_for_stemcell<'a>(
+    packages: impl IntoIterator<Item = &'a ReleasePackage>,
+    os: &str,
+    version: &str,
+    compiled: &BTreeSet<String>,
+) -> Vec<KeyedPackage<'a>> {
+    let packages: Vec<&ReleasePackage> = packages.into_iter().collect();
+    let exact = keyed_for_stemcell(packages.iter().copied(), os, version);
+    let line = keyed_for_stemcell(packages.iter().copied(), os, &stemcell_line_version(version));
+    let line_keys: BTreeMap<&str, &str> = line.iter().map(|(p, key, _)| (p.name.as_str(), key.as_str())).collect();
+    let chosen: BTreeMap<String, String> = exact
+        .iter()
+        .map(|(p, key, _)| {
+            let on_line = line_keys[p.name.as_str()];
+            let pick = if !compiled.contains(key) && compiled.contains(on_line) { on_line } else { key };
+            (p.name.clone(), pick.to_string())
+        })
+        .collect();
+    exact
+        .into_iter()
+        .map(|(p, _, below)| {
+            let below = below.into_iter().map(|(name, _)| (name.clone(), chosen[&name].clone())).collect();
+            (p, chosen[&p.name].clone(), below)
+        })
+        .collect()
+}
+
 /// The packages of one instance (a closed set) as it installs them, with what compiling each
 /// would take.
 pub(super) fn planned_packages(
     closure: &[(String, ReleasePackage)],
     stemcell: &StemcellRecord,
+    compiled: &BTreeSet<String>,
 ) -> (Vec<PlannedPackage>, Vec<PackageCompilation>) {
     let release_of: BTreeMap<&str, &str> = closure.iter().map(|(r, p)| (p.name.as_str(), r.as_str())).collect();
     let mut planned = Vec::new();
     let mut compilations = Vec::new();
     for (p, key, dependencies) in
-        keyed_for_stemcell(closure.iter().map(|(_, p)| p), &stemcell.operating_system, &stemcell.version)
+        resolved_for_stemcell(closure.iter().map(|(_, p)| p), &stemcell.operating_system, &stemcell.version, compiled)
     {
         planned.push(PlannedPackage {
             name: p.name.clone(),
@@ -213,4 +252,51 @@ fn check_config(c: &Compilation, cc: &CloudConfig, at: &str) -> Result<(), PlanE
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bosun_types::protocol::BlobRef;
+
+    fn package(name: &str, dependencies: &[&str]) -> ReleasePackage {
+        ReleasePackage {
+            name: name.into(),
+            fingerprint: format!("fp-{name}"),
+            blob: BlobRef { digest: "sha256:00".into(), size: 1 },
+            dependencies: dependencies.iter().map(|d| d.to_string()).collect(),
+            compiled_only: false,
+        }
+    }
+
+    #[test]
+    fn a_compiled_release_serves_its_stemcell_line_and_exact_compilations_win() {
+        let packages = [package("go", &[]), package("kubernetes", &["go"]), package("proxy", &["go"])];
+        let line = stemcell_line_version("621.76");
+        assert_eq!(line, "line:621");
+        let on_line = |name: &str| {
+            keyed_for_stemcell(&packages, "jammy", &line).into_iter().find(|(p, _, _)| p.name == name).unwrap().1
+        };
+        let exact = |name: &str| {
+            keyed_for_stemcell(&packages, "jammy", "621.76").into_iter().find(|(p, _, _)| p.name == name).unwrap().1
+        };
+        // go and kubernetes came in a compiled release for 621.74 (recorded for line 621 too);
+        // proxy was compiled from source for 621.76 itself.
+        let compiled: BTreeSet<String> = [on_line("go"), on_line("kubernetes"), exact("proxy")].into();
+        let got = resolved_for_stemcell(&packages, "jammy", "621.76", &compiled);
+        let key = |name: &str| got.iter().find(|(p, _, _)| p.name == name).unwrap();
+        assert_eq!(key("go").1, on_line("go"));
+        assert_eq!(key("kubernetes").1, on_line("kubernetes"));
+        assert_eq!(key("kubernetes").2, vec![("go".to_string(), on_line("go"))], "dependencies carry the chosen keys");
+        assert_eq!(key("proxy").1, exact("proxy"));
+        // Another line, or nothing compiled: the exact keys, to be compiled.
+        let got = resolved_for_stemcell(&packages, "jammy", "622.1", &compiled);
+        assert!(got.iter().all(|(p, k, _)| {
+            *k == keyed_for_stemcell(&packages, "jammy", "622.1")
+                .into_iter()
+                .find(|(q, _, _)| q.name == p.name)
+                .unwrap()
+                .1
+        }));
+    }
 }

@@ -35,7 +35,7 @@ mod validate;
 
 pub use addresses::{address_pending, show_ip};
 pub use batches::stages;
-pub use compile::{compiled_key, keyed_for_stemcell};
+pub use compile::{compiled_key, keyed_for_stemcell, stemcell_line_version};
 pub use model::{
     Batch, CompilationPlan, CompilationWorker, DeleteBatch, DiskPlan, GroupPlan, InstancePlan, PackageCompilation,
     Plan, PlanError, PlannedPackage, PlanningInput, Requests, Selection, DEFAULT_SCRIPT_TIMEOUT_MS,
@@ -320,7 +320,7 @@ fn plan_instance(
         });
     }
     let closure = shape::package_closure(input, &package_names, &gi)?;
-    let (packages, compilations) = compile::planned_packages(&closure, &stemcell);
+    let (packages, compilations) = compile::planned_packages(&closure, &stemcell, input.compiled);
     let configuration_hash = shape::configuration_hash(&jobs);
     let applied = AppliedState {
         stemcell: (stemcell.name.clone(), stemcell.version.clone()),
