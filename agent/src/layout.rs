@@ -71,7 +71,7 @@ impl Layout {
     /// The environment every job process and script sees, so templates can find the VM's paths.
     pub fn job_env(&self, job: &str) -> Vec<(String, String)> {
         let s = |p: PathBuf| p.to_string_lossy().into_owned();
-        vec![
+        let mut env: Vec<(String, String)> = vec![
             ("BOSUN_ROOT".into(), s(self.root.clone())),
             ("BOSUN_JOB_NAME".into(), job.to_string()),
             ("BOSUN_JOB_DIR".into(), s(self.job(job))),
@@ -81,7 +81,13 @@ impl Layout {
             ("BOSUN_STORE_DIR".into(), s(self.store())),
             ("BOSUN_DATA_DIR".into(), s(self.root.join("data"))),
             ("TMPDIR".into(), s(self.root.join("data/tmp"))),
-        ]
+        ];
+        // Which stemcell this VM runs (a node can report it, e.g. as a label).
+        if let Some(stemcell) = crate::stemcell_info() {
+            env.push(("BOSUN_STEMCELL_NAME".into(), stemcell.name));
+            env.push(("BOSUN_STEMCELL_VERSION".into(), stemcell.version));
+        }
+        env
     }
 }
 
