@@ -225,6 +225,24 @@ fn an_exported_compiled_release_deploys_on_a_new_director_without_compiling() {
     let on_two = fresh.write("two.yml", &greeter_manifest("exported", 1, "2", "greeter"));
     let err = fresh.fails(2, &["-n", "-d", "exported", "deploy", on_two.to_str().unwrap()]);
     assert!(err.contains("is a compiled release") && err.contains("local/2"), "{err}");
+    // Another stemcell of its line (BOSH: the same major version) takes it as it is.
+    fresh.ok(&["upload-stemcell", stemcell("1.1").to_str().unwrap()]);
+    let on_line = fresh.write("line.yml", &greeter_manifest("exported", 1, "1.1", "greeter"));
+    fresh.ok(&["-n", "-d", "exported", "deploy", on_line.to_str().unwrap()]);
+    assert_eq!(count(&last_task_lines(&fresh), "compil"), 0, "nothing compiled on local/1.1");
+    fresh.running("exported", 1);
+
+    // Where the source release is uploaded already, its compiled form adds the compiled packages:
+    // a director that never compiled greet for local/1.1 deploys it there without compiling.
+    let third_cache = tempfile::tempdir().unwrap();
+    let third = TestDirector::start_with(&["--compiled-package-cache", third_cache.path().to_str().unwrap()], &[]);
+    third.prepare_with(&cloud, &testbed_release());
+    third.ok(&["upload-stemcell", stemcell("1.1").to_str().unwrap()]);
+    let out = third.ok(&["upload-release", tarball.to_str().unwrap()]);
+    assert!(out.contains(&release), "{out}");
+    assert_eq!(compiled_for(&third.json(&["inspect-release", &release]), "greet"), serde_json::json!(["local/1"]));
+    let plan = third.json(&["-d", "exported", "deploy", on_line.to_str().unwrap(), "--dry-run"]);
+    assert_eq!(plan["compilations"], serde_json::json!([]), "{plan}");
 }
 
 #[test]

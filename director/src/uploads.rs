@@ -146,13 +146,18 @@ pub async fn upload_release(director: &Director, tarball: PathBuf, work: PathBuf
         .map_err(|e| UploadError::Io(std::io::Error::other(e)))??;
     let VerifiedRelease { key, mut record, artifacts, compiled } = verified;
     // Everything checked out; only now does the upload touch the director's state.
-    if let Some(existing) = director.state.get(tables::RELEASES, &key).await? {
+    let existing = director.state.get(tables::RELEASES, &key).await?;
+    if let Some(existing) = &existing {
         if existing.tarball_digest == record.tarball_digest {
             return Ok(UploadResult { name: record.name, version: record.version, already_present: true });
         }
-        return Err(invalid(format!(
-            "release {key} is already uploaded with other content; give the new one another version"
-        )));
+        // As BOSH does: the compiled form of a release already uploaded (its jobs and packages,
+        // or some of them, by fingerprint) adds its compiled packages to it.
+        if compiled.is_empty() || !part_of(&record, existing) {
+            return Err(invalid(format!(
+                "release {key} is already uploaded with other content; give the new one another version"
+            )));
+        }
     }
     let blobstore = director.blobstore.clone();
     tokio::task::spawn_blocking(move || -> Result<(), UploadError> {
@@ -164,10 +169,24 @@ pub async fn upload_release(director: &Director, tarball: PathBuf, work: PathBuf
     })
     .await
     .map_err(|e| UploadError::Io(std::io::Error::other(e)))??;
+    if let Some(existing) = existing {
+        record_compiled(director, &existing, &compiled).await?;
+        return Ok(UploadResult { name: existing.name, version: existing.version, already_present: true });
+    }
     record.uploaded_at = director.clock.unix_secs();
     record_compiled(director, &record, &compiled).await?;
     director.state.put(tables::RELEASES, &key, &record).await?;
     Ok(UploadResult { name: record.name, version: record.version, already_present: false })
+}
+
+/// Whether every job and package of `part` is in `whole` with the same fingerprint (a compiled
+/// release may carry some of a release's jobs: `export-release --job`).
+fn part_of(part: &ReleaseRecord, whole: &ReleaseRecord) -> bool {
+    part.jobs.iter().all(|j| whole.jobs.iter().any(|w| w.name == j.name && w.fingerprint == j.fingerprint))
+        && part
+            .packages
+            .iter()
+            .all(|p| whole.packages.iter().any(|w| w.name == p.name && w.fingerprint == p.fingerprint))
 }
 
 /// Records a compiled release's packages as compiled for their stemcells, under the keys the
