@@ -98,10 +98,6 @@ struct Load {
 
 impl Load {
     fn start(masters: &Arc<Masters>, namespace: &str) -> Self {
-        let (ok, _) = masters
-            .request("POST", "/api/v1/namespaces", Some(&format!(r#"{{"metadata":{{"name":"{namespace}"}}}}"#)))
-            .expect("creating the writer's namespace");
-        assert_eq!(ok, 201, "namespace {namespace} created");
         Load {
             writer: ApiWriter::start(masters.clone(), namespace),
             service: ServiceClient::start(masters.clone(), 30080),
@@ -119,14 +115,21 @@ impl Load {
     }
 }
 
-/// Which master's controller-manager holds the lease: the one whose log says it acquired it last.
+/// Which master's `component` holds its lease: the one whose log says it acquired it last (klog
+/// lines start with the date and time: `I1130 10:55:01.123456`).
 fn lease_holder(c: &Cluster, component: &str) -> Option<(String, String)> {
-    c.group("master").into_iter().find_map(|(name, _, vm)| {
-        let log =
-            c.d.cpi_base().join("vms").join(&vm).join(format!("root/data/sys/log/{component}/{component}.stderr.log"));
-        let text = std::fs::read_to_string(log).ok()?;
-        text.contains(&format!("successfully acquired lease kube-system/{component}")).then_some((name, vm))
-    })
+    let needle = format!("successfully acquired lease kube-system/{component}");
+    c.group("master")
+        .into_iter()
+        .filter_map(|(name, _, vm)| {
+            let log = c.d.cpi_base().join("vms").join(&vm).join(format!("root/data/sys/log/{component}/{component}.stderr.log"));
+            let text = std::fs::read_to_string(log).ok()?;
+            let line = text.lines().filter(|l| l.contains(&needle)).last()?;
+            let when: String = line.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+            Some((when, name, vm))
+        })
+        .max()
+        .map(|(_, name, vm)| (name, vm))
 }
 
 fn lease_identity(masters: &Masters, component: &str) -> Option<String> {
@@ -248,6 +251,9 @@ fn scenario_kubernetes_upgrade(c: &Cluster, masters: &Arc<Masters>) {
         .filter_map(|l| l.split_whitespace().nth(1).filter(|w| w.starts_with("master/") || w.starts_with("worker/")))
         .collect();
     println!("[kubernetes] the plan updates, in order: {}", order.join(", "));
+    for l in plan.lines().filter(|l| l.contains("batch ") || l.starts_with("Instance group")) {
+        println!("[kubernetes] plan: {}", l.trim());
+    }
     let last_master = order.iter().rposition(|i| i.starts_with("master/")).expect("masters in the plan");
     let first_worker = order.iter().position(|i| i.starts_with("worker/")).expect("workers in the plan");
     assert!(last_master < first_worker, "masters first: {plan}");

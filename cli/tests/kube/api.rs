@@ -247,7 +247,11 @@ pub struct ApiWriter {
 }
 
 impl ApiWriter {
+    /// Creates `namespace` and starts writing into it.
     pub fn start(masters: Arc<Masters>, namespace: &str) -> Self {
+        let created = masters
+            .request("POST", "/api/v1/namespaces", Some(&format!(r#"{{"metadata":{{"name":"{namespace}"}}}}"#)));
+        assert!(matches!(created, Ok((201, _))), "creating namespace {namespace}: {created:?}");
         let ns = namespace.to_string();
         let ticker = Ticker::start(Duration::from_millis(200), move |n| {
             let body = serde_json::json!({
