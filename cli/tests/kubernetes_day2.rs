@@ -294,7 +294,10 @@ fn scenario_canary_failure(c: &Cluster, masters: &Arc<Masters>, previous: &[&str
     let load = Load::start(masters, "canary-failure");
     let started = Instant::now();
     let args_full = c.deploy_args(&args);
-    let err = c.d.fails(1, &args_full.iter().map(String::as_str).collect::<Vec<_>>());
+    let o = c.d.run(&args_full.iter().map(String::as_str).collect::<Vec<_>>());
+    // The task's output (stdout) and the error (stderr) together: where the reason shows.
+    let err = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert_eq!(o.status.code(), Some(1), "the deploy fails: {err}");
     let failed_after = started.elapsed();
     assert!(err.contains("imageGCHighThresholdPercent"), "the kubelet's reason is in the task: {err}");
     let reason = err.lines().find(|l| l.contains("imageGCHighThresholdPercent")).unwrap_or("").trim().to_string();
