@@ -89,6 +89,11 @@ struct LinkObject {
 }
 
 impl Object for LinkObject {
+    // A link is there (`{% if if_link('x') %}`), whatever it holds.
+    fn is_true(self: &Arc<Self>) -> bool {
+        true
+    }
+
     fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
         match key.as_str()? {
             "instances" => Some(self.instances.clone()),
