@@ -111,6 +111,9 @@ impl Load {
         println!("[{what}] {:.0} s", took.as_secs_f64());
         println!("[{what}] Service requests every 100 ms: {service}");
         println!("[{what}] API writes every 200 ms: {writes}");
+        for r in &writes.retried {
+            println!("[{what}]   retried: {r}");
+        }
         (service, writes)
     }
 }
@@ -122,7 +125,11 @@ fn lease_holder(c: &Cluster, component: &str) -> Option<(String, String)> {
     c.group("master")
         .into_iter()
         .filter_map(|(name, _, vm)| {
-            let log = c.d.cpi_base().join("vms").join(&vm).join(format!("root/data/sys/log/{component}/{component}.stderr.log"));
+            let log =
+                c.d.cpi_base()
+                    .join("vms")
+                    .join(&vm)
+                    .join(format!("root/data/sys/log/{component}/{component}.stderr.log"));
             let text = std::fs::read_to_string(log).ok()?;
             let line = text.lines().filter(|l| l.contains(&needle)).last()?;
             let when: String = line.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
@@ -174,6 +181,9 @@ fn scenario_three_masters(c: &Cluster, masters: &Arc<Masters>) {
     std::thread::sleep(Duration::from_secs(2));
     let writes = writer.finish(masters);
     println!("[three masters] API writes every 200 ms while one master died and came back: {writes}");
+    for f in writes.failed.iter().chain(&writes.retried) {
+        println!("[three masters]   {f}");
+    }
     println!(
         "[three masters] a new controller-manager leader {:.1} s after the death (lease duration 15 s); the scheduler's lease {}",
         elected.as_secs_f64(),
@@ -342,7 +352,10 @@ fn kubernetes_day_2_master_loss_stemcell_and_kubernetes_upgrades_canary_failure_
     let masters = Masters::start(ApiClient::from_kubeconfig(&kubeconfig), vec![SITE.ip(10), SITE.ip(11), SITE.ip(12)]);
     c.k.server = Some(masters.clone());
     // Six web pods over the three workers, behind NodePort 30080.
-    let web = c.d.write("web.yml", &WEB.replace("replicas: 4", "replicas: 6"));
+    // Six replicas tolerate two away at a time: a drain evicts a worker's two pods at once.
+    let web = c
+        .d
+        .write("web.yml", &WEB.replace("replicas: 4", "replicas: 6").replace("maxUnavailable: 1", "maxUnavailable: 2"));
     c.k.ok(&["apply", "-f", web.to_str().unwrap()]);
     eventually("6 web pods on 3 nodes", Duration::from_secs(180), || {
         let pods = c.k.ready_pods("web", "web");

@@ -180,6 +180,8 @@ impl Drop for Masters {
 pub struct Report {
     pub total: usize,
     pub failed: Vec<String>,
+    /// Requests that succeeded only when tried again after a retriable error (what it was).
+    pub retried: Vec<String>,
     /// The longest time between two successful requests.
     pub longest_gap: Duration,
 }
@@ -188,9 +190,10 @@ impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} total, {} failed, longest gap between successes {:.1} s",
+            "{} total, {} failed, {} succeeded on a retry, longest gap between successes {:.1} s",
             self.total,
             self.failed.len(),
+            self.retried.len(),
             self.longest_gap.as_secs_f64()
         )
     }
@@ -203,7 +206,11 @@ struct Ticker {
 }
 
 impl Ticker {
-    fn start(every: Duration, mut attempt: impl FnMut(usize) -> Result<(), String> + Send + 'static) -> Self {
+    /// `attempt` answers Ok(None), Ok(Some(what was retried)) or Err(why it failed).
+    fn start(
+        every: Duration,
+        mut attempt: impl FnMut(usize) -> Result<Option<String>, String> + Send + 'static,
+    ) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let handle = std::thread::spawn(move || {
@@ -212,9 +219,10 @@ impl Ticker {
             while !flag.load(Ordering::SeqCst) {
                 let next = Instant::now() + every;
                 match attempt(report.total) {
-                    Ok(()) => {
+                    Ok(retried) => {
                         report.longest_gap = report.longest_gap.max(last_success.elapsed());
                         last_success = Instant::now();
+                        report.retried.extend(retried);
                     }
                     Err(e) => report.failed.push(e),
                 }
@@ -249,21 +257,48 @@ pub struct ApiWriter {
 impl ApiWriter {
     /// Creates `namespace` and starts writing into it.
     pub fn start(masters: Arc<Masters>, namespace: &str) -> Self {
-        let created = masters
-            .request("POST", "/api/v1/namespaces", Some(&format!(r#"{{"metadata":{{"name":"{namespace}"}}}}"#)));
+        let created =
+            masters.request("POST", "/api/v1/namespaces", Some(&format!(r#"{{"metadata":{{"name":"{namespace}"}}}}"#)));
         assert!(matches!(created, Ok((201, _))), "creating namespace {namespace}: {created:?}");
         let ns = namespace.to_string();
+        // As Kubernetes' own clients do, a write that met a retriable error (a 5xx or 429 — etcd
+        // drops the proposals in flight when its leader changes and answers "request timed out"
+        // after 7 s — or a connection lost after sending) is tried again, up to 20 s; the create
+        // is idempotent: AlreadyExists with what was written counts as written.
         let ticker = Ticker::start(Duration::from_millis(200), move |n| {
+            let name = format!("w-{n}");
             let body = serde_json::json!({
-                "apiVersion": "v1", "kind": "ConfigMap",
-                "metadata": {"name": format!("w-{n}")}, "data": {"n": n.to_string()}
+                "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {"n": n.to_string()}
             });
-            match masters.request("POST", &format!("/api/v1/namespaces/{ns}/configmaps"), Some(&body.to_string())) {
-                Ok((201, _)) => Ok(()),
-                Ok((status, body)) => {
-                    Err(format!("write {n}: HTTP {status}: {}", body.chars().take(200).collect::<String>()))
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let mut retried: Option<String> = None;
+            loop {
+                let why = match masters.request(
+                    "POST",
+                    &format!("/api/v1/namespaces/{ns}/configmaps"),
+                    Some(&body.to_string()),
+                ) {
+                    Ok((201, _)) => return Ok(retried),
+                    Ok((409, _)) if retried.is_some() => {
+                        let stored = masters.get_json(&format!("/api/v1/namespaces/{ns}/configmaps/{name}"));
+                        if stored.as_ref().is_some_and(|c| c["data"]["n"] == n.to_string()) {
+                            return Ok(retried);
+                        }
+                        return Err(format!("write {n}: AlreadyExists with other content: {stored:?}"));
+                    }
+                    Ok((status, body)) if status >= 500 || status == 429 => {
+                        format!("HTTP {status}: {}", body.chars().take(200).collect::<String>())
+                    }
+                    Ok((status, body)) => {
+                        return Err(format!("write {n}: HTTP {status}: {}", body.chars().take(200).collect::<String>()))
+                    }
+                    Err(e) => e,
+                };
+                if Instant::now() > deadline {
+                    return Err(format!("write {n}: {why} (retried until 20 s)"));
                 }
-                Err(e) => Err(format!("write {n}: {e}")),
+                retried.get_or_insert_with(|| format!("write {n}: {}", why.trim()));
+                std::thread::sleep(Duration::from_millis(200));
             }
         });
         ApiWriter { ticker, namespace: namespace.to_string() }
@@ -330,14 +365,14 @@ impl ServiceClient {
             }
         };
         refresh().expect("the nodes");
-        let watcher = Ticker::start(Duration::from_millis(200), move |_| refresh());
+        let watcher = Ticker::start(Duration::from_millis(200), move |_| refresh().map(|()| None));
         let ticker = Ticker::start(Duration::from_millis(100), move |n| {
             let targets = pool.lock().unwrap().clone();
             if targets.is_empty() {
                 return Err(format!("request {n}: no node in the balancer"));
             }
             let target = targets[n % targets.len()];
-            http_get(target).map_err(|e| format!("request {n} to {target}: {e}"))
+            http_get(target).map(|()| None).map_err(|e| format!("request {n} to {target}: {e}"))
         });
         ServiceClient { ticker, watcher }
     }
@@ -371,7 +406,7 @@ pub struct Prober(Ticker);
 impl Prober {
     pub fn start(target: SocketAddr) -> Self {
         Prober(Ticker::start(Duration::from_millis(100), move |n| {
-            http_get(target).map_err(|e| format!("request {n}: {e}"))
+            http_get(target).map(|()| None).map_err(|e| format!("request {n}: {e}"))
         }))
     }
 
