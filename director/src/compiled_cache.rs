@@ -5,7 +5,10 @@
 //!
 //! An entry is `DIR/<key hex>.tgz` and its record `DIR/<key hex>.json` (written last, so an entry
 //! without a record is unfinished and ignored). An entry whose bytes do not have the digest its
-//! record says is refused, removed and compiled again.
+//! record says is refused, removed and compiled again. A director about to compile a package the
+//! cache lacks first claims its key (`DIR/<key hex>.lock`, an exclusive file lock the kernel drops
+//! when the process ends), so directors needing the same package at once compile it once: the
+//! others wait, then take it.
 
 use crate::records::CompiledPackageRecord;
 use crate::Director;
@@ -51,6 +54,50 @@ pub async fn take(d: &Director, dir: &Path, key: &str) -> Result<Option<Compiled
         ));
     }
     Ok(Some(record))
+}
+
+/// A key claimed for compiling: held until dropped (or the process ends).
+#[derive(Debug)]
+pub struct Claim(#[allow(dead_code)] std::fs::File);
+
+fn lock_file(dir: &Path, key: &str) -> Result<std::fs::File, String> {
+    let hex = parse_sha256(key).ok_or_else(|| format!("`{key}` is not a compiled-package key"))?;
+    let path = dir.join(format!("{hex}.lock"));
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Claims `key` for compiling. When another director holds it, `waiting` runs first, then this
+/// waits for that director to finish (and the caller looks in the cache again).
+pub async fn claim(dir: &Path, key: &str, waiting: impl std::future::Future<Output = ()>) -> Result<Claim, String> {
+    let (dir, key) = (dir.to_path_buf(), key.to_string());
+    let (d2, k2) = (dir.clone(), key.clone());
+    let first = tokio::task::spawn_blocking(move || -> Result<Result<Claim, ()>, String> {
+        let f = lock_file(&d2, &k2)?;
+        match f.try_lock() {
+            Ok(()) => Ok(Ok(Claim(f))),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(Err(())),
+            Err(std::fs::TryLockError::Error(e)) => Err(e.to_string()),
+        }
+    })
+    .await
+    .map_err(|e| e.to_string())??;
+    if let Ok(claim) = first {
+        return Ok(claim);
+    }
+    waiting.await;
+    tokio::task::spawn_blocking(move || -> Result<Claim, String> {
+        let f = lock_file(&dir, &key)?;
+        f.lock().map_err(|e| e.to_string())?;
+        Ok(Claim(f))
+    })
+    .await
+    .map_err(|e| e.to_string())?
 }
 
 /// Keeps a compiled package in the cache (the blob first, then its record, each written whole

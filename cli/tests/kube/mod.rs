@@ -38,23 +38,82 @@ impl Site {
     }
 }
 
-/// The host sysctls a kubelet sets at start (not namespaced): restored when dropped.
-pub struct HostSysctls(Vec<(&'static str, String)>);
+/// The host sysctls a kubelet sets at start (not namespaced), put back when the last cluster on
+/// this machine ends: test processes running clusters at the same time share one record of the
+/// values from before any of them (`/run/bosun-test-host-sysctls`, read and written under a lock),
+/// with the processes holding it. A holder that died is dropped from it, and when no live holder
+/// is left, its values are put back before a new record starts.
+pub struct HostSysctls;
+
+const HOST_SYSCTLS: [&str; 3] = ["vm/overcommit_memory", "kernel/panic", "kernel/panic_on_oops"];
+const SYSCTL_RECORD: &str = "/run/bosun-test-host-sysctls";
+
+fn restore_sysctls(values: &serde_json::Value) {
+    for k in HOST_SYSCTLS {
+        if let Some(v) = values[k].as_str() {
+            let _ = std::fs::write(format!("/proc/sys/{k}"), v.trim());
+        }
+    }
+}
+
+/// Runs `f` on the record (`{"values": {sysctl: value}, "holders": [pid…]}`) under its lock.
+fn with_sysctl_record(f: impl FnOnce(&mut serde_json::Value)) {
+    let lock = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(format!("{SYSCTL_RECORD}.lock"))
+        .expect("the sysctl record's lock");
+    lock.lock().expect("locking the sysctl record");
+    let mut record: serde_json::Value = std::fs::read(SYSCTL_RECORD)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_else(|| serde_json::json!({"holders": []}));
+    let alive = |p: &serde_json::Value| p.as_u64().is_some_and(|p| Path::new("/proc").join(p.to_string()).exists());
+    let holders: Vec<serde_json::Value> =
+        record["holders"].as_array().into_iter().flatten().filter(|p| alive(p)).cloned().collect();
+    if holders.is_empty() && !record["values"].is_null() {
+        restore_sysctls(&record["values"]);
+        record["values"] = serde_json::Value::Null;
+    }
+    record["holders"] = serde_json::Value::Array(holders);
+    f(&mut record);
+    if record["holders"].as_array().is_some_and(|h| h.is_empty()) {
+        let _ = std::fs::remove_file(SYSCTL_RECORD);
+    } else {
+        std::fs::write(SYSCTL_RECORD, record.to_string()).expect("writing the sysctl record");
+    }
+}
 
 impl HostSysctls {
     pub fn save() -> Self {
-        let keys = ["vm/overcommit_memory", "kernel/panic", "kernel/panic_on_oops"];
-        HostSysctls(
-            keys.iter().map(|k| (*k, std::fs::read_to_string(format!("/proc/sys/{k}")).unwrap_or_default())).collect(),
-        )
+        with_sysctl_record(|r| {
+            if r["values"].is_null() {
+                r["values"] = HOST_SYSCTLS
+                    .iter()
+                    .map(|k| {
+                        (k.to_string(), std::fs::read_to_string(format!("/proc/sys/{k}")).unwrap_or_default().into())
+                    })
+                    .collect::<serde_json::Map<_, _>>()
+                    .into();
+            }
+            r["holders"].as_array_mut().expect("holders").push(std::process::id().into());
+        });
+        HostSysctls
     }
 }
 
 impl Drop for HostSysctls {
     fn drop(&mut self) {
-        for (k, v) in &self.0 {
-            let _ = std::fs::write(format!("/proc/sys/{k}"), v.trim());
-        }
+        with_sysctl_record(|r| {
+            let holders = r["holders"].as_array_mut().expect("holders");
+            if let Some(i) = holders.iter().position(|p| p.as_u64() == Some(std::process::id().into())) {
+                holders.remove(i);
+            }
+            if holders.is_empty() {
+                restore_sysctls(&r["values"]);
+            }
+        });
     }
 }
 

@@ -113,21 +113,39 @@ async fn compile_one(
         // Another deploy compiled it meanwhile.
         return (slot_index, worker, Ok(()), p.key.clone(), true);
     }
+    // The cache first. Missing there, the key is claimed while it compiles (another director
+    // needing it waits for the claim) and the cache looked at again: the claim's last holder may
+    // just have put it there.
+    let mut claim = None;
     if let Some(cache) = &d.config.compiled_package_cache {
-        match crate::compiled_cache::take(d, cache, &p.key).await {
-            Ok(Some(record)) => {
-                let stored = d.state.put(tables::COMPILED_PACKAGES, &p.key, &record).await;
-                task.info("compile", None, format!("{what}: taken from the compiled-package cache")).await;
-                return (slot_index, worker, stored.map_err(DeployError::from), p.key.clone(), true);
+        for look in 0..2 {
+            match crate::compiled_cache::take(d, cache, &p.key).await {
+                Ok(Some(record)) => {
+                    let stored = d.state.put(tables::COMPILED_PACKAGES, &p.key, &record).await;
+                    task.info("compile", None, format!("{what}: taken from the compiled-package cache")).await;
+                    return (slot_index, worker, stored.map_err(DeployError::from), p.key.clone(), true);
+                }
+                Ok(None) => {}
+                Err(why) => {
+                    task.warn(
+                        "compile",
+                        None,
+                        format!("{what}: the compiled-package cache's entry is refused ({why}); compiling"),
+                    )
+                    .await
+                }
             }
-            Ok(None) => {}
-            Err(why) => {
-                task.warn(
-                    "compile",
-                    None,
-                    format!("{what}: the compiled-package cache's entry is refused ({why}); compiling"),
-                )
-                .await
+            if look == 1 {
+                break;
+            }
+            let waiting = task.info("compile", None, format!("{what}: another director is compiling it; waiting"));
+            match crate::compiled_cache::claim(cache, &p.key, waiting).await {
+                Ok(c) => claim = Some(c),
+                Err(why) => {
+                    task.warn("compile", None, format!("{what}: not claimed in the compiled-package cache ({why})"))
+                        .await;
+                    break;
+                }
             }
         }
     }
@@ -194,6 +212,8 @@ async fn compile_one(
         }
         Err(message) => Err(DeployError::Compile { package: p.package.name.clone(), message }),
     };
+    // Kept in the cache (or failed): the directors waiting for it look there now.
+    drop(claim);
     (slot_index, worker, outcome, p.key.clone(), false)
 }
 
