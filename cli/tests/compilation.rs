@@ -332,3 +332,33 @@ fn a_changed_package_compiles_alone_against_its_dependency_compiled_before() {
     assert_eq!(count(&lines, "compiled libgreet/"), 0, "{lines:#?}");
     d.running("changed", 1);
 }
+
+#[test]
+fn two_directors_needing_the_same_packages_at_once_compile_them_once() {
+    let cache = tempfile::tempdir().unwrap();
+    let flags = ["--compiled-package-cache", cache.path().to_str().unwrap()];
+    let (a, b) = (TestDirector::start_with(&flags, &[]), TestDirector::start_with(&flags, &[]));
+    for (d, subnet) in [(&a, 70), (&b, 71)] {
+        d.prepare_with(&d.write("cloud.yml", &local_cloud_config(subnet)), &testbed_release());
+    }
+    let deploys: Vec<std::process::Child> = [&a, &b]
+        .iter()
+        .map(|d| {
+            let m = d.write("m.yml", &greeter_manifest("shared", 1, "1", "greeter"));
+            d.command().args(["-n", "-d", "shared", "deploy", m.to_str().unwrap()]).spawn().unwrap()
+        })
+        .collect();
+    for mut deploy in deploys {
+        assert!(deploy.wait().unwrap().success(), "both deploys succeed");
+    }
+    let (la, lb) = (last_task_lines(&a), last_task_lines(&b));
+    let compiled = count(&la, "compiled ") + count(&lb, "compiled ");
+    let taken = [&la, &lb]
+        .iter()
+        .flat_map(|l| l.iter())
+        .filter(|l| l.ends_with("taken from the compiled-package cache"))
+        .count();
+    assert_eq!((compiled, taken), (2, 2), "libgreet and greet compiled once between them:\n{la:#?}\n{lb:#?}");
+    a.running("shared", 1);
+    b.running("shared", 1);
+}
