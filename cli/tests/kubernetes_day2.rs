@@ -131,7 +131,7 @@ fn lease_holder(c: &Cluster, component: &str) -> Option<(String, String)> {
                     .join(&vm)
                     .join(format!("root/data/sys/log/{component}/{component}.stderr.log"));
             let text = std::fs::read_to_string(log).ok()?;
-            let line = text.lines().filter(|l| l.contains(&needle)).last()?;
+            let line = text.lines().rfind(|l| l.contains(&needle))?;
             let when: String = line.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
             Some((when, name, vm))
         })

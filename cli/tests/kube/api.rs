@@ -281,7 +281,10 @@ impl ApiWriter {
                     Ok((201, _)) => return Ok(retried),
                     Ok((409, _)) if retried.is_some() => {
                         let stored = masters.get_json(&format!("/api/v1/namespaces/{ns}/configmaps/{name}"));
-                        if stored.as_ref().is_some_and(|c| c["data"]["n"] == n.to_string()) {
+                        if stored
+                            .as_ref()
+                            .is_some_and(|c| c["data"]["n"].as_str().and_then(|v| v.parse().ok()) == Some(n))
+                        {
                             return Ok(retried);
                         }
                         return Err(format!("write {n}: AlreadyExists with other content: {stored:?}"));
