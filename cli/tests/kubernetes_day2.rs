@@ -312,8 +312,10 @@ fn scenario_canary_failure(c: &Cluster, masters: &Arc<Masters>, previous: &[&str
     let err = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
     assert_eq!(o.status.code(), Some(1), "the deploy fails: {err}");
     let failed_after = started.elapsed();
-    assert!(err.contains("imageGCHighThresholdPercent"), "the kubelet's reason is in the task: {err}");
-    let reason = err.lines().find(|l| l.contains("imageGCHighThresholdPercent")).unwrap_or("").trim().to_string();
+    // The kubelet's own words: "invalid configuration: imageGCHighThresholdPercent
+    // (--image-gc-high-threshold) 150 must be between 0 and 100, inclusive".
+    let reason = err.lines().find(|l| l.contains("imageGCHighThresholdPercent") && l.contains("must be between"));
+    let reason = reason.unwrap_or_else(|| panic!("the kubelet's reason is in the task: {err}")).trim().to_string();
     println!("[canary] the deploy failed after {:.0} s: {reason}", failed_after.as_secs_f64());
     // Only the canary changed: one worker has the new configuration, cordoned and out of the
     // balancer; the others are as they were.
