@@ -382,10 +382,17 @@ mod tests {
         sup.start(&[job(&layout, "stubborn", &script)]).await;
         assert_eq!(sup.states().await.len(), 1);
         sup.stop().await;
+        // SIGKILLed: gone once the kernel has finished them (a loaded machine takes a moment).
+        let alive = |pid: i32| {
+            nix::sys::signal::kill(Pid::from_raw(pid), None).is_ok()
+                && !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z")
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while [leader, child].iter().any(|p| alive(*p)) && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         for pid in [leader, child] {
-            let alive = nix::sys::signal::kill(Pid::from_raw(pid), None).is_ok()
-                && !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z");
-            assert!(!alive, "process {pid} survived stop");
+            assert!(!alive(pid), "process {pid} survived stop");
         }
         assert!(!layout.run_dir("stubborn").join("main.pid").exists());
     }
