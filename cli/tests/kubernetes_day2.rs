@@ -167,7 +167,8 @@ fn scenario_three_masters(c: &Cluster, masters: &Arc<Masters>) {
     let scheduler = lease_identity(masters, "kube-scheduler").expect("the scheduler's lease");
     let writer = ApiWriter::start(masters.clone(), "master-kill");
     let nodes_before: Vec<String> = c.k.nodes().into_iter().filter(|(_, r)| *r).map(|(n, _)| n).collect();
-    std::thread::sleep(Duration::from_secs(2)); // writes before the kill, for the gap to count
+    // Writes acknowledged before the kill, for the gap to count from.
+    eventually("10 writes before the kill", Duration::from_secs(60), || (writer.acknowledged() >= 10).then_some(()));
     let killed = bosun_cpi_local::kill_vm_processes(&vm, Duration::from_secs(30)).unwrap();
     let died = Instant::now();
     println!("[three masters] killed {victim} (VM {vm}, controller-manager leader): {killed} processes");
@@ -181,7 +182,11 @@ fn scenario_three_masters(c: &Cluster, masters: &Arc<Masters>) {
         let running = c.d.instances("kubernetes").iter().all(|i| i["state"] == "running");
         running.then(|| died.elapsed())
     });
-    std::thread::sleep(Duration::from_secs(2));
+    // And after it came back.
+    let so_far = writer.acknowledged();
+    eventually("10 writes after the return", Duration::from_secs(60), || {
+        (writer.acknowledged() >= so_far + 10).then_some(())
+    });
     let writes = writer.finish(masters);
     println!("[three masters] API writes every 200 ms while one master died and came back: {writes}");
     for f in writes.failed.iter().chain(&writes.retried) {

@@ -202,6 +202,8 @@ impl std::fmt::Display for Report {
 /// Runs `attempt` every `every` on a thread until finished; `attempt` says Ok or what failed.
 struct Ticker {
     stop: Arc<AtomicBool>,
+    /// Successful attempts so far, for callers waiting on progress.
+    succeeded: Arc<AtomicUsize>,
     handle: Option<JoinHandle<Report>>,
 }
 
@@ -213,6 +215,8 @@ impl Ticker {
     ) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
+        let succeeded = Arc::new(AtomicUsize::new(0));
+        let counter = succeeded.clone();
         let handle = std::thread::spawn(move || {
             let mut report = Report::default();
             let mut last_success = Instant::now();
@@ -223,6 +227,7 @@ impl Ticker {
                         report.longest_gap = report.longest_gap.max(last_success.elapsed());
                         last_success = Instant::now();
                         report.retried.extend(retried);
+                        counter.fetch_add(1, Ordering::SeqCst);
                     }
                     Err(e) => report.failed.push(e),
                 }
@@ -233,7 +238,7 @@ impl Ticker {
             }
             report
         });
-        Ticker { stop, handle: Some(handle) }
+        Ticker { stop, succeeded, handle: Some(handle) }
     }
 
     fn finish(mut self) -> Report {
@@ -305,6 +310,11 @@ impl ApiWriter {
             }
         });
         ApiWriter { ticker, namespace: namespace.to_string() }
+    }
+
+    /// How many writes were acknowledged so far.
+    pub fn acknowledged(&self) -> usize {
+        self.ticker.succeeded.load(Ordering::SeqCst)
     }
 
     /// Stops writing; checks every acknowledged write is readable with what was written.
