@@ -76,28 +76,16 @@ fn lock_file(dir: &Path, key: &str) -> Result<std::fs::File, String> {
 /// waits for that director to finish (and the caller looks in the cache again).
 pub async fn claim(dir: &Path, key: &str, waiting: impl std::future::Future<Output = ()>) -> Result<Claim, String> {
     let (dir, key) = (dir.to_path_buf(), key.to_string());
-    let (d2, k2) = (dir.clone(), key.clone());
-    let first = tokio::task::spawn_blocking(move || -> Result<Result<Claim, ()>, String> {
-        let f = lock_file(&d2, &k2)?;
-        match f.try_lock() {
-            Ok(()) => Ok(Ok(Claim(f))),
-            Err(std::fs::TryLockError::WouldBlock) => Ok(Err(())),
-            Err(std::fs::TryLockError::Error(e)) => Err(e.to_string()),
-        }
-    })
-    .await
-    .map_err(|e| e.to_string())??;
-    if let Ok(claim) = first {
-        return Ok(claim);
+    let file = tokio::task::spawn_blocking(move || lock_file(&dir, &key)).await.map_err(|e| e.to_string())??;
+    match file.try_lock() {
+        Ok(()) => return Ok(Claim(file)),
+        Err(std::fs::TryLockError::WouldBlock) => {}
+        Err(std::fs::TryLockError::Error(e)) => return Err(e.to_string()),
     }
     waiting.await;
-    tokio::task::spawn_blocking(move || -> Result<Claim, String> {
-        let f = lock_file(&dir, &key)?;
-        f.lock().map_err(|e| e.to_string())?;
-        Ok(Claim(f))
-    })
-    .await
-    .map_err(|e| e.to_string())?
+    tokio::task::spawn_blocking(move || file.lock().map(|()| Claim(file)).map_err(|e| e.to_string()))
+        .await
+        .map_err(|e| e.to_string())?
 }
 
 /// Keeps a compiled package in the cache (the blob first, then its record, each written whole
