@@ -60,6 +60,8 @@ pub struct Compiler<'a> {
     pub layout: &'a Layout,
     pub dialer: &'a Dialer,
     pub agent_id: &'a str,
+    /// The machine's build cache for compilers, if the director offers one.
+    pub build_cache: Option<&'a Path>,
 }
 
 impl Compiler<'_> {
@@ -86,8 +88,12 @@ impl Compiler<'_> {
         let install_target = self.layout.packages().join(&p.name);
         switch_link(&install_target, &target).await?;
 
+        let build_cache = match self.build_cache {
+            Some(dir) => usable_build_cache(dir).await,
+            None => None,
+        };
         let started = Instant::now();
-        run_packaging(self.layout, p, &compile, &install_target, timeout).await?;
+        run_packaging(self.layout, p, &compile, &install_target, build_cache.as_deref(), timeout).await?;
         let packaging_ms = started.elapsed().as_millis() as u64;
         tracing::info!(package = %p.name, packaging_ms, "packaging finished");
 
@@ -133,6 +139,7 @@ async fn run_packaging(
     p: &PackageToCompile,
     compile: &Path,
     install_target: &Path,
+    build_cache: Option<&Path>,
     timeout: Duration,
 ) -> Result<(), CompileError> {
     let failed = |message: String| CompileError::Packaging { package: p.name.clone(), message };
@@ -155,6 +162,9 @@ async fn run_packaging(
         .env("BOSH_PACKAGES_DIR", layout.packages())
         .env("BOSUN_ROOT", &layout.root)
         .env("TMPDIR", layout.root.join("data/tmp"));
+    if let Some(dir) = build_cache {
+        cmd.env("BOSUN_BUILD_CACHE", dir);
+    }
     cmd.process_group(0).kill_on_drop(true);
     let status = match tokio::time::timeout(timeout, cmd.status()).await {
         Ok(Ok(s)) => s,
@@ -168,6 +178,43 @@ async fn run_packaging(
         return Err(failed(format!("packaging failed ({status}):\n{}", output_tail(&log_path).await)));
     }
     Ok(())
+}
+
+/// The build cache the director offered, made if missing (owner-only: it holds build outputs that
+/// later compilations trust); `None`, logged, when this VM cannot use it (a VM that does not see
+/// the director's machine's filesystem, or a path that is not an absolute directory).
+async fn usable_build_cache(dir: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    if !dir.is_absolute() {
+        tracing::warn!(dir = %dir.display(), "build cache refused: not an absolute path");
+        return None;
+    }
+    let made = tokio::task::spawn_blocking({
+        let dir = dir.to_path_buf();
+        move || {
+            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir)?;
+            std::fs::metadata(&dir)
+        }
+    })
+    .await;
+    match made {
+        // Another user's, or one others may write to: its entries cannot be trusted.
+        Ok(Ok(m)) if m.is_dir() && m.uid() == nix::unistd::geteuid().as_raw() && m.mode() & 0o022 == 0 => {
+            Some(dir.to_path_buf())
+        }
+        Ok(Ok(_)) => {
+            tracing::warn!(dir = %dir.display(), "build cache refused: not a directory only this agent's user may write");
+            None
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "build cache not usable; compiling without it");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "build cache check did not finish");
+            None
+        }
+    }
 }
 
 async fn output_tail(log: &Path) -> String {
@@ -228,5 +275,41 @@ mod tests {
             }
             other => panic!("expected progress, got {other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn packaging_finds_the_build_cache_made_owner_only_and_an_unsafe_one_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        let layout = Layout::new(&root);
+        std::fs::create_dir_all(layout.root.join("data/tmp")).unwrap();
+        let cache = dir.path().join("cache/debian");
+        let offered = usable_build_cache(&cache).await.expect("made");
+        assert_eq!(std::fs::metadata(&cache).unwrap().permissions().mode() & 0o777, 0o700);
+
+        let compile = dir.path().join("compile");
+        let target = dir.path().join("install");
+        std::fs::create_dir_all(&compile).unwrap();
+        std::fs::create_dir_all(&target).unwrap();
+        std::fs::write(compile.join("packaging"), "echo \"$BOSUN_BUILD_CACHE\" > \"$BOSH_INSTALL_TARGET/cache\"\n")
+            .unwrap();
+        let p = PackageToCompile {
+            name: "golang-thing".into(),
+            fingerprint: "f1".into(),
+            source: BlobRef { digest: "sha256:00".into(), size: 0 },
+            dependencies: vec![],
+        };
+        run_packaging(&layout, &p, &compile, &target, Some(&offered), Duration::from_secs(30)).await.unwrap();
+        assert_eq!(std::fs::read_to_string(target.join("cache")).unwrap().trim(), cache.to_str().unwrap());
+        run_packaging(&layout, &p, &compile, &target, None, Duration::from_secs(30)).await.unwrap();
+        assert_eq!(std::fs::read_to_string(target.join("cache")).unwrap().trim(), "", "no cache: no variable");
+
+        // One that others may write to could hold anybody's build outputs.
+        std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert_eq!(usable_build_cache(&cache).await, None);
+        assert_eq!(usable_build_cache(Path::new("relative/cache")).await, None);
+        std::fs::write(dir.path().join("file"), "").unwrap();
+        assert_eq!(usable_build_cache(&dir.path().join("file")).await, None);
     }
 }

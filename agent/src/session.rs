@@ -420,12 +420,13 @@ impl Agent {
                 let result = crate::scripts::run_errand(&self.layout, &job, Duration::from_millis(timeout_ms)).await?;
                 Ok(serde_json::to_value(result).expect("serializable"))
             }
-            AgentCommand::CompilePackage { package, timeout_ms } => {
+            AgentCommand::CompilePackage { package, timeout_ms, build_cache } => {
                 let _op = self.op_lock.lock().await;
                 let compiler = crate::compiler::Compiler {
                     layout: &self.layout,
                     dialer: &self.dialer,
                     agent_id: &self.settings.agent_id,
+                    build_cache: build_cache.as_deref().map(std::path::Path::new),
                 };
                 let compiled =
                     compiler.compile(&package, Duration::from_millis(timeout_ms)).await.map_err(|e| error_chain(&e))?;

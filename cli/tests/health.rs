@@ -267,6 +267,10 @@ fn resurrection_switched_off_leaves_a_dead_vm_and_an_agent_reboot_needs_no_direc
     let m = d.write("s.yml", &sleeper_manifest("switch", 2, "hello", "", "  persistent_disk: 64", ""));
     d.ok(&["-n", "-d", "switch", "deploy", m.to_str().unwrap()]);
     let before = by_index(&d.running("switch", 2));
+    // Resurrection off for the deployment first: this test's director calls an agent unresponsive
+    // after 1.5 s, which a reboot on a loaded machine may exceed; the reboot must be the agent's
+    // own recovery, not the monitor's replacement.
+    d.ok(&["-d", "switch", "update-resurrection", "off"]);
 
     // A rebooted VM: the agent comes back to the jobs it ran, from its own ledger, with no task.
     let tasks_before = d.json(&["tasks"]).as_array().unwrap().len();
@@ -284,8 +288,7 @@ fn resurrection_switched_off_leaves_a_dead_vm_and_an_agent_reboot_needs_no_direc
     let starts = std::fs::read_to_string(d.cpi_base().join("disks").join(disk).join("data/starts")).unwrap();
     assert_eq!(starts.lines().count(), 2, "the job started again on its persistent disk: {starts}");
 
-    // Resurrection off for the deployment: a dead VM is reported, not replaced.
-    d.ok(&["-d", "switch", "update-resurrection", "off"]);
+    // With resurrection off, a dead VM is reported, not replaced.
     kill_vm(before[0]["vm_cid"].as_str().unwrap());
     let name = before[0]["instance"].as_str().unwrap();
     eventually("the dead VM reported", Duration::from_secs(30), || {

@@ -63,6 +63,10 @@ pub struct DirectorConfig {
     /// Where compiled packages are kept for every director on the machine (BOSH's
     /// `compiled_package_cache`); none: only in this director's blobstore.
     pub compiled_package_cache: Option<PathBuf>,
+    /// A directory the compilers on compilation VMs keep their caches in between compilations
+    /// (`BOSUN_BUILD_CACHE/<stemcell os>` in `packaging`'s environment): only for CPIs whose VMs
+    /// see this machine's filesystem (the local CPI); none: every compilation starts cold.
+    pub build_cache: Option<PathBuf>,
     /// How long one package's `packaging` may run on a compilation VM.
     pub compile_timeout: Duration,
 }

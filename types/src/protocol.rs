@@ -229,6 +229,12 @@ pub enum AgentCommand {
     CompilePackage {
         package: PackageToCompile,
         timeout_ms: u64,
+        /// A directory the compilers' own caches may keep between compilations (Go's build
+        /// cache, …), shared by the compilation VMs of one machine; `packaging` finds it in
+        /// `BOSUN_BUILD_CACHE`. Absent, or not a directory the VM can make: every compilation
+        /// starts cold, as on BOSH.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        build_cache: Option<String>,
     },
     /// Runs an errand: the job's `bin/run`, bounded by the timeout, its output lines sent as
     /// progress while it runs. Answers a [`ScriptResult`].

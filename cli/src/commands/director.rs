@@ -70,6 +70,11 @@ pub struct DirectorArgs {
     /// compiled_package_cache); a director takes a package from it instead of compiling it again.
     #[arg(long, value_name = "DIR", env = "BOSUN_COMPILED_PACKAGE_CACHE")]
     compiled_package_cache: Option<PathBuf>,
+    /// Let compilers on compilation VMs keep their caches here between compilations (Go's build
+    /// cache: a package rebuilt with a small change recompiles only what changed). Only for VMs
+    /// that see this machine's filesystem (the local CPI); others compile without it.
+    #[arg(long, value_name = "DIR", env = "BOSUN_BUILD_CACHE_DIR")]
+    build_cache: Option<PathBuf>,
     /// How long one package's `packaging` may run on a compilation VM, in seconds.
     #[arg(long, default_value_t = 2 * 3600)]
     compile_timeout: u64,
@@ -105,6 +110,7 @@ pub async fn run_director(args: &DirectorArgs) -> Result<()> {
             window: Duration::from_secs(args.meltdown_window),
         },
         compiled_package_cache: args.compiled_package_cache.clone(),
+        build_cache: args.build_cache.clone(),
         compile_timeout: {
             if args.compile_timeout == 0 {
                 return Err(InputError::new("--compile-timeout must be at least 1 second").into());

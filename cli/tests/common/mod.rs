@@ -340,6 +340,12 @@ impl TestDirector {
         if !flags.contains(&"--compiled-package-cache") {
             all_flags.extend(["--compiled-package-cache".to_string(), compiled_package_cache().display().to_string()]);
         }
+        // And one build cache for the compilers (Go's): a package built again with a small
+        // change (the day-2 test's next Kubernetes version) recompiles only what changed.
+        if !flags.contains(&"--build-cache") {
+            let build_cache = compiled_package_cache().with_file_name("build-cache");
+            all_flags.extend(["--build-cache".to_string(), build_cache.display().to_string()]);
+        }
         let mut d = TestDirector {
             dir,
             child: None,

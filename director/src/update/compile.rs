@@ -247,6 +247,7 @@ async fn run_compilation(
             dependencies,
         },
         timeout_ms: timeout.as_millis() as u64,
+        build_cache: build_cache_for(d.config.build_cache.as_deref(), &p.stemcell.operating_system),
     };
     // The agent's progress reports become the task's lines while it compiles.
     let (progress, mut reports) = tokio::sync::mpsc::unbounded_channel::<String>();
@@ -306,4 +307,34 @@ async fn delete_worker(d: &Director, task: &Task, w: &Worker) {
     }
     d.hub.forget(&w.agent_id);
     let _ = d.state.delete(tables::AGENTS, &w.agent_id).await;
+}
+
+/// The build cache offered to a compilation for stemcells of `operating_system`: one per
+/// operating system, so one line's compilers and headers never feed another's (Go keys its
+/// entries by every input, so the versions of a line share one). None for an operating system
+/// whose name is not a plain path component.
+fn build_cache_for(cache: Option<&std::path::Path>, operating_system: &str) -> Option<String> {
+    let plain = !operating_system.is_empty()
+        && !operating_system.starts_with('.')
+        && operating_system.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    cache.filter(|_| plain).map(|c| c.join(operating_system).display().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::build_cache_for;
+    use std::path::Path;
+
+    #[test]
+    fn the_build_cache_is_per_operating_system_and_only_for_plain_names() {
+        let cache = Some(Path::new("/var/cache/bosun/build-cache"));
+        assert_eq!(
+            build_cache_for(cache, "debian-bookworm").as_deref(),
+            Some("/var/cache/bosun/build-cache/debian-bookworm")
+        );
+        for hostile in ["", "..", "../etc", "a/b", ".hidden", "x y"] {
+            assert_eq!(build_cache_for(cache, hostile), None, "{hostile:?}");
+        }
+        assert_eq!(build_cache_for(None, "debian-bookworm"), None);
+    }
 }
