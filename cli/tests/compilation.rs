@@ -315,8 +315,16 @@ fn testbed_with_new_greet(scratch: &Path) -> PathBuf {
 
 #[test]
 fn a_changed_package_compiles_alone_against_its_dependency_compiled_before() {
-    let cache = tempfile::tempdir().unwrap();
-    let d = TestDirector::start_with(&["--compiled-package-cache", cache.path().to_str().unwrap()], &[]);
+    let (cache, build_cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let d = TestDirector::start_with(
+        &[
+            "--compiled-package-cache",
+            cache.path().to_str().unwrap(),
+            "--build-cache",
+            build_cache.path().to_str().unwrap(),
+        ],
+        &[],
+    );
     d.prepare_with(&d.write("cloud.yml", &local_cloud_config(65)), &testbed_release());
     let m = d.write("m.yml", &greeter_manifest("changed", 1, "1", "greeter"));
     d.ok(&["-n", "-d", "changed", "deploy", m.to_str().unwrap()]);
@@ -330,7 +338,15 @@ fn a_changed_package_compiles_alone_against_its_dependency_compiled_before() {
     let lines = last_task_lines(&d);
     assert_eq!(count(&lines, "compiled greet/"), 1, "{lines:#?}");
     assert_eq!(count(&lines, "compiled libgreet/"), 0, "{lines:#?}");
-    d.running("changed", 1);
+    let vm = d.running("changed", 1)[0]["vm_cid"].as_str().unwrap().to_string();
+    // The new version's packaging found what the first one left in the build cache (one per
+    // stemcell operating system, owner-only).
+    let before = read(&instance_root(&d, &vm).join("packages/greet/build-cache-before"));
+    assert!(before.starts_with("greet-") && before.lines().count() == 1, "{before}");
+    let os_dirs: Vec<_> = std::fs::read_dir(build_cache.path()).unwrap().flatten().collect();
+    assert_eq!(os_dirs.len(), 1, "one directory per operating system");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(os_dirs[0].metadata().unwrap().permissions().mode() & 0o777, 0o700);
 }
 
 #[test]
