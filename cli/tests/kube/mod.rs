@@ -273,7 +273,9 @@ spec:
       - name: web
         image: bosun.local/busybox:1
         imagePullPolicy: Never
-        command: [sh, -c, 'mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www']
+        # A shell in front of httpd ends it on SIGTERM (httpd as PID 1 ignores SIGTERM, so every
+        # stopped pod would wait out its grace period).
+        command: [sh, -c, 'mkdir -p /www && hostname > /www/index.html && httpd -f -p 8080 -h /www & trap "kill $!; exit 0" TERM; wait']
         readinessProbe: {tcpSocket: {port: 8080}, periodSeconds: 1}
         lifecycle: {preStop: {exec: {command: [sleep, "3"]}}}
 ---
