@@ -843,10 +843,14 @@ fn packages_compile_once_per_stemcell_dependencies_first_keyed_by_what_they_are_
     assert_eq!(compilations(&first), [("base".into(), "linux/1".into()), ("pkg".into(), "linux/1".into())]);
     let c = first.compilation.as_ref().unwrap();
     assert_eq!(c.packages[1].dependencies, vec![("base".to_string(), c.packages[0].key.clone())]);
-    // Every instance installs the same compiled packages.
+    // Every instance installs the same compiled packages: those its jobs name, not what compiling
+    // them needed (as on BOSH, a job names a package it needs at run time).
     let keys: BTreeSet<Vec<String>> =
         first.groups[0].instances.iter().map(|i| i.packages.iter().map(|p| p.compiled_key.clone()).collect()).collect();
     assert_eq!(keys.len(), 1);
+    let installed: Vec<&str> = first.groups[0].instances[0].packages.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(installed, ["pkg"]);
+    assert!(first.groups[0].instances[0].packages[0].dependencies.is_empty(), "nothing to install first");
     // Two workers asked for, two packages: two compilation VMs on addresses no instance has.
     assert_eq!(c.workers.len(), 2);
     let instance_ips: BTreeSet<String> =

@@ -118,10 +118,12 @@ pub fn resolved_for_stemcell<'a>(
         .collect()
 }
 
-/// The packages of one instance (a closed set) as it installs them, with what compiling each
-/// would take.
+/// The packages an instance installs — those its jobs name, as BOSH installs them: a package's
+/// `dependencies` are what compiling it needs, and a job that needs one at run time names it —
+/// and what compiling each package of the closure would take.
 pub(super) fn planned_packages(
     closure: &[(String, ReleasePackage)],
+    installed: &BTreeSet<String>,
     stemcell: &StemcellRecord,
     compiled: &BTreeSet<String>,
 ) -> (Vec<PlannedPackage>, Vec<PackageCompilation>) {
@@ -131,12 +133,15 @@ pub(super) fn planned_packages(
     for (p, key, dependencies) in
         resolved_for_stemcell(closure.iter().map(|(_, p)| p), &stemcell.operating_system, &stemcell.version, compiled)
     {
-        planned.push(PlannedPackage {
-            name: p.name.clone(),
-            fingerprint: p.fingerprint.clone(),
-            dependencies: p.dependencies.clone(),
-            compiled_key: key.clone(),
-        });
+        if installed.contains(&p.name) {
+            planned.push(PlannedPackage {
+                name: p.name.clone(),
+                fingerprint: p.fingerprint.clone(),
+                // The agent installs in dependency order within what it is sent.
+                dependencies: p.dependencies.iter().filter(|d| installed.contains(*d)).cloned().collect(),
+                compiled_key: key.clone(),
+            });
+        }
         compilations.push(PackageCompilation {
             key,
             package: p.clone(),

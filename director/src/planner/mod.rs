@@ -320,7 +320,8 @@ fn plan_instance(
         });
     }
     let closure = shape::package_closure(input, &package_names, &gi)?;
-    let (packages, compilations) = compile::planned_packages(&closure, &stemcell, input.compiled);
+    let installed = package_names.iter().map(|(_, name)| name.clone()).collect();
+    let (packages, compilations) = compile::planned_packages(&closure, &installed, &stemcell, input.compiled);
     let configuration_hash = shape::configuration_hash(&jobs);
     let applied = AppliedState {
         stemcell: (stemcell.name.clone(), stemcell.version.clone()),
@@ -329,7 +330,9 @@ fn plan_instance(
         env_digest: digest_json(&env),
         networks: s.networks.iter().map(|(n, ns)| (n.clone(), ns.ip.clone())).collect(),
         jobs: applied_jobs,
-        packages: packages.iter().map(|p| (p.name.clone(), p.fingerprint.clone())).collect(),
+        // The whole closure: a dependency's change (a new compiled package of what depends on
+        // it) is a change of the instance, though it installs only what its jobs name.
+        packages: compilations.iter().map(|c| (c.package.name.clone(), c.package.fingerprint.clone())).collect(),
         configuration_hash: configuration_hash.clone(),
         persistent_disk_mb: persistent_disk.as_ref().map(|(mb, _)| *mb).unwrap_or(0),
         persistent_disk_digest: persistent_disk.as_ref().map(|(_, cp)| digest_json(cp)).unwrap_or_default(),
