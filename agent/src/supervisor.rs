@@ -8,6 +8,7 @@ use bosun_types::protocol::{ApplyJob, JobState, ProcessState, ProcessStatus};
 use bosun_types::release::ProcessDefinition;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -77,6 +78,7 @@ impl Supervisor {
                     restarts: 0,
                     uptime_secs: None,
                     last_exit: None,
+                    last_words: None,
                 }));
                 let started = Arc::new(Mutex::new(None));
                 let (tx, rx) = oneshot::channel();
@@ -175,6 +177,38 @@ fn leftover_pids(run: &std::path::Path) -> Vec<i32> {
         }
     }
     pids
+}
+
+/// The last two lines a process wrote to its stderr log before it exited, from the log's last
+/// 64 KiB, each cut to 300 characters; a Go program's goroutine dump after its fatal line is left
+/// out, so a crash's reason is what remains.
+async fn last_words(log: &Path) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    const TAIL: u64 = 64 * 1024;
+    let mut f = tokio::fs::File::open(log).await.ok()?;
+    let len = f.metadata().await.ok()?.len();
+    f.seek(std::io::SeekFrom::Start(len.saturating_sub(TAIL))).await.ok()?;
+    let mut bytes = Vec::new();
+    f.take(TAIL).read_to_end(&mut bytes).await.ok()?;
+    let text = String::from_utf8_lossy(&bytes);
+    let mut lines: Vec<&str> = text.lines().collect();
+    if len > TAIL {
+        lines.drain(..1.min(lines.len())); // a partial first line
+    }
+    if let Some(dump) = lines.iter().position(|l| l.starts_with("goroutine ") && l.trim_end().ends_with("]:")) {
+        lines.truncate(dump);
+    }
+    let last: Vec<String> = lines
+        .iter()
+        .rev()
+        .filter(|l| !l.trim().is_empty())
+        .take(2)
+        .map(|l| l.trim().chars().take(300).collect())
+        .collect::<Vec<String>>()
+        .into_iter()
+        .rev()
+        .collect();
+    (!last.is_empty()).then(|| last.join(" | "))
 }
 
 async fn spawn_process(layout: &Layout, job: &str, def: &ProcessDefinition) -> std::io::Result<tokio::process::Child> {
@@ -277,7 +311,11 @@ async fn supervise(
                     Err(e) => format!("wait failed: {e}"),
                 };
                 tracing::warn!(job, process = def.name, exit = how, "process exited; restarting with backoff");
-                set(&state, |s| s.last_exit = Some(how));
+                let words = last_words(&layout.log_dir(&job).join(format!("{}.stderr.log", def.name))).await;
+                set(&state, |s| {
+                    s.last_exit = Some(how);
+                    s.last_words = words;
+                });
                 if run_started.elapsed() > STABLE_AFTER {
                     backoff = Duration::from_secs(1);
                 }
@@ -341,6 +379,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn last_words_are_the_lines_before_a_go_programs_goroutine_dump() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("kubelet.stderr.log");
+        std::fs::write(
+            &log,
+            "I1130 14:04:28.1 server.go:416] Version: v1.20.2\n\
+             F1130 14:04:28.4 server.go:215] invalid configuration: imageGCHighThresholdPercent 150\n\
+             goroutine 1 [running]:\n\
+             k8s.io/kubernetes/vendor/k8s.io/klog/v2.stacks(0xc000010001)\n\n\
+             goroutine 6 [chan receive]:\n",
+        )
+        .unwrap();
+        assert_eq!(
+            last_words(&log).await.as_deref(),
+            Some(
+                "I1130 14:04:28.1 server.go:416] Version: v1.20.2 | \
+                 F1130 14:04:28.4 server.go:215] invalid configuration: imageGCHighThresholdPercent 150"
+            )
+        );
+        assert_eq!(last_words(&dir.path().join("none.log")).await, None);
+        // A long line is cut; a long log is read from its end.
+        std::fs::write(&log, format!("{}\nlast\n", "x".repeat(100_000))).unwrap();
+        assert_eq!(last_words(&log).await.as_deref(), Some("last"));
+    }
+
+    #[tokio::test]
     async fn a_process_that_keeps_dying_is_restarted_with_backoff_and_reported_failing() {
         let dir = tempfile::tempdir().unwrap();
         let layout = Layout::new(dir.path());
@@ -350,6 +414,7 @@ mod tests {
         let s = wait_for(&sup, "two restarts", |s| s.restarts >= 2).await;
         assert_eq!(s.state, ProcessStatus::Failing);
         assert_eq!(s.last_exit.as_deref(), Some("exit status: 3"));
+        assert_eq!(s.last_words.as_deref(), Some("dying | dying"), "its stderr's last lines");
         assert_eq!(sup.job_state(true, true).await.0, JobState::Failing);
         let log = std::fs::read_to_string(layout.log_dir("crashy").join("main.stderr.log")).unwrap();
         assert!(log.contains("dying"), "the process's output goes to the job's log");

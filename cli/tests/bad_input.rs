@@ -298,7 +298,8 @@ fn bad_input_is_refused_with_a_clear_error_and_changes_nothing() {
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(err.contains("canary update (job `etcd`: property `etcd.heartbeat_interval` changed)"), "{err}");
     assert!(
-        err.contains("starting jobs: not running after 3000 ms: etcd/etcd is Failing (last exit: exit status: "),
+        err.contains("starting jobs: not running after 3000 ms: etcd/etcd is Failing after ")
+            && err.contains(" (last exit: exit status: "),
         "{err}"
     );
     let tasks = d.json(&["tasks", "--recent", "1"]);

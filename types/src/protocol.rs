@@ -378,6 +378,10 @@ pub struct ProcessState {
     pub uptime_secs: Option<u64>,
     #[serde(default)]
     pub last_exit: Option<String>,
+    /// What the process last wrote to its stderr before it last exited (its last two lines, a Go
+    /// program's goroutine dump left out): why it exited, when it says so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_words: Option<String>,
 }
 
 /// The state of all jobs on an instance.

@@ -205,9 +205,16 @@ pub(crate) async fn apply_and_start(
     Ok(())
 }
 
+/// Restarts after which a process still failing is crash-looping: the watch ends there instead of
+/// at its maximum (the agent's backoff of 1, 2, 4, 8, 16 s puts this about 30 s after the start;
+/// a process waiting for a peer to come up exits and returns a few times, not this often).
+const CRASH_LOOP_RESTARTS: u32 = 5;
+
 /// The watch time: first look at `min`, then every half second until every process runs or `max`
 /// has passed. (BOSH looks every (max − min)/9, at least 1 s: with a long range that means waiting
-/// up to minutes after the jobs run; asking an agent is cheap, so bosun asks often.)
+/// up to minutes after the jobs run; asking an agent is cheap, so bosun asks often.) A process that
+/// keeps exiting ends the watch early; either way the error says, for each process not running,
+/// how it last exited and its last words.
 pub(crate) async fn wait_running(d: &Director, agent_id: &str, (min_ms, max_ms): (u64, u64)) -> Result<(), StepError> {
     let start = tokio::time::Instant::now();
     let step = Duration::from_millis(500);
@@ -220,24 +227,27 @@ pub(crate) async fn wait_running(d: &Director, agent_id: &str, (min_ms, max_ms):
         if hb.job_state == JobState::Running {
             return Ok(());
         }
-        if start.elapsed() >= Duration::from_millis(max_ms) {
+        use bosun_types::protocol::ProcessStatus;
+        let crash_looping =
+            hb.processes.iter().any(|p| p.state == ProcessStatus::Failing && p.restarts >= CRASH_LOOP_RESTARTS);
+        if crash_looping || start.elapsed() >= Duration::from_millis(max_ms) {
             let detail: Vec<String> = hb
                 .processes
                 .iter()
-                .filter(|p| p.state != bosun_types::protocol::ProcessStatus::Running)
+                .filter(|p| p.state != ProcessStatus::Running)
                 .map(|p| {
-                    format!(
-                        "{}/{} is {:?}{}",
-                        p.job,
-                        p.name,
-                        p.state,
-                        p.last_exit.as_ref().map(|e| format!(" (last exit: {e})")).unwrap_or_default()
-                    )
+                    let exit = p.last_exit.as_ref().map(|e| format!(" (last exit: {e})")).unwrap_or_default();
+                    let words = p.last_words.as_ref().map(|w| format!("; its last words: {w}")).unwrap_or_default();
+                    format!("{}/{} is {:?} after {} restarts{exit}{words}", p.job, p.name, p.state, p.restarts)
                 })
                 .collect();
+            let what = if crash_looping {
+                format!("keeps exiting ({} ms into the watch)", start.elapsed().as_millis())
+            } else {
+                format!("not running after {max_ms} ms")
+            };
             return Err(StepError::Failed(format!(
-                "not running after {} ms: {}",
-                max_ms,
+                "{what}: {}",
                 if detail.is_empty() { format!("{:?}", hb.job_state) } else { detail.join(", ") }
             )));
         }
