@@ -363,12 +363,18 @@ impl TestDirector {
         eventually("the director to exit", timeout, || child.try_wait().ok().flatten())
     }
 
-    /// Starts the director again on the same state, with this environment instead.
-    pub fn relaunch_with(&mut self, env: &[(&str, &str)]) {
+    /// Ends the director process (its state stays): nothing it would do next — a resurrection, a
+    /// retried create_vm — can race the cleanup of what it made.
+    pub fn stop_process(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Starts the director again on the same state, with this environment instead.
+    pub fn relaunch_with(&mut self, env: &[(&str, &str)]) {
+        self.stop_process();
         self.director_env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         self.launch();
     }

@@ -304,10 +304,19 @@ pub struct Cluster {
     /// The manifest and what every deploy of it repeats (ops-files, variables).
     pub manifest: PathBuf,
     pub base_args: Vec<String>,
-    // Dropped in this order: VMs first, then the director, then the host's sysctls.
+    // Dropped in this order (after the director process is stopped): VMs, then the director's
+    // state, then the host's sysctls.
     pub vms: IsolatedVms,
     pub d: TestDirector,
     pub sysctls: HostSysctls,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // A failed test can leave the director mid-task (resurrecting, creating a VM): stopped
+        // first, it cannot make a VM, namespace or bridge after the VMs are torn down.
+        self.d.stop_process();
+    }
 }
 
 /// Deploys manifests/kubernetes.yml with repository ops-files (`manifests/ops/…`) and variables
