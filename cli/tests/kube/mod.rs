@@ -268,7 +268,7 @@ spec:
   template:
     metadata: {labels: {app: web}}
     spec:
-      terminationGracePeriodSeconds: 10
+      terminationGracePeriodSeconds: 15
       containers:
       - name: web
         image: bosun.local/busybox:1
@@ -277,7 +277,9 @@ spec:
         # stopped pod would wait out its grace period).
         command: [sh, -c, 'mkdir -p /www && hostname > /www/index.html && httpd -f -p 8080 -h /www & trap "kill $!; exit 0" TERM; wait']
         readinessProbe: {tcpSocket: {port: 8080}, periodSeconds: 1}
-        lifecycle: {preStop: {exec: {command: [sleep, "3"]}}}
+        # Serving on while every node's kube-proxy drops this pod from the Service (seconds on a
+        # loaded machine), then ending at once.
+        lifecycle: {preStop: {exec: {command: [sleep, "8"]}}}
 ---
 apiVersion: v1
 kind: Service
