@@ -34,10 +34,7 @@ pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> InstallError + '
 
 /// A name or fingerprint we turn into a path component must be one.
 pub(crate) fn safe_component(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 128
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
-        && !s.starts_with('.')
+    bosun_types::yaml::is_safe_name(s)
 }
 
 pub struct Installer<'a> {

@@ -117,13 +117,18 @@ fn pointer(path: &serde_path_to_error::Path) -> String {
     }
 }
 
-/// Names end up in paths, tags and process environments: keep them to a safe alphabet.
-pub fn check_name(src: &str, path: impl std::fmt::Display, name: &str) -> Result<(), DocumentError> {
-    let ok = !name.is_empty()
+/// A name safe as one path component, tag or environment value: 1–128 of `A-Za-z0-9-_.`, not
+/// starting with a dot.
+pub fn is_safe_name(name: &str) -> bool {
+    !name.is_empty()
         && name.len() <= 128
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
-        && !name.starts_with('.');
-    if ok {
+        && !name.starts_with('.')
+}
+
+/// Names end up in paths, tags and process environments: keep them to a safe alphabet.
+pub fn check_name(src: &str, path: impl std::fmt::Display, name: &str) -> Result<(), DocumentError> {
+    if is_safe_name(name) {
         Ok(())
     } else {
         Err(DocumentError::invalid(

@@ -314,9 +314,7 @@ async fn delete_worker(d: &Director, task: &Task, w: &Worker) {
 /// entries by every input, so the versions of a line share one). None for an operating system
 /// whose name is not a plain path component.
 fn build_cache_for(cache: Option<&std::path::Path>, operating_system: &str) -> Option<String> {
-    let plain = !operating_system.is_empty()
-        && !operating_system.starts_with('.')
-        && operating_system.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    let plain = bosun_types::yaml::is_safe_name(operating_system);
     cache.filter(|_| plain).map(|c| c.join(operating_system).display().to_string())
 }
 
