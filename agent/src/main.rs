@@ -27,6 +27,9 @@ fn main() {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_ansi(false)
         .init();
+    // A VM's files get the usual modes whatever the agent inherited (the local CPI's agents are
+    // started by a director whose own umask is 077); what must be private is made so explicitly.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
     // A small runtime: an agent's footprint matters on every VM.
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
     if let Err(e) = rt.block_on(bosun_agent::run(bosun_agent::AgentOptions { root, settings })) {

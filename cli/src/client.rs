@@ -90,7 +90,10 @@ impl Client {
         let mut builder = reqwest::Client::builder()
             .use_rustls_tls()
             .tls_built_in_root_certs(false)
-            .connect_timeout(Duration::from_secs(10));
+            .connect_timeout(Duration::from_secs(10))
+            // Before the director closes an idle connection (`HEADER_READ_TIMEOUT`, 30 s), so a
+            // request never goes out on one it is closing.
+            .pool_idle_timeout(Duration::from_secs(20));
         let certs = reqwest::Certificate::from_pem_bundle(target.ca_cert.as_bytes())
             .context("the CA certificate is not PEM")?;
         if certs.is_empty() {

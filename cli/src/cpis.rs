@@ -5,7 +5,7 @@
 use crate::InputError;
 use anyhow::{Context, Result};
 use bosun_cpi::Cpi;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// The names `bosun director --cpi` accepts in this build.
@@ -17,13 +17,29 @@ pub fn available() -> Vec<&'static str> {
     names
 }
 
-/// Opens the CPI named `name`, its state under `state_dir/cpi-NAME`, with its configuration file
-/// when one is given.
+/// Where the CPI named `name` keeps its own state (the local CPI: its VMs' filesystems) for the
+/// director whose state is in `state_dir`: beside it, `STATE-cpi-NAME`, so the director's state
+/// directory holds only the director's own (owner-only) files. A CPI directory inside the state
+/// directory, where earlier directors kept it, is used while it exists: its VMs live there.
+pub fn cpi_dir(name: &str, state_dir: &Path) -> PathBuf {
+    let inside = state_dir.join(format!("cpi-{name}"));
+    if inside.exists() {
+        return inside;
+    }
+    // Without a trailing `/`, which would put it inside.
+    let mut beside = state_dir.components().collect::<PathBuf>().into_os_string();
+    beside.push(format!("-cpi-{name}"));
+    PathBuf::from(beside)
+}
+
+/// Opens the CPI named `name`, its state in [`cpi_dir`], with its configuration file when one is
+/// given.
 pub async fn open(name: &str, config: Option<&Path>, state_dir: &Path) -> Result<Arc<dyn Cpi>> {
+    let dir = cpi_dir(name, state_dir);
     match name {
         "local" => Ok(Arc::new(
-            bosun_cpi_local::LocalCpi::new(state_dir.join("cpi-local"))
-                .with_context(|| format!("preparing the local CPI under {}", state_dir.display()))?,
+            bosun_cpi_local::LocalCpi::new(dir.clone())
+                .with_context(|| format!("preparing the local CPI in {}", dir.display()))?,
         )),
         #[cfg(feature = "docker")]
         "docker" => {
@@ -31,11 +47,7 @@ pub async fn open(name: &str, config: Option<&Path>, state_dir: &Path) -> Result
                 Some(f) => read_config(f)?,
                 None => Default::default(),
             };
-            Ok(Arc::new(
-                bosun_cpi_docker::DockerCpi::connect(config, state_dir.join("cpi-docker"))
-                    .await
-                    .context("starting the Docker CPI")?,
-            ))
+            Ok(Arc::new(bosun_cpi_docker::DockerCpi::connect(config, dir).await.context("starting the Docker CPI")?))
         }
         other => {
             let _ = config;

@@ -92,7 +92,7 @@ fn etcd_on_containers_survives_kills_disconnects_and_a_stemcell_upgrade() {
     let mut leftovers = DockerLeftovers {
         label: format!("bosun.tag.director_uuid={uuid}"),
         networks: vec![net.into()],
-        cpi_state: Some(d.state_dir().join("cpi-docker")),
+        cpi_state: Some(d.state_dir().with_file_name("state-cpi-docker")),
         images: vec![],
     };
     let cloud = std::fs::read_to_string(repo().join("manifests/cloud-config/docker.yml"))

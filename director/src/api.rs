@@ -44,6 +44,14 @@ impl ApiError {
     fn conflict(m: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, "conflict", m)
     }
+    /// Storing something failed: a full disk says so (507), anything else is internal.
+    fn storing(e: &std::io::Error) -> Self {
+        if e.kind() == std::io::ErrorKind::StorageFull {
+            tracing::error!(error = %e, "the state directory's disk is full");
+            return Self::new(StatusCode::INSUFFICIENT_STORAGE, "no_space", "the director's disk is full");
+        }
+        Self::internal(e)
+    }
     fn internal(e: &dyn std::error::Error) -> Self {
         tracing::error!(error = %error_chain(e), "request failed");
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the director's log")
@@ -126,7 +134,12 @@ fn bearer_token(header: &str) -> Option<&str> {
 async fn authenticate(State(d): Shared, headers: HeaderMap, request: Request, next: Next) -> Response {
     let presented = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(bearer_token);
     match presented {
-        Some(t) if constant_time_eq(t.as_bytes(), d.token.as_bytes()) => next.run(request).await,
+        Some(t) if constant_time_eq(t.as_bytes(), d.token.as_bytes()) => {
+            if let Some(admission) = request.extensions().get::<Arc<crate::gate::Admission>>() {
+                admission.prove();
+            }
+            next.run(request).await
+        }
         Some(_) => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "the token is not valid for this director")
             .into_response(),
         None => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "a bearer token is required (set BOSUN_TOKEN)")
@@ -135,12 +148,30 @@ async fn authenticate(State(d): Shared, headers: HeaderMap, request: Request, ne
 }
 
 /// Serves the API over TLS until the listener fails.
-pub async fn serve(d: Arc<Director>, listener: tokio::net::TcpListener, acceptor: tokio_rustls::TlsAcceptor) {
+/// How long a client has to send a request's headers — and how long a connection may sit idle
+/// between requests (the same timer: hyper starts it when it waits for a request).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Serves the API. A connection counts against `gate` until a request on it presents the token.
+pub async fn serve(
+    d: Arc<Director>,
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    gate: Arc<crate::gate::ConnectionGate>,
+) {
+    use tower::ServiceExt;
     let app = router(d);
-    crate::serve_tls("api", listener, acceptor, move |tls, _peer| {
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+    crate::serve_tls("api", listener, acceptor, gate, move |tls, _peer, admission| {
+        // `authenticate` proves the admission when the token matches.
+        let app = app.clone().map_request(move |mut request: Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(admission.clone());
+            request
+        });
+        let service = hyper_util::service::TowerToHyperService::new(app);
         async move {
             let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
                 .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
                 .await;
         }
@@ -317,22 +348,43 @@ async fn list_stemcells(State(d): Shared) -> Result<Json<Vec<StemcellView>>, Api
     Ok(Json(out))
 }
 
-/// Streams a request body to a file under the state directory.
+/// Streams a request body to a file under the state directory (`tmp/<uuid>/upload`). On any
+/// failure the directory is removed: a failed upload leaves nothing behind. A body that stalls
+/// (nothing for [`BODY_IDLE`]) fails.
 async fn save_body(d: &Director, body: Body) -> Result<(std::path::PathBuf, std::path::PathBuf), ApiError> {
     let work = d.config.state_dir.join("tmp").join(uuid::Uuid::new_v4().simple().to_string());
-    tokio::fs::create_dir_all(&work).await.map_err(|e| ApiError::internal(&e))?;
-    let path = work.join("upload");
-    let mut file = tokio::fs::File::create(&path).await.map_err(|e| ApiError::internal(&e))?;
-    let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("reading the upload: {e}")))?;
-        file.write_all(&chunk).await.map_err(|e| ApiError::internal(&e))?;
+    let saved = async {
+        tokio::fs::create_dir_all(&work).await.map_err(|e| ApiError::storing(&e))?;
+        let path = work.join("upload");
+        let mut file = tokio::fs::File::create(&path).await.map_err(|e| ApiError::storing(&e))?;
+        let mut stream = body.into_data_stream();
+        loop {
+            let chunk = match tokio::time::timeout(BODY_IDLE, stream.next()).await {
+                Ok(Some(chunk)) => chunk.map_err(|e| ApiError::bad_request(format!("reading the upload: {e}")))?,
+                Ok(None) => break,
+                Err(_) => {
+                    return Err(ApiError::bad_request(format!(
+                        "reading the upload: nothing arrived for {} s",
+                        BODY_IDLE.as_secs()
+                    )))
+                }
+            };
+            file.write_all(&chunk).await.map_err(|e| ApiError::storing(&e))?;
+        }
+        file.flush().await.map_err(|e| ApiError::storing(&e))?;
+        let unpack = work.join("unpacked");
+        tokio::fs::create_dir_all(&unpack).await.map_err(|e| ApiError::storing(&e))?;
+        Ok((path, unpack))
     }
-    file.flush().await.map_err(|e| ApiError::internal(&e))?;
-    let unpack = work.join("unpacked");
-    tokio::fs::create_dir_all(&unpack).await.map_err(|e| ApiError::internal(&e))?;
-    Ok((path, unpack))
+    .await;
+    if saved.is_err() {
+        let _ = tokio::fs::remove_dir_all(&work).await;
+    }
+    saved
 }
+
+/// How long an upload's body may stall.
+const BODY_IDLE: Duration = Duration::from_secs(60);
 
 async fn upload_release(State(d): Shared, body: Body) -> Result<Json<TaskCreated>, ApiError> {
     let (path, unpack) = save_body(&d, body).await?;
@@ -775,7 +827,18 @@ async fn delete_deployment(State(d): Shared, Path(name): Path<String>) -> Result
     deployment_record(&d, &name).await?;
     let task = d.tasks.create(&format!("delete deployment {name}"), Some(&name), true).await?;
     let id = task.id;
-    task.clone().run(async move { update::delete_deployment(&d, &task, &name).await.map_err(|e| error_chain(&e)) });
+    task.clone().run(async move {
+        let deleted = update::delete_deployment(&d, &task, &name).await.map_err(|e| error_chain(&e))?;
+        match crate::blob_gc::collect(&d).await {
+            Ok(c) if c.deleted > 0 => {
+                task.info("cleanup", None, format!("{} unreferenced blob(s) deleted ({} bytes)", c.deleted, c.bytes))
+                    .await
+            }
+            Ok(_) => {}
+            Err(e) => task.warn("cleanup", None, format!("collecting unreferenced blobs failed: {e}")).await,
+        }
+        Ok(deleted)
+    });
     Ok(Json(TaskCreated { task_id: id }))
 }
 

@@ -75,6 +75,9 @@ pub struct AgentHub {
     connections: Mutex<HashMap<String, Arc<Connection>>>,
     status: Mutex<HashMap<String, AgentStatus>>,
     allowed_blobs: Mutex<HashMap<String, HashSet<String>>>,
+    /// Rendered jobs an agent's apply in flight names, by agent and digest: served from memory,
+    /// never stored (they hold the deployment's secrets).
+    rendered: Mutex<HashMap<String, HashMap<String, Arc<Vec<u8>>>>>,
     /// Agents asked to upload a blob (compilation VMs), with the largest size accepted.
     allowed_uploads: Mutex<HashMap<String, u64>>,
     /// Where a command's progress reports go, by command id (those sent with `call_reporting`),
@@ -104,6 +107,7 @@ impl AgentHub {
             connections: Mutex::new(HashMap::new()),
             status: Mutex::new(HashMap::new()),
             allowed_blobs: Mutex::new(HashMap::new()),
+            rendered: Mutex::new(HashMap::new()),
             allowed_uploads: Mutex::new(HashMap::new()),
             progress: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
@@ -166,7 +170,19 @@ impl AgentHub {
         self.connections.lock().expect("hub lock").remove(agent_id);
         self.status.lock().expect("hub lock").remove(agent_id);
         self.allowed_blobs.lock().expect("hub lock").remove(agent_id);
+        self.rendered.lock().expect("hub lock").remove(agent_id);
         self.allowed_uploads.lock().expect("hub lock").remove(agent_id);
+    }
+
+    /// Lets an agent fetch these rendered jobs (digest → archive), served from memory, until
+    /// [`Self::withdraw_rendered`]; replaces what it was offered before.
+    pub fn offer_rendered(&self, agent_id: &str, rendered: Vec<(String, Arc<Vec<u8>>)>) {
+        self.rendered.lock().expect("hub lock").insert(agent_id.to_string(), rendered.into_iter().collect());
+    }
+
+    /// Ends an offer of rendered jobs (the apply that needed them is over).
+    pub fn withdraw_rendered(&self, agent_id: &str) {
+        self.rendered.lock().expect("hub lock").remove(agent_id);
     }
 
     /// Lets an agent upload blobs of at most `max_bytes` (a compilation VM's compiled package),
@@ -303,8 +319,20 @@ impl AgentHub {
     }
 
     /// Accepts agent connections (mutual TLS) until the process ends.
-    pub async fn serve(self: Arc<Self>, listener: tokio::net::TcpListener, acceptor: tokio_rustls::TlsAcceptor) {
-        crate::serve_tls("agents", listener, acceptor, move |tls, peer| self.clone().handle(tls, peer)).await
+    /// Serves agents. Unproven connections (TLS handshakes under way) are bounded by `gate`, a gate
+    /// of their own: a flood of the API's listener does not reach them.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: tokio::net::TcpListener,
+        acceptor: tokio_rustls::TlsAcceptor,
+        gate: Arc<crate::gate::ConnectionGate>,
+    ) {
+        crate::serve_tls("agents", listener, acceptor, gate, move |tls, peer, admission| {
+            // The handshake verified the client certificate: the connection has proven itself.
+            admission.prove();
+            self.clone().handle(tls, peer)
+        })
+        .await
     }
 
     #[tracing::instrument(name = "agent_connection", skip_all, fields(%peer))]
@@ -433,7 +461,11 @@ impl AgentHub {
                         }
                         Ok(_) => tracing::warn!(agent_id = %claimed, "agent sent an unexpected message; ignored"),
                         Err(e) => {
-                            tracing::warn!(agent_id = %claimed, error = %e, "agent sent a malformed message; ignored")
+                            static MALFORMED: crate::log_throttle::LogThrottle =
+                                crate::log_throttle::LogThrottle::new(5, Duration::from_secs(60));
+                            if let Some(held_back) = MALFORMED.allow() {
+                                tracing::warn!(agent_id = %claimed, error = %e, held_back, "agent sent a malformed message; ignored")
+                            }
                         }
                     }
                 }
@@ -457,26 +489,44 @@ impl AgentHub {
     }
 
     async fn serve_blob<S: tokio::io::AsyncWrite + Unpin>(&self, agent_id: &str, digest: &str, out: &mut S) {
-        let allowed = self.allowed_blobs.lock().expect("hub lock").get(agent_id).is_some_and(|s| s.contains(digest));
         let answer = |h: BlobHeader| encode_line(&h);
-        if !allowed {
-            tracing::warn!(agent_id, digest, "refused a blob the agent's spec does not name");
-            let _ = out
-                .write_all(&answer(BlobHeader { size: None, error: Some("blob not in this agent's spec".into()) }))
-                .await;
+        let refuse = |why: String| encode_line(&BlobHeader { size: None, error: Some(why) });
+        let rendered =
+            self.rendered.lock().expect("hub lock").get(agent_id).and_then(|offered| offered.get(digest)).cloned();
+        if let Some(archive) = rendered {
+            if out.write_all(&answer(BlobHeader { size: Some(archive.len() as u64), error: None })).await.is_ok() {
+                let _ = out.write_all(&archive).await;
+            }
+            let _ = out.shutdown().await;
             return;
         }
-        let path = match self.blobstore.path(digest) {
-            Ok(p) => p,
+        let allowed = self.allowed_blobs.lock().expect("hub lock").get(agent_id).is_some_and(|s| s.contains(digest));
+        if !allowed {
+            tracing::warn!(agent_id, digest, "refused a blob the agent's spec does not name");
+            let _ = out.write_all(&refuse("blob not in this agent's spec".into())).await;
+            return;
+        }
+        // Checked before it is served: a blob the disk corrupted is moved aside and refused here,
+        // naming the cause, rather than refused by the agent after the transfer.
+        let verified = {
+            let (blobstore, digest) = (self.blobstore.clone(), digest.to_string());
+            tokio::task::spawn_blocking(move || blobstore.verify(&digest).and_then(|_| blobstore.path(&digest))).await
+        };
+        let path = match verified {
+            Ok(Ok(path)) => path,
+            Ok(Err(e)) => {
+                let _ = out.write_all(&refuse(e.to_string())).await;
+                return;
+            }
             Err(e) => {
-                let _ = out.write_all(&answer(BlobHeader { size: None, error: Some(e.to_string()) })).await;
+                let _ = out.write_all(&refuse(format!("checking the blob: {e}"))).await;
                 return;
             }
         };
         let mut file = match tokio::fs::File::open(&path).await {
             Ok(f) => f,
             Err(_) => {
-                let _ = out.write_all(&answer(BlobHeader { size: None, error: Some("no such blob".into()) })).await;
+                let _ = out.write_all(&refuse("no such blob".into())).await;
                 return;
             }
         };

@@ -6,6 +6,7 @@
 //! recording every outcome in the store).
 
 pub mod api;
+pub mod blob_gc;
 pub mod blobstore;
 pub mod cck;
 pub mod clock;
@@ -15,9 +16,11 @@ pub mod disks;
 pub mod errands;
 pub mod events;
 pub mod fault;
+pub mod gate;
 pub mod health;
 pub mod hub;
 pub mod journal;
+pub mod log_throttle;
 pub mod planner;
 pub mod reconcile;
 pub mod records;
@@ -97,19 +100,40 @@ pub enum DirectorError {
     Tls(#[source] rustls::Error),
 }
 
-/// Accepts TLS connections until the process ends: each accepted connection gets its handshake
-/// (bounded, so a silent peer cannot hold a task forever) and then `handle`, on its own task.
-/// `what` names the listener in logs.
+/// API connections that have not yet presented the token, at most (then the oldest is closed).
+pub const UNAUTHENTICATED_API_CONNECTIONS: usize = 128;
+/// Agent connections still in their TLS handshake, at most: agents reconnecting after a director
+/// restart arrive together, so more than the API's.
+pub const UNPROVEN_AGENT_CONNECTIONS: usize = 512;
+
+/// The process's open-file limit: the gates take a bounded share of it, so whatever floods them
+/// leaves descriptors for agents, the store and the CPI.
+fn open_file_limit() -> usize {
+    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map(|(soft, _)| usize::try_from(soft).unwrap_or(usize::MAX))
+        .unwrap_or(1024)
+}
+
+/// How long a connection has to complete its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepts TLS connections until the process ends: each accepted connection passes `gate` (which
+/// closes the oldest unproven connection when too many are), gets its handshake (bounded, so a
+/// silent peer cannot hold a task forever) and then `handle`, on its own task; `handle` proves
+/// the admission once the peer has shown who it is. `what` names the listener in logs.
 pub(crate) async fn serve_tls<F, Fut>(
     what: &'static str,
     listener: tokio::net::TcpListener,
     acceptor: tokio_rustls::TlsAcceptor,
+    gate: Arc<gate::ConnectionGate>,
     handle: F,
 ) where
-    F: Fn(tokio_rustls::server::TlsStream<tokio::net::TcpStream>, SocketAddr) -> Fut + Clone + Send + 'static,
+    F: Fn(tokio_rustls::server::TlsStream<tokio::net::TcpStream>, SocketAddr, Arc<gate::Admission>) -> Fut
+        + Clone
+        + Send
+        + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -120,17 +144,67 @@ pub(crate) async fn serve_tls<F, Fut>(
                 continue;
             }
         };
+        let admission = Arc::new(gate.admit());
         let acceptor = acceptor.clone();
         let handle = handle.clone();
         tokio::spawn(async move {
             let _ = tcp.set_nodelay(true);
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => handle(tls, peer).await,
-                Ok(Err(e)) => tracing::warn!(listener = what, %peer, error = %e, "TLS handshake failed"),
-                Err(_) => tracing::warn!(listener = what, %peer, "TLS handshake timed out"),
+            let proven = admission.clone();
+            let served = async move {
+                static FAILED: log_throttle::LogThrottle = log_throttle::LogThrottle::new(5, Duration::from_secs(60));
+                let failure = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => return handle(tls, peer, proven).await,
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => "timed out".to_string(),
+                };
+                if let Some(held_back) = FAILED.allow() {
+                    tracing::warn!(listener = what, %peer, error = %failure, held_back, "TLS handshake failed");
+                }
+            };
+            tokio::select! {
+                () = served => {}
+                () = admission.evicted() => tracing::debug!(listener = what, %peer, "closed: evicted by newer connections"),
             }
         });
     }
+}
+
+/// Makes the state directory (and everything the director keeps in it) its owner's alone: the
+/// directory 0700, every directory below 0700, every file without group or other bits — also a
+/// state directory made by an older director with looser modes. Leftovers of work a stop
+/// interrupted (`tmp/`: uploads; `.*.tmp` files: blobs and keys being written) are removed.
+fn secure_state_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    let tmp = dir.join("tmp");
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp)?;
+    }
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700))?;
+        for entry in std::fs::read_dir(&d)? {
+            let entry = entry?;
+            let meta = entry.path().symlink_metadata()?;
+            let name = entry.file_name();
+            if meta.is_dir() {
+                // A CPI's own directory inside the state directory (where older directors kept
+                // it) holds VM filesystems, whose modes are the VMs' business.
+                if d != dir || !name.to_string_lossy().starts_with("cpi-") {
+                    pending.push(entry.path());
+                }
+            } else if meta.is_file()
+                && name.to_string_lossy().starts_with('.')
+                && name.to_string_lossy().ends_with(".tmp")
+            {
+                std::fs::remove_file(entry.path())?;
+            } else if meta.is_file() && meta.permissions().mode() & 0o077 != 0 {
+                let mode = meta.permissions().mode() & 0o700;
+                std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(mode))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Writes a file only its owner can read (keys, tokens).
@@ -166,6 +240,21 @@ pub struct Director {
     pub api_address: SocketAddr,
 }
 
+impl Director {
+    /// Whether the blobstore holds `digest` with the right bytes (a corrupt copy is moved aside
+    /// and counts as absent, so what made it makes it again).
+    pub async fn blob_is_sound(&self, digest: &str) -> bool {
+        let (blobstore, digest) = (self.blobstore.clone(), digest.to_string());
+        tokio::task::spawn_blocking(move || blobstore.has_sound(&digest)).await.unwrap_or(false)
+    }
+
+    /// The director's CA certificate, which clients verify its API against.
+    pub fn ca_cert_path(&self) -> PathBuf {
+        let path = self.config.state_dir.join("ca.pem");
+        path.canonicalize().unwrap_or(path)
+    }
+}
+
 /// A started director: its address and credentials, and the tasks serving it.
 pub struct RunningDirector {
     pub director: Arc<Director>,
@@ -186,7 +275,7 @@ fn load_or_create_ca(dir: &Path) -> Result<CertAuthority, DirectorError> {
     }
     let ca = CertAuthority::generate("bosun director CA", Some("bosun"), 3650).map_err(DirectorError::Pki)?;
     write_private(&key_path, ca.key_pem().as_bytes()).map_err(io(&key_path))?;
-    std::fs::write(&cert_path, ca.cert_pem()).map_err(io(&cert_path))?;
+    write_private(&cert_path, ca.cert_pem().as_bytes()).map_err(io(&cert_path))?;
     Ok(ca)
 }
 
@@ -221,7 +310,7 @@ pub async fn start(config: DirectorConfig, cpi: Arc<dyn Cpi>) -> Result<RunningD
     let opened = {
         let dir = dir.clone();
         tokio::task::spawn_blocking(move || -> Result<_, DirectorError> {
-            std::fs::create_dir_all(&dir).map_err(|source| DirectorError::StateDir { path: dir.clone(), source })?;
+            secure_state_dir(&dir).map_err(|source| DirectorError::StateDir { path: dir.clone(), source })?;
             Ok((
                 load_or_create_ca(&dir)?,
                 load_or_create_token(&dir.join("token"))?,
@@ -331,6 +420,10 @@ pub async fn start(config: DirectorConfig, cpi: Arc<dyn Cpi>) -> Result<RunningD
         api_address,
     });
     let settled = reconcile::after_restart(&director).await;
+    // Nothing runs yet: every blob a task could be writing is an earlier process's leftover.
+    if let Err(e) = blob_gc::collect(&director).await {
+        tracing::warn!(error = %e, "collecting unreferenced blobs failed");
+    }
     director
         .events
         .record(
@@ -346,13 +439,22 @@ pub async fn start(config: DirectorConfig, cpi: Arc<dyn Cpi>) -> Result<RunningD
         .await;
     tokio::spawn(disks::sweep_expired_orphans(director.clone()));
     tokio::spawn(health::monitor(director.clone()));
-    tokio::spawn(hub.serve(agent_listener, tokio_rustls::TlsAcceptor::from(Arc::new(agent_tls))));
-    tokio::spawn(api::serve(director.clone(), api_listener, tokio_rustls::TlsAcceptor::from(Arc::new(api_tls))));
+    tokio::spawn(hub.serve(
+        agent_listener,
+        tokio_rustls::TlsAcceptor::from(Arc::new(agent_tls)),
+        gate::ConnectionGate::new("agents", UNPROVEN_AGENT_CONNECTIONS.min(open_file_limit() / 4)),
+    ));
+    tokio::spawn(api::serve(
+        director.clone(),
+        api_listener,
+        tokio_rustls::TlsAcceptor::from(Arc::new(api_tls)),
+        gate::ConnectionGate::new("api", UNAUTHENTICATED_API_CONNECTIONS.min(open_file_limit() / 8)),
+    ));
 
     let env_file = dir.join("env");
     let env = format!(
         "export BOSUN_DIRECTOR=https://{api_address}\nexport BOSUN_CA_CERT={}\nexport BOSUN_TOKEN={}\n",
-        dir.join("ca.pem").canonicalize().unwrap_or_else(|_| dir.join("ca.pem")).display(),
+        director.ca_cert_path().display(),
         director.token
     );
     write_private(&env_file, env.as_bytes())

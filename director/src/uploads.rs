@@ -22,6 +22,9 @@ pub enum UploadError {
     Invalid(String),
     #[error("reading the upload")]
     Io(#[source] std::io::Error),
+    /// Writing what the upload holds failed (a full disk, most often): not the tarball's fault.
+    #[error("storing the upload")]
+    Storing(#[source] std::io::Error),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
@@ -38,7 +41,8 @@ pub fn release_key(name: &str, version: &str) -> String {
     format!("{name}/{version}")
 }
 
-/// Unpacks an outer tarball (gzip'd or not) into `dir`, refusing paths that escape it.
+/// Unpacks an outer tarball (gzip'd or not) into `dir`: regular files and directories only, none
+/// outside it. A link is refused (followed later, it would read a file of the director's machine).
 fn unpack_outer(tarball: &Path, dir: &Path) -> Result<(), UploadError> {
     let mut f = std::fs::File::open(tarball).map_err(UploadError::Io)?;
     let mut magic = [0u8; 2];
@@ -49,11 +53,49 @@ fn unpack_outer(tarball: &Path, dir: &Path) -> Result<(), UploadError> {
     let mut a = tar::Archive::new(reader);
     for entry in a.entries().map_err(|e| invalid(format!("not a tarball: {e}")))? {
         let mut entry = entry.map_err(|e| invalid(format!("corrupt tarball: {e}")))?;
-        if !entry.unpack_in(dir).map_err(|e| invalid(format!("corrupt tarball: {e}")))? {
-            return Err(invalid("the tarball holds a path outside its root"));
+        let kind = entry.header().entry_type();
+        if !(kind.is_file() || kind.is_dir()) {
+            let path = entry.path().map(|p| p.display().to_string()).unwrap_or_default();
+            return Err(invalid(format!(
+                "the tarball's entry `{path}` is a {}; only regular files and directories are accepted",
+                match kind {
+                    tar::EntryType::Symlink => "symbolic link",
+                    tar::EntryType::Link => "hard link",
+                    _ => "special file",
+                }
+            )));
+        }
+        match entry.unpack_in(dir) {
+            Ok(true) => {}
+            Ok(false) => return Err(invalid("the tarball holds a path outside its root")),
+            Err(e) if disk_full(&e) => return Err(UploadError::Storing(e)),
+            Err(e) => return Err(invalid(format!("corrupt tarball: {e}"))),
         }
     }
     Ok(())
+}
+
+/// Whether an error comes from a full disk (or quota), anywhere in its chain.
+fn disk_full(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            let errno = io.raw_os_error();
+            if io.kind() == std::io::ErrorKind::StorageFull
+                || errno == Some(nix::errno::Errno::ENOSPC as i32)
+                || errno == Some(nix::errno::Errno::EDQUOT as i32)
+            {
+                return true;
+            }
+            if let Some(inner) = io.get_ref() {
+                if disk_full(inner) {
+                    return true;
+                }
+            }
+        }
+        next = e.source();
+    }
+    false
 }
 
 fn file_digest(path: &Path) -> Result<String, UploadError> {
@@ -149,6 +191,9 @@ pub async fn upload_release(director: &Director, tarball: PathBuf, work: PathBuf
     let existing = director.state.get(tables::RELEASES, &key).await?;
     if let Some(existing) = &existing {
         if existing.tarball_digest == record.tarball_digest {
+            // The same release again: its blobs are stored again where one went missing or
+            // corrupt (the way an operator repairs them).
+            store_artifacts(director, artifacts).await?;
             return Ok(UploadResult { name: record.name, version: record.version, already_present: true });
         }
         // As BOSH does: the compiled form of a release already uploaded (its jobs and packages,
@@ -159,6 +204,20 @@ pub async fn upload_release(director: &Director, tarball: PathBuf, work: PathBuf
             )));
         }
     }
+    store_artifacts(director, artifacts).await?;
+    if let Some(existing) = existing {
+        record_compiled(director, &existing, &compiled).await?;
+        return Ok(UploadResult { name: existing.name, version: existing.version, already_present: true });
+    }
+    record.uploaded_at = director.clock.unix_secs();
+    record_compiled(director, &record, &compiled).await?;
+    director.state.put(tables::RELEASES, &key, &record).await?;
+    Ok(UploadResult { name: record.name, version: record.version, already_present: false })
+}
+
+/// Puts a verified release's jobs and packages into the blobstore (a copy already there and
+/// sound is kept; a corrupt one is replaced).
+async fn store_artifacts(director: &Director, artifacts: Vec<(PathBuf, BlobRef)>) -> Result<(), UploadError> {
     let blobstore = director.blobstore.clone();
     tokio::task::spawn_blocking(move || -> Result<(), UploadError> {
         for (path, artifact) in &artifacts {
@@ -168,15 +227,7 @@ pub async fn upload_release(director: &Director, tarball: PathBuf, work: PathBuf
         Ok(())
     })
     .await
-    .map_err(|e| UploadError::Io(std::io::Error::other(e)))??;
-    if let Some(existing) = existing {
-        record_compiled(director, &existing, &compiled).await?;
-        return Ok(UploadResult { name: existing.name, version: existing.version, already_present: true });
-    }
-    record.uploaded_at = director.clock.unix_secs();
-    record_compiled(director, &record, &compiled).await?;
-    director.state.put(tables::RELEASES, &key, &record).await?;
-    Ok(UploadResult { name: record.name, version: record.version, already_present: false })
+    .map_err(|e| UploadError::Io(std::io::Error::other(e)))?
 }
 
 /// Whether every job and package of `part` is in `whole` with the same fingerprint (a compiled

@@ -85,6 +85,17 @@ pub async fn run_director(args: &DirectorArgs) -> Result<()> {
         args;
     let (listen, agent_listen, heartbeat_interval_ms, agent_wait_timeout) =
         (*listen, *agent_listen, *heartbeat_interval_ms, *agent_wait_timeout);
+    // Whatever the director (and sled, and the CPI's working files) creates is its user's alone:
+    // the state holds keys, the token and the blobstore. (The agents the local CPI starts set
+    // their own umask: a VM's files keep the usual modes.)
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    // As many open files as the machine allows this user: every agent holds a connection.
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        }
+    }
     let cpi = cpis::open(cpi, args.cpi_config.as_deref(), state_dir).await?;
     let agent_listen = agent_listen.unwrap_or_else(|| {
         let port = if listen.port() == 0 { 0 } else { listen.port().wrapping_add(1) };
@@ -119,8 +130,16 @@ pub async fn run_director(args: &DirectorArgs) -> Result<()> {
         },
     };
     let running = bosun_director::start(config, cpi).await?;
-    print!("{}", std::fs::read_to_string(&running.env_file)?);
-    println!("# written to {}", running.env_file.display());
+    // The address and CA, never the token (this output often lands in a log): the env file, mode
+    // 0600, holds all three.
+    let d = &running.director;
+    println!("export BOSUN_DIRECTOR=https://{}", d.api_address);
+    println!("export BOSUN_CA_CERT={}", d.ca_cert_path().display());
+    println!(
+        "# the token is in {}; `. {}` sets all three",
+        d.config.state_dir.join("token").display(),
+        running.env_file.display()
+    );
     use std::io::Write;
     std::io::stdout().flush()?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

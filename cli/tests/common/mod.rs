@@ -385,7 +385,8 @@ impl TestDirector {
 
     /// The local CPI's base directory (where VMs live).
     pub fn cpi_base(&self) -> PathBuf {
-        self.state_dir().join("cpi-local").canonicalize().unwrap_or_else(|_| self.state_dir().join("cpi-local"))
+        let dir = self.dir.path().join("state-cpi-local");
+        dir.canonicalize().unwrap_or(dir)
     }
 
     fn launch(&mut self) {

@@ -109,9 +109,13 @@ async fn compile_one(
         "{}/{} for {}/{}",
         p.package.name, p.package.fingerprint, p.stemcell.operating_system, p.stemcell.version
     );
-    if d.state.get(tables::COMPILED_PACKAGES, &p.key).await.ok().flatten().is_some() {
-        // Another deploy compiled it meanwhile.
-        return (slot_index, worker, Ok(()), p.key.clone(), true);
+    if let Some(record) = d.state.get(tables::COMPILED_PACKAGES, &p.key).await.ok().flatten() {
+        if d.blob_is_sound(&record.blob.digest).await {
+            // Another deploy compiled it meanwhile.
+            return (slot_index, worker, Ok(()), p.key.clone(), true);
+        }
+        task.warn("compile", None, format!("{what}: its compiled blob is missing or corrupt; compiling it again"))
+            .await;
     }
     // The cache first. Missing there, the key is claimed while it compiles (another director
     // needing it waits for the claim) and the cache looked at again: the claim's last holder may
@@ -262,7 +266,7 @@ async fn run_compilation(
     let answer = answer.map_err(|e| bosun_types::error_chain(&e))?;
     let compiled: CompiledPackage =
         serde_json::from_value(answer).map_err(|e| format!("the agent's answer is malformed: {e}"))?;
-    if !d.blobstore.contains(&compiled.compiled.digest) {
+    if !d.blob_is_sound(&compiled.compiled.digest).await {
         return Err(format!("the compiled package {} never reached the blobstore", compiled.compiled.digest));
     }
     Ok(compiled)

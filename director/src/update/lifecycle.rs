@@ -9,6 +9,7 @@ use crate::records::{DesiredState, InstanceRecord};
 use crate::store::tables;
 use crate::tasks::Task;
 use crate::Director;
+use bosun_types::digest::sha256_digest;
 use bosun_types::protocol::{
     AgentCommand, ApplyJob, ApplyPackage, ApplySpec, BlobRef, JobState, LifecycleScript, ScriptResult,
 };
@@ -30,8 +31,10 @@ pub(crate) struct StopHow {
     pub(crate) tolerant: bool,
 }
 
-/// Packs and stores each rendered job (compression and fsync: off the async threads).
-async fn store_rendered_jobs(d: &Director, i: &InstancePlan) -> Result<Vec<BlobRef>, StepError> {
+/// Packs each rendered job (compression: off the async threads). The archives are never written
+/// to disk: they hold the deployment's secrets, so the hub serves them from memory to the agent
+/// whose apply names them.
+async fn pack_rendered_jobs(i: &InstancePlan) -> Result<Vec<(BlobRef, Arc<Vec<u8>>)>, StepError> {
     // (job name, path → (mode, bytes)) for each rendered job.
     type Files = BTreeMap<String, (u32, Vec<u8>)>;
     let rendered: Vec<(String, Files)> = i
@@ -41,19 +44,27 @@ async fn store_rendered_jobs(d: &Director, i: &InstancePlan) -> Result<Vec<BlobR
             (j.name.clone(), j.files.iter().map(|(p, (m, t))| (p.clone(), (*m, t.clone().into_bytes()))).collect())
         })
         .collect();
-    let blobstore = d.blobstore.clone();
     tokio::task::spawn_blocking(move || {
         rendered
             .into_iter()
             .map(|(name, files)| {
                 let archive = bosun_types::tarball::deterministic_tgz(&files)
                     .map_err(|e| StepError::Failed(format!("packing rendered job `{name}`: {e}")))?;
-                Ok(blobstore.put_bytes(&archive)?)
+                let blob = BlobRef { digest: sha256_digest(&archive), size: archive.len() as u64 };
+                Ok((blob, Arc::new(archive)))
             })
             .collect()
     })
     .await
-    .map_err(|e| StepError::Failed(format!("storing rendered jobs: {e}")))?
+    .map_err(|e| StepError::Failed(format!("packing rendered jobs: {e}")))?
+}
+
+/// An instance's apply spec, with the digests of the stored blobs it names and the rendered jobs
+/// (digest → archive) to serve from memory.
+pub(crate) struct BuiltSpec {
+    pub(crate) spec: ApplySpec,
+    pub(crate) stored: Vec<String>,
+    pub(crate) rendered: Vec<(String, Arc<Vec<u8>>)>,
 }
 
 pub(crate) async fn build_spec(
@@ -61,11 +72,12 @@ pub(crate) async fn build_spec(
     rec: &InstanceRecord,
     i: &InstancePlan,
     generation: u64,
-) -> Result<(ApplySpec, Vec<String>), StepError> {
+) -> Result<BuiltSpec, StepError> {
     let mut digests = Vec::new();
     let mut jobs = Vec::new();
-    for (j, blob) in i.jobs.iter().zip(store_rendered_jobs(d, i).await?) {
-        digests.push(blob.digest.clone());
+    let mut rendered = Vec::new();
+    for (j, (blob, archive)) in i.jobs.iter().zip(pack_rendered_jobs(i).await?) {
+        rendered.push((blob.digest.clone(), archive));
         jobs.push(ApplyJob {
             name: j.name.clone(),
             release: j.release.clone(),
@@ -105,7 +117,7 @@ pub(crate) async fn build_spec(
         persistent_disk_mb: i.persistent_disk.as_ref().map(|(mb, _)| *mb).unwrap_or(0),
         configuration_hash: i.configuration_hash.clone(),
     };
-    Ok((spec, digests))
+    Ok(BuiltSpec { spec, stored: digests, rendered })
 }
 
 pub(crate) fn check_scripts(
@@ -185,9 +197,12 @@ pub(crate) async fn apply_and_start(
 ) -> Result<(), StepError> {
     let agent_id = rec.vm.as_ref().map(|v| v.agent_id.clone()).expect("has a VM");
     let generation = rec.generation + 1;
-    let (spec, digests) = build_spec(d, rec, i, generation).await?;
-    d.hub.allow_blobs(&agent_id, digests);
-    d.hub.call(&agent_id, AgentCommand::Apply { spec: Box::new(spec) }, APPLY_TIMEOUT).await?;
+    let BuiltSpec { spec, stored, rendered } = build_spec(d, rec, i, generation).await?;
+    d.hub.allow_blobs(&agent_id, stored);
+    d.hub.offer_rendered(&agent_id, rendered);
+    let applied = d.hub.call(&agent_id, AgentCommand::Apply { spec: Box::new(spec) }, APPLY_TIMEOUT).await;
+    d.hub.withdraw_rendered(&agent_id);
+    applied?;
     crate::fault::crash_point(crate::fault::CrashPoint::AfterApply);
     rec.generation = generation;
     d.state.put(tables::INSTANCES, &rec.key(), rec).await?;

@@ -106,7 +106,7 @@ pub async fn prepare(d: &Director, manifest_text: &str, requests: &Requests) -> 
         releases: d.state.list(tables::RELEASES, "").await?,
         stemcells: d.state.list(tables::STEMCELLS, "").await?,
         instances: d.state.list(tables::INSTANCES, "").await?,
-        compiled: d.state.kv().scan_prefix(Tree::CompiledPackages, "").await?.into_iter().map(|(k, _)| k).collect(),
+        compiled: sound_compiled_packages(d).await?,
     };
     let requests = requests.clone();
     match tokio::task::spawn_blocking(move || decide(raw, name, &requests, stored)).await {
@@ -114,6 +114,18 @@ pub async fn prepare(d: &Director, manifest_text: &str, requests: &Requests) -> 
         // A panic while deciding is the task's panic: its supervisor reports it.
         Err(e) => std::panic::resume_unwind(e.into_panic()),
     }
+}
+
+/// Keys of the compiled packages whose blobs are sound: one missing or corrupt in the blobstore
+/// counts as not compiled, so this deploy compiles it (or takes it from the cache) again.
+async fn sound_compiled_packages(d: &Director) -> Result<BTreeSet<String>, DeployError> {
+    let records = d.state.list(tables::COMPILED_PACKAGES, "").await?;
+    let blobstore = d.blobstore.clone();
+    let sound = tokio::task::spawn_blocking(move || {
+        records.into_iter().filter(|r| blobstore.has_sound(&r.blob.digest)).map(|r| r.key).collect()
+    })
+    .await;
+    Ok(sound.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())))
 }
 
 fn decide(
