@@ -292,7 +292,27 @@ enum Command {
     },
 }
 
+/// A reader that closes the pipe early (`bosun … | head -1`) ends bosun quietly, with the status
+/// of a process SIGPIPE ended (128 + 13), as other Unix tools do: Rust ignores SIGPIPE, so printing
+/// to a closed stdout panics instead, and restoring the signal's default needs `unsafe`.
+fn quiet_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.contains("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info)
+    }));
+}
+
 fn main() {
+    quiet_on_closed_stdout();
     let cli = Cli::parse();
     let is_director = matches!(cli.command, Command::Director { .. });
     tracing_subscriber::fmt()

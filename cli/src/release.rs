@@ -304,6 +304,46 @@ fn mode_of(path: &Path) -> Result<u32> {
     Ok(if std::fs::metadata(path)?.permissions().mode() & 0o111 != 0 { 0o755 } else { 0o644 })
 }
 
+/// The dev version of a release whose content has `digest`, as BOSH numbers dev releases:
+/// `0+dev.N`, N one more than the greatest made from this release directory before, or the
+/// version this content was given before. Kept in `dev_releases/NAME/index.yml` (content digest →
+/// version), under a lock: concurrent `create-release`s of one directory agree.
+fn dev_version(index_dir: &Path, digest: &str) -> Result<String> {
+    #[derive(serde::Serialize, serde::Deserialize, Default)]
+    struct DevIndex {
+        #[serde(default)]
+        builds: BTreeMap<String, String>,
+    }
+    std::fs::create_dir_all(index_dir).map_err(|e| input(format!("{}: {e}", index_dir.display())))?;
+    let lock_path = index_dir.join(".index.lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| input(format!("{}: {e}", lock_path.display())))?;
+    let _locked = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| input(format!("locking {}: {e}", lock_path.display())))?;
+    let index_path = index_dir.join("index.yml");
+    let mut index: DevIndex = match std::fs::read_to_string(&index_path) {
+        Ok(text) => {
+            bosun_types::yaml::from_str(&index_path.display().to_string(), &text).map_err(|e| input(e.to_string()))?
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => DevIndex::default(),
+        Err(e) => return Err(input(format!("{}: {e}", index_path.display())).into()),
+    };
+    if let Some(v) = index.builds.get(digest) {
+        return Ok(v.clone());
+    }
+    let next = index.builds.values().filter_map(|v| bosun_types::version::dev_sequence(v)).max().unwrap_or(0) + 1;
+    let version = format!("0+dev.{next}");
+    index.builds.insert(digest.to_string(), version.clone());
+    let tmp = index_dir.join(".index.yml.tmp");
+    std::fs::write(&tmp, serde_yaml::to_string(&index)?)?;
+    std::fs::rename(&tmp, &index_path)?;
+    Ok(version)
+}
+
 /// Builds the release tarball; returns its path and version.
 pub fn create_release(dir: &Path, version: Option<&str>, tarball: Option<&Path>) -> Result<(PathBuf, String)> {
     let name = release_name(dir)?;
@@ -414,10 +454,9 @@ pub fn create_release(dir: &Path, version: Option<&str>, tarball: Option<&Path>)
     let version = match version {
         Some(v) => v.to_string(),
         None => {
-            // Content-addressed: the same jobs and packages give the same dev version.
+            // The same jobs and packages give the same dev version; new content the next one.
             let all: Vec<&str> = jobs.iter().chain(packages.iter()).map(|a| a.fingerprint.as_str()).collect();
-            let digest = sha256_digest(all.join("\n").as_bytes());
-            format!("0+dev.{}", &digest["sha256:".len().."sha256:".len() + 12])
+            dev_version(&dir.join("dev_releases").join(&name), &sha256_digest(all.join("\n").as_bytes()))?
         }
     };
     let commit_hash = std::process::Command::new("git")
@@ -460,6 +499,17 @@ pub fn create_release(dir: &Path, version: Option<&str>, tarball: Option<&Path>)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dev_versions_count_up_with_new_content_and_stay_with_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(dev_version(dir.path(), "sha256:a").unwrap(), "0+dev.1");
+        assert_eq!(dev_version(dir.path(), "sha256:b").unwrap(), "0+dev.2");
+        assert_eq!(dev_version(dir.path(), "sha256:a").unwrap(), "0+dev.1");
+        assert_eq!(dev_version(dir.path(), "sha256:c").unwrap(), "0+dev.3");
+        // Newer is greater in BOSH's order (a content hash would have sorted at random).
+        assert_eq!(bosun_types::version::compare("0+dev.3", "0+dev.2"), std::cmp::Ordering::Greater);
+    }
 
     #[test]
     fn another_suite_uses_the_machines_own_debian_mirrors_and_keyrings() {

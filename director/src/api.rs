@@ -87,7 +87,7 @@ pub fn router(d: Arc<Director>) -> Router {
     let uploads = Router::new()
         .route("/v1/releases", post(upload_release))
         .route("/v1/stemcells", post(upload_stemcell))
-        .layer(DefaultBodyLimit::max(8 << 30));
+        .layer(DefaultBodyLimit::max(8 << 30)); // UPLOAD_LIMIT
     Router::new()
         .route("/v1/info", get(info))
         .route("/v1/cloud-config", get(get_cloud_config).post(update_cloud_config))
@@ -115,9 +115,46 @@ pub fn router(d: Arc<Director>) -> Router {
         .route("/v1/tasks/{id}", get(get_task))
         .route("/v1/tasks/{id}/events", get(task_events))
         .merge(uploads)
-        .layer(DefaultBodyLimit::max(16 << 20))
+        .layer(DefaultBodyLimit::max(16 << 20)) // BODY_LIMIT
         .layer(axum::middleware::from_fn_with_state(d.clone(), authenticate))
+        .layer(axum::middleware::map_response(json_errors))
         .with_state(d)
+}
+
+/// The request body limit of every route but uploads.
+const BODY_LIMIT: &str = "16 MiB";
+/// The body limit of release and stemcell uploads.
+const UPLOAD_LIMIT: &str = "8 GiB";
+
+/// Every error the API answers has the `{code, message}` shape, including those axum makes itself
+/// (a body over its limit, a malformed JSON body, an unknown route or method).
+async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if json || !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let text = axum::body::to_bytes(response.into_body(), 64 << 10)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let (code, message) = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => (
+            "too_large",
+            format!(
+                "the request body is over the limit of {BODY_LIMIT} ({UPLOAD_LIMIT} for release and stemcell uploads)"
+            ),
+        ),
+        StatusCode::NOT_FOUND => ("not_found", "no such API route".to_string()),
+        StatusCode::METHOD_NOT_ALLOWED => ("method_not_allowed", "this route does not take that method".to_string()),
+        s if s.is_client_error() => ("invalid_input", text),
+        _ => ("internal", text),
+    };
+    ApiError::new(status, code, message).into_response()
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -360,7 +397,17 @@ async fn save_body(d: &Director, body: Body) -> Result<(std::path::PathBuf, std:
         let mut stream = body.into_data_stream();
         loop {
             let chunk = match tokio::time::timeout(BODY_IDLE, stream.next()).await {
-                Ok(Some(chunk)) => chunk.map_err(|e| ApiError::bad_request(format!("reading the upload: {e}")))?,
+                Ok(Some(chunk)) => chunk.map_err(|e| {
+                    if bosun_types::error_chain(&e).contains("length limit exceeded") {
+                        ApiError::new(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            "too_large",
+                            format!("the upload is over the limit of {UPLOAD_LIMIT}"),
+                        )
+                    } else {
+                        ApiError::bad_request(format!("reading the upload: {e}"))
+                    }
+                })?,
                 Ok(None) => break,
                 Err(_) => {
                     return Err(ApiError::bad_request(format!(

@@ -37,6 +37,7 @@ enum Subject {
     InstanceDisk(InstanceRecord, String),
     OrphanVm(String),
     OrphanDisk { cid: String, size_mb: u64 },
+    Blob,
 }
 
 fn problem(
@@ -201,7 +202,93 @@ pub async fn scan(d: &Director, deployment: &str) -> Result<Vec<Problem>, CckErr
         Err(CpiError::NotImplemented(_)) => {}
         Err(e) => return Err(e.into()),
     }
+    out.extend(blob_problems(d, deployment).await?);
     Ok(out)
+}
+
+/// The blobs of the releases a deployment names (every uploaded version of one named `latest`)
+/// and of the packages compiled from them, each checked against its digest. A corrupt blob is
+/// moved aside as it is found. What repairs it is said in the problem: a compiled package is
+/// compiled again (or taken from the cache) by the next deploy; a release's blob comes back when
+/// the same release is uploaded again.
+async fn blob_problems(d: &Director, deployment: &str) -> Result<Vec<Problem>, CckError> {
+    #[derive(Default, serde::Deserialize)]
+    struct Releases {
+        #[serde(default)]
+        releases: Vec<bosun_types::manifest::ReleaseRef>,
+    }
+    let Some(rec) = d.state.get(tables::DEPLOYMENTS, deployment).await? else { return Ok(vec![]) };
+    let named: Releases = serde_yaml::from_str(&rec.manifest).unwrap_or_default();
+    let releases: Vec<crate::records::ReleaseRecord> = d.state.list(tables::RELEASES, "").await?;
+    let used: Vec<&crate::records::ReleaseRecord> = releases
+        .iter()
+        .filter(|r| {
+            named.releases.iter().any(|n| n.name == r.name && (n.version.0 == r.version || n.version.0 == "latest"))
+        })
+        .collect();
+    // (digest, what it is, how it is repaired)
+    let mut blobs: Vec<(String, String, String)> = Vec::new();
+    for r in &used {
+        let again = format!("upload release {}/{} again", r.name, r.version);
+        for j in &r.jobs {
+            blobs.push((
+                j.blob.digest.clone(),
+                format!("job {} of release {}/{}", j.name, r.name, r.version),
+                again.clone(),
+            ));
+        }
+        for p in &r.packages {
+            blobs.push((
+                p.blob.digest.clone(),
+                format!("package {} of release {}/{}", p.name, r.name, r.version),
+                again.clone(),
+            ));
+        }
+    }
+    let compiled: Vec<crate::records::CompiledPackageRecord> = d.state.list(tables::COMPILED_PACKAGES, "").await?;
+    for c in compiled.iter().filter(|c| used.iter().any(|r| c.release == format!("{}/{}", r.name, r.version))) {
+        blobs.push((
+            c.blob.digest.clone(),
+            format!("package {} compiled for {}/{}", c.name, c.stemcell_os, c.stemcell_version),
+            "the next deploy compiles it again".into(),
+        ));
+    }
+    // A package shared by two releases is one blob, one problem.
+    blobs.sort_by(|a, b| a.0.cmp(&b.0));
+    blobs.dedup_by(|a, b| a.0 == b.0);
+    let blobstore = d.blobstore.clone();
+    let checked = tokio::task::spawn_blocking(move || {
+        blobs
+            .into_iter()
+            .filter_map(|(digest, what, repair)| {
+                let why = match blobstore.verify(&digest) {
+                    Ok(_) => return None,
+                    Err(crate::blobstore::BlobError::Missing(_)) => "is missing from the blobstore".to_string(),
+                    Err(crate::blobstore::BlobError::Corrupt { actual, quarantined, .. }) => format!(
+                        "is corrupt in the blobstore (its bytes have digest {actual}; moved to {})",
+                        quarantined.display()
+                    ),
+                    Err(e) => format!("cannot be checked: {e}"),
+                };
+                Some((digest, what, why, repair))
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+    Ok(checked
+        .into_iter()
+        .map(|(digest, what, why, repair)| {
+            problem(
+                ProblemKind::CorruptBlob,
+                &digest,
+                None,
+                format!("blob {digest} ({what}) {why}; to repair it, {repair}"),
+                &[Resolution::Ignore],
+                Subject::Blob,
+            )
+        })
+        .collect())
 }
 
 /// Applies the chosen resolutions to the problems still present (a fresh scan, under the

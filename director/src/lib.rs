@@ -261,20 +261,31 @@ pub struct RunningDirector {
     pub env_file: PathBuf,
 }
 
-fn load_or_create_ca(dir: &Path) -> Result<CertAuthority, DirectorError> {
+/// The director's CA: its certificate in `ca.pem`, its key sealed with the secrets key in
+/// `ca.key.sealed` (a key an older director wrote in plaintext, `ca.key`, is sealed and removed).
+fn load_or_create_ca(dir: &Path, secrets: &secrets::SecretBox) -> Result<CertAuthority, DirectorError> {
     let cert_path = dir.join("ca.pem");
-    let key_path = dir.join("ca.key");
+    let sealed_path = dir.join("ca.key.sealed");
+    let plain_path = dir.join("ca.key");
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| DirectorError::StateDir { path, source }
     };
     if cert_path.exists() {
         let cert = std::fs::read_to_string(&cert_path).map_err(io(&cert_path))?;
-        let key = std::fs::read_to_string(&key_path).map_err(io(&key_path))?;
+        let key = if plain_path.exists() {
+            let key = std::fs::read_to_string(&plain_path).map_err(io(&plain_path))?;
+            write_private(&sealed_path, &secrets.seal(key.as_bytes())).map_err(io(&sealed_path))?;
+            std::fs::remove_file(&plain_path).map_err(io(&plain_path))?;
+            key
+        } else {
+            let sealed = std::fs::read(&sealed_path).map_err(io(&sealed_path))?;
+            String::from_utf8(secrets.open(&sealed)?).map_err(|_| secrets::SecretError::Decrypt)?
+        };
         return CertAuthority::from_pem(&cert, &key).map_err(DirectorError::Pki);
     }
     let ca = CertAuthority::generate("bosun director CA", Some("bosun"), 3650).map_err(DirectorError::Pki)?;
-    write_private(&key_path, ca.key_pem().as_bytes()).map_err(io(&key_path))?;
+    write_private(&sealed_path, &secrets.seal(ca.key_pem().as_bytes())).map_err(io(&sealed_path))?;
     write_private(&cert_path, ca.cert_pem().as_bytes()).map_err(io(&cert_path))?;
     Ok(ca)
 }
@@ -311,10 +322,11 @@ pub async fn start(config: DirectorConfig, cpi: Arc<dyn Cpi>) -> Result<RunningD
         let dir = dir.clone();
         tokio::task::spawn_blocking(move || -> Result<_, DirectorError> {
             secure_state_dir(&dir).map_err(|source| DirectorError::StateDir { path: dir.clone(), source })?;
+            let secrets = secrets::SecretBox::load_or_create(&dir.join("secrets.key"))?;
             Ok((
-                load_or_create_ca(&dir)?,
+                load_or_create_ca(&dir, &secrets)?,
                 load_or_create_token(&dir.join("token"))?,
-                secrets::SecretBox::load_or_create(&dir.join("secrets.key"))?,
+                secrets,
                 store::SledStore::open(&dir.join("db"))?,
                 blobstore::Blobstore::open(&dir.join("blobs"))?,
             ))

@@ -470,6 +470,9 @@ crate::named_enum! {
         MountMismatch = "mount_mismatch",
         OrphanVm = "orphan_vm",
         OrphanDisk = "orphan_disk",
+        /// A blob the deployment needs (a release's job or package, a compiled package) is
+        /// missing from the director's blobstore or its bytes are not what its digest says.
+        CorruptBlob = "corrupt_blob",
     }
 }
 

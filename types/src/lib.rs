@@ -17,6 +17,7 @@ pub mod protocol;
 pub mod release;
 pub mod tarball;
 pub mod vars;
+pub mod version;
 pub mod yaml;
 
 pub use yaml::{DocumentError, YamlPath};

@@ -64,22 +64,6 @@ pub fn cloud_config_key(version: u64) -> String {
     format!("{version:020}")
 }
 
-/// Compares versions part by part, numerically where both parts are numbers.
-pub(crate) fn version_order(a: &str, b: &str) -> std::cmp::Ordering {
-    let split = |s: &str| s.split(['.', '+', '-']).map(str::to_string).collect::<Vec<_>>();
-    let (pa, pb) = (split(a), split(b));
-    for (x, y) in pa.iter().zip(pb.iter()) {
-        let o = match (x.parse::<u64>(), y.parse::<u64>()) {
-            (Ok(i), Ok(j)) => i.cmp(&j),
-            _ => x.cmp(y),
-        };
-        if o != std::cmp::Ordering::Equal {
-            return o;
-        }
-    }
-    pa.len().cmp(&pb.len())
-}
-
 /// What a deploy is decided from, read from the store before anything is decided.
 struct StoredInputs {
     variables: BTreeMap<String, serde_yaml::Value>,
@@ -175,7 +159,9 @@ fn decide(
     let mut releases = BTreeMap::new();
     for (i, r) in manifest.releases.iter().enumerate() {
         let mut candidates: Vec<&ReleaseRecord> = all_releases.iter().filter(|x| x.name == r.name).collect();
-        candidates.sort_by(|a, b| version_order(&a.version, &b.version).then(a.uploaded_at.cmp(&b.uploaded_at)));
+        candidates.sort_by(|a, b| {
+            bosun_types::version::compare(&a.version, &b.version).then(a.uploaded_at.cmp(&b.uploaded_at))
+        });
         let chosen = if r.version.0 == "latest" {
             candidates.last().copied()
         } else {
@@ -202,7 +188,9 @@ fn decide(
                     && s.name.as_ref().map(|n| &x.name == n).unwrap_or(true)
             })
             .collect();
-        candidates.sort_by(|a, b| version_order(&a.version, &b.version).then(a.uploaded_at.cmp(&b.uploaded_at)));
+        candidates.sort_by(|a, b| {
+            bosun_types::version::compare(&a.version, &b.version).then(a.uploaded_at.cmp(&b.uploaded_at))
+        });
         let chosen = if s.version.0 == "latest" {
             candidates.last().copied()
         } else {
