@@ -55,8 +55,12 @@ impl Layout {
     pub fn compile(&self) -> PathBuf {
         self.root.join("data/compile")
     }
+    /// Every job's log directory is in here.
+    pub fn log_root(&self) -> PathBuf {
+        self.root.join("data/sys/log")
+    }
     pub fn log_dir(&self, job: &str) -> PathBuf {
-        self.root.join("data/sys/log").join(job)
+        self.log_root().join(job)
     }
     pub fn run_dir(&self, job: &str) -> PathBuf {
         self.root.join("data/sys/run").join(job)

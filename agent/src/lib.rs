@@ -15,6 +15,7 @@ pub mod dialer;
 pub mod disks;
 pub mod installer;
 pub mod layout;
+pub mod logrotate;
 pub mod scripts;
 pub mod session;
 pub mod supervisor;
@@ -71,6 +72,7 @@ pub fn stemcell_info() -> Option<StemcellInfo> {
 pub async fn run(options: AgentOptions) -> Result<(), AgentError> {
     let layout = layout::Layout::new(&options.root);
     layout.create().map_err(|(path, source)| AgentError::Io { path, source })?;
+    tokio::spawn(logrotate::run(layout.log_root()));
     loop {
         match load_settings(&options.settings).and_then(|s| session::Agent::new(s, layout.clone(), stemcell_info())) {
             Ok(agent) => {

@@ -72,16 +72,31 @@ instance_groups:
     d.ok(&["-n", "-d", "hostile", "deploy", m.to_str().unwrap(), "-l", vars.to_str().unwrap()]);
     let i = d.running("hostile", 1);
     let vm = i[0]["vm_cid"].as_str().unwrap().to_string();
-    // etcd's own argument list holds the token exactly, as one argument.
-    let argv = eventually("etcd's command line", Duration::from_secs(30), || {
+    // etcd gets the token exactly, from its environment — not on its command line, which every
+    // user of the machine can read — and no rendered file of the job is readable by others.
+    let (argv, environ) = eventually("etcd's process", Duration::from_secs(30), || {
         bosun_cpi_local::vm_processes(&vm).into_iter().find_map(|pid| {
-            let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-            let args: Vec<String> = raw.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
-            args.first().is_some_and(|a| a.ends_with("/etcd")).then_some(args)
+            let split = |raw: Vec<u8>| -> Vec<String> {
+                raw.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect()
+            };
+            let args = split(std::fs::read(format!("/proc/{pid}/cmdline")).ok()?);
+            let env = split(std::fs::read(format!("/proc/{pid}/environ")).ok()?);
+            args.first().is_some_and(|a| a.ends_with("/etcd")).then_some((args, env))
         })
     });
-    let at = argv.iter().position(|a| a == "--initial-cluster-token").expect("the token flag");
-    assert_eq!(argv[at + 1], hostile, "the token arrives verbatim");
+    assert!(!argv.iter().any(|a| a.contains("touch")), "the token is not on etcd's command line: {argv:?}");
+    assert!(environ.contains(&format!("ETCD_INITIAL_CLUSTER_TOKEN={hostile}")), "the token arrives verbatim");
+    let job = d.cpi_base().join("vms").join(&vm).join("root/jobs/etcd");
+    let mut loose = Vec::new();
+    for dir in [job.join("bin"), job.join("config")] {
+        for f in std::fs::read_dir(&dir).unwrap().flatten() {
+            use std::os::unix::fs::PermissionsExt;
+            if f.metadata().unwrap().permissions().mode() & 0o077 != 0 {
+                loose.push(f.path());
+            }
+        }
+    }
+    assert!(loose.is_empty(), "rendered files readable by others: {loose:?}");
     d.ok(&["-n", "-d", "hostile", "delete-deployment"]);
     let ran: Vec<_> =
         (1..=4).map(|k| format!("{}-{k}", marker.display())).filter(|p| std::path::Path::new(p).exists()).collect();

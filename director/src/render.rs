@@ -182,14 +182,9 @@ pub fn render_job(
     for (src, dest) in destinations {
         let t = env.get_template(src).map_err(|e| err(src, &e))?;
         let text = t.render(&ctx).map_err(|e| err(src, &e))?;
-        // Scripts are executable; keys are for the job's user only.
-        let mode = if dest.starts_with("bin/") {
-            0o755
-        } else if [".key", ".pem", ".kubeconfig", ".token"].iter().any(|s| dest.ends_with(s)) {
-            0o600
-        } else {
-            0o644
-        };
+        // Owner-only (jobs run as root): any rendered file may hold a property's secret value.
+        // Scripts are executable.
+        let mode = if dest.starts_with("bin/") { 0o700 } else { 0o600 };
         out.insert(dest.clone(), (mode, text));
     }
     Ok(out)

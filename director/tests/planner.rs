@@ -229,7 +229,7 @@ fn renders_links_and_properties_for_every_instance() {
     let p = w.plan(&manifest(3, "")).unwrap();
     let cfg = &p.groups[0].instances[1].jobs[0].files["config/cfg"];
     assert_eq!(cfg.1, "me=10.0.0.21 port=7000 peers=10.0.0.20:7000 10.0.0.21:7000 10.0.0.22:7000 ");
-    assert_eq!(p.groups[0].instances[1].jobs[0].files["bin/run"].0, 0o755);
+    assert_eq!(p.groups[0].instances[1].jobs[0].files["bin/run"].0, 0o700);
     assert_eq!(p.groups[0].instances[0].packages.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["pkg"]);
 }
 

@@ -186,6 +186,9 @@ impl CloudConfig {
                 return Err(E::invalid(src, format!("/disk_types/{i}/disk_size"), "must be greater than 0"));
             }
         }
+        // Manual subnets seen so far (range, path): no two may share an address, within a network
+        // or across networks, or two VMs could be given one address.
+        let mut ranges: Vec<(ipnet::Ipv4Net, String)> = Vec::new();
         for (i, n) in self.networks.iter().enumerate() {
             for (j, s) in n.subnets.iter().enumerate() {
                 let path = format!("/networks/{i}/subnets/{j}");
@@ -195,7 +198,17 @@ impl CloudConfig {
                     }
                 }
                 if n.kind == NetworkType::Manual {
-                    resolve_subnet(src, &path, j, s)?;
+                    let resolved = resolve_subnet(src, &path, j, s)?;
+                    if let Some((other, at)) = ranges.iter().find(|(r, _)| {
+                        r.contains(&resolved.network.network()) || resolved.network.contains(&r.network())
+                    }) {
+                        return Err(E::invalid(
+                            src,
+                            format!("{path}/range"),
+                            format!("{} overlaps {other} at {at}", resolved.network),
+                        ));
+                    }
+                    ranges.push((resolved.network, format!("{path}/range")));
                 }
             }
             if n.kind == NetworkType::Manual && n.subnets.is_empty() {
@@ -337,6 +350,30 @@ mod tests {
         let s = &c.resolved_subnets("default").unwrap()[0];
         let dynamic: Vec<_> = s.dynamic_pool().map(|ip| ip.to_string()).collect();
         assert_eq!(dynamic, ["127.0.10.5", "127.0.10.6"]);
+    }
+
+    #[test]
+    fn overlapping_subnets_are_refused_naming_both() {
+        let within =
+            parse("networks:\n- name: n\n  subnets:\n  - range: 10.0.0.0/24\n  - range: 10.0.0.128/25\n").unwrap_err();
+        assert_eq!(
+            within.to_string(),
+            "cc.yml: /networks/0/subnets/1/range: 10.0.0.128/25 overlaps 10.0.0.0/24 at /networks/0/subnets/0/range"
+        );
+        let across = parse(
+            "networks:\n- name: a\n  subnets:\n  - range: 10.0.1.0/24\n- name: b\n  subnets:\n  - range: 10.0.0.0/16\n",
+        )
+        .unwrap_err();
+        assert!(
+            across.to_string().contains(
+                "/networks/1/subnets/0/range: 10.0.0.0/16 overlaps 10.0.1.0/24 at /networks/0/subnets/0/range"
+            ),
+            "{across}"
+        );
+        parse(
+            "networks:\n- name: a\n  subnets:\n  - range: 10.0.1.0/24\n- name: b\n  subnets:\n  - range: 10.0.2.0/24\n",
+        )
+        .unwrap();
     }
 
     #[test]
