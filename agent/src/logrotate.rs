@@ -80,7 +80,7 @@ mod tests {
         // The writer keeps an O_APPEND descriptor open across rotations, as a job process does.
         let mut writer = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
         for round in 1..=4u8 {
-            writer.write_all(&vec![b'0' + round; 100]).unwrap();
+            writer.write_all(&[b'0' + round; 100]).unwrap();
             assert_eq!(rotate_logs(root.path(), 64, 3).unwrap(), 1);
             assert_eq!(std::fs::metadata(&log).unwrap().len(), 0);
         }

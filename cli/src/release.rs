@@ -330,7 +330,7 @@ fn dev_version(index_dir: &Path, digest: &str) -> Result<String> {
             bosun_types::yaml::from_str(&index_path.display().to_string(), &text).map_err(|e| input(e.to_string()))?
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => DevIndex::default(),
-        Err(e) => return Err(input(format!("{}: {e}", index_path.display())).into()),
+        Err(e) => return Err(input(format!("{}: {e}", index_path.display()))),
     };
     if let Some(v) = index.builds.get(digest) {
         return Ok(v.clone());

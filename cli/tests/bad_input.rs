@@ -334,25 +334,6 @@ fn tamper_release(d: &TestDirector) -> std::path::PathBuf {
     out
 }
 
-fn tls_client(roots_pem: &str, identity: Option<(&str, &str)>) -> std::sync::Arc<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pemfile::certs(&mut roots_pem.as_bytes()) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let b = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots);
-    std::sync::Arc::new(match identity {
-        Some((cert, key)) => {
-            let certs = rustls_pemfile::certs(&mut cert.as_bytes()).collect::<Result<Vec<_>, _>>().unwrap();
-            let key = rustls_pemfile::private_key(&mut key.as_bytes()).unwrap().unwrap();
-            b.with_client_auth_cert(certs, key).unwrap()
-        }
-        None => b.with_no_client_auth(),
-    })
-}
-
 /// A raw HTTPS request to the API, with or without a bearer token; the raw answer.
 fn raw_https_status(d: &TestDirector, token: Option<&str>) -> String {
     use std::io::Read;

@@ -25,15 +25,24 @@ pub enum BlobError {
     #[error("blob {0} is not in the blobstore")]
     Missing(String),
     #[error(
-        "blob {digest} in the blobstore is corrupt (its bytes have digest {actual}); it was moved to {quarantined}"
+        "blob {} in the blobstore is corrupt (its bytes have digest {}); it was moved to {}",
+        .0.digest, .0.actual, .0.quarantined.display()
     )]
-    Corrupt { digest: String, actual: String, quarantined: PathBuf },
+    Corrupt(Box<CorruptBlob>),
     #[error("blob {path}")]
     Io {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
+}
+
+/// A blob whose bytes are not what its digest says, and where it was moved.
+#[derive(Debug)]
+pub struct CorruptBlob {
+    pub digest: String,
+    pub actual: String,
+    pub quarantined: PathBuf,
 }
 
 /// What a blob file looked like when its digest was last checked.
@@ -126,7 +135,7 @@ impl Blobstore {
             ));
             std::fs::rename(&path, &quarantined).map_err(io_at(&path))?;
             tracing::error!(digest, actual, quarantined = %quarantined.display(), "a corrupt blob was moved aside");
-            return Err(BlobError::Corrupt { digest: digest.into(), actual, quarantined });
+            return Err(BlobError::Corrupt(Box::new(CorruptBlob { digest: digest.into(), actual, quarantined })));
         }
         self.verified.lock().expect("blobstore lock").insert(digest.to_string(), seen);
         Ok(BlobRef { digest: digest.to_string(), size: seen.size })
@@ -267,7 +276,7 @@ mod tests {
 
         std::fs::write(&path, b"jello").unwrap();
         let err = store.verify(&blob.digest).unwrap_err();
-        assert!(matches!(err, BlobError::Corrupt { .. }), "{err}");
+        assert!(matches!(err, BlobError::Corrupt(_)), "{err}");
         assert!(!path.exists(), "the corrupt blob is moved aside");
         assert_eq!(std::fs::read_dir(dir.path().join("corrupt")).unwrap().count(), 1);
         assert!(matches!(store.verify(&blob.digest), Err(BlobError::Missing(_))));

@@ -246,7 +246,12 @@ async fn blob_problems(d: &Director, deployment: &str) -> Result<Vec<Problem>, C
         }
     }
     let compiled: Vec<crate::records::CompiledPackageRecord> = d.state.list(tables::COMPILED_PACKAGES, "").await?;
-    for c in compiled.iter().filter(|c| used.iter().any(|r| c.release == format!("{}/{}", r.name, r.version))) {
+    // A compiled package of one of them: the same package (name and fingerprint), whichever
+    // release it was first compiled from (the compiled-package cache shares them).
+    let of_used = |c: &&crate::records::CompiledPackageRecord| {
+        used.iter().any(|r| r.packages.iter().any(|p| p.name == c.name && p.fingerprint == c.fingerprint))
+    };
+    for c in compiled.iter().filter(of_used) {
         blobs.push((
             c.blob.digest.clone(),
             format!("package {} compiled for {}/{}", c.name, c.stemcell_os, c.stemcell_version),
@@ -264,9 +269,10 @@ async fn blob_problems(d: &Director, deployment: &str) -> Result<Vec<Problem>, C
                 let why = match blobstore.verify(&digest) {
                     Ok(_) => return None,
                     Err(crate::blobstore::BlobError::Missing(_)) => "is missing from the blobstore".to_string(),
-                    Err(crate::blobstore::BlobError::Corrupt { actual, quarantined, .. }) => format!(
-                        "is corrupt in the blobstore (its bytes have digest {actual}; moved to {})",
-                        quarantined.display()
+                    Err(crate::blobstore::BlobError::Corrupt(c)) => format!(
+                        "is corrupt in the blobstore (its bytes have digest {}; moved to {})",
+                        c.actual,
+                        c.quarantined.display()
                     ),
                     Err(e) => format!("cannot be checked: {e}"),
                 };

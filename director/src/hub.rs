@@ -62,6 +62,9 @@ struct Connection {
 /// reconnect backoff is at most 3 s, plus a TLS handshake.
 pub const RECONNECT_GRACE: Duration = Duration::from_secs(10);
 
+/// Rendered jobs offered to one agent: digest → archive.
+type RenderedOffer = HashMap<String, Arc<Vec<u8>>>;
+
 pub struct AgentHub {
     state: State,
     blobstore: crate::blobstore::Blobstore,
@@ -77,7 +80,7 @@ pub struct AgentHub {
     allowed_blobs: Mutex<HashMap<String, HashSet<String>>>,
     /// Rendered jobs an agent's apply in flight names, by agent and digest: served from memory,
     /// never stored (they hold the deployment's secrets).
-    rendered: Mutex<HashMap<String, HashMap<String, Arc<Vec<u8>>>>>,
+    rendered: Mutex<HashMap<String, RenderedOffer>>,
     /// Agents asked to upload a blob (compilation VMs), with the largest size accepted.
     allowed_uploads: Mutex<HashMap<String, u64>>,
     /// Where a command's progress reports go, by command id (those sent with `call_reporting`),

@@ -379,6 +379,12 @@ impl TestDirector {
         self.launch();
     }
 
+    /// `host:port` of the director's agent listener.
+    pub fn agent_listen(&self) -> String {
+        let at = self.flags.iter().position(|f| f == "--agent-listen").expect("the harness sets --agent-listen");
+        self.flags[at + 1].replace("0.0.0.0", "127.0.0.1")
+    }
+
     pub fn state_dir(&self) -> PathBuf {
         self.dir.path().join("state")
     }
@@ -719,4 +725,24 @@ impl Drop for EtcdWriter {
 pub fn etcd_put(ip: &str, key_b64: &str, value_b64: &str) -> bool {
     http_post(&format!("{ip}:2379"), "/v3/kv/put", &format!("{{\"key\":\"{key_b64}\",\"value\":\"{value_b64}\"}}"))
         .is_some()
+}
+
+/// A TLS client trusting `roots_pem`, with a client certificate when `identity` is given.
+pub fn tls_client(roots_pem: &str, identity: Option<(&str, &str)>) -> std::sync::Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut roots_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let b = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    std::sync::Arc::new(match identity {
+        Some((cert, key)) => {
+            let certs = rustls_pemfile::certs(&mut cert.as_bytes()).collect::<Result<Vec<_>, _>>().unwrap();
+            let key = rustls_pemfile::private_key(&mut key.as_bytes()).unwrap().unwrap();
+            b.with_client_auth_cert(certs, key).unwrap()
+        }
+        None => b.with_no_client_auth(),
+    })
 }
