@@ -897,3 +897,92 @@ fn compilation_needs_a_compilation_block_and_the_manifests_wins_over_the_cloud_c
     let err = w.plan(&manifest(1, "")).unwrap_err();
     assert!(err.starts_with("/compilation: packages pkg must be compiled"), "{err}");
 }
+
+/// The address allocator under random subnets, reservations, static pools, instance counts,
+/// static IP requests and scale steps: a plan either fails with an error naming where, or gives
+/// every instance one address of its network's subnet — never the network, broadcast or gateway
+/// address, never a reserved one, never a static one unless asked for, never one twice.
+mod address_properties {
+    use super::*;
+    use proptest::prelude::*;
+    use std::net::Ipv4Addr;
+
+    fn cloud(prefix: u8, reserved: u32, statics: u32, azs: &[&str]) -> Option<CloudConfig> {
+        let base = u32::from(Ipv4Addr::new(10, 9, 0, 0));
+        let at = |k: u32| Ipv4Addr::from(base + k);
+        let size = 1u32 << (32 - prefix);
+        let mut subnet =
+            format!("  - range: 10.9.0.0/{prefix}\n    gateway: {}\n    azs: [{}]\n", at(1), azs.join(", "));
+        if reserved > 0 {
+            subnet += &format!("    reserved: [{} - {}]\n", at(2), at(1 + reserved));
+        }
+        if statics > 0 {
+            subnet += &format!("    static: [{} - {}]\n", at(2 + reserved), at(1 + reserved + statics));
+        }
+        if 2 + reserved + statics > size {
+            return None;
+        }
+        let text = format!("azs: [{{name: z1}}, {{name: z2}}, {{name: z3}}]\nvm_types: [{{name: small}}]\nnetworks:\n- name: net\n  subnets:\n{subnet}compilation: {{workers: 1, network: net, az: {}, vm_type: small}}\n", azs[0]);
+        CloudConfig::parse("cc", serde_yaml::from_str(&text).unwrap()).ok()
+    }
+
+    fn check(p: &Plan, prefix: u8, reserved: u32, statics: u32, asked: &BTreeSet<Ipv4Addr>) {
+        let base = u32::from(Ipv4Addr::new(10, 9, 0, 0));
+        let size = 1u32 << (32 - prefix);
+        let mut seen = BTreeSet::new();
+        for i in p.groups.iter().flat_map(|g| &g.instances) {
+            let ip: Ipv4Addr = i.networks["net"].ip.parse().unwrap();
+            let k = u32::from(ip).wrapping_sub(base);
+            assert!(k < size, "{ip} is outside 10.9.0.0/{prefix}");
+            assert!(k != 0 && k != size - 1 && k != 1, "{ip}: network, broadcast or gateway address");
+            assert!(!(2..2 + reserved).contains(&k), "{ip} is reserved");
+            assert!(
+                !(2 + reserved..2 + reserved + statics).contains(&k) || asked.contains(&ip),
+                "{ip} is static, not asked for"
+            );
+            assert!(seen.insert(ip), "{ip} given twice");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 200, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn allocations_stay_in_their_subnet_and_are_never_shared(
+            prefix in 26u8..=30,
+            reserved in 0u32..20,
+            statics in 0u32..20,
+            steps in prop::collection::vec(0u32..70, 1..4),
+            use_static in any::<bool>(),
+            azs in prop::sample::subsequence(vec!["z1", "z2", "z3"], 1..=3),
+        ) {
+            let Some(cc) = cloud(prefix, reserved, statics, &azs) else { return Ok(()) };
+            let mut w = World::new();
+            w.cloud = cc;
+            for n in steps {
+                let base = u32::from(Ipv4Addr::new(10, 9, 0, 0));
+                let asked: BTreeSet<Ipv4Addr> = if use_static {
+                    (0..n.min(statics)).map(|k| Ipv4Addr::from(base + 2 + reserved + k)).collect()
+                } else {
+                    BTreeSet::new()
+                };
+                let group_azs = azs.join(", ");
+                let statics_line = if use_static {
+                    format!("    static_ips: [{}]\n", asked.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", "))
+                } else {
+                    String::new()
+                };
+                let text = manifest(n, "")
+                    .replace("azs: [z1, z2, z3]", &format!("azs: [{group_azs}]"))
+                    .replace("  networks: [{name: net}]\n", &format!("  networks:\n  - name: net\n{statics_line}"));
+                match w.plan(&text) {
+                    Ok(p) => {
+                        check(&p, prefix, reserved, statics, &asked);
+                        w.apply(&p);
+                    }
+                    Err(e) => prop_assert!(e.starts_with('/') || e.contains(": /"), "the error names where: {}", e),
+                }
+            }
+        }
+    }
+}
