@@ -208,6 +208,22 @@ fn a_director_killed_mid_deploy_restarts_and_the_next_deploy_converges() {
         let orphaned = orphans.as_array().unwrap().iter().any(|o| o["disk_cid"].as_str() == Some(disk.as_str()));
         assert!(used || orphaned, "disk {disk} is neither used nor a recorded orphan: {orphans}");
     }
+
+    // 4. Killed after deleting the VM a recreate was replacing, before recording it: the
+    //    restarted director keeps the instance's reference to the gone VM, so the health monitor
+    //    finds it missing and resurrects it — no deploy, no cck.
+    let gone = left[0]["vm_cid"].clone();
+    d.relaunch_with(&[("BOSUN_CRASH_AT", "after_delete_vm")]);
+    assert!(!d.run(&["-n", "-d", "crash", "recreate"]).status.success());
+    d.wait_for_exit(Duration::from_secs(30));
+    d.relaunch_with(&[]);
+    let back = eventually("the instance resurrected after the restart", Duration::from_secs(90), || {
+        let list = d.instances("crash");
+        (list.len() == 1 && list[0]["state"] == "running" && list[0]["vm_cid"] != gone).then_some(list)
+    });
+    assert_eq!(back[0]["id"], left[0]["id"], "the same instance");
+    assert!(events(&d, "crash").iter().any(|e| e["action"] == "resurrect"), "by the health monitor");
+    assert_eq!(vms_on_disk(&d).0, 1, "no leaked VM");
 }
 
 #[test]

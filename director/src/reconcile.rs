@@ -62,13 +62,26 @@ async fn reconcile(d: &Director) -> Result<String, ReconcileError> {
             intents.iter().filter(|i| i.op == IntentOp::Cpi(CpiOp::DeleteVm)).map(|i| i.subject.as_str()).collect();
         for rec in instances.iter_mut() {
             let Some(vm) = rec.vm.clone().filter(|v| deleting.contains(v.cid.as_str())) else { continue };
-            if !d.cpi.has_vm(&vm.cid).await? {
+            if d.cpi.has_vm(&vm.cid).await? {
+                continue;
+            }
+            rec.dirty = true;
+            if rec.deleting {
+                // Its deletion goes on with the next deploy (or delete-deployment).
                 rec.vm = None;
-                rec.dirty = true;
-                d.state.put(tables::INSTANCES, &rec.key(), rec).await?;
                 d.state.delete(tables::AGENTS, &vm.agent_id).await?;
                 notes.push(format!("{} lost VM {} (deleted before the stop)", rec.name(), vm.cid));
+            } else {
+                // A VM being replaced (recreate, update, resurrection): the reference stays, so
+                // the health monitor finds the VM missing and resurrects the instance (or, with
+                // resurrection off, `instances` and cck show it missing).
+                notes.push(format!(
+                    "{} lost VM {} (deleted before the stop); left to the health monitor to resurrect",
+                    rec.name(),
+                    vm.cid
+                ));
             }
+            d.state.put(tables::INSTANCES, &rec.key(), rec).await?;
         }
         // Addresses held for a create-swap-delete replacement that was never made.
         for rec in instances.iter_mut().filter(|r| r.replacement_vm.is_none() && !r.replacement_networks.is_empty()) {

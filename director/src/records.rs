@@ -134,6 +134,10 @@ pub struct InstanceRecord {
     pub replacement_vm: Option<VmRecord>,
     #[serde(default)]
     pub replacement_networks: BTreeMap<String, NetworkSettings>,
+    /// The instance is being deleted (scale-in, a removed group, delete-deployment): recorded
+    /// before its VM goes, so a director stopped meanwhile knows not to bring the VM back.
+    #[serde(default)]
+    pub deleting: bool,
 }
 
 /// The state an operator asks an instance to be in (`bosun start | stop | stop --hard`).

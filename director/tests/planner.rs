@@ -192,6 +192,7 @@ impl World {
                     migrating_disk: None,
                     replacement_vm: None,
                     replacement_networks: BTreeMap::new(),
+                    deleting: false,
                 });
             }
         }

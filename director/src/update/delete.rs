@@ -48,6 +48,8 @@ pub(crate) async fn delete_instance(
         // deleting the VM regardless could cost the rest their quorum. `--skip-drain` overrides.
         Err(e) => return Err(step(&name, "stopping jobs before the instance is deleted")(e)),
     }
+    rec.deleting = true;
+    d.state.put(tables::INSTANCES, &rec.key(), &rec).await?;
     if let Some(replacement) = rec.replacement_vm.take() {
         // A create-swap-delete that never finished: its VM goes too.
         match d.cpi.delete_vm(&replacement.cid).await {

@@ -170,6 +170,7 @@ pub(crate) fn fresh_record(deployment: &str, i: &InstancePlan) -> InstanceRecord
         migrating_disk: None,
         replacement_vm: None,
         replacement_networks: BTreeMap::new(),
+        deleting: false,
     }
 }
 
@@ -206,8 +207,10 @@ pub(crate) async fn converge_instance(
     let label = format!("{}{} ({})", if canary { "canary " } else { "" }, i.action, i.reasons.join("; "));
     task.info("update", Some(&name), label).await;
     instance_event(task, &rec, &i.action.to_string(), i.reasons.join("; ")).await;
-    if !rec.dirty {
+    // Converged, not deleted: a deletion an earlier task began is off (the manifest wants it).
+    if !rec.dirty || rec.deleting {
         rec.dirty = true;
+        rec.deleting = false;
         d.state.put(tables::INSTANCES, &rec.key(), &rec).await?;
         d.state.flush().await?;
     }
