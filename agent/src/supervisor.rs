@@ -468,10 +468,11 @@ mod tests {
         let layout = Layout::new(dir.path());
         layout.create().unwrap();
         let sup = std::sync::Arc::new(Supervisor::new(layout.clone()));
-        // Ignores SIGTERM for 3 s, then exits; its grace is longer.
+        // Ignores SIGTERM for 15 s, then exits; its grace is etcd's, longer (more than three
+        // heartbeats: an agent that stopped heartbeating meanwhile would count as silent).
         let mut slow =
-            job(&layout, "slow", "#!/bin/bash\ntrap 'sleep 3; exit 0' TERM\nwhile true; do sleep 0.1; done\n");
-        slow.processes[0].shutdown_grace = Some(10);
+            job(&layout, "slow", "#!/bin/bash\ntrap 'sleep 15; exit 0' TERM\nwhile true; do sleep 0.1; done\n");
+        slow.processes[0].shutdown_grace = Some(20);
         sup.start(&[slow]).await;
         wait_for(&sup, "running", |s| s.state == ProcessStatus::Running).await;
         let stopping = {
@@ -491,7 +492,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         stopping.await.unwrap();
-        assert!(started.elapsed() >= Duration::from_secs(2), "the job took its time to stop");
-        assert!(reads >= 10, "read {reads} times while stopping");
+        assert!(started.elapsed() >= Duration::from_secs(14), "the job took its time to stop");
+        assert!(reads >= 100, "read {reads} times while stopping");
     }
 }
