@@ -514,3 +514,44 @@ pub async fn upload_stemcell(
     director.state.put(tables::STEMCELLS, &key, &record).await?;
     Ok(UploadResult { name: mf.name, version: mf.version.0, already_present: false })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_is_told_apart_from_a_corrupt_tarball() {
+        let enospc = std::io::Error::from_raw_os_error(nix::errno::Errno::ENOSPC as i32);
+        assert!(disk_full(&enospc));
+        // As the tar crate reports it: its own error around the cause.
+        let wrapped = std::io::Error::other(std::io::Error::from_raw_os_error(nix::errno::Errno::EDQUOT as i32));
+        assert!(disk_full(&wrapped));
+        assert!(!disk_full(&std::io::Error::new(std::io::ErrorKind::InvalidData, "bad header")));
+        let e = UploadError::Storing(enospc);
+        assert!(
+            bosun_types::error_chain(&e).starts_with("storing the upload: No space left on device"),
+            "{}",
+            bosun_types::error_chain(&e)
+        );
+    }
+
+    #[test]
+    fn links_in_an_uploaded_tarball_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let tgz = dir.path().join("t.tgz");
+        let mut b = tar::Builder::new(flate2::write::GzEncoder::new(
+            std::fs::File::create(&tgz).unwrap(),
+            flate2::Compression::fast(),
+        ));
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Link);
+        h.set_size(0);
+        b.append_link(&mut h, "release.MF", "/etc/passwd").unwrap();
+        b.into_inner().unwrap().finish().unwrap();
+        let out = dir.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        let err = unpack_outer(&tgz, &out).unwrap_err().to_string();
+        assert!(err.contains("`release.MF` is a hard link"), "{err}");
+        assert!(!out.join("release.MF").exists());
+    }
+}
