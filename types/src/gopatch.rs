@@ -1,6 +1,10 @@
-//! go-patch ops-files (`-o ops.yml`), as the BOSH CLI applies them: `replace` and `remove`
-//! operations with paths of map keys, array indexes, `-` (append) and `key=value` selectors, where a
-//! trailing `?` makes that segment and all that follow optional.
+//! go-patch ops-files (`-o ops.yml`), with the semantics and messages of the BOSH CLI's go-patch:
+//! operations `replace`, `remove` and `test` (an optional `error:` replaces the message of a
+//! failing one); pointers of map keys, array indexes (negative from the end), `-` (after the last
+//! element), `key=value` selectors (string values), `:prev` / `:next` (the neighbouring element)
+//! and `:before` / `:after` (insertion) modifiers, `~0 ~1 ~2 ~3 ~7` escapes of `~ / ? = :`, and a
+//! trailing `?` that makes that key or selector — and every one after it — optional. The empty
+//! pointer is the whole document.
 
 use serde::Deserialize;
 use serde_yaml::{Mapping, Value};
@@ -15,14 +19,26 @@ pub struct OpError {
     pub message: String,
 }
 
+/// One operation as written in an ops-file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Operation {
     #[serde(rename = "type")]
     pub kind: OpKind,
-    pub path: String,
-    #[serde(default)]
+    pub path: Option<String>,
+    #[serde(default, deserialize_with = "present")]
     pub value: Option<Value>,
+    /// `test`: the path must not exist.
+    #[serde(default)]
+    pub absent: bool,
+    /// Replaces a failing operation's message (go-patch's descriptive operation).
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// `value: ~` is a value (null), not a missing one.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -30,43 +46,503 @@ pub struct Operation {
 pub enum OpKind {
     Replace,
     Remove,
+    Test,
+}
+
+impl OpKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            OpKind::Replace => "replace",
+            OpKind::Remove => "remove",
+            OpKind::Test => "test",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Modifier {
+    Prev,
+    Next,
+    Before,
+    After,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 enum Token {
+    Index { index: i64, modifiers: Vec<Modifier> },
+    AfterLast,
+    Matching { key: String, value: String, optional: bool, modifiers: Vec<Modifier> },
     Key { key: String, optional: bool },
-    Index { index: i64, optional: bool },
-    Append,
-    Matching { key: String, value: String, optional: bool },
 }
 
-fn parse_path(path: &str) -> Result<Vec<Token>, String> {
-    if path == "/" {
-        return Ok(vec![]);
-    }
-    let rest = path.strip_prefix('/').ok_or_else(|| "a path starts with `/`".to_string())?;
-    let mut tokens = Vec::new();
-    let mut optional = false;
-    for raw in rest.split('/') {
-        // `~1` and `~0` escape `/` and `~` as in JSON pointers.
-        let mut seg = raw.replace("~1", "/").replace("~0", "~");
-        if let Some(s) = seg.strip_suffix('?') {
-            seg = s.to_string();
-            optional = true;
+/// A parsed pointer: its tokens after the root.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pointer {
+    tokens: Vec<Token>,
+}
+
+fn decode(s: &str) -> String {
+    // One pass, so `~01` is `~1`, not `/`.
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '~' {
+            let decoded = match chars.peek() {
+                Some('0') => Some('~'),
+                Some('1') => Some('/'),
+                Some('2') => Some('?'),
+                Some('3') => Some('='),
+                Some('7') => Some(':'),
+                _ => None,
+            };
+            if let Some(d) = decoded {
+                chars.next();
+                out.push(d);
+                continue;
+            }
         }
-        if seg == "-" {
-            tokens.push(Token::Append);
-        } else if let Ok(i) = seg.parse::<i64>() {
-            tokens.push(Token::Index { index: i, optional });
-        } else if let Some((k, v)) = seg.split_once('=') {
-            tokens.push(Token::Matching { key: k.to_string(), value: v.to_string(), optional });
-        } else if seg.is_empty() {
-            return Err("empty path segment".into());
-        } else {
-            tokens.push(Token::Key { key: seg, optional });
+        out.push(c);
+    }
+    out
+}
+
+fn encode(s: &str) -> String {
+    s.replace('~', "~0").replace('/', "~1").replace('?', "~2").replace('=', "~3").replace(':', "~7")
+}
+
+impl Pointer {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if s.is_empty() {
+            return Ok(Self { tokens: vec![] });
+        }
+        let rest = s.strip_prefix('/').ok_or_else(|| "Expected to start with '/'".to_string())?;
+        let pieces: Vec<&str> = rest.split('/').collect();
+        let mut tokens = Vec::new();
+        let mut optional = false;
+        for (i, piece) in pieces.iter().enumerate() {
+            let last = i == pieces.len() - 1;
+            let mut parts = piece.split(':');
+            let mut tok = parts.next().unwrap_or_default().to_string();
+            let mut modifiers = Vec::new();
+            for m in parts {
+                modifiers.push(match m {
+                    "prev" => Modifier::Prev,
+                    "next" => Modifier::Next,
+                    "before" => Modifier::Before,
+                    "after" => Modifier::After,
+                    other => {
+                        return Err(format!(
+                            "Expected to find one of the following modifiers: 'prev', 'next', 'before', or 'after' but found '{other}'"
+                        ))
+                    }
+                });
+            }
+            if last && tok == "-" {
+                if !modifiers.is_empty() {
+                    return Err("Expected not to find any modifiers with after last index token".into());
+                }
+                tokens.push(Token::AfterLast);
+                continue;
+            }
+            if let Ok(index) = tok.parse::<i64>() {
+                tokens.push(Token::Index { index, modifiers });
+                continue;
+            }
+            if let Some(t) = tok.strip_suffix('?') {
+                optional = true;
+                tok = t.to_string();
+            }
+            if let Some((k, v)) = tok.split_once('=') {
+                tokens.push(Token::Matching { key: decode(k), value: decode(v), optional, modifiers });
+                continue;
+            }
+            if !modifiers.is_empty() {
+                return Err("Expected not to find any modifiers with key token".into());
+            }
+            tokens.push(Token::Key { key: decode(&tok), optional });
+        }
+        Ok(Self { tokens })
+    }
+
+    /// The pointer of the first `n` tokens, written as go-patch writes it.
+    fn prefix(&self, n: usize) -> String {
+        let mut out = String::new();
+        let mut optional = false;
+        for t in &self.tokens[..n.min(self.tokens.len())] {
+            out.push('/');
+            let mods = |m: &[Modifier]| {
+                m.iter()
+                    .map(|m| match m {
+                        Modifier::Prev => ":prev",
+                        Modifier::Next => ":next",
+                        Modifier::Before => ":before",
+                        Modifier::After => ":after",
+                    })
+                    .collect::<String>()
+            };
+            match t {
+                Token::Index { index, modifiers } => out.push_str(&format!("{index}{}", mods(modifiers))),
+                Token::AfterLast => out.push('-'),
+                Token::Matching { key, value, optional: o, modifiers } => {
+                    let mut v = encode(value);
+                    if *o && !optional {
+                        v.push('?');
+                        optional = true;
+                    }
+                    out.push_str(&format!("{}={v}{}", encode(key), mods(modifiers)));
+                }
+                Token::Key { key, optional: o } => {
+                    out.push_str(&encode(key));
+                    if *o && !optional {
+                        out.push('?');
+                        optional = true;
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Go's name for the type of a decoded YAML value, as go-patch's messages print it.
+fn go_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "<nil>",
+        Value::Bool(_) => "bool",
+        Value::Number(n) if n.is_f64() => "float64",
+        Value::Number(_) => "int",
+        Value::String(_) => "string",
+        Value::Sequence(_) => "[]interface {}",
+        Value::Mapping(_) => "map[interface {}]interface {}",
+        Value::Tagged(_) => "interface {}",
+    }
+}
+
+fn expected_array(p: &Pointer, n: usize, v: &Value) -> String {
+    format!("Expected to find an array at path '{}' but found '{}'", p.prefix(n), go_type(v))
+}
+
+fn expected_map(p: &Pointer, n: usize, v: &Value) -> String {
+    format!("Expected to find a map at path '{}' but found '{}'", p.prefix(n), go_type(v))
+}
+
+fn missing_key(p: &Pointer, n: usize, key: &str, m: &Mapping) -> String {
+    let mut keys: Vec<&str> = m.keys().filter_map(Value::as_str).collect();
+    keys.sort();
+    let siblings = if m.is_empty() {
+        "found no other map keys".to_string()
+    } else {
+        format!("found map keys: '{}'", keys.join("', '"))
+    };
+    format!("Expected to find a map key '{key}' for path '{}' ({siblings})", p.prefix(n))
+}
+
+fn missing_index(p: &Pointer, n: usize, index: i64, len: usize) -> String {
+    format!("Expected to find array index '{index}' but found array of length '{len}' for path '{}'", p.prefix(n))
+}
+
+/// The elements of `seq` that are maps whose `key` is the string `value` (go-patch compares the
+/// decoded value with a string: a number or bool never matches).
+fn matching(seq: &[Value], key: &str, value: &str) -> Vec<usize> {
+    seq.iter()
+        .enumerate()
+        .filter(|(_, item)| item.as_mapping().and_then(|m| m.get(key)).and_then(Value::as_str) == Some(value))
+        .map(|(i, _)| i)
+        .collect()
+}
+
+fn several(p: &Pointer, n: usize, found: usize) -> String {
+    format!("Expected to find exactly one matching array item for path '{}' but found {found}", p.prefix(n))
+}
+
+/// An array position after `:prev` / `:next` (negative from the end), checked.
+fn concrete_index(p: &Pointer, n: usize, index: i64, modifiers: &[Modifier], len: usize) -> Result<usize, String> {
+    let mut result = index;
+    for m in modifiers {
+        match m {
+            Modifier::Prev => result -= 1,
+            Modifier::Next => result += 1,
+            other => {
+                return Err(format!(
+                    "Expected to find one of the following modifiers: 'prev', 'next', but found modifier '{}'",
+                    match other {
+                        Modifier::Before => "patch.BeforeModifier",
+                        _ => "patch.AfterModifier",
+                    }
+                ))
+            }
         }
     }
-    Ok(tokens)
+    let len_i = len as i64;
+    if result >= len_i || -result > len_i {
+        return Err(missing_index(p, n, result, len));
+    }
+    Ok(if result < 0 { (len_i + result) as usize } else { result as usize })
+}
+
+/// Where a replace at an array position writes: (position, insert rather than overwrite).
+fn insertion(p: &Pointer, n: usize, index: i64, modifiers: &[Modifier], len: usize) -> Result<(usize, bool), String> {
+    let (mut before, mut after) = (false, false);
+    let mut moves = Vec::new();
+    for m in modifiers {
+        if before || after {
+            return Err(format!(
+                "Expected to not find any modifiers after '{}' modifier, but found modifier '{}'",
+                if before { "before" } else { "after" },
+                match m {
+                    Modifier::Prev => "patch.PrevModifier",
+                    Modifier::Next => "patch.NextModifier",
+                    Modifier::Before => "patch.BeforeModifier",
+                    Modifier::After => "patch.AfterModifier",
+                }
+            ));
+        }
+        match m {
+            Modifier::Before => before = true,
+            Modifier::After => after = true,
+            other => moves.push(*other),
+        }
+    }
+    let mut at = concrete_index(p, n, index, &moves, len)?;
+    if after && at != len {
+        at += 1;
+    }
+    Ok((at, before || after))
+}
+
+fn replace(doc: &mut Value, p: &Pointer, value: Value) -> Result<(), String> {
+    if p.tokens.is_empty() {
+        *doc = value;
+        return Ok(());
+    }
+    let mut cur = doc;
+    let count = p.tokens.len();
+    for (i, token) in p.tokens.iter().enumerate() {
+        let n = i + 1;
+        let last = n == count;
+        cur = match token {
+            Token::Index { index, modifiers } => {
+                let shown = expected_array(p, n, cur);
+                let seq = cur.as_sequence_mut().ok_or(shown)?;
+                if last {
+                    let (at, insert) = insertion(p, n, *index, modifiers, seq.len())?;
+                    if insert {
+                        seq.insert(at, value);
+                    } else {
+                        seq[at] = value;
+                    }
+                    return Ok(());
+                }
+                let at = concrete_index(p, n, *index, modifiers, seq.len())?;
+                &mut seq[at]
+            }
+            Token::AfterLast => {
+                let shown = expected_array(p, n, cur);
+                let seq = cur.as_sequence_mut().ok_or(shown)?;
+                if !last {
+                    return Err(format!("Expected after last index token to be last in path '{}'", p.prefix(count)));
+                }
+                seq.push(value);
+                return Ok(());
+            }
+            Token::Matching { key, value: wanted, optional, modifiers } => {
+                let shown = expected_array(p, n, cur);
+                let seq = cur.as_sequence_mut().ok_or(shown)?;
+                let found = matching(seq, key, wanted);
+                if *optional && found.is_empty() {
+                    if last {
+                        seq.push(value);
+                        return Ok(());
+                    }
+                    let mut m = Mapping::new();
+                    m.insert(Value::String(key.clone()), Value::String(wanted.clone()));
+                    seq.push(Value::Mapping(m));
+                    seq.last_mut().expect("just pushed")
+                } else {
+                    if found.len() != 1 {
+                        return Err(several(p, n, found.len()));
+                    }
+                    if last {
+                        let (at, insert) = insertion(p, n, found[0] as i64, modifiers, seq.len())?;
+                        if insert {
+                            seq.insert(at, value);
+                        } else {
+                            seq[at] = value;
+                        }
+                        return Ok(());
+                    }
+                    let at = concrete_index(p, n, found[0] as i64, modifiers, seq.len())?;
+                    &mut seq[at]
+                }
+            }
+            Token::Key { key, optional } => {
+                let shown = expected_map(p, n, cur);
+                let m = cur.as_mapping_mut().ok_or(shown)?;
+                let k = Value::String(key.clone());
+                if !m.contains_key(&k) && !optional {
+                    return Err(missing_key(p, n, key, m));
+                }
+                if last {
+                    m.insert(k, value);
+                    return Ok(());
+                }
+                if !m.contains_key(&k) {
+                    // What to make depends on what the next token reaches into.
+                    let made = match &p.tokens[n] {
+                        Token::AfterLast | Token::Matching { .. } => Value::Sequence(vec![]),
+                        Token::Key { .. } => Value::Mapping(Mapping::new()),
+                        Token::Index { .. } => {
+                            return Err(format!(
+                                "Expected to find key, matching index or after last index token at path '{}'",
+                                p.prefix(n + 1)
+                            ))
+                        }
+                    };
+                    m.insert(k.clone(), made);
+                }
+                m.get_mut(&k).expect("present")
+            }
+        };
+    }
+    Ok(())
+}
+
+fn remove(doc: &mut Value, p: &Pointer) -> Result<(), String> {
+    if p.tokens.is_empty() {
+        return Err("Cannot remove entire document".into());
+    }
+    let mut cur = doc;
+    let count = p.tokens.len();
+    for (i, token) in p.tokens.iter().enumerate() {
+        let n = i + 1;
+        let last = n == count;
+        cur = match token {
+            Token::Index { index, modifiers } => {
+                let shown = expected_array(p, n, cur);
+                let seq = cur.as_sequence_mut().ok_or(shown)?;
+                let at = concrete_index(p, n, *index, modifiers, seq.len())?;
+                if last {
+                    seq.remove(at);
+                    return Ok(());
+                }
+                &mut seq[at]
+            }
+            Token::Matching { key, value, optional, modifiers } => {
+                let shown = expected_array(p, n, cur);
+                let seq = cur.as_sequence_mut().ok_or(shown)?;
+                let found = matching(seq, key, value);
+                if *optional && found.is_empty() {
+                    return Ok(());
+                }
+                if found.len() != 1 {
+                    return Err(several(p, n, found.len()));
+                }
+                let at = concrete_index(p, n, found[0] as i64, modifiers, seq.len())?;
+                if last {
+                    seq.remove(at);
+                    return Ok(());
+                }
+                &mut seq[at]
+            }
+            Token::Key { key, optional } => {
+                let shown = expected_map(p, n, cur);
+                let m = cur.as_mapping_mut().ok_or(shown)?;
+                if !m.contains_key(key.as_str()) {
+                    if *optional {
+                        return Ok(());
+                    }
+                    return Err(missing_key(p, n, key, m));
+                }
+                if last {
+                    m.shift_remove(key.as_str());
+                    return Ok(());
+                }
+                m.get_mut(key.as_str()).expect("present")
+            }
+            Token::AfterLast => {
+                return Err(format!("Expected to not find token 'patch.AfterLastIndexToken' at path '{}'", p.prefix(n)))
+            }
+        };
+    }
+    Ok(())
+}
+
+/// What a pointer points at (bosh's `interpolate --path`, and `test`). A missing optional key is
+/// null; a missing optional selector is the element it would create.
+pub fn find(doc: &Value, p: &Pointer) -> Result<Value, String> {
+    let mut cur = doc.clone();
+    for (i, token) in p.tokens.iter().enumerate() {
+        let n = i + 1;
+        cur = match token {
+            Token::Index { index, modifiers } => {
+                let seq = cur.as_sequence().ok_or_else(|| expected_array(p, n, &cur))?;
+                let at = concrete_index(p, n, *index, modifiers, seq.len())?;
+                seq[at].clone()
+            }
+            Token::AfterLast => {
+                return Err(format!(
+                    "Expected not to find after last index token in path '{}' (not supported in find operations)",
+                    p.prefix(p.tokens.len())
+                ))
+            }
+            Token::Matching { key, value, optional, modifiers } => {
+                let seq = cur.as_sequence().ok_or_else(|| expected_array(p, n, &cur))?;
+                let found = matching(seq, key, value);
+                if *optional && found.is_empty() {
+                    let mut m = Mapping::new();
+                    m.insert(Value::String(key.clone()), Value::String(value.clone()));
+                    Value::Mapping(m)
+                } else {
+                    if found.len() != 1 {
+                        return Err(several(p, n, found.len()));
+                    }
+                    let at = concrete_index(p, n, found[0] as i64, modifiers, seq.len())?;
+                    seq[at].clone()
+                }
+            }
+            Token::Key { key, optional } => {
+                let m = cur.as_mapping().ok_or_else(|| expected_map(p, n, &cur))?;
+                match m.get(key.as_str()) {
+                    Some(v) => v.clone(),
+                    None if *optional => match p.tokens.get(n) {
+                        None => Value::Null,
+                        Some(Token::Matching { .. }) => Value::Sequence(vec![]),
+                        Some(Token::Key { .. }) => Value::Mapping(Mapping::new()),
+                        Some(_) => {
+                            return Err(format!(
+                                "Expected to find key or matching index token at path '{}'",
+                                p.prefix(n + 1)
+                            ))
+                        }
+                    },
+                    None => return Err(missing_key(p, n, key, m)),
+                }
+            }
+        };
+    }
+    Ok(cur)
+}
+
+/// Whether `err` (from [`find`]) says that exactly the pointer's own last step is missing.
+fn absent_at(p: &Pointer, err: &str) -> bool {
+    let full = p.prefix(p.tokens.len());
+    (err.starts_with("Expected to find a map key '") || err.starts_with("Expected to find array index '"))
+        && err.contains(&format!("for path '{full}'"))
+}
+
+fn test(doc: &Value, p: &Pointer, op: &Operation) -> Result<(), String> {
+    if op.absent {
+        return match find(doc, p) {
+            Err(e) if absent_at(p, &e) => Ok(()),
+            Err(e) => Err(e),
+            Ok(_) => Err(format!("Expected to not find '{}'", p.prefix(p.tokens.len()))),
+        };
+    }
+    let found = find(doc, p)?;
+    if Some(&found) != op.value.as_ref() {
+        return Err("Found value does not match expected value".into());
+    }
+    Ok(())
 }
 
 /// Parses an ops-file (a YAML list of operations).
@@ -78,222 +554,46 @@ pub fn parse_ops(source_name: &str, text: &str) -> Result<Vec<Operation>, crate:
     crate::yaml::from_value(source_name, v)
 }
 
-/// Applies operations in order to a document.
+/// Checks an operation's fields as go-patch does before anything is applied.
+fn check(op: &Operation) -> Result<Pointer, String> {
+    let path = op.path.as_deref().ok_or("Missing path")?;
+    match op.kind {
+        OpKind::Replace if op.value.is_none() => return Err("Missing value".into()),
+        OpKind::Remove if op.value.is_some() => return Err("Cannot specify value".into()),
+        OpKind::Test if op.value.is_some() && op.absent => return Err("Cannot specify both value and absent".into()),
+        OpKind::Test if op.value.is_none() && !op.absent => return Err("Missing value or absent".into()),
+        _ => {}
+    }
+    if op.absent && op.kind != OpKind::Test {
+        return Err("Cannot specify absent".into());
+    }
+    Pointer::parse(path).map_err(|e| format!("Invalid path: {e}"))
+}
+
+/// Applies operations in order to a document. Every operation is checked first: a malformed one
+/// fails the whole file before any is applied.
 pub fn apply_ops(source_name: &str, doc: &mut Value, ops: &[Operation]) -> Result<(), OpError> {
+    let err = |i: usize, op: &Operation, message: String| OpError {
+        source_name: source_name.to_string(),
+        index: i,
+        kind: op.kind.as_str().to_string(),
+        path: op.path.clone().unwrap_or_default(),
+        message,
+    };
+    let mut pointers = Vec::with_capacity(ops.len());
     for (i, op) in ops.iter().enumerate() {
-        let err = |message: String| OpError {
-            source_name: source_name.to_string(),
-            index: i,
-            kind: match op.kind {
-                OpKind::Replace => "replace".into(),
-                OpKind::Remove => "remove".into(),
-            },
-            path: op.path.clone(),
-            message,
+        pointers.push(check(op).map_err(|m| err(i, op, m))?);
+    }
+    for (i, (op, p)) in ops.iter().zip(&pointers).enumerate() {
+        let applied = match op.kind {
+            OpKind::Replace => replace(doc, p, op.value.clone().expect("checked")),
+            OpKind::Remove => remove(doc, p),
+            OpKind::Test => test(doc, p, op),
         };
-        let tokens = parse_path(&op.path).map_err(err)?;
-        match op.kind {
-            OpKind::Replace => {
-                let value = op.value.clone().ok_or_else(|| err("a replace needs a `value`".into()))?;
-                replace(doc, &tokens, value).map_err(err)?;
-            }
-            OpKind::Remove => {
-                if op.value.is_some() {
-                    return Err(err("a remove takes no `value`".into()));
-                }
-                remove(doc, &tokens).map_err(err)?;
-            }
-        }
-    }
-    Ok(())
-}
-
-fn find_matching(seq: &[Value], key: &str, value: &str) -> Result<Option<usize>, String> {
-    let hits: Vec<usize> = seq
-        .iter()
-        .enumerate()
-        .filter(|(_, v)| {
-            v.as_mapping().and_then(|m| m.get(key)).is_some_and(|x| match x {
-                Value::String(s) => s == value,
-                Value::Number(n) => n.to_string() == value,
-                Value::Bool(b) => b.to_string() == value,
-                _ => false,
-            })
-        })
-        .map(|(i, _)| i)
-        .collect();
-    match hits.len() {
-        0 => Ok(None),
-        1 => Ok(Some(hits[0])),
-        n => Err(format!("{n} array elements match `{key}={value}`; a selector must match exactly one")),
-    }
-}
-
-fn resolve_index(index: i64, len: usize) -> Option<usize> {
-    let i = if index < 0 { len as i64 + index } else { index };
-    (i >= 0 && (i as usize) < len).then_some(i as usize)
-}
-
-fn describe(tokens: &[Token]) -> String {
-    let mut s = String::new();
-    for t in tokens {
-        s.push('/');
-        match t {
-            Token::Key { key, .. } => s.push_str(key),
-            Token::Index { index, .. } => s.push_str(&index.to_string()),
-            Token::Append => s.push('-'),
-            Token::Matching { key, value, .. } => s.push_str(&format!("{key}={value}")),
-        }
-    }
-    s
-}
-
-fn replace(doc: &mut Value, tokens: &[Token], value: Value) -> Result<(), String> {
-    let Some((last, parents)) = tokens.split_last() else {
-        *doc = value;
-        return Ok(());
-    };
-    let mut cur = doc;
-    for (depth, t) in parents.iter().enumerate() {
-        let here = describe(&tokens[..=depth]);
-        let next_is_seq = matches!(tokens[depth + 1], Token::Append | Token::Index { .. } | Token::Matching { .. });
-        cur = match t {
-            Token::Key { key, optional } => {
-                if cur.is_null() && *optional {
-                    *cur = Value::Mapping(Mapping::new());
-                }
-                let m = cur.as_mapping_mut().ok_or_else(|| format!("expected a map at `{here}`"))?;
-                let k = Value::String(key.clone());
-                if !m.contains_key(&k) {
-                    if !optional {
-                        return Err(format!("no key `{key}` at `{here}`"));
-                    }
-                    m.insert(
-                        k.clone(),
-                        if next_is_seq { Value::Sequence(vec![]) } else { Value::Mapping(Mapping::new()) },
-                    );
-                }
-                m.get_mut(&k).expect("inserted above")
-            }
-            Token::Index { index, .. } => {
-                let s = cur.as_sequence_mut().ok_or_else(|| format!("expected an array at `{here}`"))?;
-                let len = s.len();
-                let i = resolve_index(*index, len)
-                    .ok_or_else(|| format!("index {index} is out of bounds at `{here}` (length {len})"))?;
-                &mut s[i]
-            }
-            Token::Append => return Err(format!("`-` can only end a path (at `{here}`)")),
-            Token::Matching { key, value, optional } => {
-                let s = cur.as_sequence_mut().ok_or_else(|| format!("expected an array at `{here}`"))?;
-                match find_matching(s, key, value)? {
-                    Some(i) => &mut s[i],
-                    None if *optional => {
-                        let mut m = Mapping::new();
-                        m.insert(Value::String(key.clone()), Value::String(value.clone()));
-                        s.push(Value::Mapping(m));
-                        s.last_mut().expect("pushed above")
-                    }
-                    None => return Err(format!("no array element has `{key}={value}` at `{here}`")),
-                }
-            }
-        };
-    }
-    let here = describe(tokens);
-    match last {
-        Token::Key { key, .. } => {
-            if cur.is_null() {
-                *cur = Value::Mapping(Mapping::new());
-            }
-            let m = cur.as_mapping_mut().ok_or_else(|| format!("expected a map to hold `{here}`"))?;
-            m.insert(Value::String(key.clone()), value);
-        }
-        Token::Index { index, .. } => {
-            let s = cur.as_sequence_mut().ok_or_else(|| format!("expected an array at `{here}`"))?;
-            let len = s.len();
-            let i = resolve_index(*index, len)
-                .ok_or_else(|| format!("index {index} is out of bounds at `{here}` (length {len})"))?;
-            s[i] = value;
-        }
-        Token::Append => {
-            if cur.is_null() {
-                *cur = Value::Sequence(vec![]);
-            }
-            cur.as_sequence_mut().ok_or_else(|| format!("expected an array to append to at `{here}`"))?.push(value);
-        }
-        Token::Matching { key, value: v, optional } => {
-            let s = cur.as_sequence_mut().ok_or_else(|| format!("expected an array at `{here}`"))?;
-            match find_matching(s, key, v)? {
-                Some(i) => s[i] = value,
-                None if *optional => s.push(value),
-                None => return Err(format!("no array element has `{key}={v}`")),
-            }
-        }
-    }
-    Ok(())
-}
-
-fn remove(doc: &mut Value, tokens: &[Token]) -> Result<(), String> {
-    let Some((last, parents)) = tokens.split_last() else {
-        return Err("cannot remove the whole document".into());
-    };
-    let mut cur = doc;
-    for (depth, t) in parents.iter().enumerate() {
-        let here = describe(&tokens[..=depth]);
-        let next = match t {
-            Token::Key { key, optional } => match cur.as_mapping_mut().and_then(|m| m.get_mut(key.as_str())) {
-                Some(v) => v,
-                None if *optional => return Ok(()),
-                None => return Err(format!("no key `{key}` at `{here}`")),
-            },
-            Token::Index { index, optional } => {
-                let s = cur.as_sequence_mut().ok_or_else(|| format!("expected an array at `{here}`"))?;
-                let len = s.len();
-                match resolve_index(*index, len) {
-                    Some(i) => &mut s[i],
-                    None if *optional => return Ok(()),
-                    None => return Err(format!("index {index} is out of bounds at `{here}` (length {len})")),
-                }
-            }
-            Token::Append => return Err("`-` cannot be removed".into()),
-            Token::Matching { key, value, optional } => {
-                let s = cur.as_sequence_mut().ok_or_else(|| format!("expected an array at `{here}`"))?;
-                match find_matching(s, key, value)? {
-                    Some(i) => &mut s[i],
-                    None if *optional => return Ok(()),
-                    None => return Err(format!("no array element has `{key}={value}` at `{here}`")),
-                }
-            }
-        };
-        cur = next;
-    }
-    match last {
-        Token::Key { key, optional } => {
-            let m = cur.as_mapping_mut().ok_or_else(|| "expected a map".to_string())?;
-            if m.remove(key.as_str()).is_none() && !optional {
-                return Err(format!("no key `{key}` to remove"));
-            }
-        }
-        Token::Index { index, optional } => {
-            let s = cur.as_sequence_mut().ok_or_else(|| "expected an array".to_string())?;
-            match resolve_index(*index, s.len()) {
-                Some(i) => {
-                    s.remove(i);
-                }
-                None if *optional => {}
-                None => return Err(format!("index {index} is out of bounds")),
-            }
-        }
-        Token::Append => return Err("`-` cannot be removed".into()),
-        Token::Matching { key, value, optional } => {
-            let s = cur.as_sequence_mut().ok_or_else(|| "expected an array".to_string())?;
-            match find_matching(s, key, value)? {
-                Some(i) => {
-                    s.remove(i);
-                }
-                None if *optional => {}
-                None => return Err(format!("no array element has `{key}={value}`")),
-            }
-        }
+        applied.map_err(|m| match &op.error {
+            Some(custom) => err(i, op, format!("Error '{custom}': {m}")),
+            None => err(i, op, m),
+        })?;
     }
     Ok(())
 }
@@ -302,48 +602,101 @@ fn remove(doc: &mut Value, tokens: &[Token]) -> Result<(), String> {
 mod tests {
     use super::*;
 
+    /// Applies `ops` to `doc`; the result as compact JSON, or the error's message.
     fn run(doc: &str, ops: &str) -> Result<String, String> {
         let mut d: Value = serde_yaml::from_str(doc).unwrap();
         let ops = parse_ops("ops.yml", ops).map_err(|e| e.to_string())?;
-        apply_ops("ops.yml", &mut d, &ops).map_err(|e| e.to_string())?;
+        apply_ops("ops.yml", &mut d, &ops).map_err(|e| e.message)?;
         Ok(serde_json::to_string(&d).unwrap())
     }
 
-    const DOC: &str =
-        "instance_groups:\n- name: etcd\n  instances: 3\n  jobs: [{name: etcd}]\n- name: worker\n  instances: 1\n";
+    const DOC: &str = "key: 1\nkey2: {nested: {super_nested: 2}, other: 3}\narray: [4, 5, 6]\nitems:\n- name: item7\n- name: item8\n- name: item8\n";
+
+    /// (what, ops, expected JSON or `Err:` + message) — the cases go-patch's documentation
+    /// describes, and its edges.
+    const CASES: &[(&str, &str, &str)] = &[
+        ("set a key", "[{type: replace, path: /key, value: 10}]", r#"{"key":10,"key2":{"nested":{"super_nested":2},"other":3},"array":[4,5,6],"items":[{"name":"item7"},{"name":"item8"},{"name":"item8"}]}"#),
+        ("a missing key without ?", "[{type: replace, path: /abc, value: 10}]", "Err:Expected to find a map key 'abc' for path '/abc' (found map keys: 'array', 'items', 'key', 'key2')"),
+        ("a missing key with ?", "[{type: replace, path: /new_key?, value: 10}]", r#""new_key":10"#),
+        ("? carries over", "[{type: replace, path: /key2/nested?/another_nested/super_nested, value: 10}]", r#""nested":{"super_nested":2,"another_nested":{"super_nested":10}}"#),
+        ("an index", "[{type: replace, path: /array/0, value: 10}]", r#""array":[10,5,6]"#),
+        ("a negative index", "[{type: replace, path: /array/-1, value: 10}]", r#""array":[4,5,10]"#),
+        ("an index past the end", "[{type: replace, path: /array/3, value: 10}]", "Err:Expected to find array index '3' but found array of length '3' for path '/array/3'"),
+        ("a negative index past the start", "[{type: replace, path: /array/-4, value: 10}]", "Err:Expected to find array index '-4' but found array of length '3' for path '/array/-4'"),
+        ("append", "[{type: replace, path: /array/-, value: 10}]", r#""array":[4,5,6,10]"#),
+        ("append to a new array", "[{type: replace, path: /array2?/-, value: 10}]", r#""array2":[10]"#),
+        (":prev", "[{type: replace, path: /array/1:prev, value: 10}]", r#""array":[10,5,6]"#),
+        (":next", "[{type: replace, path: /array/0:next, value: 10}]", r#""array":[4,10,6]"#),
+        (":after", "[{type: replace, path: /array/0:after, value: 10}]", r#""array":[4,10,5,6]"#),
+        (":before", "[{type: replace, path: /array/0:before, value: 10}]", r#""array":[10,4,5,6]"#),
+        (":after the last", "[{type: replace, path: /array/2:after, value: 10}]", r#""array":[4,5,6,10]"#),
+        ("a selector", "[{type: replace, path: /items/name=item7/name, value: item70}]", r#"{"name":"item70"}"#),
+        ("a new key under a selector needs ?", "[{type: replace, path: /items/name=item7/count, value: 10}]", "Err:Expected to find a map key 'count' for path '/items/name=item7/count' (found map keys: 'name')"),
+        ("a new key under a selector", "[{type: replace, path: /items/name=item7/count?, value: 10}]", r#"{"name":"item7","count":10}"#),
+        ("a selector matching two", "[{type: replace, path: /items/name=item8/count, value: 10}]", "Err:Expected to find exactly one matching array item for path '/items/name=item8' but found 2"),
+        ("a selector matching none", "[{type: replace, path: /items/name=item9/count, value: 10}]", "Err:Expected to find exactly one matching array item for path '/items/name=item9' but found 0"),
+        ("an optional selector creates", "[{type: replace, path: /items/name=item9?/count, value: 10}]", r#"{"name":"item9","count":10}"#),
+        ("an optional selector as the last token appends the value", "[{type: replace, path: /items/name=item9?, value: {name: x}}]", r#"{"name":"item8"},{"name":"x"}]"#),
+        ("a selector with :after", "[{type: replace, path: /items/name=item7:after, value: {name: new}}]", r#"[{"name":"item7"},{"name":"new"},{"name":"item8"}"#),
+        ("a key on an array", "[{type: replace, path: /array/x, value: 1}]", "Err:Expected to find a map at path '/array/x' but found '[]interface {}'"),
+        ("an index on a map", "[{type: replace, path: /key2/0, value: 1}]", "Err:Expected to find an array at path '/key2/0' but found 'map[interface {}]interface {}'"),
+        ("a selector only matches strings", "[{type: replace, path: /nums/n=1/x, value: 1}]", "Err:Expected to find a map key 'nums' for path '/nums' (found map keys: 'array', 'items', 'key', 'key2')"),
+        ("escapes", "[{type: replace, path: /a~1b?, value: 1}, {type: replace, path: /c~0d~2~3~7?, value: 2}]", r#""a/b":1,"c~d?=:":2"#),
+        ("the whole document", "[{type: replace, path: '', value: {x: 1}}]", r#"{"x":1}"#),
+        ("`/` is the empty key", "[{type: replace, path: /, value: 1}]", "Err:Expected to find a map key '' for path '/' (found map keys: 'array', 'items', 'key', 'key2')"),
+        ("`/?` makes it", "[{type: replace, path: /?, value: 1}]", r#""":1"#),
+        ("`/-/key` is the key `-`", "[{type: replace, path: /-?/key, value: 1}]", r#""-":{"key":1}"#),
+        ("a missing key before an index", "[{type: replace, path: /new?/0, value: 1}]", "Err:Expected to find key, matching index or after last index token at path '/new?/0'"),
+        ("remove a key", "[{type: remove, path: /key}]", r#"{"key2""#),
+        ("remove a missing key", "[{type: remove, path: /abc}]", "Err:Expected to find a map key 'abc' for path '/abc' (found map keys: 'array', 'items', 'key', 'key2')"),
+        ("remove an absent optional path", "[{type: remove, path: /abc?/def}]", r#"{"key":1"#),
+        ("remove an absent optional selector", "[{type: remove, path: /items/name=nope?}]", r#"{"name":"item8"}]"#),
+        ("remove by index", "[{type: remove, path: /array/-1}]", r#""array":[4,5]"#),
+        ("remove with :next", "[{type: remove, path: /array/0:next}]", r#""array":[4,6]"#),
+        ("remove the whole document", "[{type: remove, path: ''}]", "Err:Cannot remove entire document"),
+        ("test a value", "[{type: test, path: /key, value: 1}]", r#"{"key":1"#),
+        ("test a different value", "[{type: test, path: /key, value: 2}]", "Err:Found value does not match expected value"),
+        ("test absent", "[{type: test, path: /nope, absent: true}]", r#"{"key":1"#),
+        ("test absent, present", "[{type: test, path: /key, absent: true}]", "Err:Expected to not find '/key'"),
+        ("test absent above a missing parent", "[{type: test, path: /nope/deeper, absent: true}]", "Err:Expected to find a map key 'nope' for path '/nope' (found map keys: 'array', 'items', 'key', 'key2')"),
+        ("a custom error", "[{type: test, path: /key, value: 2, error: key must be 2}]", "Err:Error 'key must be 2': Found value does not match expected value"),
+        ("a replace without a value", "[{type: replace, path: /key}]", "Err:Missing value"),
+        ("a remove with a value", "[{type: remove, path: /key, value: 1}]", "Err:Cannot specify value"),
+        ("a path without /", "[{type: replace, path: key, value: 1}]", "Err:Invalid path: Expected to start with '/'"),
+        ("an unknown modifier", "[{type: replace, path: /array/0:sideways, value: 1}]", "Err:Invalid path: Expected to find one of the following modifiers: 'prev', 'next', 'before', or 'after' but found 'sideways'"),
+        ("a null value is a value", "[{type: replace, path: /key, value: ~}]", r#"{"key":null"#),
+    ];
 
     #[test]
-    fn replace_by_selector() {
-        let out = run(DOC, "- type: replace\n  path: /instance_groups/name=etcd/instances\n  value: 5\n").unwrap();
-        assert!(out.contains(r#""name":"etcd","instances":5"#), "{out}");
+    fn go_patch_semantics() {
+        for (what, ops, want) in CASES {
+            match (run(DOC, ops), want.strip_prefix("Err:")) {
+                (Ok(got), None) => assert!(got.contains(want), "{what}: {got} lacks {want}"),
+                (Err(got), Some(msg)) => assert_eq!(&got, msg, "{what}"),
+                (got, _) => panic!("{what}: got {got:?}, want {want}"),
+            }
+        }
     }
 
     #[test]
-    fn append_and_optional_creation() {
-        let out = run(DOC, "- type: replace\n  path: /instance_groups/name=etcd/jobs/-\n  value: {name: x}\n- type: replace\n  path: /instance_groups/name=worker/env?/bosh/keep\n  value: true\n").unwrap();
-        assert!(out.contains(r#"[{"name":"etcd"},{"name":"x"}]"#), "{out}");
-        assert!(out.contains(r#""env":{"bosh":{"keep":true}}"#), "{out}");
+    fn a_malformed_operation_fails_the_file_before_any_applies() {
+        let mut d: Value = serde_yaml::from_str(DOC).unwrap();
+        let ops = parse_ops("ops.yml", "[{type: replace, path: /key, value: 9}, {type: remove, path: /x, value: 1}]")
+            .unwrap();
+        let e = apply_ops("ops.yml", &mut d, &ops).unwrap_err();
+        assert_eq!(e.to_string(), "ops.yml: operation 1 (remove /x): Cannot specify value");
+        assert_eq!(d["key"], Value::from(1), "nothing applied");
     }
 
     #[test]
-    fn remove_and_optional_remove() {
-        let out =
-            run(DOC, "- type: remove\n  path: /instance_groups/name=worker\n- type: remove\n  path: /nothing?/here\n")
-                .unwrap();
-        assert!(!out.contains("worker"), "{out}");
-    }
-
-    #[test]
-    fn missing_path_is_an_error_naming_the_operation() {
-        let e = run(DOC, "- type: replace\n  path: /instance_groups/name=db/instances\n  value: 1\n").unwrap_err();
-        assert_eq!(e, "ops.yml: operation 0 (replace /instance_groups/name=db/instances): no array element has `name=db` at `/instance_groups/name=db`");
-        let e = run(DOC, "- type: remove\n  path: /releases\n").unwrap_err();
-        assert!(e.contains("no key `releases` to remove"), "{e}");
-    }
-
-    #[test]
-    fn negative_index_and_root_replace() {
-        let out = run(DOC, "- type: replace\n  path: /instance_groups/-1/instances\n  value: 2\n").unwrap();
-        assert!(out.contains(r#""name":"worker","instances":2"#), "{out}");
+    fn find_follows_the_same_pointers() {
+        let d: Value = serde_yaml::from_str(DOC).unwrap();
+        let f = |p: &str| find(&d, &Pointer::parse(p).unwrap());
+        assert_eq!(f("/items/name=item7").unwrap(), serde_yaml::from_str::<Value>("{name: item7}").unwrap());
+        assert_eq!(f("/array/-1").unwrap(), Value::from(6));
+        assert_eq!(f("/array/1:prev").unwrap(), Value::from(4));
+        assert_eq!(f("/nope?").unwrap(), Value::Null);
+        assert_eq!(f("").unwrap(), d);
+        assert!(f("/array/-").unwrap_err().contains("not supported in find operations"));
     }
 }
