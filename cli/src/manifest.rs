@@ -13,15 +13,69 @@ pub struct VarArgs {
     /// An ops-file to apply (go-patch); repeatable, applied in order.
     #[arg(short = 'o', long = "ops-file", value_name = "PATH")]
     pub ops_files: Vec<PathBuf>,
-    /// A variable, `name=value`; repeatable.
+    /// A variable, `name=value` (the value is YAML: `-v n=5` is a number); repeatable.
     #[arg(short = 'v', long = "var", value_name = "NAME=VALUE")]
     pub vars: Vec<String>,
-    /// A YAML file of variables; repeatable.
+    /// A variable whose value is a file's contents, `name=path`; repeatable.
+    #[arg(long = "var-file", value_name = "NAME=PATH")]
+    pub var_files: Vec<String>,
+    /// A YAML file of variables; repeatable (a later file wins).
     #[arg(short = 'l', long = "vars-file", value_name = "PATH")]
     pub vars_files: Vec<PathBuf>,
+    /// Variables from the environment: `PREFIX_name=value` gives `name` (the value is YAML).
+    #[arg(long = "vars-env", value_name = "PREFIX")]
+    pub vars_env: Vec<String>,
     /// A YAML file to take variables from and to store generated ones in.
     #[arg(long = "vars-store", value_name = "PATH")]
     pub vars_store: Option<PathBuf>,
+}
+
+/// What becomes of a placeholder no variable source answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unanswered {
+    /// An error listing every such variable (bosh's `--var-errs`).
+    Error,
+    /// Left for the director when the document declares the variable; an error otherwise (a
+    /// deploy: caught here, naming where, rather than by the director).
+    LeaveDeclared,
+    /// Left as it is (bosh's `interpolate` without `--var-errs`).
+    Leave,
+}
+
+/// A value given on the command line or in the environment: YAML, as bosh reads it (`5` is a
+/// number, `"val"` the string val, `{}` a map); text that is not YAML stays a string.
+fn yaml_value(text: &str) -> Value {
+    match serde_yaml::from_str::<Value>(text) {
+        Ok(parsed) if !text.is_empty() => parsed,
+        _ => Value::String(text.to_string()),
+    }
+}
+
+/// Every variable the command line gives, with bosh's precedence: `-v` over `--var-file` over
+/// `-l` (a later file over an earlier one) over `--vars-env` over `--vars-store`.
+fn given_values(args: &VarArgs, store: &BTreeMap<String, Value>) -> Result<BTreeMap<String, Value>> {
+    let mut values = store.clone();
+    for prefix in &args.vars_env {
+        let lead = format!("{prefix}_");
+        let mut env: Vec<(String, String)> = std::env::vars().filter(|(k, _)| k.starts_with(&lead)).collect();
+        env.sort();
+        for (k, v) in env {
+            values.insert(k[lead.len()..].to_string(), yaml_value(&v));
+        }
+    }
+    for f in &args.vars_files {
+        values.extend(mapping(f, &read(f, "vars file")?)?);
+    }
+    for kv in &args.var_files {
+        let (k, path) =
+            kv.split_once('=').ok_or_else(|| InputError::new(format!("--var-file `{kv}`: write it as name=path")))?;
+        values.insert(k.to_string(), Value::String(read(Path::new(path), "--var-file")?));
+    }
+    for kv in &args.vars {
+        let (k, v) = kv.split_once('=').ok_or_else(|| InputError::new(format!("-v `{kv}`: write it as name=value")))?;
+        values.insert(k.to_string(), yaml_value(v));
+    }
+    Ok(values)
 }
 
 fn read(path: &Path, what: &str) -> Result<String> {
@@ -38,10 +92,9 @@ fn mapping(path: &Path, text: &str) -> Result<BTreeMap<String, Value>> {
         .map_err(|_| InputError::new(format!("{}: a vars file is a map of names to values", path.display())).into())
 }
 
-/// Reads a document, applies ops-files and variables. With `strict`, every placeholder must be
-/// answered; otherwise placeholders for variables the document declares are left for the
-/// director, and only undeclared, unanswered ones are errors.
-pub fn load(path: &Path, args: &VarArgs, strict: bool) -> Result<Value> {
+/// Reads a document, applies ops-files and variables; `unanswered` says what becomes of a
+/// placeholder no source answers.
+pub fn load(path: &Path, args: &VarArgs, unanswered: Unanswered) -> Result<Value> {
     let name = path.display().to_string();
     let text = read(path, "manifest")?;
     let mut doc = bosun_types::yaml::parse_value(&name, &text).map_err(|e| InputError::new(e.to_string()))?;
@@ -51,26 +104,13 @@ pub fn load(path: &Path, args: &VarArgs, strict: bool) -> Result<Value> {
             .map_err(|e| InputError::new(e.to_string()))?;
         bosun_types::gopatch::apply_ops(&ops_name, &mut doc, &ops).map_err(|e| InputError::new(e.to_string()))?;
     }
-    let mut values: BTreeMap<String, Value> = BTreeMap::new();
     let mut store = BTreeMap::new();
     if let Some(p) = &args.vars_store {
         if p.exists() {
             store = mapping(p, &read(p, "vars store")?)?;
         }
-        values.extend(store.clone());
     }
-    for f in &args.vars_files {
-        values.extend(mapping(f, &read(f, "vars file")?)?);
-    }
-    for kv in &args.vars {
-        let (k, v) = kv.split_once('=').ok_or_else(|| InputError::new(format!("-v `{kv}`: write it as name=value")))?;
-        // As bosh does: the value is YAML (`-v n=5` is the integer 5), a plain string otherwise.
-        let value = match serde_yaml::from_str::<Value>(v) {
-            Ok(parsed) if !v.is_empty() => parsed,
-            _ => Value::String(v.to_string()),
-        };
-        values.insert(k.to_string(), value);
-    }
+    let mut values = given_values(args, &store)?;
     let declared: Vec<VariableDefinition> = match doc.get("variables") {
         Some(v) => {
             serde_yaml::from_value(v.clone()).map_err(|e| InputError::new(format!("{name}: /variables: {e}")))?
@@ -93,15 +133,26 @@ pub fn load(path: &Path, args: &VarArgs, strict: bool) -> Result<Value> {
             write_private(store_path, serde_yaml::to_string(&store)?.as_bytes())?;
         }
     }
-    // Declared variables nobody gave a value stay as they are, `((name.key))` included: the
-    // director generates them. Anything else unanswered is an error here.
     let declared_names: Vec<&str> = declared.iter().map(|d| d.name.as_str()).collect();
     let left = bosun_types::vars::interpolate_leaving(&mut doc, &|n| values.get(n).cloned())
         .map_err(|e| InputError::new(format!("{name}: {e}")))?;
-    let missing: Vec<_> = left.into_iter().filter(|m| strict || !declared_names.contains(&m.name.as_str())).collect();
-    if !missing.is_empty() {
-        let e = bosun_types::vars::InterpolationError::Missing(missing);
-        return Err(InputError::new(format!("{name}: {e}")).into());
+    match unanswered {
+        Unanswered::Leave => {}
+        Unanswered::Error if !left.is_empty() => {
+            // As bosh says it: each name once, sorted.
+            let mut names: Vec<&str> = left.iter().map(|m| m.name.as_str()).collect();
+            names.sort();
+            names.dedup();
+            return Err(InputError::new(format!("{name}: Expected to find variables: {}", names.join(", "))).into());
+        }
+        Unanswered::Error => {}
+        Unanswered::LeaveDeclared => {
+            let missing: Vec<_> = left.into_iter().filter(|m| !declared_names.contains(&m.name.as_str())).collect();
+            if !missing.is_empty() {
+                let e = bosun_types::vars::InterpolationError::Missing(missing);
+                return Err(InputError::new(format!("{name}: {e}")).into());
+            }
+        }
     }
     Ok(doc)
 }

@@ -93,6 +93,11 @@ variables:
     )
     .unwrap();
     std::fs::write(dir.path().join("vars.yml"), "host: db.internal\n").unwrap();
+    std::fs::write(
+        dir.path().join("typed.yml"),
+        "n: ((n))\nb: ((b))\ns: ((s))\nm: ((m))\nf: ((f))\ne: ((e))\nhost: ((host))\n",
+    )
+    .unwrap();
     let store = p("creds.yml");
     let (code, out, err) = bosun(
         &[
@@ -140,17 +145,60 @@ variables:
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(std::fs::metadata(&store).unwrap().permissions().mode() & 0o077, 0, "the vars store is private");
 
-    // Without --var-errs unanswered declared variables stay for the director; undeclared ones fail.
+    // Without --var-errs whatever is unanswered stays as it is, as bosh leaves it: declared
+    // variables for the director, undeclared ones too.
     let (code, out, _) = bosun(&["interpolate", &p("m.yml"), "-v", "name=x", "-v", "host=h"], dir.path());
     assert_eq!(code, 0);
     assert!(out.contains("((db_password))"), "{out}");
-    let (code, _, err) = bosun(&["interpolate", &p("m.yml"), "-v", "name=x"], dir.path());
+    let (code, out, err) = bosun(&["interpolate", &p("m.yml"), "-v", "name=x"], dir.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("postgres://admin:((db_password))@((host)):5432"), "{out}");
+    // With --var-errs: every missing name once, sorted.
+    let (code, _, err) = bosun(&["interpolate", &p("m.yml"), "--var-errs"], dir.path());
     assert_eq!(code, 2);
-    assert!(err.contains("missing variable ((host)) at /instance_groups/0/jobs/0/properties/url"), "{err}");
+    assert!(err.contains("Expected to find variables: db_password, db_tls, host, name"), "{err}");
+    // --path takes go-patch pointers and says what it did not find as go-patch does.
     let (code, _, err) =
         bosun(&["interpolate", &p("m.yml"), "--path", "/nope", "-v", "name=x", "-v", "host=h"], dir.path());
     assert_eq!(code, 2);
-    assert!(err.contains("--path /nope: no key `nope`"), "{err}");
+    assert!(err.contains("--path /nope: Expected to find a map key 'nope' for path '/nope'"), "{err}");
+    let (code, out, _) =
+        bosun(&["interpolate", &p("m.yml"), "--path", "/instance_groups/name=db/instances"], dir.path());
+    assert_eq!((code, out.trim()), (0, "1"));
+    // -v values are YAML; --var-file a file's raw contents; --vars-env from the environment; -v
+    // wins over -l.
+    std::fs::write(dir.path().join("raw.txt"), "yes: no\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bosun"))
+        .args(["interpolate", &p("typed.yml")])
+        .args([
+            "-v",
+            "n=5",
+            "-v",
+            "b=true",
+            "-v",
+            "s=\"val\"",
+            "-v",
+            "m={}",
+            "--var-file",
+            &format!("f={}", p("raw.txt")),
+        ])
+        .args(["-l", &p("vars.yml"), "-v", "host=from-v", "--vars-env", "BOSUN_TEST_VARS"])
+        .env("BOSUN_TEST_VARS_e", "[1, 2]")
+        .current_dir(dir.path())
+        .env("HOME", dir.path())
+        .output()
+        .map(|o| {
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            String::from_utf8_lossy(&o.stdout).into_owned()
+        });
+    let doc: serde_yaml::Value = serde_yaml::from_str(&out.unwrap()).unwrap();
+    assert_eq!(doc["n"], serde_yaml::Value::from(5));
+    assert_eq!(doc["b"], serde_yaml::Value::from(true));
+    assert_eq!(doc["s"], serde_yaml::Value::from("val"));
+    assert!(doc["m"].as_mapping().is_some_and(|m| m.is_empty()));
+    assert_eq!(doc["f"], serde_yaml::Value::from("yes: no\n"));
+    assert_eq!(doc["e"], serde_yaml::from_str::<serde_yaml::Value>("[1, 2]").unwrap());
+    assert_eq!(doc["host"], serde_yaml::Value::from("from-v"));
 }
 
 fn doc_ca(store: &str) -> serde_yaml::Value {

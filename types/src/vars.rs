@@ -17,7 +17,7 @@ pub struct MissingVariable {
 pub enum InterpolationError {
     #[error("missing variable{} {}", if .0.len() == 1 { "" } else { "s" }, describe_missing(.0))]
     Missing(Vec<MissingVariable>),
-    #[error("{path}: variable `(({name}))` holds a map or list and cannot stand inside a string")]
+    #[error("{path}: variable `(({name}))` is not a string or an integer and cannot stand inside a string")]
     NotAScalar { name: String, path: String },
     #[error("{path}: `(({name}))` has no key `{key}`")]
     NoSuchKey { name: String, key: String, path: String },
@@ -35,11 +35,13 @@ fn split_name(expr: &str) -> (&str, Vec<&str>) {
     (name, parts.collect())
 }
 
+/// A character of a variable's name (bosh's `[-/.\w\pL]`).
 fn is_name_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/' | ':' | '!')
+    c.is_alphanumeric() || matches!(c, '_' | '-' | '.' | '/')
 }
 
-/// Finds `((…))` placeholders in a string: (start, end, inner expression).
+/// Finds `((…))` placeholders in a string: (start, end, inner expression), the expression without
+/// the spaces bosh allows around it (`(( name ))`). `((!name))` is never resolved: not listed.
 fn placeholders(s: &str) -> Vec<(usize, usize, String)> {
     let mut out = Vec::new();
     let mut i = 0;
@@ -47,11 +49,14 @@ fn placeholders(s: &str) -> Vec<(usize, usize, String)> {
         let start = i + off;
         match s[start + 2..].find("))") {
             Some(len) => {
-                let inner = &s[start + 2..start + 2 + len];
+                let inner = s[start + 2..start + 2 + len].trim();
                 if !inner.is_empty() && inner.chars().all(is_name_char) {
                     out.push((start, start + 2 + len + 2, inner.to_string()));
+                    i = start + 2 + len + 2;
+                } else {
+                    // Not a placeholder (`((!name))`, `(( a b ))`): look again one further on.
+                    i = start + 1;
                 }
-                i = start + 2 + len + 2;
             }
             None => break,
         }
@@ -64,7 +69,7 @@ pub fn referenced_variables(doc: &Value) -> Vec<String> {
     let mut out = Vec::new();
     walk_strings(doc, &mut |s| {
         for (_, _, expr) in placeholders(s) {
-            let name = split_name(expr.trim_start_matches('!')).0.to_string();
+            let name = split_name(&expr).0.to_string();
             if !out.contains(&name) {
                 out.push(name);
             }
@@ -91,8 +96,14 @@ fn lookup_expr(
     let (name, keys) = split_name(expr);
     let Some(mut v) = lookup(name) else { return Ok(None) };
     for k in keys {
-        v = match v.as_mapping().and_then(|m| m.get(k)) {
-            Some(x) => x.clone(),
+        // A key into a map, or an index into a list (`((list.1))`).
+        let next = match &v {
+            Value::Mapping(m) => m.get(k).cloned(),
+            Value::Sequence(items) => k.parse::<usize>().ok().and_then(|i| items.get(i).cloned()),
+            _ => None,
+        };
+        v = match next {
+            Some(x) => x,
             None => return Err(InterpolationError::NoSuchKey { name: name.into(), key: k.into(), path: path.into() }),
         };
     }
@@ -105,6 +116,15 @@ fn scalar_to_string(v: &Value) -> Option<String> {
         Value::Number(n) => Some(n.to_string()),
         Value::Bool(b) => Some(b.to_string()),
         Value::Null => Some(String::new()),
+        _ => None,
+    }
+}
+
+/// What bosh lets stand inside a longer string: strings and integers; anything else is an error.
+fn embeddable(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) if !n.is_f64() => Some(n.to_string()),
         _ => None,
     }
 }
@@ -162,7 +182,7 @@ fn interpolate_at(
                 out.push_str(&s[last..start]);
                 match lookup_expr(&expr, &here, lookup)? {
                     Some(val) => {
-                        let text = scalar_to_string(&val)
+                        let text = embeddable(&val)
                             .ok_or_else(|| InterpolationError::NotAScalar { name: expr.clone(), path: here.clone() })?;
                         out.push_str(&text);
                     }
@@ -182,6 +202,15 @@ fn interpolate_at(
             }
         }
         Value::Mapping(m) => {
+            // Keys are interpolated too (bosh does): the map is rebuilt in its order.
+            if m.keys().any(|k| k.as_str().is_some_and(|k| !placeholders(k).is_empty())) {
+                let mut rebuilt = serde_yaml::Mapping::new();
+                for (mut k, x) in std::mem::take(m) {
+                    interpolate_at(&mut k, path, lookup, missing)?;
+                    rebuilt.insert(k, x);
+                }
+                *m = rebuilt;
+            }
             for (k, x) in m.iter_mut() {
                 let key = scalar_to_string(k).unwrap_or_default();
                 interpolate_at(x, &format!("{path}/{key}"), lookup, missing)?;
@@ -332,6 +361,43 @@ mod tests {
 
     fn vars<'a>(pairs: &'a [(&'a str, Value)]) -> impl Fn(&str) -> Option<Value> + 'a {
         move |n| pairs.iter().find(|(k, _)| *k == n).map(|(_, v)| v.clone())
+    }
+
+    /// (document, expected document or `Err:` + message) with `n: 5`, `s: text`, `list: [a, b]`,
+    /// `m: {k: v}`, `b: true`, `ü: unicode`; unanswered ones stay.
+    #[test]
+    fn bosh_placeholder_syntax() {
+        let given: &[(&str, Value)] = &[
+            ("n", Value::from(5)),
+            ("s", Value::from("text")),
+            ("list", serde_yaml::from_str("[a, b]").unwrap()),
+            ("m", serde_yaml::from_str("{k: v}").unwrap()),
+            ("b", Value::from(true)),
+            ("ü", Value::from("unicode")),
+        ];
+        let cases: &[(&str, &str)] = &[
+            ("a: ((n))", "a: 5"),
+            ("a: (( n ))", "a: 5"),
+            ("a: ((!n))", "a: ((!n))"),
+            ("a: ((list.1))", "a: b"),
+            ("a: ((m.k))", "a: v"),
+            ("a: ((m))", "a:\n  k: v"),
+            ("a: ((ü))", "a: unicode"),
+            ("a: x-((n))-((s))", "a: x-5-text"),
+            ("a: x-((missing))", "a: x-((missing))"),
+            ("((s)): 1", "text: 1"),
+            ("a: x-((m))", "Err:/a: variable `((m))` is not a string or an integer"),
+            ("a: x-((b))", "Err:/a: variable `((b))` is not a string or an integer"),
+            ("a: ((m.nope))", "Err:/a: `((m))` has no key `nope`"),
+        ];
+        for (doc, want) in cases {
+            let mut d: Value = serde_yaml::from_str(doc).unwrap();
+            match (interpolate_leaving(&mut d, &vars(given)), want.strip_prefix("Err:")) {
+                (Ok(_), None) => assert_eq!(serde_yaml::to_string(&d).unwrap().trim(), *want, "{doc}"),
+                (Err(e), Some(msg)) => assert!(e.to_string().starts_with(msg), "{doc}: {e}"),
+                (got, _) => panic!("{doc}: {got:?}, want {want}"),
+            }
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@ use anyhow::Result;
 use std::path::Path;
 
 pub async fn update_cloud_config(cli: &Cli, file: &Path, vars: &manifest::VarArgs) -> Result<()> {
-    let doc = manifest::load(file, vars, true)?;
+    let doc = manifest::load(file, vars, manifest::Unanswered::Error)?;
     let text = serde_yaml::to_string(&doc)?;
     // Check it here too, so the error names the file.
     bosun_types::cloud_config::CloudConfig::parse(&file.display().to_string(), doc)

@@ -15,7 +15,7 @@ pub async fn deploy(
     recreate: &bool,
     update: &UpdateArgs,
 ) -> Result<()> {
-    let doc = manifest::load(path, vars, false)?;
+    let doc = manifest::load(path, vars, manifest::Unanswered::LeaveDeclared)?;
     let name = doc
         .get("name")
         .and_then(|n| n.as_str())

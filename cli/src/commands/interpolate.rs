@@ -6,7 +6,8 @@ use bosun_types::gopatch::{find, Pointer};
 use std::path::Path;
 
 pub async fn interpolate(file: &Path, vars: &manifest::VarArgs, var_errs: &bool, path: &Option<String>) -> Result<()> {
-    let doc = manifest::load(file, vars, *var_errs)?;
+    let unanswered = if *var_errs { manifest::Unanswered::Error } else { manifest::Unanswered::Leave };
+    let doc = manifest::load(file, vars, unanswered)?;
     let out = match path {
         None => doc,
         // Any go-patch pointer, as bosh takes it (`/instance_groups/name=etcd/jobs/0`, `-1`, `?`).
