@@ -120,10 +120,22 @@ pub fn load(path: &Path, args: &VarArgs, unanswered: Unanswered) -> Result<Value
     if let Some(store_path) = &args.vars_store {
         let mut generated = false;
         for def in bosun_types::vars::generation_order(&declared) {
-            if values.contains_key(&def.name) {
+            if values.contains_key(&def.name) || def.kind.is_empty() {
                 continue;
             }
-            let v = bosun_types::vars::generate(def, &|n| values.get(n).cloned())
+            // As bosh does: the definition's options are interpolated first; one that refers
+            // to a variable nothing answers is not generated (it is missing).
+            let mut def = def.clone();
+            if let Some(options) = &def.options {
+                let mut v: Value = serde_yaml::to_value(options)?;
+                let left = bosun_types::vars::interpolate_leaving(&mut v, &|n| values.get(n).cloned())
+                    .map_err(|e| InputError::new(format!("{name}: /variables/name={}/options: {e}", def.name)))?;
+                if !left.is_empty() {
+                    continue;
+                }
+                def.options = Some(serde_json::to_value(v)?);
+            }
+            let v = bosun_types::vars::generate(&def, &|n| values.get(n).cloned())
                 .map_err(|e| InputError::new(format!("{name}: {e}")))?;
             values.insert(def.name.clone(), v.clone());
             store.insert(def.name.clone(), v);
@@ -136,14 +148,19 @@ pub fn load(path: &Path, args: &VarArgs, unanswered: Unanswered) -> Result<Value
     let declared_names: Vec<&str> = declared.iter().map(|d| d.name.as_str()).collect();
     let left = bosun_types::vars::interpolate_leaving(&mut doc, &|n| values.get(n).cloned())
         .map_err(|e| InputError::new(format!("{name}: {e}")))?;
+    // Definitions of variables that have their values now leave the `variables` section, as
+    // bosh drops them: only those left for the director stay.
+    if let Some(Value::Sequence(defs)) = doc.get_mut("variables") {
+        defs.retain(|d| !d.get("name").and_then(Value::as_str).is_some_and(|n| values.contains_key(n)));
+    }
     match unanswered {
         Unanswered::Leave => {}
         Unanswered::Error if !left.is_empty() => {
-            // As bosh says it: each name once, sorted.
+            // As bosh says it: each name once, sorted, one per line.
             let mut names: Vec<&str> = left.iter().map(|m| m.name.as_str()).collect();
             names.sort();
             names.dedup();
-            return Err(InputError::new(format!("{name}: Expected to find variables: {}", names.join(", "))).into());
+            return Err(InputError::new(format!("{name}: Expected to find variables: {}", names.join("\n"))).into());
         }
         Unanswered::Error => {}
         Unanswered::LeaveDeclared => {

@@ -156,7 +156,7 @@ variables:
     // With --var-errs: every missing name once, sorted.
     let (code, _, err) = bosun(&["interpolate", &p("m.yml"), "--var-errs"], dir.path());
     assert_eq!(code, 2);
-    assert!(err.contains("Expected to find variables: db_password, db_tls, host, name"), "{err}");
+    assert!(err.contains("Expected to find variables: db_password\ndb_tls\nhost\nname"), "{err}");
     // --path takes go-patch pointers and says what it did not find as go-patch does.
     let (code, _, err) =
         bosun(&["interpolate", &p("m.yml"), "--path", "/nope", "-v", "name=x", "-v", "host=h"], dir.path());
@@ -238,4 +238,65 @@ fn dash_v_values_are_yaml_as_in_bosh() {
     assert_eq!(doc["q"], serde_yaml::Value::from("5"));
     assert_eq!(doc["m"]["a"], serde_yaml::Value::from(1));
     assert_eq!(doc["e"], serde_yaml::Value::from(""));
+}
+
+/// As bosh: a definition's options are interpolated before it is generated, a definition may have
+/// no type (then only a given value answers it), and the `variables` section keeps only the
+/// definitions nothing answered.
+#[test]
+fn variable_definitions_are_interpolated_generated_and_dropped_when_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n).display().to_string();
+    std::fs::write(
+        dir.path().join("m.yml"),
+        r#"ca: ((ca.certificate))
+pw: ((pw))
+given: ((given))
+later: ((later))
+variables:
+- {name: ca, type: certificate, options: {is_ca: true, common_name: ((host)), duration: ((days))}}
+- {name: pw, type: password}
+- {name: given}
+- {name: later, type: password, options: {length: ((unset))}}
+"#,
+    )
+    .unwrap();
+    let (code, out, err) = bosun(
+        &[
+            "interpolate",
+            &p("m.yml"),
+            "-v",
+            "host=ca.example",
+            "-v",
+            "days=30",
+            "-v",
+            "given=g",
+            "--vars-store",
+            &p("s.yml"),
+        ],
+        dir.path(),
+    );
+    assert_eq!(code, 0, "{err}");
+    let doc: serde_yaml::Value = serde_yaml::from_str(&out).unwrap();
+    assert!(doc["ca"].as_str().unwrap().starts_with("-----BEGIN CERTIFICATE-----"));
+    assert_eq!(doc["given"], "g");
+    assert_eq!(doc["later"], "((later))", "its options refer to a variable nothing answers");
+    let left: Vec<&str> = doc["variables"].as_sequence().unwrap().iter().map(|d| d["name"].as_str().unwrap()).collect();
+    assert_eq!(left, ["later"], "answered definitions leave the section: {out}");
+    // The certificate was made for the interpolated common name.
+    let store: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(p("s.yml")).unwrap()).unwrap();
+    let pem = store["ca"]["certificate"].as_str().unwrap().to_string();
+    let subject = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-subject"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(pem.as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    let text = String::from_utf8_lossy(&subject.stdout);
+    assert!(text.contains("CN = ca.example") || text.contains("CN=ca.example"), "{text}");
 }

@@ -384,7 +384,9 @@ pub struct NetworkRef {
 #[serde(deny_unknown_fields)]
 pub struct VariableDefinition {
     pub name: String,
-    #[serde(rename = "type")]
+    /// Empty: the variable is never generated, only given (bosh allows a definition without a
+    /// type).
+    #[serde(rename = "type", default)]
     pub kind: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub options: Option<serde_json::Value>,

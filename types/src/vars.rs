@@ -17,8 +17,8 @@ pub struct MissingVariable {
 pub enum InterpolationError {
     #[error("missing variable{} {}", if .0.len() == 1 { "" } else { "s" }, describe_missing(.0))]
     Missing(Vec<MissingVariable>),
-    #[error("{path}: variable `(({name}))` is not a string or an integer and cannot stand inside a string")]
-    NotAScalar { name: String, path: String },
+    #[error("{path}: Invalid type '{kind}' for value '{value}' and variable '{name}'. Supported types for interpolation within a string are integers and strings.")]
+    NotAScalar { name: String, path: String, kind: String, value: String },
     #[error("{path}: `(({name}))` has no key `{key}`")]
     NoSuchKey { name: String, key: String, path: String },
 }
@@ -35,30 +35,28 @@ fn split_name(expr: &str) -> (&str, Vec<&str>) {
     (name, parts.collect())
 }
 
-/// A character of a variable's name (bosh's `[-/.\w\pL]`).
+/// A character of a variable's name (bosh's `[-/.\w\pL]`: ASCII word characters and letters).
 fn is_name_char(c: char) -> bool {
-    c.is_alphanumeric() || matches!(c, '_' | '-' | '.' | '/')
+    c.is_ascii_alphanumeric() || c.is_alphabetic() || matches!(c, '_' | '-' | '.' | '/')
 }
 
-/// Finds `((…))` placeholders in a string: (start, end, inner expression), the expression without
-/// the spaces bosh allows around it (`(( name ))`). `((!name))` is never resolved: not listed.
+/// Finds `((name))` placeholders in a string (bosh's `\(\((!?[-/.\w\pL]+)\)\)`): (start, end,
+/// name). A leading `!` is part of the placeholder, not of the name (bosh resolves `((!name))` as
+/// `((name))`).
 fn placeholders(s: &str) -> Vec<(usize, usize, String)> {
     let mut out = Vec::new();
     let mut i = 0;
     while let Some(off) = s[i..].find("((") {
         let start = i + off;
-        match s[start + 2..].find("))") {
-            Some(len) => {
-                let inner = s[start + 2..start + 2 + len].trim();
-                if !inner.is_empty() && inner.chars().all(is_name_char) {
-                    out.push((start, start + 2 + len + 2, inner.to_string()));
-                    i = start + 2 + len + 2;
-                } else {
-                    // Not a placeholder (`((!name))`, `(( a b ))`): look again one further on.
-                    i = start + 1;
-                }
-            }
-            None => break,
+        let inner_start = start + 2;
+        let name_start = if s[inner_start..].starts_with('!') { inner_start + 1 } else { inner_start };
+        let name_len = s[name_start..].find(|c: char| !is_name_char(c)).unwrap_or(s.len() - name_start);
+        let name_end = name_start + name_len;
+        if name_len > 0 && s[name_end..].starts_with("))") {
+            out.push((start, name_end + 2, s[name_start..name_end].to_string()));
+            i = name_end + 2;
+        } else {
+            i = start + 1;
         }
     }
     out
@@ -95,15 +93,10 @@ fn lookup_expr(
 ) -> Result<Option<Value>, InterpolationError> {
     let (name, keys) = split_name(expr);
     let Some(mut v) = lookup(name) else { return Ok(None) };
+    // Keys into maps only, as bosh follows them (a go-patch find of key tokens).
     for k in keys {
-        // A key into a map, or an index into a list (`((list.1))`).
-        let next = match &v {
-            Value::Mapping(m) => m.get(k).cloned(),
-            Value::Sequence(items) => k.parse::<usize>().ok().and_then(|i| items.get(i).cloned()),
-            _ => None,
-        };
-        v = match next {
-            Some(x) => x,
+        v = match v.as_mapping().and_then(|m| m.get(k)) {
+            Some(x) => x.clone(),
             None => return Err(InterpolationError::NoSuchKey { name: name.into(), key: k.into(), path: path.into() }),
         };
     }
@@ -117,6 +110,20 @@ fn scalar_to_string(v: &Value) -> Option<String> {
         Value::Bool(b) => Some(b.to_string()),
         Value::Null => Some(String::new()),
         _ => None,
+    }
+}
+
+/// Go's name of a decoded YAML value's type, as bosh's messages print it.
+fn go_type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "<nil>",
+        Value::Bool(_) => "bool",
+        Value::Number(n) if n.is_f64() => "float64",
+        Value::Number(_) => "int",
+        Value::String(_) => "string",
+        Value::Sequence(_) => "[]interface {}",
+        Value::Mapping(_) => "map[interface {}]interface {}",
+        Value::Tagged(_) => "interface {}",
     }
 }
 
@@ -182,8 +189,12 @@ fn interpolate_at(
                 out.push_str(&s[last..start]);
                 match lookup_expr(&expr, &here, lookup)? {
                     Some(val) => {
-                        let text = embeddable(&val)
-                            .ok_or_else(|| InterpolationError::NotAScalar { name: expr.clone(), path: here.clone() })?;
+                        let text = embeddable(&val).ok_or_else(|| InterpolationError::NotAScalar {
+                            name: expr.clone(),
+                            path: here.clone(),
+                            kind: go_type_name(&val).into(),
+                            value: serde_json::to_string(&val).unwrap_or_default(),
+                        })?;
                         out.push_str(&text);
                     }
                     None => {
@@ -327,6 +338,7 @@ pub fn generate(def: &VariableDefinition, existing: &dyn Fn(&str) -> Option<Valu
             Ok(Value::Mapping(m))
         }
         "ssh" => Err(err("generation of this type is not supported yet; pass the value with -v or --vars-file".into())),
+        "" => Err(err("has no type, so it cannot be generated: give it a value (-v, -l, --var-file)".into())),
         other => Err(err(format!("unknown variable type `{other}` (password, certificate, rsa, ssh)"))),
     }
 }
@@ -377,17 +389,22 @@ mod tests {
         ];
         let cases: &[(&str, &str)] = &[
             ("a: ((n))", "a: 5"),
-            ("a: (( n ))", "a: 5"),
-            ("a: ((!n))", "a: ((!n))"),
-            ("a: ((list.1))", "a: b"),
+            ("a: (( n ))", "a: (( n ))"),
+            ("a: ((!n))", "a: 5"),
+            ("a: x-((!s))", "a: x-text"),
             ("a: ((m.k))", "a: v"),
             ("a: ((m))", "a:\n  k: v"),
             ("a: ((ü))", "a: unicode"),
             ("a: x-((n))-((s))", "a: x-5-text"),
             ("a: x-((missing))", "a: x-((missing))"),
+            ("a: ((a:b))", "a: ((a:b))"),
             ("((s)): 1", "text: 1"),
-            ("a: x-((m))", "Err:/a: variable `((m))` is not a string or an integer"),
-            ("a: x-((b))", "Err:/a: variable `((b))` is not a string or an integer"),
+            (
+                "a: x-((m))",
+                "Err:/a: Invalid type 'map[interface {}]interface {}' for value '{\"k\":\"v\"}' and variable 'm'",
+            ),
+            ("a: x-((b))", "Err:/a: Invalid type 'bool' for value 'true' and variable 'b'"),
+            ("a: ((list.1))", "Err:/a: `((list))` has no key `1`"),
             ("a: ((m.nope))", "Err:/a: `((m))` has no key `nope`"),
         ];
         for (doc, want) in cases {
