@@ -19,6 +19,7 @@ pub mod tarball;
 pub mod vars;
 pub mod version;
 pub mod yaml;
+pub mod yaml_v2;
 
 pub use yaml::{DocumentError, YamlPath};
 

@@ -19,7 +19,8 @@ pub async fn interpolate(file: &Path, vars: &manifest::VarArgs, var_errs: &bool,
     match out {
         // A string is printed as it is (bosh prints a certificate or password ready to use).
         serde_yaml::Value::String(s) if path.is_some() => println!("{s}"),
-        other => print!("{}", serde_yaml::to_string(&other)?),
+        // Written as the BOSH CLI writes it (sorted keys, YAML 1.1-safe quoting).
+        other => print!("{}", bosun_types::yaml_v2::to_string(&other)),
     }
     Ok(())
 }
