@@ -117,6 +117,13 @@ pub fn load(path: &Path, args: &VarArgs, unanswered: Unanswered) -> Result<Value
         }
         None => vec![],
     };
+    if let Some(cycle) = bosun_types::vars::ca_cycle(&declared) {
+        return Err(InputError::new(format!(
+            "{name}: /variables: certificate CAs form a cycle: {}",
+            cycle.join(" → ")
+        ))
+        .into());
+    }
     if let Some(store_path) = &args.vars_store {
         let mut generated = false;
         for def in bosun_types::vars::generation_order(&declared) {

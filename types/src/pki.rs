@@ -91,8 +91,19 @@ impl CertAuthority {
         Ok(Self { cert, key, cert_pem })
     }
 
+    /// A CA from its certificate and key; the key in PKCS#8 (`PRIVATE KEY`) or, as bosh and
+    /// older vars-stores write RSA keys, PKCS#1 (`RSA PRIVATE KEY`).
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, PkiError> {
-        let key = KeyPair::from_pem(key_pem).map_err(PkiError::LoadCa)?;
+        let key = if key_pem.contains("-----BEGIN RSA PRIVATE KEY-----") {
+            use rsa::pkcs1::DecodeRsaPrivateKey;
+            use rsa::pkcs8::EncodePrivateKey;
+            let rsa_key = rsa::RsaPrivateKey::from_pkcs1_pem(key_pem)
+                .map_err(|_| PkiError::LoadCa(rcgen::Error::CouldNotParseKeyPair))?;
+            let pkcs8 = rsa_key.to_pkcs8_der().map_err(|_| PkiError::LoadCa(rcgen::Error::CouldNotParseKeyPair))?;
+            KeyPair::try_from(pkcs8.as_bytes()).map_err(PkiError::LoadCa)?
+        } else {
+            KeyPair::from_pem(key_pem).map_err(PkiError::LoadCa)?
+        };
         let params = CertificateParams::from_ca_cert_pem(cert_pem).map_err(PkiError::LoadCa)?;
         // Re-signing the parsed parameters gives an issuer with the same name and key, which is
         // all that signing needs; the original PEM stays the one we hand out.
@@ -157,6 +168,27 @@ impl CertAuthority {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A vars-store written by bosh holds RSA keys in PKCS#1 form: such a CA signs new leaves.
+    #[test]
+    fn a_ca_with_a_pkcs1_rsa_key_issues_certificates() {
+        use rsa::pkcs1::EncodeRsaPrivateKey;
+        use rsa::pkcs8::EncodePrivateKey;
+        let rsa_key = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048).unwrap();
+        let pkcs8 = rsa_key.to_pkcs8_pem(rsa::pkcs8::LineEnding::LF).unwrap();
+        let key = KeyPair::from_pem_and_sign_algo(&pkcs8, &rcgen::PKCS_RSA_SHA256).unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, "bosh-made CA");
+        let cert_pem = params.self_signed(&key).unwrap().pem();
+        let pkcs1_pem = rsa_key.to_pkcs1_pem(rsa::pkcs8::LineEnding::LF).unwrap();
+        assert!(pkcs1_pem.starts_with("-----BEGIN RSA PRIVATE KEY-----"));
+        let ca = CertAuthority::from_pem(&cert_pem, &pkcs1_pem).unwrap();
+        let leaf =
+            ca.issue("leaf", &["leaf.example".into()], LeafUsage { server: true, client: false }, 30, false).unwrap();
+        assert!(leaf.cert_pem.starts_with("-----BEGIN CERTIFICATE-----"));
+    }
+
     #[test]
     fn civil_dates() {
         assert_eq!(civil_from_days(0), (1970, 1, 1));

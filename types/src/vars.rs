@@ -344,6 +344,32 @@ pub fn generate(def: &VariableDefinition, existing: &dyn Fn(&str) -> Option<Valu
 }
 
 /// Orders variable definitions so a certificate's CA comes before the certificate.
+/// A cycle among certificate definitions' `ca` options (`a → b → a`), if there is one: none of
+/// its members could ever be generated.
+pub fn ca_cycle(defs: &[VariableDefinition]) -> Option<Vec<String>> {
+    let ca_of = |name: &str| -> Option<&str> {
+        defs.iter()
+            .find(|d| d.name == name)
+            .and_then(|d| d.options.as_ref())
+            .and_then(|o| o.get("ca"))
+            .and_then(|v| v.as_str())
+    };
+    for start in defs {
+        let mut path = vec![start.name.clone()];
+        let mut at = start.name.as_str();
+        while let Some(next) = ca_of(at) {
+            if let Some(pos) = path.iter().position(|p| p == next) {
+                let mut cycle = path[pos..].to_vec();
+                cycle.push(next.to_string());
+                return Some(cycle);
+            }
+            path.push(next.to_string());
+            at = next;
+        }
+    }
+    None
+}
+
 pub fn generation_order(defs: &[VariableDefinition]) -> Vec<&VariableDefinition> {
     let mut out: Vec<&VariableDefinition> = Vec::new();
     let mut pending: Vec<&VariableDefinition> = defs.iter().collect();
@@ -415,6 +441,18 @@ mod tests {
                 (got, _) => panic!("{doc}: {got:?}, want {want}"),
             }
         }
+    }
+
+    #[test]
+    fn ca_cycles_are_named() {
+        let defs: Vec<VariableDefinition> = serde_yaml::from_str(
+            "[{name: a, type: certificate, options: {ca: b}}, {name: b, type: certificate, options: {ca: c}}, {name: c, type: certificate, options: {ca: a}}, {name: d, type: certificate, options: {ca: a}}]",
+        )
+        .unwrap();
+        assert_eq!(ca_cycle(&defs), Some(vec!["a".into(), "b".into(), "c".into(), "a".into()]));
+        let fine: Vec<VariableDefinition> =
+            serde_yaml::from_str("[{name: ca, type: certificate, options: {is_ca: true}}, {name: leaf, type: certificate, options: {ca: ca}}]").unwrap();
+        assert_eq!(ca_cycle(&fine), None);
     }
 
     #[test]

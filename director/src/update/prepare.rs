@@ -124,6 +124,9 @@ fn decide(
     let mut values: BTreeMap<String, serde_yaml::Value> = BTreeMap::new();
     let mut generated = Vec::new();
     let referenced = bosun_types::vars::referenced_variables(&raw);
+    if let Some(cycle) = bosun_types::vars::ca_cycle(&defs.variables) {
+        return Err(input(format!("manifest: /variables: certificate CAs form a cycle: {}", cycle.join(" → "))));
+    }
     for def in bosun_types::vars::generation_order(&defs.variables) {
         if let Some(v) = stored.variables.get(&def.name) {
             values.insert(def.name.clone(), v.clone());
