@@ -337,13 +337,53 @@ pub fn generate(def: &VariableDefinition, existing: &dyn Fn(&str) -> Option<Valu
             m.insert("public_key".into(), Value::String(public));
             Ok(Value::Mapping(m))
         }
-        "ssh" => Err(err("generation of this type is not supported yet; pass the value with -v or --vars-file".into())),
+        "ssh" => {
+            // As bosh: a 2048-bit RSA key, the public key in OpenSSH's form and its MD5
+            // fingerprint (`aa:bb:…`, what `ssh-keygen -l -E md5` shows).
+            use rsa::pkcs1::EncodeRsaPrivateKey;
+            use rsa::traits::PublicKeyParts;
+            let key = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048).map_err(|e| err(e.to_string()))?;
+            let private = key.to_pkcs1_pem(rsa::pkcs8::LineEnding::LF).map_err(|e| err(e.to_string()))?;
+            let wire = ssh_rsa_wire(&key.e().to_bytes_be(), &key.n().to_bytes_be());
+            use base64::Engine;
+            let public = format!("ssh-rsa {}", base64::engine::general_purpose::STANDARD.encode(&wire));
+            let fingerprint = {
+                use md5::Digest;
+                let digest = md5::Md5::digest(&wire);
+                digest.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+            };
+            let mut m = serde_yaml::Mapping::new();
+            m.insert("private_key".into(), Value::String(private.to_string()));
+            m.insert("public_key".into(), Value::String(public));
+            m.insert("public_key_fingerprint".into(), Value::String(fingerprint));
+            Ok(Value::Mapping(m))
+        }
         "" => Err(err("has no type, so it cannot be generated: give it a value (-v, -l, --var-file)".into())),
         other => Err(err(format!("unknown variable type `{other}` (password, certificate, rsa, ssh)"))),
     }
 }
 
 /// Orders variable definitions so a certificate's CA comes before the certificate.
+/// An RSA public key in SSH's wire format (RFC 4253 §6.6): `ssh-rsa`, e, n as strings and mpints.
+fn ssh_rsa_wire(e: &[u8], n: &[u8]) -> Vec<u8> {
+    fn string(out: &mut Vec<u8>, bytes: &[u8]) {
+        out.extend((bytes.len() as u32).to_be_bytes());
+        out.extend(bytes);
+    }
+    fn mpint(out: &mut Vec<u8>, bytes: &[u8]) {
+        let trimmed: Vec<u8> = bytes.iter().copied().skip_while(|b| *b == 0).collect();
+        // A leading 0 keeps a number with its top bit set positive.
+        let mut v = if trimmed.first().is_some_and(|b| b & 0x80 != 0) { vec![0] } else { vec![] };
+        v.extend(trimmed);
+        string(out, &v);
+    }
+    let mut out = Vec::new();
+    string(&mut out, b"ssh-rsa");
+    mpint(&mut out, e);
+    mpint(&mut out, n);
+    out
+}
+
 /// A cycle among certificate definitions' `ca` options (`a → b → a`), if there is one: none of
 /// its members could ever be generated.
 pub fn ca_cycle(defs: &[VariableDefinition]) -> Option<Vec<String>> {
@@ -440,6 +480,32 @@ mod tests {
                 (Err(e), Some(msg)) => assert!(e.to_string().starts_with(msg), "{doc}: {e}"),
                 (got, _) => panic!("{doc}: {got:?}, want {want}"),
             }
+        }
+    }
+
+    #[test]
+    fn ssh_keys_in_openssh_form_with_their_fingerprint() {
+        let def: VariableDefinition = serde_yaml::from_str("{name: k, type: ssh}").unwrap();
+        let v = generate(&def, &|_| None).unwrap();
+        assert!(v["private_key"].as_str().unwrap().starts_with("-----BEGIN RSA PRIVATE KEY-----"));
+        let public = v["public_key"].as_str().unwrap();
+        assert!(public.starts_with("ssh-rsa AAAAB3NzaC1yc2E"), "{public}");
+        let fp = v["public_key_fingerprint"].as_str().unwrap();
+        assert_eq!((fp.len(), fp.matches(':').count()), (47, 15), "{fp}");
+        // The key reads back with OpenSSH's own tool when it is there.
+        if let Ok(out) = std::process::Command::new("ssh-keygen")
+            .args(["-l", "-E", "md5", "-f", "/dev/stdin"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write;
+                c.stdin.take().unwrap().write_all(public.as_bytes())?;
+                c.wait_with_output()
+            })
+        {
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(text.contains(&format!("MD5:{fp}")), "{text}");
         }
     }
 
