@@ -142,7 +142,7 @@ pub fn load(path: &Path, args: &VarArgs, unanswered: Unanswered) -> Result<Value
                 }
                 def.options = Some(serde_json::to_value(v)?);
             }
-            let v = bosun_types::vars::generate(&def, &|n| values.get(n).cloned())
+            let v = bosun_types::vars::generate(&def, &|n| values.get(n).cloned(), bosun_types::vars::Generator::Cli)
                 .map_err(|e| InputError::new(format!("{name}: {e}")))?;
             values.insert(def.name.clone(), v.clone());
             store.insert(def.name.clone(), v);

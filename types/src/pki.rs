@@ -1,5 +1,7 @@
 //! Certificates: the director's CA, its server certificate, the per-agent client certificates and
-//! `certificate` variables. ECDSA P-256 keys throughout.
+//! `certificate` variables. The director's own certificates (its CA, its server, agents) have
+//! ECDSA P-256 keys; `certificate` variables RSA 3072 keys by default, as the BOSH CLI makes them
+//! (ECDSA when a definition asks for it: [`KeyKind`]).
 
 use rcgen::{
     BasicConstraints, Certificate, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -16,6 +18,8 @@ pub enum PkiError {
     },
     #[error("the CA certificate or key is not valid PEM")]
     LoadCa(#[source] rcgen::Error),
+    #[error("could not make an RSA key for `{common_name}`: {message}")]
+    Rsa { common_name: String, message: String },
 }
 
 /// What a leaf certificate may be used for.
@@ -32,6 +36,37 @@ pub struct IssuedCert {
     pub key_pem: String,
     /// DER bytes of the certificate (to fingerprint it).
     pub cert_der: Vec<u8>,
+}
+
+/// The kind of key a certificate gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KeyKind {
+    #[default]
+    EcdsaP256,
+    /// RSA of this many bits; its private key is written PKCS#1 (`RSA PRIVATE KEY`), as bosh writes it.
+    Rsa(usize),
+}
+
+/// A new key pair of `kind`, and its private key's PEM.
+fn new_key(kind: KeyKind, cn: &str) -> Result<(KeyPair, String), PkiError> {
+    match kind {
+        KeyKind::EcdsaP256 => {
+            let key = KeyPair::generate().map_err(gen_err(cn))?;
+            let pem = key.serialize_pem();
+            Ok((key, pem))
+        }
+        KeyKind::Rsa(bits) => {
+            use rsa::pkcs1::EncodeRsaPrivateKey;
+            use rsa::pkcs8::EncodePrivateKey;
+            let failed =
+                |e: &dyn std::fmt::Display| PkiError::Rsa { common_name: cn.to_string(), message: e.to_string() };
+            let rsa_key = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), bits).map_err(|e| failed(&e))?;
+            let pkcs8 = rsa_key.to_pkcs8_pem(rsa::pkcs8::LineEnding::LF).map_err(|e| failed(&e))?;
+            let key = KeyPair::from_pem_and_sign_algo(&pkcs8, &rcgen::PKCS_RSA_SHA256).map_err(gen_err(cn))?;
+            let pem = rsa_key.to_pkcs1_pem(rsa::pkcs8::LineEnding::LF).map_err(|e| failed(&e))?;
+            Ok((key, pem.to_string()))
+        }
+    }
 }
 
 pub struct CertAuthority {
@@ -80,15 +115,26 @@ fn dn(cn: &str, org: Option<&str>) -> DistinguishedName {
 
 impl CertAuthority {
     pub fn generate(common_name: &str, org: Option<&str>, days: u32) -> Result<Self, PkiError> {
+        Self::generate_with(common_name, org, days, KeyKind::EcdsaP256).map(|(ca, _)| ca)
+    }
+
+    /// A new self-signed CA with a key of `kind`; also its private key's PEM in the form that kind
+    /// is written in.
+    pub fn generate_with(
+        common_name: &str,
+        org: Option<&str>,
+        days: u32,
+        kind: KeyKind,
+    ) -> Result<(Self, String), PkiError> {
         let mut p = CertificateParams::new(Vec::<String>::new()).map_err(gen_err(common_name))?;
         p.distinguished_name = dn(common_name, org);
         p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         validity(&mut p, days);
-        let key = KeyPair::generate().map_err(gen_err(common_name))?;
+        let (key, key_pem) = new_key(kind, common_name)?;
         let cert = p.self_signed(&key).map_err(gen_err(common_name))?;
         let cert_pem = cert.pem();
-        Ok(Self { cert, key, cert_pem })
+        Ok((Self { cert, key, cert_pem }, key_pem))
     }
 
     /// A CA from its certificate and key; the key in PKCS#8 (`PRIVATE KEY`) or, as bosh and
@@ -143,6 +189,21 @@ impl CertAuthority {
         days: u32,
         is_ca: bool,
     ) -> Result<IssuedCert, PkiError> {
+        self.issue_with(common_name, organization, sans, usage, days, is_ca, KeyKind::EcdsaP256)
+    }
+
+    /// [`Self::issue_in`] with a key of `kind`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn issue_with(
+        &self,
+        common_name: &str,
+        organization: Option<&str>,
+        sans: &[String],
+        usage: LeafUsage,
+        days: u32,
+        is_ca: bool,
+        kind: KeyKind,
+    ) -> Result<IssuedCert, PkiError> {
         let mut p = CertificateParams::new(sans.to_vec()).map_err(gen_err(common_name))?;
         p.distinguished_name = dn(common_name, organization);
         if is_ca {
@@ -159,9 +220,9 @@ impl CertAuthority {
             }
         }
         validity(&mut p, days);
-        let key = KeyPair::generate().map_err(gen_err(common_name))?;
+        let (key, key_pem) = new_key(kind, common_name)?;
         let cert = p.signed_by(&key, &self.cert, &self.key).map_err(gen_err(common_name))?;
-        Ok(IssuedCert { cert_pem: cert.pem(), key_pem: key.serialize_pem(), cert_der: cert.der().to_vec() })
+        Ok(IssuedCert { cert_pem: cert.pem(), key_pem, cert_der: cert.der().to_vec() })
     }
 }
 

@@ -2,7 +2,7 @@
 //! CLI and config server do it.
 
 use crate::manifest::VariableDefinition;
-use crate::pki::{CertAuthority, LeafUsage};
+use crate::pki::{CertAuthority, KeyKind, LeafUsage};
 use rand::Rng;
 use serde_yaml::Value;
 
@@ -243,13 +243,31 @@ pub struct GenerateError {
 
 /// Generates a value for a declared variable. `existing` answers for other variables (a
 /// certificate's `ca`).
-pub fn generate(def: &VariableDefinition, existing: &dyn Fn(&str) -> Option<Value>) -> Result<Value, GenerateError> {
+/// Who generates a variable: their defaults differ, as in BOSH (the CLI's vars-store, or the
+/// director's config server, CredHub).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Generator {
+    /// `--vars-store`: passwords of 20 characters, certificates with RSA 3072 keys.
+    Cli,
+    /// The director: passwords of 30 characters, certificates with RSA 2048 keys.
+    Director,
+}
+
+pub fn generate(
+    def: &VariableDefinition,
+    existing: &dyn Fn(&str) -> Option<Value>,
+    generator: Generator,
+) -> Result<Value, GenerateError> {
     let err = |message: String| GenerateError { name: def.name.clone(), kind: def.kind.clone(), message };
     let opts = def.options.clone().unwrap_or(serde_json::Value::Null);
     let opt_str = |k: &str| opts.get(k).and_then(|v| v.as_str()).map(str::to_string);
     match def.kind.as_str() {
         "password" => {
-            let length = opts.get("length").and_then(|v| v.as_u64()).unwrap_or(20);
+            let default_length = match generator {
+                Generator::Cli => 20,
+                Generator::Director => 30,
+            };
+            let length = opts.get("length").and_then(|v| v.as_u64()).unwrap_or(default_length);
             if !(8..=512).contains(&length) {
                 return Err(err(format!("length {length} is outside 8..=512")));
             }
@@ -286,15 +304,34 @@ pub fn generate(def: &VariableDefinition, existing: &dyn Fn(&str) -> Option<Valu
                 server: usages.is_empty() || usages.iter().any(|u| u == "server_auth"),
                 client: usages.iter().any(|u| u == "client_auth"),
             };
+            // RSA as BOSH makes them (3072 bits by the CLI, 2048 by the config server);
+            // `key_algorithm` (bosun's) chooses another size or ECDSA P-256.
+            let kind = match opt_str("key_algorithm").as_deref() {
+                None => match generator {
+                    Generator::Cli => KeyKind::Rsa(3072),
+                    Generator::Director => KeyKind::Rsa(2048),
+                },
+                Some("rsa-3072") => KeyKind::Rsa(3072),
+                Some("rsa-2048") => KeyKind::Rsa(2048),
+                Some("rsa-4096") => KeyKind::Rsa(4096),
+                Some("ecdsa-p256") => KeyKind::EcdsaP256,
+                Some(other) => {
+                    return Err(err(format!(
+                        "options.key_algorithm `{other}` is not one of rsa-3072, rsa-2048, rsa-4096, ecdsa-p256"
+                    )))
+                }
+            };
+            // bosh's default organization.
+            let organization = opt_str("organization").unwrap_or_else(|| "Cloud Foundry".to_string());
             let ca_name = opt_str("ca");
             let (signer, ca_pem) = match &ca_name {
                 None if is_ca => {
-                    let ca = CertAuthority::generate(&cn, opt_str("organization").as_deref(), days)
+                    let (ca, key_pem) = CertAuthority::generate_with(&cn, Some(&organization), days, kind)
                         .map_err(|e| err(e.to_string()))?;
                     let mut m = serde_yaml::Mapping::new();
                     m.insert("ca".into(), Value::String(ca.cert_pem().to_string()));
                     m.insert("certificate".into(), Value::String(ca.cert_pem().to_string()));
-                    m.insert("private_key".into(), Value::String(ca.key_pem()));
+                    m.insert("private_key".into(), Value::String(key_pem));
                     return Ok(Value::Mapping(m));
                 }
                 None => return Err(err("options.ca names the signing CA variable (or set is_ca: true)".into())),
@@ -312,7 +349,7 @@ pub fn generate(def: &VariableDefinition, existing: &dyn Fn(&str) -> Option<Valu
                 }
             };
             let issued = signer
-                .issue_in(&cn, opt_str("organization").as_deref(), &sans, usage, days, is_ca)
+                .issue_with(&cn, Some(&organization), &sans, usage, days, is_ca, kind)
                 .map_err(|e| err(e.to_string()))?;
             let mut m = serde_yaml::Mapping::new();
             m.insert("ca".into(), Value::String(ca_pem));
@@ -486,7 +523,7 @@ mod tests {
     #[test]
     fn ssh_keys_in_openssh_form_with_their_fingerprint() {
         let def: VariableDefinition = serde_yaml::from_str("{name: k, type: ssh}").unwrap();
-        let v = generate(&def, &|_| None).unwrap();
+        let v = generate(&def, &|_| None, Generator::Cli).unwrap();
         assert!(v["private_key"].as_str().unwrap().starts_with("-----BEGIN RSA PRIVATE KEY-----"));
         let public = v["public_key"].as_str().unwrap();
         assert!(public.starts_with("ssh-rsa AAAAB3NzaC1yc2E"), "{public}");
@@ -545,17 +582,18 @@ mod tests {
         let p = generate(
             &VariableDefinition { name: "p".into(), kind: "password".into(), options: None, update_mode: None },
             &|_| None,
+            Generator::Cli,
         )
         .unwrap();
         assert_eq!(p.as_str().unwrap().len(), 20);
         let ca_def: VariableDefinition =
             serde_yaml::from_str("{name: ca, type: certificate, options: {is_ca: true, common_name: ca}}").unwrap();
-        let ca = generate(&ca_def, &|_| None).unwrap();
+        let ca = generate(&ca_def, &|_| None, Generator::Cli).unwrap();
         let leaf_def: VariableDefinition = serde_yaml::from_str(
             "{name: tls, type: certificate, options: {ca: ca, common_name: etcd, alternative_names: [127.0.0.1]}}",
         )
         .unwrap();
-        let leaf = generate(&leaf_def, &|n| (n == "ca").then(|| ca.clone())).unwrap();
+        let leaf = generate(&leaf_def, &|n| (n == "ca").then(|| ca.clone()), Generator::Director).unwrap();
         assert_eq!(leaf.get("ca"), ca.get("certificate"));
         let defs = [leaf_def.clone(), ca_def.clone()];
         let order = generation_order(&defs);
@@ -567,23 +605,23 @@ mod tests {
         use rsa::pkcs1::DecodeRsaPrivateKey;
         use rsa::pkcs8::DecodePublicKey;
         let def: VariableDefinition = serde_yaml::from_str("{name: sa, type: rsa}").unwrap();
-        let v = generate(&def, &|_| None).unwrap();
+        let v = generate(&def, &|_| None, Generator::Cli).unwrap();
         let private = rsa::RsaPrivateKey::from_pkcs1_pem(v["private_key"].as_str().unwrap()).unwrap();
         let public = rsa::RsaPublicKey::from_public_key_pem(v["public_key"].as_str().unwrap()).unwrap();
         assert_eq!(private.to_public_key(), public);
         assert_eq!(rsa::traits::PublicKeyParts::size(&public), 256, "2048 bits by default");
         let bad: VariableDefinition =
             serde_yaml::from_str("{name: sa, type: rsa, options: {key_length: 1024}}").unwrap();
-        assert!(generate(&bad, &|_| None).unwrap_err().to_string().contains("key_length 1024"));
+        assert!(generate(&bad, &|_| None, Generator::Cli).unwrap_err().to_string().contains("key_length 1024"));
 
         let ca_def: VariableDefinition =
             serde_yaml::from_str("{name: ca, type: certificate, options: {is_ca: true, common_name: ca}}").unwrap();
-        let ca = generate(&ca_def, &|_| None).unwrap();
+        let ca = generate(&ca_def, &|_| None, Generator::Cli).unwrap();
         let node: VariableDefinition = serde_yaml::from_str(
             "{name: n, type: certificate, options: {ca: ca, common_name: 'system:node:a', organization: 'system:nodes', extended_key_usage: [client_auth]}}",
         )
         .unwrap();
-        let cert = generate(&node, &|n| (n == "ca").then(|| ca.clone())).unwrap();
+        let cert = generate(&node, &|n| (n == "ca").then(|| ca.clone()), Generator::Director).unwrap();
         let der = rcgen::CertificateParams::from_ca_cert_pem(cert["certificate"].as_str().unwrap()).unwrap();
         let subject: Vec<_> =
             der.distinguished_name.iter().map(|(t, v)| (format!("{t:?}"), format!("{v:?}"))).collect();
@@ -601,7 +639,7 @@ mod tests {
                 "{{name: ca, type: certificate, options: {{is_ca: true, common_name: ca, duration: {days}}}}}"
             ))
             .unwrap();
-            let e = generate(&def, &|_| None).unwrap_err();
+            let e = generate(&def, &|_| None, Generator::Cli).unwrap_err();
             assert!(e.to_string().contains(&format!("options.duration {days} is not between 1 and 36500 days")), "{e}");
         }
     }

@@ -140,7 +140,7 @@ fn decide(
         {
             continue; // declared but unused: generate when first needed
         }
-        let v = bosun_types::vars::generate(def, &|n| values.get(n).cloned())
+        let v = bosun_types::vars::generate(def, &|n| values.get(n).cloned(), bosun_types::vars::Generator::Director)
             .map_err(|e| input(format!("manifest: /variables: {e}")))?;
         values.insert(def.name.clone(), v.clone());
         generated.push((def.name.clone(), v));
