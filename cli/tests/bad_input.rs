@@ -221,7 +221,7 @@ fn bad_input_is_refused_with_a_clear_error_and_changes_nothing() {
     // An ops-file whose path does not exist in the manifest.
     let ops = d.write("ops.yml", "- type: replace\n  path: /instance_groups/name=kubelet/instances\n  value: 3\n");
     let err = d.fails(2, &["-n", "deploy", good.to_str().unwrap(), "-o", ops.to_str().unwrap()]);
-    assert!(err.contains("ops.yml: operation 0 (replace /instance_groups/name=kubelet/instances): no array element has `name=kubelet`"), "{err}");
+    assert!(err.contains("ops.yml: operation 0 (replace /instance_groups/name=kubelet/instances): Expected to find exactly one matching array item for path '/instance_groups/name=kubelet' but found 0"), "{err}");
     assert_unchanged(&d, &before, "ops-file path missing from the manifest");
 
     // A cloud-config with an error is refused by the CLI and by the director alike.
