@@ -204,8 +204,8 @@ impl Pointer {
     }
 }
 
-/// Go's name for the type of a decoded YAML value, as go-patch's messages print it.
-fn go_type(v: &Value) -> &'static str {
+/// Go's name for the type of a decoded YAML value, as go-patch's (and bosh's) messages print it.
+pub(crate) fn go_type(v: &Value) -> &'static str {
     match v {
         Value::Null => "<nil>",
         Value::Bool(_) => "bool",
@@ -310,6 +310,16 @@ fn insertion(p: &Pointer, n: usize, index: i64, modifiers: &[Modifier], len: usi
     Ok((at, before || after))
 }
 
+/// Writes `value` at an array position [`insertion`] worked out: inserted or in place of one.
+fn put(seq: &mut Vec<Value>, (at, insert): (usize, bool), value: Value) -> Result<(), String> {
+    if insert {
+        seq.insert(at, value);
+    } else {
+        seq[at] = value;
+    }
+    Ok(())
+}
+
 fn replace(doc: &mut Value, p: &Pointer, value: Value) -> Result<(), String> {
     if p.tokens.is_empty() {
         *doc = value;
@@ -325,13 +335,7 @@ fn replace(doc: &mut Value, p: &Pointer, value: Value) -> Result<(), String> {
                 let shown = expected_array(p, n, cur);
                 let seq = cur.as_sequence_mut().ok_or(shown)?;
                 if last {
-                    let (at, insert) = insertion(p, n, *index, modifiers, seq.len())?;
-                    if insert {
-                        seq.insert(at, value);
-                    } else {
-                        seq[at] = value;
-                    }
-                    return Ok(());
+                    return put(seq, insertion(p, n, *index, modifiers, seq.len())?, value);
                 }
                 let at = concrete_index(p, n, *index, modifiers, seq.len())?;
                 &mut seq[at]
@@ -363,13 +367,7 @@ fn replace(doc: &mut Value, p: &Pointer, value: Value) -> Result<(), String> {
                         return Err(several(p, n, found.len()));
                     }
                     if last {
-                        let (at, insert) = insertion(p, n, found[0] as i64, modifiers, seq.len())?;
-                        if insert {
-                            seq.insert(at, value);
-                        } else {
-                            seq[at] = value;
-                        }
-                        return Ok(());
+                        return put(seq, insertion(p, n, found[0] as i64, modifiers, seq.len())?, value);
                     }
                     let at = concrete_index(p, n, found[0] as i64, modifiers, seq.len())?;
                     &mut seq[at]

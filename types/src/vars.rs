@@ -113,20 +113,6 @@ fn scalar_to_string(v: &Value) -> Option<String> {
     }
 }
 
-/// Go's name of a decoded YAML value's type, as bosh's messages print it.
-fn go_type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "<nil>",
-        Value::Bool(_) => "bool",
-        Value::Number(n) if n.is_f64() => "float64",
-        Value::Number(_) => "int",
-        Value::String(_) => "string",
-        Value::Sequence(_) => "[]interface {}",
-        Value::Mapping(_) => "map[interface {}]interface {}",
-        Value::Tagged(_) => "interface {}",
-    }
-}
-
 /// What bosh lets stand inside a longer string: strings and integers; anything else is an error.
 fn embeddable(v: &Value) -> Option<String> {
     match v {
@@ -192,7 +178,7 @@ fn interpolate_at(
                         let text = embeddable(&val).ok_or_else(|| InterpolationError::NotAScalar {
                             name: expr.clone(),
                             path: here.clone(),
-                            kind: go_type_name(&val).into(),
+                            kind: crate::gopatch::go_type(&val).into(),
                             value: serde_json::to_string(&val).unwrap_or_default(),
                         })?;
                         out.push_str(&text);
