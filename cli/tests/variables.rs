@@ -39,6 +39,26 @@ fn a_director_generated_certificate_is_usable_by_its_keys_and_never_stored_in_th
     assert!(!stored.contains("PRIVATE KEY") && !stored.contains("BEGIN CERTIFICATE"), "{stored}");
     // Deploying again changes nothing: the generated values are kept.
     assert!(d.ok(&["-n", "-d", "vars", "deploy", m.to_str().unwrap()]).contains("No changes."));
+    // New options: kept as they are by default (BOSH's no-overwrite) ...
+    let renamed = manifest.replace("common_name: sleeper}", "common_name: renamed}");
+    let m2 = d.write("vars2.yml", &renamed);
+    assert!(d.ok(&["-n", "-d", "vars", "deploy", m2.to_str().unwrap()]).contains("No changes."));
+    // ... and generated again with `update_mode: converge`, which the instance then gets.
+    let converge = renamed.replace("common_name: renamed}", "common_name: renamed}\n  update_mode: converge");
+    let m3 = d.write("vars3.yml", &converge);
+    d.ok(&["-n", "-d", "vars", "deploy", m3.to_str().unwrap()]);
+    let i = d.running("vars", 1);
+    let starts = d.cpi_base().join("vms").join(i[0]["vm_cid"].as_str().unwrap()).join("root/store/starts");
+    let cert_of = |text: &str| {
+        text.split("cert=").last().unwrap_or_default().split(" key=").next().unwrap_or_default().to_string()
+    };
+    let before = cert_of(&written);
+    let after = eventually("the sleeper to write the new certificate", Duration::from_secs(30), || {
+        std::fs::read_to_string(&starts).ok().map(|t| cert_of(&t)).filter(|c| c.contains("BEGIN") && *c != before)
+    });
+    assert_ne!(after, before);
+    // Converged: the next deploy with the same options changes nothing.
+    assert!(d.ok(&["-n", "-d", "vars", "deploy", m3.to_str().unwrap()]).contains("No changes."));
 }
 
 /// Property values reach the etcd job's scripts as one word each (the `sh_quote` filter): a

@@ -16,8 +16,9 @@ pub struct Prepared {
     pub manifest: DeploymentManifest,
     pub cloud_config: CloudConfigRecord,
     pub plan: Plan,
-    /// Variables generated for this deploy, to store when it goes ahead.
-    pub generated: Vec<(String, serde_yaml::Value)>,
+    /// Variables generated for this deploy (name, value, definition digest), to store when it
+    /// goes ahead.
+    pub generated: Vec<(String, serde_yaml::Value, String)>,
 }
 
 #[derive(serde::Deserialize)]
@@ -31,26 +32,49 @@ pub(crate) fn variable_key(deployment: &str, name: &str) -> String {
 }
 
 /// The deployment's stored variables, opened.
-async fn load_variables(d: &Director, deployment: &str) -> Result<BTreeMap<String, serde_yaml::Value>, DeployError> {
+/// A stored variable: its value and a digest of the definition it was generated from (absent in
+/// what older directors stored), which `update_mode: converge` compares.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+enum StoredVariable {
+    Generated { value: serde_yaml::Value, definition: String },
+    Value(serde_yaml::Value),
+}
+
+/// A digest of what a variable is generated from: its type and options.
+pub(crate) fn definition_digest(def: &VariableDefinition) -> String {
+    bosun_types::digest::sha256_digest(
+        serde_json::to_string(&(&def.kind, &def.options)).expect("serializable").as_bytes(),
+    )
+}
+
+async fn load_variables(
+    d: &Director,
+    deployment: &str,
+) -> Result<BTreeMap<String, (serde_yaml::Value, Option<String>)>, DeployError> {
     let prefix = variable_key(deployment, "");
     let mut out = BTreeMap::new();
     for (key, sealed) in d.state.kv().scan_prefix(Tree::Variables, &prefix).await? {
         let name = key[prefix.len()..].to_string();
         let plain = d.secrets.open(&sealed).map_err(|e| DeployError::Input(format!("variable `{name}`: {e}")))?;
-        if let Ok(v) = serde_json::from_slice(&plain) {
-            out.insert(name, v);
-        }
+        match serde_json::from_slice(&plain) {
+            Ok(StoredVariable::Generated { value, definition }) => out.insert(name, (value, Some(definition))),
+            Ok(StoredVariable::Value(value)) => out.insert(name, (value, None)),
+            Err(_) => None,
+        };
     }
     Ok(out)
 }
 
+/// Stores generated variables (value and definition digest), sealed.
 pub async fn store_variables(
     d: &Director,
     deployment: &str,
-    vars: &[(String, serde_yaml::Value)],
+    vars: &[(String, serde_yaml::Value, String)],
 ) -> Result<(), StoreError> {
-    for (name, v) in vars {
-        let sealed = d.secrets.seal(&serde_json::to_vec(v).expect("serializable"));
+    for (name, value, definition) in vars {
+        let stored = StoredVariable::Generated { value: value.clone(), definition: definition.clone() };
+        let sealed = d.secrets.seal(&serde_json::to_vec(&stored).expect("serializable"));
         d.state.kv().put(Tree::Variables, &variable_key(deployment, name), &sealed).await?;
     }
     Ok(())
@@ -66,7 +90,7 @@ pub fn cloud_config_key(version: u64) -> String {
 
 /// What a deploy is decided from, read from the store before anything is decided.
 struct StoredInputs {
-    variables: BTreeMap<String, serde_yaml::Value>,
+    variables: BTreeMap<String, (serde_yaml::Value, Option<String>)>,
     cloud_config: Option<CloudConfigRecord>,
     releases: Vec<ReleaseRecord>,
     stemcells: Vec<StemcellRecord>,
@@ -128,9 +152,26 @@ fn decide(
         return Err(input(format!("manifest: /variables: certificate CAs form a cycle: {}", cycle.join(" → "))));
     }
     for def in bosun_types::vars::generation_order(&defs.variables) {
-        if let Some(v) = stored.variables.get(&def.name) {
-            values.insert(def.name.clone(), v.clone());
-            continue;
+        let digest = definition_digest(def);
+        if let Some((v, stored_digest)) = stored.variables.get(&def.name) {
+            // BOSH's update modes: kept (`no-overwrite`, the default) unless `converge` sees a
+            // changed type or options, or `overwrite` asks for a new value every deploy.
+            let regenerate = match def.update_mode.as_deref() {
+                Some("converge") => stored_digest.as_ref().is_some_and(|s| *s != digest),
+                Some("overwrite") => true,
+                _ => false,
+            };
+            // A certificate whose CA was just made again is signed anew too.
+            let ca_changed = def
+                .options
+                .as_ref()
+                .and_then(|o| o.get("ca"))
+                .and_then(|c| c.as_str())
+                .is_some_and(|ca| generated.iter().any(|(n, _, _): &(String, _, _)| n == ca));
+            if !regenerate && !ca_changed {
+                values.insert(def.name.clone(), v.clone());
+                continue;
+            }
         }
         if !referenced.contains(&def.name)
             && !defs
@@ -143,7 +184,7 @@ fn decide(
         let v = bosun_types::vars::generate(def, &|n| values.get(n).cloned(), bosun_types::vars::Generator::Director)
             .map_err(|e| input(format!("manifest: /variables: {e}")))?;
         values.insert(def.name.clone(), v.clone());
-        generated.push((def.name.clone(), v));
+        generated.push((def.name.clone(), v, digest));
     }
     bosun_types::vars::interpolate(&mut raw, &|n| values.get(n).cloned(), true)
         .map_err(|e| input(format!("manifest: {e}")))?;
