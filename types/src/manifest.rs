@@ -380,8 +380,9 @@ pub struct NetworkRef {
     pub default: Vec<String>,
 }
 
+/// A `variables:` entry. Fields bosh knows but bosun does not use (`opsname`, `consumes`,
+/// `update`) are accepted and ignored, as bosh ignores what it does not know here.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct VariableDefinition {
     pub name: String,
     /// Empty: the variable is never generated, only given (bosh allows a definition without a
