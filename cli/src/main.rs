@@ -286,6 +286,10 @@ enum Command {
         /// Fail on variables no source answers.
         #[arg(long)]
         var_errs: bool,
+        /// Fail on variables given (-v, --var-file, -l, --vars-env, --vars-store) that the
+        /// document never uses.
+        #[arg(long)]
+        var_errs_unused: bool,
         /// Print only the value at this path (e.g. /instance_groups/0/name).
         #[arg(long)]
         path: Option<String>,
@@ -437,8 +441,8 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Disks { .. } => commands::disks::orphaned(cli).await,
         Command::DeleteDisk { disk_cid } => commands::disks::delete_disk(cli, disk_cid).await,
         Command::DeleteDeployment => commands::deployments::delete_deployment(cli).await,
-        Command::Interpolate { file, vars, var_errs, path } => {
-            commands::interpolate::interpolate(file, vars, var_errs, path).await
+        Command::Interpolate { file, vars, var_errs, var_errs_unused, path } => {
+            commands::interpolate::interpolate(file, vars, *var_errs, *var_errs_unused, path).await
         }
     }
 }

@@ -95,6 +95,12 @@ fn mapping(path: &Path, text: &str) -> Result<BTreeMap<String, Value>> {
 /// Reads a document, applies ops-files and variables; `unanswered` says what becomes of a
 /// placeholder no source answers.
 pub fn load(path: &Path, args: &VarArgs, unanswered: Unanswered) -> Result<Value> {
+    load_checking_use(path, args, unanswered, false)
+}
+
+/// [`load`]; with `expect_all_used`, also an error naming every variable given that the document
+/// neither refers to nor defines with a type (bosh's `--var-errs-unused`).
+pub fn load_checking_use(path: &Path, args: &VarArgs, unanswered: Unanswered, expect_all_used: bool) -> Result<Value> {
     let name = path.display().to_string();
     let text = read(path, "manifest")?;
     let mut doc = bosun_types::yaml::parse_value(&name, &text).map_err(|e| InputError::new(e.to_string()))?;
@@ -153,6 +159,20 @@ pub fn load(path: &Path, args: &VarArgs, unanswered: Unanswered) -> Result<Value
         }
     }
     let declared_names: Vec<&str> = declared.iter().map(|d| d.name.as_str()).collect();
+    if expect_all_used {
+        let referenced = bosun_types::vars::referenced_variables(&doc);
+        let mut unused: Vec<&str> = values
+            .keys()
+            .map(String::as_str)
+            .filter(|v| {
+                !referenced.iter().any(|r| r == v) && !declared.iter().any(|d| d.name == *v && !d.kind.is_empty())
+            })
+            .collect();
+        unused.sort();
+        if !unused.is_empty() {
+            return Err(InputError::new(format!("{name}: Expected to use variables: {}", unused.join("\n"))).into());
+        }
+    }
     let left = bosun_types::vars::interpolate_leaving(&mut doc, &|n| values.get(n).cloned())
         .map_err(|e| InputError::new(format!("{name}: {e}")))?;
     // Definitions of variables that have their values now leave the `variables` section, as

@@ -199,6 +199,25 @@ variables:
     assert_eq!(doc["f"], serde_yaml::Value::from("yes: no\n"));
     assert_eq!(doc["e"], serde_yaml::from_str::<serde_yaml::Value>("[1, 2]").unwrap());
     assert_eq!(doc["host"], serde_yaml::Value::from("from-v"));
+    // --var-errs-unused names what was given and never used, one per line, sorted.
+    let (code, _, err) = bosun(
+        &[
+            "interpolate",
+            &p("m.yml"),
+            "-v",
+            "name=x",
+            "-v",
+            "host=h",
+            "-v",
+            "zzz=1",
+            "-v",
+            "aaa=2",
+            "--var-errs-unused",
+        ],
+        dir.path(),
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("Expected to use variables: aaa\nzzz"), "{err}");
 }
 
 fn doc_ca(store: &str) -> serde_yaml::Value {

@@ -19,18 +19,18 @@ pub struct OpError {
     pub message: String,
 }
 
-/// One operation as written in an ops-file.
+/// One operation as written in an ops-file. Fields go-patch does not know are ignored, as it
+/// ignores them (a misspelt `vaule:` then reads as a missing value).
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Operation {
     #[serde(rename = "type")]
     pub kind: OpKind,
     pub path: Option<String>,
     #[serde(default, deserialize_with = "present")]
     pub value: Option<Value>,
-    /// `test`: the path must not exist.
+    /// `test`: whether the path must not exist (given as false, the value tested is null).
     #[serde(default)]
-    pub absent: bool,
+    pub absent: Option<bool>,
     /// Replaces a failing operation's message (go-patch's descriptive operation).
     #[serde(default)]
     pub error: Option<String>,
@@ -529,7 +529,7 @@ fn absent_at(p: &Pointer, err: &str) -> bool {
 }
 
 fn test(doc: &Value, p: &Pointer, op: &Operation) -> Result<(), String> {
-    if op.absent {
+    if op.absent == Some(true) {
         return match find(doc, p) {
             Err(e) if absent_at(p, &e) => Ok(()),
             Err(e) => Err(e),
@@ -537,7 +537,7 @@ fn test(doc: &Value, p: &Pointer, op: &Operation) -> Result<(), String> {
         };
     }
     let found = find(doc, p)?;
-    if Some(&found) != op.value.as_ref() {
+    if found != op.value.clone().unwrap_or(Value::Null) {
         return Err("Found value does not match expected value".into());
     }
     Ok(())
@@ -558,12 +558,8 @@ fn check(op: &Operation) -> Result<Pointer, String> {
     match op.kind {
         OpKind::Replace if op.value.is_none() => return Err("Missing value".into()),
         OpKind::Remove if op.value.is_some() => return Err("Cannot specify value".into()),
-        OpKind::Test if op.value.is_some() && op.absent => return Err("Cannot specify both value and absent".into()),
-        OpKind::Test if op.value.is_none() && !op.absent => return Err("Missing value or absent".into()),
+        OpKind::Test if op.value.is_none() && op.absent.is_none() => return Err("Missing value or absent".into()),
         _ => {}
-    }
-    if op.absent && op.kind != OpKind::Test {
-        return Err("Cannot specify absent".into());
     }
     Pointer::parse(path).map_err(|e| format!("Invalid path: {e}"))
 }
@@ -658,6 +654,10 @@ mod tests {
         ("test absent, present", "[{type: test, path: /key, absent: true}]", "Err:Expected to not find '/key'"),
         ("test absent above a missing parent", "[{type: test, path: /nope/deeper, absent: true}]", "Err:Expected to find a map key 'nope' for path '/nope' (found map keys: 'array', 'items', 'key', 'key2')"),
         ("a custom error", "[{type: test, path: /key, value: 2, error: key must be 2}]", "Err:Error 'key must be 2': Found value does not match expected value"),
+        ("absent wins over a value", "[{type: test, path: /nope, value: 1, absent: true}]", r#"{"key":1"#),
+        ("absent: false tests for null", "[{type: test, path: /nope?, absent: false}]", r#"{"key":1"#),
+        ("a test without value or absent", "[{type: test, path: /key}]", "Err:Missing value or absent"),
+        ("unknown fields are ignored", "[{type: replace, path: /key, value: 3, note: why}]", r#"{"key":3"#),
         ("a replace without a value", "[{type: replace, path: /key}]", "Err:Missing value"),
         ("a remove with a value", "[{type: remove, path: /key, value: 1}]", "Err:Cannot specify value"),
         ("a path without /", "[{type: replace, path: key, value: 1}]", "Err:Invalid path: Expected to start with '/'"),

@@ -5,9 +5,15 @@ use anyhow::Result;
 use bosun_types::gopatch::{find, Pointer};
 use std::path::Path;
 
-pub async fn interpolate(file: &Path, vars: &manifest::VarArgs, var_errs: &bool, path: &Option<String>) -> Result<()> {
-    let unanswered = if *var_errs { manifest::Unanswered::Error } else { manifest::Unanswered::Leave };
-    let doc = manifest::load(file, vars, unanswered)?;
+pub async fn interpolate(
+    file: &Path,
+    vars: &manifest::VarArgs,
+    var_errs: bool,
+    var_errs_unused: bool,
+    path: &Option<String>,
+) -> Result<()> {
+    let unanswered = if var_errs { manifest::Unanswered::Error } else { manifest::Unanswered::Leave };
+    let doc = manifest::load_checking_use(file, vars, unanswered, var_errs_unused)?;
     let out = match path {
         None => doc,
         // Any go-patch pointer, as bosh takes it (`/instance_groups/name=etcd/jobs/0`, `-1`, `?`).
