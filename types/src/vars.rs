@@ -253,13 +253,38 @@ pub fn generate(
                 Generator::Cli => 20,
                 Generator::Director => 30,
             };
-            let length = opts.get("length").and_then(|v| v.as_u64()).unwrap_or(default_length);
+            let length = match opts.get("length") {
+                None => default_length,
+                Some(v) => v.as_u64().ok_or_else(|| err(format!("options.length `{v}` is not a whole number")))?,
+            };
             if !(8..=512).contains(&length) {
                 return Err(err(format!("length {length} is outside 8..=512")));
             }
-            const CHARSET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+            // bosh's characters (lower case and digits), narrowed or widened by CredHub's options.
+            let flag = |k: &str| -> Result<bool, GenerateError> {
+                match opts.get(k) {
+                    None => Ok(false),
+                    Some(v) => v.as_bool().ok_or_else(|| err(format!("options.{k} `{v}` is not true or false"))),
+                }
+            };
+            let mut charset: Vec<u8> = Vec::new();
+            if !flag("exclude_lower")? {
+                charset.extend(b'a'..=b'z');
+            }
+            if flag("include_upper")? && !flag("exclude_upper")? {
+                charset.extend(b'A'..=b'Z');
+            }
+            if !flag("exclude_number")? {
+                charset.extend(b'0'..=b'9');
+            }
+            if flag("include_special")? {
+                charset.extend(b"!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~");
+            }
+            if charset.is_empty() {
+                return Err(err("its options exclude every character".into()));
+            }
             let mut rng = rand::thread_rng();
-            let s: String = (0..length).map(|_| CHARSET[rng.gen_range(0..CHARSET.len())] as char).collect();
+            let s: String = (0..length).map(|_| charset[rng.gen_range(0..charset.len())] as char).collect();
             Ok(Value::String(s))
         }
         "certificate" => {
@@ -530,6 +555,28 @@ mod tests {
             let text = String::from_utf8_lossy(&out.stdout);
             assert!(text.contains(&format!("MD5:{fp}")), "{text}");
         }
+    }
+
+    #[test]
+    fn password_options() {
+        let gen = |opts: &str| {
+            let def: VariableDefinition =
+                serde_yaml::from_str(&format!("{{name: p, type: password, options: {opts}}}")).unwrap();
+            generate(&def, &|_| None, Generator::Cli)
+        };
+        let plain = gen("{}").unwrap();
+        let plain = plain.as_str().unwrap();
+        assert_eq!(plain.len(), 20);
+        assert!(plain.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()), "{plain}");
+        let digits = gen("{length: 40, exclude_lower: true}").unwrap();
+        assert!(digits.as_str().unwrap().bytes().all(|c| c.is_ascii_digit()) && digits.as_str().unwrap().len() == 40);
+        assert!(gen("{exclude_lower: true, exclude_number: true}")
+            .unwrap_err()
+            .to_string()
+            .contains("exclude every character"));
+        assert!(gen("{length: twelve}").unwrap_err().to_string().contains("not a whole number"));
+        assert!(gen("{length: 4}").unwrap_err().to_string().contains("outside 8..=512"));
+        assert!(gen("{exclude_lower: yes please}").unwrap_err().to_string().contains("not true or false"));
     }
 
     #[test]
