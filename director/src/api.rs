@@ -184,7 +184,6 @@ async fn authenticate(State(d): Shared, headers: HeaderMap, request: Request, ne
     }
 }
 
-/// Serves the API over TLS until the listener fails.
 /// How long a client has to send a request's headers — and how long a connection may sit idle
 /// between requests (the same timer: hyper starts it when it waits for a request).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
