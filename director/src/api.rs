@@ -260,22 +260,12 @@ async fn update_cloud_config(State(d): Shared, body: String) -> Result<Json<Clou
     Ok(Json(CloudConfigUpdated { version, changed: true }))
 }
 
-/// The releases and stemcells a stored manifest names. Read leniently: a stored manifest may hold
-/// placeholders for director variables that the typed parse would refuse.
-#[derive(Default, serde::Deserialize)]
-struct ManifestRefs {
-    #[serde(default)]
-    releases: Vec<bosun_types::manifest::ReleaseRef>,
-    #[serde(default)]
-    stemcells: Vec<bosun_types::manifest::StemcellRef>,
-}
-
-async fn deployments_using(d: &Director) -> Result<Vec<(String, ManifestRefs)>, ApiError> {
+async fn deployments_using(d: &Director) -> Result<Vec<(String, crate::records::ManifestRefs)>, ApiError> {
     Ok(d.state
         .list::<DeploymentRecord>(tables::DEPLOYMENTS, "")
         .await?
         .into_iter()
-        .map(|rec| (rec.name, serde_yaml::from_str(&rec.manifest).unwrap_or_default()))
+        .map(|rec| (rec.name.clone(), rec.refs()))
         .collect())
 }
 
@@ -333,9 +323,7 @@ async fn list_releases(State(d): Shared) -> Result<Json<Vec<ReleaseView>>, ApiEr
         .map(|r| ReleaseView {
             deployments: used
                 .iter()
-                .filter(|(_, m)| {
-                    m.releases.iter().any(|x| x.name == r.name && (x.version.0 == r.version || x.version.0 == "latest"))
-                })
+                .filter(|(_, m)| m.uses_release(&r.name, &r.version))
                 .map(|(n, _)| n.clone())
                 .collect(),
             jobs: r

@@ -212,20 +212,11 @@ pub async fn scan(d: &Director, deployment: &str) -> Result<Vec<Problem>, CckErr
 /// compiled again (or taken from the cache) by the next deploy; a release's blob comes back when
 /// the same release is uploaded again.
 async fn blob_problems(d: &Director, deployment: &str) -> Result<Vec<Problem>, CckError> {
-    #[derive(Default, serde::Deserialize)]
-    struct Releases {
-        #[serde(default)]
-        releases: Vec<bosun_types::manifest::ReleaseRef>,
-    }
     let Some(rec) = d.state.get(tables::DEPLOYMENTS, deployment).await? else { return Ok(vec![]) };
-    let named: Releases = serde_yaml::from_str(&rec.manifest).unwrap_or_default();
+    let named = rec.refs();
     let releases: Vec<crate::records::ReleaseRecord> = d.state.list(tables::RELEASES, "").await?;
-    let used: Vec<&crate::records::ReleaseRecord> = releases
-        .iter()
-        .filter(|r| {
-            named.releases.iter().any(|n| n.name == r.name && (n.version.0 == r.version || n.version.0 == "latest"))
-        })
-        .collect();
+    let used: Vec<&crate::records::ReleaseRecord> =
+        releases.iter().filter(|r| named.uses_release(&r.name, &r.version)).collect();
     // (digest, what it is, how it is repaired)
     let mut blobs: Vec<(String, String, String)> = Vec::new();
     for r in &used {

@@ -16,6 +16,30 @@ pub struct DeploymentRecord {
     pub updated_at: u64,
 }
 
+impl DeploymentRecord {
+    /// The releases and stemcells its stored manifest names, read leniently: a stored manifest may
+    /// hold placeholders for director variables that the typed parse would refuse.
+    pub fn refs(&self) -> ManifestRefs {
+        serde_yaml::from_str(&self.manifest).unwrap_or_default()
+    }
+}
+
+/// What a stored manifest names (see [`DeploymentRecord::refs`]).
+#[derive(Debug, Default, Deserialize)]
+pub struct ManifestRefs {
+    #[serde(default)]
+    pub releases: Vec<bosun_types::manifest::ReleaseRef>,
+    #[serde(default)]
+    pub stemcells: Vec<bosun_types::manifest::StemcellRef>,
+}
+
+impl ManifestRefs {
+    /// Whether the manifest uses this uploaded release (`version: latest` names every version).
+    pub fn uses_release(&self, name: &str, version: &str) -> bool {
+        self.releases.iter().any(|x| x.name == name && (x.version.0 == version || x.version.0 == "latest"))
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct CloudConfigRecord {
     pub version: u64,
