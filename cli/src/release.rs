@@ -4,7 +4,7 @@
 
 use crate::InputError;
 use anyhow::{Context, Result};
-use bosun_types::digest::{sha256_digest, Sha256Writer};
+use bosun_types::digest::sha256_digest;
 use bosun_types::release::{
     BlobsYml, DebianPackage, DebianSourceFile, JobSpec, PackageSpec, ReleaseArtifact, ReleaseManifest,
 };
@@ -17,10 +17,7 @@ fn input(m: impl Into<String>) -> anyhow::Error {
 }
 
 fn file_digest(path: &Path) -> Result<(u64, String)> {
-    let mut h = Sha256Writer::default();
-    let mut f = std::fs::File::open(path)?;
-    let n = std::io::copy(&mut f, &mut h)?;
-    Ok((n, h.finish()))
+    Ok(bosun_types::digest::sha256_of_reader(std::fs::File::open(path)?)?)
 }
 
 pub fn release_name(dir: &Path) -> Result<String> {

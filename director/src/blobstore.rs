@@ -9,7 +9,7 @@
 //! jobs — which carry the deployment's secrets — are never written here: the hub serves them from
 //! memory during the apply that needs them (`AgentHub::offer_rendered`).
 
-use bosun_types::digest::{parse_sha256, sha256_digest, Sha256Writer};
+use bosun_types::digest::{parse_sha256, sha256_digest};
 use bosun_types::protocol::BlobRef;
 use std::collections::{BTreeSet, HashMap};
 use std::io::Write;
@@ -252,10 +252,8 @@ fn private_file(path: &Path) -> std::io::Result<std::fs::File> {
 
 /// The sha256 digest of a file's bytes; blocking.
 pub fn file_digest(path: &Path) -> Result<String, BlobError> {
-    let mut hasher = Sha256Writer::default();
-    let mut f = std::fs::File::open(path).map_err(io_at(path))?;
-    std::io::copy(&mut f, &mut hasher).map_err(io_at(path))?;
-    Ok(hasher.finish())
+    let read = std::fs::File::open(path).and_then(bosun_types::digest::sha256_of_reader);
+    Ok(read.map_err(io_at(path))?.1)
 }
 
 #[cfg(test)]

@@ -99,10 +99,8 @@ fn disk_full(e: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 fn file_digest(path: &Path) -> Result<String, UploadError> {
-    let mut h = bosun_types::digest::Sha256Writer::default();
-    let mut f = std::fs::File::open(path).map_err(UploadError::Io)?;
-    std::io::copy(&mut f, &mut h).map_err(UploadError::Io)?;
-    Ok(h.finish())
+    let f = std::fs::File::open(path).map_err(UploadError::Io)?;
+    Ok(bosun_types::digest::sha256_of_reader(f).map_err(UploadError::Io)?.1)
 }
 
 #[derive(Clone, Copy)]

@@ -14,6 +14,13 @@ pub fn parse_sha256(digest: &str) -> Option<&str> {
     (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))).then_some(hex)
 }
 
+/// The byte count and `sha256:<hex>` of everything `r` yields (a file, streamed).
+pub fn sha256_of_reader(mut r: impl std::io::Read) -> std::io::Result<(u64, String)> {
+    let mut h = Sha256Writer::default();
+    let n = std::io::copy(&mut r, &mut h)?;
+    Ok((n, h.finish()))
+}
+
 /// An incremental sha256 that renders as `sha256:<hex>`.
 #[derive(Default)]
 pub struct Sha256Writer(Sha256);
