@@ -175,24 +175,11 @@ impl CertAuthority {
         days: u32,
         is_ca: bool,
     ) -> Result<IssuedCert, PkiError> {
-        self.issue_in(common_name, None, sans, usage, days, is_ca)
+        self.issue_with(common_name, None, sans, usage, days, is_ca, KeyKind::EcdsaP256)
     }
 
     /// [`issue`](Self::issue) with an organization in the subject (Kubernetes reads it as the
-    /// client's group, e.g. `system:nodes`, `system:masters`).
-    pub fn issue_in(
-        &self,
-        common_name: &str,
-        organization: Option<&str>,
-        sans: &[String],
-        usage: LeafUsage,
-        days: u32,
-        is_ca: bool,
-    ) -> Result<IssuedCert, PkiError> {
-        self.issue_with(common_name, organization, sans, usage, days, is_ca, KeyKind::EcdsaP256)
-    }
-
-    /// [`Self::issue_in`] with a key of `kind`.
+    /// client's group, e.g. `system:nodes`, `system:masters`) and a key of `kind`.
     #[allow(clippy::too_many_arguments)]
     pub fn issue_with(
         &self,
