@@ -43,9 +43,9 @@ pub enum Unanswered {
 }
 
 /// A value given on the command line or in the environment: YAML, as bosh reads it (`5` is a
-/// number, `"val"` the string val, `{}` a map); text that is not YAML stays a string.
+/// number, `yes` true, `"val"` the string val, `{}` a map); text that is not YAML stays a string.
 fn yaml_value(text: &str) -> Value {
-    match serde_yaml::from_str::<Value>(text) {
+    match bosun_types::yaml_v2::parse(text) {
         Ok(parsed) if !text.is_empty() => parsed,
         _ => Value::String(text.to_string()),
     }
@@ -155,7 +155,7 @@ pub fn load_checking_use(path: &Path, args: &VarArgs, unanswered: Unanswered, ex
             generated = true;
         }
         if generated {
-            write_private(store_path, serde_yaml::to_string(&store)?.as_bytes())?;
+            write_private(store_path, bosun_types::yaml_v2::to_string(&serde_yaml::to_value(&store)?).as_bytes())?;
         }
     }
     let declared_names: Vec<&str> = declared.iter().map(|d| d.name.as_str()).collect();

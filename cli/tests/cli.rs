@@ -95,7 +95,7 @@ variables:
     std::fs::write(dir.path().join("vars.yml"), "host: db.internal\n").unwrap();
     std::fs::write(
         dir.path().join("typed.yml"),
-        "n: ((n))\nb: ((b))\ns: ((s))\nm: ((m))\nf: ((f))\ne: ((e))\nhost: ((host))\n",
+        "num: ((n))\nb: ((b))\ns: ((s))\nm: ((m))\nf: ((f))\ne: ((e))\nhost: ((host))\n",
     )
     .unwrap();
     let store = p("creds.yml");
@@ -192,7 +192,7 @@ variables:
             String::from_utf8_lossy(&o.stdout).into_owned()
         });
     let doc: serde_yaml::Value = serde_yaml::from_str(&out.unwrap()).unwrap();
-    assert_eq!(doc["n"], serde_yaml::Value::from(5));
+    assert_eq!(doc["num"], serde_yaml::Value::from(5));
     assert_eq!(doc["b"], serde_yaml::Value::from(true));
     assert_eq!(doc["s"], serde_yaml::Value::from("val"));
     assert!(doc["m"].as_mapping().is_some_and(|m| m.is_empty()));
@@ -229,7 +229,8 @@ fn doc_ca(store: &str) -> serde_yaml::Value {
 fn dash_v_values_are_yaml_as_in_bosh() {
     let dir = tempfile::tempdir().unwrap();
     let m = dir.path().join("m.yml");
-    std::fs::write(&m, "n: ((n))\nb: ((b))\ns: ((s))\nq: ((q))\nm: ((m))\ne: ((e))\n").unwrap();
+    // `n:` is YAML 1.1's false, as bosh reads it: the key prints as `false`.
+    std::fs::write(&m, "n: ((n))\nb: ((b))\ns: ((s))\nq: ((q))\nm: ((m))\ne: ((e))\ny: ((y))\noct: ((oct))\n").unwrap();
     let (code, out, err) = bosun(
         &[
             "interpolate",
@@ -246,12 +247,19 @@ fn dash_v_values_are_yaml_as_in_bosh() {
             "m={a: 1}",
             "-v",
             "e=",
+            "-v",
+            "y=yes",
+            "-v",
+            "oct=0777",
         ],
         dir.path(),
     );
     assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("false: 5\n"), "{out}");
     let doc: serde_yaml::Value = serde_yaml::from_str(&out).unwrap();
-    assert_eq!(doc["n"], serde_yaml::Value::from(5));
+    assert_eq!(doc[serde_yaml::Value::Bool(false)], serde_yaml::Value::from(5));
+    assert_eq!(doc[serde_yaml::Value::Bool(true)], serde_yaml::Value::from(true));
+    assert_eq!(doc["oct"], serde_yaml::Value::from(511));
     assert_eq!(doc["b"], serde_yaml::Value::from(true));
     assert_eq!(doc["s"], serde_yaml::Value::from("text"));
     assert_eq!(doc["q"], serde_yaml::Value::from("5"));

@@ -354,8 +354,8 @@ mod tests {
 
     #[test]
     fn overlapping_subnets_are_refused_naming_both() {
-        let within =
-            parse("networks:\n- name: n\n  subnets:\n  - range: 10.0.0.0/24\n  - range: 10.0.0.128/25\n").unwrap_err();
+        let within = parse("networks:\n- name: net\n  subnets:\n  - range: 10.0.0.0/24\n  - range: 10.0.0.128/25\n")
+            .unwrap_err();
         assert_eq!(
             within.to_string(),
             "cc.yml: /networks/0/subnets/1/range: 10.0.0.128/25 overlaps 10.0.0.0/24 at /networks/0/subnets/0/range"
@@ -379,7 +379,7 @@ mod tests {
     #[test]
     fn static_outside_range_is_an_error() {
         let e =
-            parse("networks:\n- name: n\n  subnets:\n  - range: 10.0.0.0/24\n    static: [10.0.1.5]\n").unwrap_err();
+            parse("networks:\n- name: net\n  subnets:\n  - range: 10.0.0.0/24\n    static: [10.0.1.5]\n").unwrap_err();
         assert_eq!(
             e.to_string(),
             "cc.yml: /networks/0/subnets/0/static/0: `10.0.1.5` is outside the subnet range 10.0.0.0/24"
@@ -388,7 +388,7 @@ mod tests {
 
     #[test]
     fn unknown_az_is_named() {
-        let e = parse("networks:\n- name: n\n  subnets:\n  - range: 10.0.0.0/24\n    azs: [z9]\n").unwrap_err();
+        let e = parse("networks:\n- name: net\n  subnets:\n  - range: 10.0.0.0/24\n    azs: [z9]\n").unwrap_err();
         assert!(e.to_string().contains("unknown AZ `z9`"), "{e}");
     }
 }

@@ -56,27 +56,15 @@ impl DocumentError {
     }
 }
 
-/// Parses YAML text into an untyped value, reporting syntax errors with their line.
+/// Parses YAML text into an untyped value as the BOSH CLI reads it (YAML 1.1's plain scalars:
+/// `yes` is true, `0777` is 511), reporting syntax errors with their line.
 pub fn parse_value(source_name: &str, text: &str) -> Result<serde_yaml::Value, DocumentError> {
-    match serde_yaml::from_str::<serde_yaml::Value>(text) {
-        Ok(v) => Ok(v),
-        Err(e) => Err(syntax_error(source_name, &e)),
-    }
-}
-
-fn syntax_error(source_name: &str, e: &serde_yaml::Error) -> DocumentError {
-    let loc = e.location();
-    // serde_yaml appends " at line X column Y" to its message; we report the location ourselves.
-    let mut message = e.to_string();
-    if let Some(i) = message.find(" at line ") {
-        message.truncate(i);
-    }
-    DocumentError::Syntax {
+    crate::yaml_v2::parse(text).map_err(|e| DocumentError::Syntax {
         source_name: source_name.to_string(),
-        line: loc.as_ref().map(|l| l.line()),
-        column: loc.as_ref().map(|l| l.column()),
-        message,
-    }
+        line: Some(e.line),
+        column: Some(e.column),
+        message: e.message,
+    })
 }
 
 /// Converts an untyped value into a typed document, reporting the path of the offending node.
@@ -87,6 +75,12 @@ pub fn from_value<T: DeserializeOwned>(source_name: &str, value: serde_yaml::Val
         let mut message = e.inner().to_string();
         if let Some(i) = message.find(" at line ") {
             message.truncate(i);
+        }
+        if message.starts_with("invalid type: boolean") {
+            // The commonest surprise of YAML 1.1, which bosh and bosun read: `name: no`.
+            message.push_str(
+                " (a plain y, yes, on or true reads as true and n, no, off or false as false: quote it to keep it text)",
+            );
         }
         DocumentError::Shape { source_name: source_name.to_string(), path, message }
     })
@@ -169,6 +163,18 @@ mod tests {
     fn shape_error_names_path() {
         let e = from_str::<Doc>("m.yml", "groups:\n- name: a\n  instances: lots\n").unwrap_err();
         assert_eq!(e.to_string(), "m.yml: /groups/0/instances: invalid type: string \"lots\", expected u32");
+    }
+
+    #[test]
+    fn a_yaml_1_1_bool_where_text_belongs_says_to_quote_it() {
+        #[derive(Debug, Deserialize)]
+        #[allow(dead_code)]
+        struct Named {
+            name: String,
+        }
+        let e = from_str::<Named>("m.yml", "name: no\n").unwrap_err().to_string();
+        assert!(e.starts_with("m.yml: /name: invalid type: boolean `false`, expected a string (a plain"), "{e}");
+        assert_eq!(from_str::<Named>("m.yml", "name: 'no'\n").unwrap().name, "no");
     }
 
     #[test]

@@ -144,3 +144,27 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    /// What `bosun interpolate` prints reads back as the same document: quoting, escapes, folding
+    /// and block scalars never change a value.
+    #[test]
+    fn written_yaml_reads_back_the_same(
+        texts in prop::collection::vec("(\\PC|[ \t\n'\"#:\\-]){0,120}", 1..6),
+        numbers in prop::collection::vec(any::<i64>(), 0..3),
+    ) {
+        use serde_yaml::Value;
+        let mut map = serde_yaml::Mapping::new();
+        for (i, t) in texts.iter().enumerate() {
+            map.insert(Value::from(format!("k{i}")), Value::from(t.clone()));
+            map.insert(Value::from(t.clone()), Value::Sequence(vec![Value::from(t.clone())]));
+        }
+        for n in &numbers {
+            map.insert(Value::from(n.to_string()), Value::from(*n));
+        }
+        let doc = Value::Mapping(map);
+        let out = bosun_types::yaml_v2::to_string(&doc);
+        let back = bosun_types::yaml_v2::parse(&out).map_err(|e| TestCaseError::fail(format!("{e}\n{out}")))?;
+        prop_assert_eq!(back, doc, "{}", out);
+    }
+}

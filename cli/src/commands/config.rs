@@ -6,7 +6,8 @@ use std::path::Path;
 
 pub async fn update_cloud_config(cli: &Cli, file: &Path, vars: &manifest::VarArgs) -> Result<()> {
     let doc = manifest::load(file, vars, manifest::Unanswered::Error)?;
-    let text = serde_yaml::to_string(&doc)?;
+    // Written as bosh writes it, so the director reads exactly these values back.
+    let text = bosun_types::yaml_v2::to_string(&doc);
     // Check it here too, so the error names the file.
     bosun_types::cloud_config::CloudConfig::parse(&file.display().to_string(), doc)
         .map_err(|e| InputError::new(e.to_string()))?;

@@ -30,8 +30,11 @@ pub async fn deploy(
             .into());
         }
     }
-    let request =
-        DeployRequest { manifest: serde_yaml::to_string(&doc)?, recreate: *recreate, overrides: update.overrides() };
+    let request = DeployRequest {
+        manifest: bosun_types::yaml_v2::to_string(&doc),
+        recreate: *recreate,
+        overrides: update.overrides(),
+    };
     let c = client(cli)?;
     let plan: PlanView = c.post_json(&format!("/v1/deployments/{name}/plan"), &request).await?;
     if cli.json && *dry_run {
