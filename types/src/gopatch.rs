@@ -226,7 +226,36 @@ fn expected_map(p: &Pointer, n: usize, v: &Value) -> String {
     format!("Expected to find a map at path '{}' but found '{}'", p.prefix(n), go_type(v))
 }
 
-fn missing_key(p: &Pointer, n: usize, key: &str, m: &Mapping) -> String {
+/// Why a pointer leads nowhere. `missing_at` names the path whose map key or array index is
+/// missing (go-patch's `OpMissingMapKeyErr` / `OpMissingIndexErr`): `test … absent: true` passes
+/// when that is the pointer itself, and fails on any other error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FindError {
+    pub message: String,
+    pub missing_at: Option<String>,
+}
+
+impl std::fmt::Display for FindError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for FindError {}
+
+impl From<String> for FindError {
+    fn from(message: String) -> Self {
+        FindError { message, missing_at: None }
+    }
+}
+
+impl From<FindError> for String {
+    fn from(e: FindError) -> Self {
+        e.message
+    }
+}
+
+fn missing_key(p: &Pointer, n: usize, key: &str, m: &Mapping) -> FindError {
     let mut keys: Vec<&str> = m.keys().filter_map(Value::as_str).collect();
     keys.sort();
     let siblings = if m.is_empty() {
@@ -234,11 +263,20 @@ fn missing_key(p: &Pointer, n: usize, key: &str, m: &Mapping) -> String {
     } else {
         format!("found map keys: '{}'", keys.join("', '"))
     };
-    format!("Expected to find a map key '{key}' for path '{}' ({siblings})", p.prefix(n))
+    FindError {
+        message: format!("Expected to find a map key '{key}' for path '{}' ({siblings})", p.prefix(n)),
+        missing_at: Some(p.prefix(n)),
+    }
 }
 
-fn missing_index(p: &Pointer, n: usize, index: i64, len: usize) -> String {
-    format!("Expected to find array index '{index}' but found array of length '{len}' for path '{}'", p.prefix(n))
+fn missing_index(p: &Pointer, n: usize, index: i64, len: usize) -> FindError {
+    FindError {
+        message: format!(
+            "Expected to find array index '{index}' but found array of length '{len}' for path '{}'",
+            p.prefix(n)
+        ),
+        missing_at: Some(p.prefix(n)),
+    }
 }
 
 /// The elements of `seq` that are maps whose `key` is the string `value` (go-patch compares the
@@ -256,7 +294,7 @@ fn several(p: &Pointer, n: usize, found: usize) -> String {
 }
 
 /// An array position after `:prev` / `:next` (negative from the end), checked.
-fn concrete_index(p: &Pointer, n: usize, index: i64, modifiers: &[Modifier], len: usize) -> Result<usize, String> {
+fn concrete_index(p: &Pointer, n: usize, index: i64, modifiers: &[Modifier], len: usize) -> Result<usize, FindError> {
     let mut result = index;
     for m in modifiers {
         match m {
@@ -269,7 +307,8 @@ fn concrete_index(p: &Pointer, n: usize, index: i64, modifiers: &[Modifier], len
                         Modifier::Before => "patch.BeforeModifier",
                         _ => "patch.AfterModifier",
                     }
-                ))
+                )
+                .into())
             }
         }
     }
@@ -378,7 +417,7 @@ fn replace(doc: &mut Value, p: &Pointer, value: Value) -> Result<(), String> {
                 let m = cur.as_mapping_mut().ok_or(shown)?;
                 let k = Value::String(key.clone());
                 if !m.contains_key(&k) && !optional {
-                    return Err(missing_key(p, n, key, m));
+                    return Err(missing_key(p, n, key, m).into());
                 }
                 if last {
                     m.insert(k, value);
@@ -449,7 +488,7 @@ fn remove(doc: &mut Value, p: &Pointer) -> Result<(), String> {
                     if *optional {
                         return Ok(());
                     }
-                    return Err(missing_key(p, n, key, m));
+                    return Err(missing_key(p, n, key, m).into());
                 }
                 if last {
                     m.shift_remove(key.as_str());
@@ -467,7 +506,7 @@ fn remove(doc: &mut Value, p: &Pointer) -> Result<(), String> {
 
 /// What a pointer points at (bosh's `interpolate --path`, and `test`). A missing optional key is
 /// null; a missing optional selector is the element it would create.
-pub fn find(doc: &Value, p: &Pointer) -> Result<Value, String> {
+pub fn find(doc: &Value, p: &Pointer) -> Result<Value, FindError> {
     let mut cur = doc.clone();
     for (i, token) in p.tokens.iter().enumerate() {
         let n = i + 1;
@@ -481,7 +520,8 @@ pub fn find(doc: &Value, p: &Pointer) -> Result<Value, String> {
                 return Err(format!(
                     "Expected not to find after last index token in path '{}' (not supported in find operations)",
                     p.prefix(p.tokens.len())
-                ))
+                )
+                .into())
             }
             Token::Matching { key, value, optional, modifiers } => {
                 let seq = cur.as_sequence().ok_or_else(|| expected_array(p, n, &cur))?;
@@ -492,7 +532,7 @@ pub fn find(doc: &Value, p: &Pointer) -> Result<Value, String> {
                     Value::Mapping(m)
                 } else {
                     if found.len() != 1 {
-                        return Err(several(p, n, found.len()));
+                        return Err(several(p, n, found.len()).into());
                     }
                     let at = concrete_index(p, n, found[0] as i64, modifiers, seq.len())?;
                     seq[at].clone()
@@ -510,7 +550,8 @@ pub fn find(doc: &Value, p: &Pointer) -> Result<Value, String> {
                             return Err(format!(
                                 "Expected to find key or matching index token at path '{}'",
                                 p.prefix(n + 1)
-                            ))
+                            )
+                            .into())
                         }
                     },
                     None => return Err(missing_key(p, n, key, m)),
@@ -521,18 +562,11 @@ pub fn find(doc: &Value, p: &Pointer) -> Result<Value, String> {
     Ok(cur)
 }
 
-/// Whether `err` (from [`find`]) says that exactly the pointer's own last step is missing.
-fn absent_at(p: &Pointer, err: &str) -> bool {
-    let full = p.prefix(p.tokens.len());
-    (err.starts_with("Expected to find a map key '") || err.starts_with("Expected to find array index '"))
-        && err.contains(&format!("for path '{full}'"))
-}
-
 fn test(doc: &Value, p: &Pointer, op: &Operation) -> Result<(), String> {
     if op.absent == Some(true) {
         return match find(doc, p) {
-            Err(e) if absent_at(p, &e) => Ok(()),
-            Err(e) => Err(e),
+            Err(e) if e.missing_at.as_deref() == Some(p.prefix(p.tokens.len()).as_str()) => Ok(()),
+            Err(e) => Err(e.message),
             Ok(_) => Err(format!("Expected to not find '{}'", p.prefix(p.tokens.len()))),
         };
     }
@@ -651,6 +685,8 @@ mod tests {
         ("test a value", "[{type: test, path: /key, value: 1}]", r#"{"key":1"#),
         ("test a different value", "[{type: test, path: /key, value: 2}]", "Err:Found value does not match expected value"),
         ("test absent", "[{type: test, path: /nope, absent: true}]", r#"{"key":1"#),
+        ("test absent past an array's end", "[{type: test, path: /array/7, absent: true}]", r#"{"key":1"#),
+        ("test absent of an unmatched selector", "[{type: test, path: /items/name=nope, absent: true}]", "Err:Expected to find exactly one matching array item for path '/items/name=nope' but found 0"),
         ("test absent, present", "[{type: test, path: /key, absent: true}]", "Err:Expected to not find '/key'"),
         ("test absent above a missing parent", "[{type: test, path: /nope/deeper, absent: true}]", "Err:Expected to find a map key 'nope' for path '/nope' (found map keys: 'array', 'items', 'key', 'key2')"),
         ("a custom error", "[{type: test, path: /key, value: 2, error: key must be 2}]", "Err:Error 'key must be 2': Found value does not match expected value"),
@@ -695,6 +731,6 @@ mod tests {
         assert_eq!(f("/array/1:prev").unwrap(), Value::from(4));
         assert_eq!(f("/nope?").unwrap(), Value::Null);
         assert_eq!(f("").unwrap(), d);
-        assert!(f("/array/-").unwrap_err().contains("not supported in find operations"));
+        assert!(f("/array/-").unwrap_err().message.contains("not supported in find operations"));
     }
 }
