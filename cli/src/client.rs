@@ -29,18 +29,50 @@ fn ca_from(value: &str) -> Result<String> {
     if value.contains("-----BEGIN") {
         return Ok(value.to_string());
     }
-    std::fs::read_to_string(value).with_context(|| format!("reading the CA certificate {value}"))
+    std::fs::read_to_string(value)
+        .map_err(|e| InputError::new(format!("BOSUN_CA_CERT: cannot read the CA certificate {value}: {e}")).into())
+}
+
+/// The director's address as an operator may write it, as bosh takes BOSH_ENVIRONMENT: a URL
+/// (`https://10.0.0.6:25555`) or a bare `host[:port]` (HTTPS, port 25555). The director speaks
+/// only HTTPS, so `http://` is refused with that said.
+pub fn director_url(value: &str) -> Result<String, InputError> {
+    let value = value.trim();
+    let (scheme, rest) = match value.split_once("://") {
+        Some((scheme, rest)) => (scheme.to_ascii_lowercase(), rest.trim_end_matches('/')),
+        None => ("https".to_string(), value.trim_end_matches('/')),
+    };
+    match scheme.as_str() {
+        "https" => {}
+        "http" => {
+            return Err(InputError::new(format!(
+                "BOSUN_DIRECTOR `{value}`: the director speaks only HTTPS; write https://{rest}"
+            )))
+        }
+        other => return Err(InputError::new(format!("BOSUN_DIRECTOR `{value}`: `{other}://` is not HTTPS"))),
+    }
+    let host_port = rest.split('/').next().unwrap_or_default();
+    if host_port.is_empty() || host_port.contains(char::is_whitespace) {
+        return Err(InputError::new(format!(
+            "BOSUN_DIRECTOR `{value}`: name the director as https://HOST:PORT or HOST[:PORT]"
+        )));
+    }
+    // A port is given unless the host alone is (an IPv6 literal's colons are inside brackets).
+    let port = host_port.rsplit_once(':').map(|(_, p)| p).filter(|p| !p.contains(']'));
+    if port.is_some_and(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit())) {
+        return Err(InputError::new(format!("BOSUN_DIRECTOR `{value}`: the port is not a number")));
+    }
+    let has_port = port.is_some();
+    let url = if has_port { format!("https://{rest}") } else { format!("https://{host_port}:25555") };
+    reqwest::Url::parse(&url).map_err(|e| InputError::new(format!("BOSUN_DIRECTOR `{value}`: {e}")))?;
+    Ok(url)
 }
 
 impl Target {
     /// Flags and environment first (all three needed), else the remembered target.
     pub fn resolve(director: Option<&str>, ca_cert: Option<&str>, token: Option<&str>) -> Result<Target> {
         if let (Some(d), Some(c), Some(t)) = (director, ca_cert, token) {
-            return Ok(Target {
-                director: d.trim_end_matches('/').to_string(),
-                ca_cert: ca_from(c)?,
-                token: t.to_string(),
-            });
+            return Ok(Target { director: director_url(d)?, ca_cert: ca_from(c)?, token: t.to_string() });
         }
         if director.is_some() || ca_cert.is_some() || token.is_some() {
             return Err(InputError::new(
@@ -241,9 +273,32 @@ impl Client {
                         }
                         Ok(result)
                     }
-                    _ => Err(crate::TaskFailed { id, message: result }.into()),
+                    state => {
+                        Err(crate::TaskFailed { id, cancelled: state == TaskState::Cancelled, message: result }.into())
+                    }
                 };
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::director_url;
+
+    #[test]
+    fn director_addresses_as_bosh_takes_them() {
+        assert_eq!(director_url("https://10.0.0.6:25555/").unwrap(), "https://10.0.0.6:25555");
+        assert_eq!(director_url("10.0.0.6").unwrap(), "https://10.0.0.6:25555");
+        assert_eq!(director_url("10.0.0.6:8443").unwrap(), "https://10.0.0.6:8443");
+        assert_eq!(director_url("HTTPS://director.example").unwrap(), "https://director.example:25555");
+        assert_eq!(director_url("[::1]").unwrap(), "https://[::1]:25555");
+        assert_eq!(director_url("[::1]:9").unwrap(), "https://[::1]:9");
+        let http = director_url("http://127.0.0.1:25555").unwrap_err().to_string();
+        assert!(http.contains("only HTTPS; write https://127.0.0.1:25555"), "{http}");
+        assert!(director_url("ftp://x").unwrap_err().to_string().contains("`ftp://` is not HTTPS"));
+        assert!(director_url("").is_err());
+        assert!(director_url("https://").is_err());
+        assert!(director_url("a b").is_err());
     }
 }

@@ -36,11 +36,12 @@ pub struct ErrandExit {
     pub code: i32,
 }
 
-/// A task that ended in error: exit code 1.
+/// A task that ended in error or was cancelled: exit code 1.
 #[derive(Debug, thiserror::Error)]
-#[error("task {id} failed: {message}")]
+#[error("task {id} {}: {message}", if *cancelled { "was cancelled" } else { "failed" })]
 pub struct TaskFailed {
     pub id: u64,
+    pub cancelled: bool,
     pub message: String,
 }
 
@@ -237,6 +238,16 @@ enum Command {
         /// Show each process.
         #[arg(long)]
         ps: bool,
+        /// Add the agent id, disk CIDs and the applied generation.
+        #[arg(long)]
+        details: bool,
+    },
+    /// List a deployment's VMs; with --vitals, each one's load, CPU, memory, swap, disks and
+    /// uptime from its latest heartbeat.
+    #[command(after_help = "Example:\n  bosun -d quickstart vms --vitals")]
+    Vms {
+        #[arg(long)]
+        vitals: bool,
     },
     /// Show a deployment's manifest.
     #[command(after_help = "Example:\n  bosun -d quickstart manifest")]
@@ -274,6 +285,17 @@ enum Command {
     /// Show a task's events (follows it while it runs).
     #[command(after_help = "Example:\n  bosun task 12")]
     Task { id: u64 },
+    /// Cancel a running task: the instances in flight finish their update, the rest are left as
+    /// they were, the task ends `cancelled` and its lock is released.
+    #[command(after_help = "Example:\n  bosun cancel-task 12")]
+    CancelTask { id: u64 },
+    /// List a deployment's director-generated variables: name, type, id, when generated (never
+    /// their values).
+    #[command(after_help = "Example:\n  bosun -d kubo variables")]
+    Variables,
+    /// List the deployments locked by running tasks.
+    #[command(after_help = "Example:\n  bosun locks")]
+    Locks,
     /// Delete a deployment: its VMs, disks and variables.
     #[command(after_help = "Example:\n  bosun -d quickstart delete-deployment -n")]
     DeleteDeployment,
@@ -415,7 +437,8 @@ async fn run(cli: Cli) -> Result<()> {
             commands::deployments::deploy(cli, path, vars, dry_run, recreate, update).await
         }
         Command::Deployments => commands::deployments::deployments(cli).await,
-        Command::Instances { ps } => commands::deployments::instances(cli, ps).await,
+        Command::Instances { ps, details } => commands::deployments::instances(cli, *ps, *details).await,
+        Command::Vms { vitals } => commands::deployments::vms(cli, *vitals).await,
         Command::Manifest => commands::deployments::manifest(cli).await,
         Command::RunErrand { name, instances, when_changed, keep_alive, timeout } => {
             let how = commands::deployments::ErrandRun {
@@ -428,6 +451,9 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Kubeconfig => commands::deployments::kubeconfig(cli).await,
         Command::Tasks { recent } => commands::tasks::tasks(cli, recent).await,
         Command::Task { id } => commands::tasks::task(cli, id).await,
+        Command::CancelTask { id } => commands::tasks::cancel_task(cli, *id).await,
+        Command::Locks => commands::tasks::locks(cli).await,
+        Command::Variables => commands::deployments::variables(cli).await,
         Command::Events { instance, task, since, before, limit } => {
             commands::tasks::events(cli, instance, task, since, before, limit).await
         }

@@ -1,7 +1,7 @@
 //! The update engine on real agents through the local CPI, with the testbed release's `sleeper`
 //! job (a process that records each start on the instance's store and sleeps): a failing canary,
 //! a hanging drain, create-swap-delete, and the recreate / restart / stop / start commands. Each
-//! test has its own subnet (127.0.43–46.0/24).
+//! test has its own subnet (127.0.43–46.0/24; cancellation 127.0.49.0/24).
 
 mod common;
 
@@ -212,4 +212,69 @@ fn a_dynamic_network_takes_the_address_the_cloud_gives_and_renders_with_it() {
     assert_ne!(again[1]["vm_cid"], first[1]["vm_cid"]);
     assert_eq!(address_of(&again[1]).trim(), again[1]["ips"][0].as_str().unwrap());
     assert_ne!(again[1]["ips"], again[0]["ips"]);
+}
+
+#[test]
+fn a_cancelled_deploy_stops_after_the_instance_in_flight_frees_its_lock_and_the_next_deploy_converges() {
+    let d = TestDirector::start();
+    d.prepare_with(&d.write("cloud.yml", &local_cloud_config(49)), &testbed_release());
+    let first = d.write("first.yml", &sleeper_manifest("cancel", 5, "hello", "", "", ""));
+    d.ok(&["-n", "-d", "cancel", "deploy", first.to_str().unwrap()]);
+    let before = by_index(&d.running("cancel", 5));
+
+    // A change to every instance, one at a time (canaries 1, max_in_flight 1); cancelled as soon
+    // as the canary's update begins.
+    let changed = d.write("changed.yml", &sleeper_manifest("cancel", 5, "changed", "", "", ""));
+    let mut deploy = d.command();
+    deploy.args(["-n", "-d", "cancel", "deploy", changed.to_str().unwrap()]);
+    let deploy = std::thread::spawn(move || deploy.output().expect("running bosun deploy"));
+    let task = eventually("the deploy's task updating its canary", Duration::from_secs(60), || {
+        let tasks = d.json(&["tasks"]);
+        let t = tasks.as_array()?.iter().find(|t| t["state"] == "processing" && t["deployment"] == "cancel")?;
+        let id = t["id"].as_u64()?;
+        let page = d.json(&["task", &id.to_string()]);
+        let updating = page["events"].as_array()?.iter().any(|e| e["stage"] == "update" && e["instance"].is_string());
+        updating.then_some(id)
+    });
+    let out = d.ok(&["cancel-task", &task.to_string()]);
+    assert!(out.contains(&format!("Task {task} is cancelling")), "{out}");
+    // Asked twice: still cancelling, no error.
+    d.ok(&["cancel-task", &task.to_string()]);
+
+    let out = deploy.join().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(&format!("task {task} was cancelled")), "{err}");
+    let view = d.json(&["task", &task.to_string()]);
+    assert_eq!(view["task"]["state"], "cancelled", "{view}");
+    assert_eq!(d.json(&["locks"]), serde_json::json!([]), "the lock went with the task");
+    let gone = d.fails(2, &["cancel-task", &task.to_string()]);
+    assert!(gone.contains(&format!("task {task} is already cancelled")), "{gone}");
+
+    // The canary in flight finished its update; at most one more had begun when the request came.
+    let after = by_index(&d.running("cancel", 5));
+    let restarted = (0..5).filter(|&k| pid(&after[k]) != pid(&before[k])).count();
+    assert!((1..=2).contains(&restarted), "{restarted} of 5 instances were updated");
+
+    d.ok(&["-n", "-d", "cancel", "deploy", changed.to_str().unwrap()]);
+    let converged = by_index(&d.running("cancel", 5));
+    assert!((0..5).all(|k| pid(&converged[k]) != pid(&before[k])), "every instance updated");
+
+    // What the operator looks at next: the VMs' vitals from their heartbeats, the details.
+    let vms = d.json(&["-d", "cancel", "vms", "--vitals"]);
+    assert_eq!(vms.as_array().unwrap().len(), 5, "{vms}");
+    for vm in vms.as_array().unwrap() {
+        let v = &vm["vitals"];
+        assert!(v["uptime_secs"].as_u64().unwrap() > 0 && v["mem_kb"].as_u64().unwrap() > 0, "{vm}");
+        let cpu = v["cpu"]["user"].as_f64().unwrap() + v["cpu"]["sys"].as_f64().unwrap();
+        assert!((0.0..=100.0).contains(&cpu), "{vm}");
+        assert!(v["disk"]["system"].as_f64().is_some(), "{vm}");
+    }
+    let table = d.ok(&["-d", "cancel", "vms", "--vitals"]);
+    assert!(table.contains("Load (1m, 5m, 15m)") && table.contains("Memory Usage") && table.contains("% ("), "{table}");
+    let details = d.ok(&["-d", "cancel", "instances", "--details"]);
+    assert!(details.contains("Agent ID") && details.contains("Generation"), "{details}");
+    for i in &converged {
+        assert!(details.contains(i["agent_id"].as_str().unwrap()), "{details}");
+    }
 }

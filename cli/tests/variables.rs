@@ -37,8 +37,18 @@ fn a_director_generated_certificate_is_usable_by_its_keys_and_never_stored_in_th
     let stored = d.ok(&["-d", "vars", "manifest"]);
     assert!(stored.contains("((tls.private_key))"), "{stored}");
     assert!(!stored.contains("PRIVATE KEY") && !stored.contains("BEGIN CERTIFICATE"), "{stored}");
+    // `variables` names them, their types, ids and generation times, never their values.
+    let listed = d.json(&["-d", "vars", "variables"]);
+    let names: Vec<(&str, &str)> =
+        listed.as_array().unwrap().iter().map(|v| (v["name"].as_str().unwrap(), v["type"].as_str().unwrap())).collect();
+    assert_eq!(names, vec![("tls", "certificate"), ("tls_ca", "certificate")], "{listed}");
+    assert!(listed.as_array().unwrap().iter().all(|v| v["id"].is_u64() && v["generated_at"].is_u64()), "{listed}");
+    let table = d.ok(&["-d", "vars", "variables"]);
+    assert!(table.contains("tls_ca") && !table.contains("BEGIN"), "{table}");
+    let first_ids = listed.to_string();
     // Deploying again changes nothing: the generated values are kept.
     assert!(d.ok(&["-n", "-d", "vars", "deploy", m.to_str().unwrap()]).contains("No changes."));
+    assert_eq!(d.json(&["-d", "vars", "variables"]).to_string(), first_ids, "kept values keep their ids");
     // New options: kept as they are by default (BOSH's no-overwrite) ...
     let renamed = manifest.replace("common_name: sleeper}", "common_name: renamed}");
     let m2 = d.write("vars2.yml", &renamed);

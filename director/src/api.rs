@@ -99,6 +99,7 @@ pub fn router(d: Arc<Director>) -> Router {
         .route("/v1/deployments/{name}", get(get_deployment).delete(delete_deployment))
         .route("/v1/deployments/{name}/manifest", get(get_manifest))
         .route("/v1/deployments/{name}/instances", get(list_instances))
+        .route("/v1/deployments/{name}/variables", get(list_variables))
         .route("/v1/deployments/{name}/plan", post(plan))
         .route("/v1/deployments/{name}/instance-commands", post(instance_command))
         .route("/v1/deployments/{name}/instance-commands/plan", post(instance_command_plan))
@@ -113,6 +114,8 @@ pub fn router(d: Arc<Director>) -> Router {
         .route("/v1/disks/{cid}", delete(delete_disk))
         .route("/v1/tasks", get(list_tasks))
         .route("/v1/tasks/{id}", get(get_task))
+        .route("/v1/tasks/{id}/cancel", post(cancel_task))
+        .route("/v1/locks", get(list_locks))
         .route("/v1/tasks/{id}/events", get(task_events))
         .merge(uploads)
         .layer(DefaultBodyLimit::max(16 << 20)) // BODY_LIMIT
@@ -523,6 +526,15 @@ async fn list_instances(
     Ok(Json(crate::views::instance_views(&d, &name, q.ps).await?))
 }
 
+/// The deployment's director-stored variables: names, types, ids, generation times; never values.
+async fn list_variables(
+    State(d): Shared,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<bosun_types::api::VariableView>>, ApiError> {
+    deployment_record(&d, &name).await?;
+    Ok(Json(crate::update::list_variables(&d, &name).await.map_err(deploy_error)?))
+}
+
 fn deploy_error(e: DeployError) -> ApiError {
     match e {
         DeployError::Input(m) => ApiError::bad_request(m),
@@ -890,6 +902,30 @@ async fn list_tasks(State(d): Shared, Query(q): Query<TasksQuery>) -> Result<Jso
 
 async fn get_task(State(d): Shared, Path(id): Path<u64>) -> Result<Json<TaskView>, ApiError> {
     d.tasks.get(id).await?.map(Json).ok_or_else(|| ApiError::not_found(format!("task {id} does not exist")))
+}
+
+/// Asks a running task to stop at its next checkpoint (202; the task shows `cancelling`).
+async fn cancel_task(State(d): Shared, Path(id): Path<u64>) -> Result<(StatusCode, Json<TaskView>), ApiError> {
+    match d.tasks.cancel(id, "operator").await {
+        Ok(view) => Ok((StatusCode::ACCEPTED, Json(view))),
+        Err(e @ crate::tasks::CancelError::NotFound(_)) => Err(ApiError::not_found(e.to_string())),
+        Err(e @ crate::tasks::CancelError::Finished { .. }) => Err(ApiError::conflict(e.to_string())),
+        Err(crate::tasks::CancelError::Store(e)) => Err(e.into()),
+    }
+}
+
+async fn list_locks(State(d): Shared) -> Result<Json<Vec<bosun_types::api::LockView>>, ApiError> {
+    let locks = d.tasks.locks().await?;
+    Ok(Json(
+        locks
+            .into_iter()
+            .map(|(deployment, task_id)| bosun_types::api::LockView {
+                kind: "deployment".into(),
+                resource: deployment,
+                task_id,
+            })
+            .collect(),
+    ))
 }
 
 #[derive(serde::Deserialize)]

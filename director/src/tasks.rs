@@ -4,15 +4,22 @@
 //!
 //! A task's work runs under a supervisor ([`Task::run`]): whatever happens to it — success, an
 //! error, a panic — the task ends with that outcome and its lock is released.
+//!
+//! A running task may be cancelled (BOSH's `cancel-task`): the request is a flag the work looks at
+//! at its checkpoints ([`Task::checkpoint`]: before each batch of instances, each package
+//! compilation, each errand); work in flight finishes its current step, so nothing is left half
+//! done, and the task ends `cancelled` with its lock released.
 
 use crate::clock::Clock;
 use crate::events::{EventSubject, Events};
 use crate::store::{tables, State, StoreError, Tree};
 use bosun_types::api::{EventLevel, TaskEvent, TaskEventsPage, TaskState, TaskView};
 use futures::FutureExt;
+use std::collections::HashMap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
 use tracing::Instrument;
@@ -25,12 +32,36 @@ pub enum TaskError {
     Store(#[from] StoreError),
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum CancelError {
+    #[error("there is no task {0}")]
+    NotFound(u64),
+    #[error("task {id} is already {state}")]
+    Finished { id: u64, state: TaskState },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What a task's work returns when it stopped at a checkpoint because it was cancelled.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("cancelled by an operator: the work in flight finished its step; what was not begun is left as it was")]
+pub struct Cancelled;
+
+/// A running task's cancellation: asked for, and honoured at a checkpoint.
+#[derive(Default)]
+struct Cancellation {
+    requested: AtomicBool,
+    honoured: AtomicBool,
+}
+
 #[derive(Clone)]
 pub struct Tasks {
     state: State,
     changed: Arc<Notify>,
     events: Events,
     clock: Arc<dyn Clock>,
+    /// The tasks running in this director, by id.
+    running: Arc<Mutex<HashMap<u64, Arc<Cancellation>>>>,
 }
 
 fn task_key(id: u64) -> String {
@@ -39,7 +70,7 @@ fn task_key(id: u64) -> String {
 
 impl Tasks {
     pub fn new(state: State, events: Events, clock: Arc<dyn Clock>) -> Self {
-        Self { state, changed: Arc::new(Notify::new()), events, clock }
+        Self { state, changed: Arc::new(Notify::new()), events, clock, running: Arc::default() }
     }
 
     /// Creates a task, taking the deployment's lock when `lock` is set.
@@ -74,9 +105,46 @@ impl Tasks {
             exit_code: None,
         };
         self.state.put(tables::TASKS, &task_key(id), &view).await?;
-        let task = Task { id, tasks: self.clone(), lock_key, description: description.to_string() };
+        let cancellation = Arc::new(Cancellation::default());
+        self.running.lock().expect("the running-task table").insert(id, cancellation.clone());
+        let task = Task { id, tasks: self.clone(), lock_key, description: description.to_string(), cancellation };
         self.events.record(task.subject(deployment), "start", &task.cause(), description).await;
         Ok(task)
+    }
+
+    /// Asks a running task to stop at its next checkpoint; it shows `cancelling` until it does.
+    pub async fn cancel(&self, id: u64, by: &str) -> Result<TaskView, CancelError> {
+        let mut view = self.get(id).await?.ok_or(CancelError::NotFound(id))?;
+        let cancellation = self.running.lock().expect("the running-task table").get(&id).cloned();
+        let Some(cancellation) = cancellation.filter(|_| !view.state.is_finished()) else {
+            return Err(CancelError::Finished { id, state: view.state });
+        };
+        if !cancellation.requested.swap(true, Ordering::SeqCst) {
+            view.state = TaskState::Cancelling;
+            self.state.put(tables::TASKS, &task_key(id), &view).await?;
+            let subject = EventSubject {
+                object_type: "task",
+                object_name: id.to_string(),
+                deployment: view.deployment.clone(),
+                task: Some(id),
+                ..Default::default()
+            };
+            self.events.record(subject, "cancel", by, "cancellation asked for").await;
+            self.changed.notify_waiters();
+        }
+        Ok(view)
+    }
+
+    /// The deployments locked now, with the task holding each.
+    pub async fn locks(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        Ok(self
+            .state
+            .kv()
+            .scan_prefix(Tree::Locks, "")
+            .await?
+            .into_iter()
+            .map(|(deployment, holder)| (deployment, String::from_utf8_lossy(&holder).parse().unwrap_or_default()))
+            .collect())
     }
 
     pub async fn get(&self, id: u64) -> Result<Option<TaskView>, StoreError> {
@@ -147,6 +215,7 @@ pub struct Task {
     tasks: Tasks,
     lock_key: Option<String>,
     description: String,
+    cancellation: Arc<Cancellation>,
 }
 
 /// What a panic carried, as text.
@@ -196,6 +265,16 @@ impl Task {
             }
             .instrument(span),
         )
+    }
+
+    /// Where the work may stop: an error once the task was asked to stop, which the work returns
+    /// (the task then ends `cancelled`, not failed).
+    pub fn checkpoint(&self) -> Result<(), Cancelled> {
+        if self.cancellation.requested.load(Ordering::SeqCst) {
+            self.cancellation.honoured.store(true, Ordering::SeqCst);
+            return Err(Cancelled);
+        }
+        Ok(())
     }
 
     /// Records an event on the timeline, caused by this task.
@@ -249,6 +328,10 @@ impl Task {
     pub async fn finish(&self, outcome: Result<String, String>) {
         let (state, result) = match outcome {
             Ok(r) => (TaskState::Done, r),
+            Err(e) if self.cancellation.honoured.load(Ordering::SeqCst) => {
+                self.event(EventLevel::Warn, "cancelled", None, e.clone()).await;
+                (TaskState::Cancelled, e)
+            }
             Err(e) => {
                 self.event(EventLevel::Error, "error", None, e.clone()).await;
                 (TaskState::Error, e)
@@ -281,6 +364,7 @@ impl Task {
             tracing::error!(task = self.id, error = %e, "could not record the end of a task");
         }
         let _ = self.tasks.state.flush().await;
+        self.tasks.running.lock().expect("the running-task table").remove(&self.id);
         self.tasks.changed.notify_waiters();
     }
 }
@@ -325,6 +409,42 @@ mod tests {
         assert_eq!(view.state, TaskState::Error);
         assert_eq!(view.result.as_deref(), Some("the task panicked: injected: the planner met something impossible"));
         assert!(t.create("next deploy", Some("d"), true).await.is_ok(), "the next deploy gets the lock");
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_task_stops_at_its_checkpoint_ends_cancelled_and_frees_its_lock() {
+        let t = tasks();
+        let task = t.create("deploy", Some("d"), true).await.unwrap();
+        let id = task.id;
+        assert!(task.checkpoint().is_ok(), "nobody asked yet");
+        assert_eq!(t.locks().await.unwrap(), vec![("d".to_string(), id)]);
+        assert_eq!(t.cancel(id, "operator").await.unwrap().state, TaskState::Cancelling);
+        assert_eq!(t.get(id).await.unwrap().unwrap().state, TaskState::Cancelling);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let handle = task.clone().run(async move {
+            let _ = rx.await;
+            task.checkpoint().map_err(|e| e.to_string())?;
+            Ok("not reached".into())
+        });
+        tx.send(()).unwrap();
+        handle.await.unwrap();
+        let view = t.get(id).await.unwrap().unwrap();
+        assert_eq!(view.state, TaskState::Cancelled);
+        assert!(t.locks().await.unwrap().is_empty());
+        match t.cancel(id, "operator").await {
+            Err(CancelError::Finished { state: TaskState::Cancelled, .. }) => {}
+            other => panic!("a finished task cannot be cancelled: {:?}", other.map(|v| v.state)),
+        }
+        assert!(matches!(t.cancel(9999, "operator").await, Err(CancelError::NotFound(9999))));
+    }
+
+    #[tokio::test]
+    async fn an_error_after_a_cancel_request_that_no_checkpoint_saw_is_an_error() {
+        let t = tasks();
+        let task = t.create("deploy", Some("d"), true).await.unwrap();
+        t.cancel(task.id, "operator").await.unwrap();
+        task.finish(Err("the VM did not start".into())).await;
+        assert_eq!(t.get(task.id).await.unwrap().unwrap().state, TaskState::Error);
     }
 
     #[tokio::test]

@@ -55,6 +55,7 @@ pub async fn instance_views(
                     None
                 },
                 disk_cids: r.disk_cids.clone(),
+                generation: r.generation,
             }
         })
         .collect();

@@ -13,6 +13,28 @@ pub struct ApiErrorBody {
     pub message: String,
 }
 
+/// A variable the director stored for a deployment, without its value (`bosun variables`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VariableView {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub id: Option<u64>,
+    /// Unix seconds.
+    pub generated_at: Option<u64>,
+}
+
+/// A lock held by a running task (`bosun locks`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LockView {
+    /// What is locked: `deployment`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Which one: the deployment's name.
+    pub resource: String,
+    pub task_id: u64,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct DirectorInfo {
     pub name: String,
@@ -27,6 +49,8 @@ pub struct DirectorInfo {
 pub enum TaskState {
     Queued,
     Processing,
+    /// Asked to stop: it ends `cancelled` once the instances in flight finish their update.
+    Cancelling,
     Done,
     Error,
     Cancelled,
@@ -43,6 +67,7 @@ impl std::fmt::Display for TaskState {
         f.write_str(match self {
             TaskState::Queued => "queued",
             TaskState::Processing => "processing",
+            TaskState::Cancelling => "cancelling",
             TaskState::Done => "done",
             TaskState::Error => "error",
             TaskState::Cancelled => "cancelled",
@@ -379,6 +404,9 @@ pub struct InstanceView {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vitals: Option<Vitals>,
     pub disk_cids: Vec<String>,
+    /// The generation of the spec the director last applied to it.
+    #[serde(default)]
+    pub generation: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -410,6 +410,22 @@ pub struct Vitals {
     /// The agent's own resident memory, kB.
     #[serde(default)]
     pub agent_rss_kb: u64,
+    /// CPU time since the agent's previous reading, percent of all CPUs.
+    #[serde(default)]
+    pub cpu: CpuVitals,
+    /// Seconds since the machine booted.
+    #[serde(default)]
+    pub uptime_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CpuVitals {
+    /// User time, nice included.
+    pub user: f64,
+    pub sys: f64,
+    /// Idle waiting for I/O.
+    pub wait: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

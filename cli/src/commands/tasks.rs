@@ -41,6 +41,26 @@ pub async fn task(cli: &Cli, id: &u64) -> Result<()> {
     c.follow_task(*id, false).await.map(|_| ())
 }
 
+pub async fn cancel_task(cli: &Cli, id: u64) -> Result<()> {
+    let v: TaskView = client(cli)?.post_json(&format!("/v1/tasks/{id}/cancel"), &()).await?;
+    if cli.json {
+        return print_json(&v);
+    }
+    println!("Task {id} is {}: it stops once the work in flight finishes its step", v.state);
+    Ok(())
+}
+
+pub async fn locks(cli: &Cli) -> Result<()> {
+    let v: Vec<LockView> = client(cli)?.get("/v1/locks").await?;
+    if cli.json {
+        return print_json(&v);
+    }
+    let rows: Vec<Vec<String>> =
+        v.iter().map(|l| vec![l.kind.clone(), l.resource.clone(), l.task_id.to_string()]).collect();
+    print!("{}", output::table(&["Type", "Resource", "Task ID"], &rows));
+    Ok(())
+}
+
 pub async fn events(
     cli: &Cli,
     instance: &Option<String>,

@@ -49,6 +49,12 @@ pub(crate) async fn compile(
     let (mut compiled, mut cached) = (0usize, 0usize);
     let mut failure: Option<DeployError> = None;
     loop {
+        // Cancelled: what compiles finishes (and is cached), nothing more starts.
+        if failure.is_none() {
+            if let Err(c) = task.checkpoint() {
+                failure = Some(c.into());
+            }
+        }
         // Start what is ready while workers are free (and nothing has failed).
         while failure.is_none() && !free.is_empty() {
             let ready = |p: &&PackageCompilation| {

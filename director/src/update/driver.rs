@@ -57,6 +57,7 @@ pub async fn execute(
     }
     // Deletes next, in the planner's batches (BOSH's "Deleting unneeded instances").
     for batch in &plan.delete_batches {
+        task.checkpoint()?;
         let timeout = Duration::from_millis(batch.script_timeout_ms);
         let runs = batch.instances.iter().map(|rec| async move {
             task.info("delete", Some(&rec.name()), "deleting instance (no longer in the manifest)").await;
@@ -73,6 +74,7 @@ pub async fn execute(
     // Stage by stage, as the planner ordered them (non-serial neighbours together).
     let mut changed = 0usize;
     for stage in &plan.stages {
+        task.checkpoint()?;
         let runs = stage.iter().map(|&k| update_group(d, task, &deployment, &plan.groups[k], manifest_text, opts));
         for r in futures::future::join_all(runs).await {
             changed += r?;
@@ -87,6 +89,7 @@ pub async fn execute(
         };
         super::peers::tell(d, task, plan, &super::peers::Peer::of_plan(i), event).await;
     }
+    task.checkpoint()?;
     run_post_deploy(d, task, &deployment).await?;
     Ok(format!("{} instance{} changed, {} deleted", changed, if changed == 1 { "" } else { "s" }, plan.deletes.len()))
 }
@@ -128,6 +131,8 @@ pub(crate) async fn update_group(
     .await;
     let mut changed = 0;
     for batch in &g.batches {
+        // Cancelled: the batches before this one are done, this and the rest are not begun.
+        task.checkpoint()?;
         let watch = if batch.canary { g.update.canary_watch_time } else { g.update.update_watch_time };
         let runs = batch.instances.iter().map(|&k| {
             let how =

@@ -30,7 +30,7 @@ mod vm;
 pub use delete::delete_deployment;
 pub use driver::execute;
 pub use plan_view::plan_view;
-pub use prepare::{cloud_config_key, latest_cloud_config, prepare, store_variables, Prepared};
+pub use prepare::{cloud_config_key, latest_cloud_config, list_variables, prepare, store_variables, Prepared};
 pub use repair::{recreate_with_fencing, resurrect};
 pub use step::{DeployError, ExecOptions, StepError};
 pub(crate) use vm::delete_vm_of;

@@ -6,6 +6,7 @@ use crate::planner::{plan, Plan, PlanningInput, Requests};
 use crate::records::{CloudConfigRecord, InstanceRecord, ReleaseRecord, StemcellRecord};
 use crate::store::{tables, State, StoreError, Tree};
 use crate::Director;
+use bosun_types::api::VariableView;
 use bosun_types::cloud_config::CloudConfig;
 use bosun_types::manifest::{DeploymentManifest, VariableDefinition};
 use std::collections::{BTreeMap, BTreeSet};
@@ -16,9 +17,9 @@ pub struct Prepared {
     pub manifest: DeploymentManifest,
     pub cloud_config: CloudConfigRecord,
     pub plan: Plan,
-    /// Variables generated for this deploy (name, value, definition digest), to store when it
+    /// Variables generated for this deploy, to store when it
     /// goes ahead.
-    pub generated: Vec<(String, serde_yaml::Value, String)>,
+    pub generated: Vec<GeneratedVariable>,
 }
 
 #[derive(serde::Deserialize)]
@@ -31,13 +32,31 @@ pub(crate) fn variable_key(deployment: &str, name: &str) -> String {
     format!("{deployment}/{name}")
 }
 
-/// The deployment's stored variables, opened.
+/// A variable the director generated for a deploy.
+pub struct GeneratedVariable {
+    pub name: String,
+    pub kind: String,
+    pub value: serde_yaml::Value,
+    /// [`definition_digest`] of what it was generated from.
+    pub definition: String,
+}
+
 /// A stored variable: its value and a digest of the definition it was generated from (absent in
-/// what older directors stored), which `update_mode: converge` compares.
+/// what older directors stored), which `update_mode: converge` compares; its type, id and when it
+/// was generated, which `bosun variables` shows (absent in what older directors stored).
 #[derive(serde::Serialize, serde::Deserialize)]
 #[serde(untagged)]
 enum StoredVariable {
-    Generated { value: serde_yaml::Value, definition: String },
+    Generated {
+        value: serde_yaml::Value,
+        definition: String,
+        #[serde(default)]
+        kind: Option<String>,
+        #[serde(default)]
+        id: Option<u64>,
+        #[serde(default)]
+        generated_at: Option<u64>,
+    },
     Value(serde_yaml::Value),
 }
 
@@ -58,7 +77,7 @@ async fn load_variables(
         let name = key[prefix.len()..].to_string();
         let plain = d.secrets.open(&sealed).map_err(|e| DeployError::Input(format!("variable `{name}`: {e}")))?;
         match serde_json::from_slice(&plain) {
-            Ok(StoredVariable::Generated { value, definition }) => out.insert(name, (value, Some(definition))),
+            Ok(StoredVariable::Generated { value, definition, .. }) => out.insert(name, (value, Some(definition))),
             Ok(StoredVariable::Value(value)) => out.insert(name, (value, None)),
             Err(_) => None,
         };
@@ -66,18 +85,37 @@ async fn load_variables(
     Ok(out)
 }
 
-/// Stores generated variables (value and definition digest), sealed.
-pub async fn store_variables(
-    d: &Director,
-    deployment: &str,
-    vars: &[(String, serde_yaml::Value, String)],
-) -> Result<(), StoreError> {
-    for (name, value, definition) in vars {
-        let stored = StoredVariable::Generated { value: value.clone(), definition: definition.clone() };
+/// Stores generated variables (value, definition digest, type, a new id, the time), sealed.
+pub async fn store_variables(d: &Director, deployment: &str, vars: &[GeneratedVariable]) -> Result<(), StoreError> {
+    for v in vars {
+        let stored = StoredVariable::Generated {
+            value: v.value.clone(),
+            definition: v.definition.clone(),
+            kind: Some(v.kind.clone()),
+            id: Some(d.state.next_id("variable").await?),
+            generated_at: Some(d.clock.unix_secs()),
+        };
         let sealed = d.secrets.seal(&serde_json::to_vec(&stored).expect("serializable"));
-        d.state.kv().put(Tree::Variables, &variable_key(deployment, name), &sealed).await?;
+        d.state.kv().put(Tree::Variables, &variable_key(deployment, &v.name), &sealed).await?;
     }
     Ok(())
+}
+
+/// A deployment's stored variables without their values (`bosun variables`): name, type, id and
+/// generation time, as far as the director that stored each recorded them.
+pub async fn list_variables(d: &Director, deployment: &str) -> Result<Vec<VariableView>, DeployError> {
+    let prefix = variable_key(deployment, "");
+    let mut out = Vec::new();
+    for (key, sealed) in d.state.kv().scan_prefix(Tree::Variables, &prefix).await? {
+        let name = key[prefix.len()..].to_string();
+        let plain = d.secrets.open(&sealed).map_err(|e| DeployError::Input(format!("variable `{name}`: {e}")))?;
+        let (kind, id, generated_at) = match serde_json::from_slice(&plain) {
+            Ok(StoredVariable::Generated { kind, id, generated_at, .. }) => (kind, id, generated_at),
+            _ => (None, None, None),
+        };
+        out.push(VariableView { name, kind, id, generated_at });
+    }
+    Ok(out)
 }
 
 pub async fn latest_cloud_config(state: &State) -> Result<Option<CloudConfigRecord>, StoreError> {
@@ -167,7 +205,7 @@ fn decide(
                 .as_ref()
                 .and_then(|o| o.get("ca"))
                 .and_then(|c| c.as_str())
-                .is_some_and(|ca| generated.iter().any(|(n, _, _): &(String, _, _)| n == ca));
+                .is_some_and(|ca| generated.iter().any(|g: &GeneratedVariable| g.name == ca));
             if !regenerate && !ca_changed {
                 values.insert(def.name.clone(), v.clone());
                 continue;
@@ -184,7 +222,12 @@ fn decide(
         let v = bosun_types::vars::generate(def, &|n| values.get(n).cloned(), bosun_types::vars::Generator::Director)
             .map_err(|e| input(format!("manifest: /variables: {e}")))?;
         values.insert(def.name.clone(), v.clone());
-        generated.push((def.name.clone(), v, digest));
+        generated.push(GeneratedVariable {
+            name: def.name.clone(),
+            kind: def.kind.clone(),
+            value: v,
+            definition: digest,
+        });
     }
     bosun_types::vars::interpolate(&mut raw, &|n| values.get(n).cloned(), true)
         .map_err(|e| input(format!("manifest: {e}")))?;

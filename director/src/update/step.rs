@@ -18,6 +18,9 @@ pub enum DeployError {
     Input(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// An operator cancelled the task; it stopped at a checkpoint.
+    #[error(transparent)]
+    Cancelled(#[from] crate::tasks::Cancelled),
     /// A package did not compile; no instance was touched.
     #[error("compiling package `{package}`: {message}")]
     Compile { package: String, message: String },
