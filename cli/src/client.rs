@@ -269,7 +269,12 @@ impl Client {
                 return match page.task.state {
                     TaskState::Done => {
                         if !quiet {
-                            eprintln!("Task {id} done: {result}");
+                            let took =
+                                page.task.ended_at.unwrap_or(page.task.started_at).saturating_sub(page.task.started_at);
+                            eprintln!(
+                                "Task {id} done: {result} (in {})",
+                                humantime::format_duration(Duration::from_secs(took))
+                            );
                         }
                         Ok(result)
                     }

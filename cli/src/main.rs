@@ -143,6 +143,26 @@ enum Command {
     /// List uploaded stemcells.
     #[command(after_help = "Example:\n  bosun stemcells")]
     Stemcells,
+    /// Delete an uploaded stemcell (and its image in the cloud); refused while a deployment uses
+    /// it.
+    #[command(after_help = "Example:\n  bosun delete-stemcell bosun-local/1")]
+    DeleteStemcell {
+        /// NAME/VERSION, as `bosun stemcells` lists it.
+        stemcell: String,
+    },
+    /// Delete an uploaded release, one version or all; refused while a deployment needs it.
+    #[command(after_help = "Example:\n  bosun delete-release kubo/1.0.0")]
+    DeleteRelease {
+        /// NAME or NAME/VERSION.
+        release: String,
+    },
+    /// Delete what nothing needs: releases and stemcells but the newest two versions of each
+    /// (with --all: every unused one, and the orphaned disks), compiled packages left over, blobs.
+    #[command(after_help = "Example:\n  bosun clean-up --all")]
+    CleanUp {
+        #[arg(long)]
+        all: bool,
+    },
     /// Deploy a manifest: shows the plan, asks, then converges.
     #[command(
         after_help = "Example:\n  bosun -d quickstart deploy manifests/quickstart.yml -o ops.yml -v etcd_port=2379 --dry-run"
@@ -157,6 +177,9 @@ enum Command {
         /// Recreate every VM.
         #[arg(long)]
         recreate: bool,
+        /// Show property and env values in the manifest diff (they are redacted by default).
+        #[arg(long)]
+        no_redact: bool,
         #[command(flatten)]
         update: commands::deployments::UpdateArgs,
     },
@@ -433,8 +456,8 @@ async fn run(cli: Cli) -> Result<()> {
         Command::InspectRelease { release } => commands::artifacts::inspect_release(cli, release).await,
         Command::UploadStemcell { tarball } => commands::artifacts::upload_stemcell(cli, tarball).await,
         Command::Stemcells => commands::artifacts::stemcells(cli).await,
-        Command::Deploy { manifest: path, vars, dry_run, recreate, update } => {
-            commands::deployments::deploy(cli, path, vars, dry_run, recreate, update).await
+        Command::Deploy { manifest: path, vars, dry_run, recreate, no_redact, update } => {
+            commands::deployments::deploy(cli, path, vars, dry_run, recreate, *no_redact, update).await
         }
         Command::Deployments => commands::deployments::deployments(cli).await,
         Command::Instances { ps, details } => commands::deployments::instances(cli, *ps, *details).await,
@@ -466,6 +489,9 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Start(args) => instance_command(cli, InstanceCommand::Start, args, false).await,
         Command::Disks { .. } => commands::disks::orphaned(cli).await,
         Command::DeleteDisk { disk_cid } => commands::disks::delete_disk(cli, disk_cid).await,
+        Command::DeleteStemcell { stemcell } => commands::artifacts::delete_stemcell(cli, stemcell).await,
+        Command::DeleteRelease { release } => commands::artifacts::delete_release(cli, release).await,
+        Command::CleanUp { all } => commands::artifacts::clean_up(cli, *all).await,
         Command::DeleteDeployment => commands::deployments::delete_deployment(cli).await,
         Command::Interpolate { file, vars, var_errs, var_errs_unused, path } => {
             commands::interpolate::interpolate(file, vars, *var_errs, *var_errs_unused, path).await

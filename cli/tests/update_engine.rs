@@ -1,7 +1,7 @@
 //! The update engine on real agents through the local CPI, with the testbed release's `sleeper`
 //! job (a process that records each start on the instance's store and sleeps): a failing canary,
 //! a hanging drain, create-swap-delete, and the recreate / restart / stop / start commands. Each
-//! test has its own subnet (127.0.43–46.0/24; cancellation 127.0.49.0/24).
+//! test has its own subnet (127.0.43–46.0/24; cancellation 127.0.49.0/24, clean-up 127.0.42.0/24).
 
 mod common;
 
@@ -41,6 +41,9 @@ fn a_failing_canary_stops_the_deploy_and_leaves_the_other_instances_untouched() 
     assert_eq!(plan.matches("update: job `sleeper`: property `fail_start` changed").count(), 3, "{plan}");
     assert!(plan.contains("batch 1 (canary), az z1: sleeper/"), "{plan}");
     assert!(plan.contains("batch 3, az z3: sleeper/"), "{plan}");
+    assert!(plan.contains("fail_start: <redacted>"), "property values are redacted: {plan}");
+    let shown = d.ok(&["-d", "canary", "deploy", bad.to_str().unwrap(), "--dry-run", "--no-redact"]);
+    assert!(shown.contains("fail_start: true") && !shown.contains("<redacted>"), "{shown}");
 
     let out = deploy(&d, "canary", &bad, &[]);
     let err = String::from_utf8_lossy(&out.stderr);
@@ -277,4 +280,90 @@ fn a_cancelled_deploy_stops_after_the_instance_in_flight_frees_its_lock_and_the_
     for i in &converged {
         assert!(details.contains(i["agent_id"].as_str().unwrap()), "{details}");
     }
+
+    // A job process that dies is restarted by the agent's supervisor, and the timeline says so.
+    let victim = &converged[2];
+    let name = victim["instance"].as_str().unwrap().to_string();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid(victim) as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let event = eventually("a `process restarted` event", Duration::from_secs(30), || {
+        let events = d.json(&["-d", "cancel", "events", "--instance", &name]);
+        events.as_array()?.iter().find(|e| e["action"] == "process restarted").cloned()
+    });
+    let message = event["message"].as_str().unwrap();
+    assert!(message.starts_with("sleeper/sleeper restarted by its supervisor (1 restart in all"), "{event}");
+    assert!(message.contains("last exit: signal: 9"), "{event}");
+}
+
+/// `delete-stemcell`, `delete-release` and `clean-up [--all]` remove what nothing needs and refuse
+/// what a deployment needs, naming it.
+#[test]
+fn uploads_nothing_needs_are_deleted_and_what_a_deployment_needs_is_refused() {
+    let d = TestDirector::start();
+    d.prepare_with(&d.write("cloud.yml", &local_cloud_config(42)), &testbed_release());
+    for v in ["2", "3"] {
+        d.ok(&["upload-stemcell", stemcell(v).to_str().unwrap()]);
+    }
+    let fixture = repo().join("cli/tests/fixtures/testbed");
+    for v in ["7", "8"] {
+        let tarball = d.dir.path().join(format!("testbed-{v}.tgz"));
+        d.ok(&["create-release", fixture.to_str().unwrap(), "--version", v, "--tarball", tarball.to_str().unwrap()]);
+        d.ok(&["upload-release", tarball.to_str().unwrap()]);
+    }
+    let stemcells = d.json(&["stemcells"]);
+    let cell = stemcells[0]["name"].as_str().unwrap().to_string();
+    let versions = |what: &str| -> Vec<String> {
+        let mut v: Vec<String> =
+            d.json(&[what]).as_array().unwrap().iter().map(|x| x["version"].as_str().unwrap().to_string()).collect();
+        v.sort();
+        v
+    };
+    let dev = versions("releases").into_iter().find(|v| v.contains("+dev")).expect("the dev release");
+    // Two instances with disks, then one: an orphaned disk for `clean-up --all`.
+    let two = d.write("two.yml", &sleeper_manifest("clean", 2, "hello", "", "  persistent_disk: 16", ""));
+    d.ok(&["-n", "-d", "clean", "deploy", two.to_str().unwrap()]);
+    let one = d.write("one.yml", &sleeper_manifest("clean", 1, "hello", "", "  persistent_disk: 16", ""));
+    d.ok(&["-n", "-d", "clean", "deploy", one.to_str().unwrap()]);
+    assert_eq!(d.json(&["disks", "--orphaned"]).as_array().unwrap().len(), 1);
+    // The instance the scale-in deleted was the task's, not the health monitor's business.
+    let events = d.json(&["-d", "clean", "events", "--limit", "1000"]);
+    let judged: Vec<&serde_json::Value> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "missing" || e["action"] == "unresponsive")
+        .collect();
+    assert!(judged.is_empty(), "{judged:?}");
+
+    // The deployment runs on stemcell 3 and release 8 (`latest` of each).
+    let refused = d.fails(2, &["-n", "delete-stemcell", &format!("{cell}/3")]);
+    assert!(refused.contains(&format!("stemcell {cell}/3 is used by deployment(s) clean")), "{refused}");
+    let refused = d.fails(2, &["-n", "delete-release", "testbed/8"]);
+    assert!(refused.contains("release testbed/8 is used by deployment(s) clean"), "{refused}");
+    let refused = d.fails(2, &["-n", "delete-release", "testbed"]);
+    assert!(refused.contains("release testbed/8 is used"), "every version at once: {refused}");
+    let wrong = d.fails(2, &["-n", "delete-stemcell", "no-version"]);
+    assert!(wrong.contains("write it as NAME/VERSION"), "{wrong}");
+    let missing = d.fails(2, &["-n", "delete-stemcell", &format!("{cell}/99")]);
+    assert!(missing.contains("is not uploaded"), "{missing}");
+
+    let out = d.ok(&["-n", "delete-stemcell", &format!("{cell}/1")]);
+    assert!(out.contains(&format!("deleted releases: none; stemcells: {cell}/1")), "{out}");
+    assert_eq!(versions("stemcells"), ["2", "3"]);
+    d.ok(&["-n", "delete-release", "testbed/7"]);
+    assert_eq!(versions("releases"), [dev.clone(), "8".to_string()]);
+
+    // Two versions of each are left: `clean-up` keeps the newest two; `--all` takes every unused
+    // one (the dev release's jobs are release 8's too, so no instance needs it) and the disk.
+    let out = d.ok(&["-n", "clean-up"]);
+    assert!(out.contains("deleted releases: none; stemcells: none"), "{out}");
+    let out = d.ok(&["-n", "clean-up", "--all"]);
+    assert!(out.contains(&format!("deleted releases: testbed/{dev}; stemcells: {cell}/2")), "{out}");
+    assert!(out.contains("1 orphaned disk(s)"), "{out}");
+    assert_eq!(versions("stemcells"), ["3"]);
+    assert_eq!(versions("releases"), ["8"]);
+    assert_eq!(d.json(&["disks", "--orphaned"]), serde_json::json!([]));
+
+    // What stays still serves: a recreate renders and starts from release 8 on stemcell 3.
+    d.ok(&["-n", "-d", "clean", "recreate"]);
+    d.running("clean", 1);
 }

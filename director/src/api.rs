@@ -116,6 +116,9 @@ pub fn router(d: Arc<Director>) -> Router {
         .route("/v1/tasks/{id}", get(get_task))
         .route("/v1/tasks/{id}/cancel", post(cancel_task))
         .route("/v1/locks", get(list_locks))
+        .route("/v1/releases/{name}", delete(delete_release))
+        .route("/v1/stemcells/{name}/{version}", delete(delete_stemcell))
+        .route("/v1/clean-up", post(clean_up))
         .route("/v1/tasks/{id}/events", get(task_events))
         .merge(uploads)
         .layer(DefaultBodyLimit::max(16 << 20)) // BODY_LIMIT
@@ -626,7 +629,7 @@ async fn plan(
     }
     let prepared = prepare(&d, &req.manifest, &deploy_requests(&req)).await?;
     let old = d.state.get(tables::DEPLOYMENTS, &name).await?.map(|r| r.manifest);
-    Ok(Json(update::plan_view(&prepared.plan, old.as_deref(), &req.manifest)))
+    Ok(Json(update::plan_view(&prepared.plan, old.as_deref(), &req.manifest, !req.no_redact)))
 }
 
 async fn deploy(State(d): Shared, Json(req): Json<DeployRequest>) -> Result<Json<TaskCreated>, ApiError> {
@@ -643,7 +646,7 @@ async fn instance_command_plan(
 ) -> Result<Json<PlanView>, ApiError> {
     let manifest = deployment_record(&d, &name).await?.manifest;
     let prepared = prepare(&d, &manifest, &command_requests(&req)?).await?;
-    Ok(Json(update::plan_view(&prepared.plan, Some(&manifest), &manifest)))
+    Ok(Json(update::plan_view(&prepared.plan, Some(&manifest), &manifest, true)))
 }
 
 async fn instance_command(
@@ -912,6 +915,84 @@ async fn cancel_task(State(d): Shared, Path(id): Path<u64>) -> Result<(StatusCod
         Err(e @ crate::tasks::CancelError::Finished { .. }) => Err(ApiError::conflict(e.to_string())),
         Err(crate::tasks::CancelError::Store(e)) => Err(e.into()),
     }
+}
+
+#[derive(serde::Deserialize)]
+struct DeleteReleaseQuery {
+    /// One version; all versions when absent.
+    version: Option<String>,
+}
+
+/// `delete-release NAME[/VERSION]`: refused (409) naming the deployments that need it.
+async fn delete_release(
+    State(d): Shared,
+    Path(name): Path<String>,
+    Query(q): Query<DeleteReleaseQuery>,
+) -> Result<Json<TaskCreated>, ApiError> {
+    let inventory = crate::cleanup::Inventory::load(&d).await?;
+    let releases: Vec<ReleaseRecord> = inventory
+        .releases
+        .iter()
+        .filter(|r| r.name == name && q.version.as_ref().is_none_or(|v| *v == r.version))
+        .cloned()
+        .collect();
+    let what = match &q.version {
+        Some(v) => format!("{name}/{v}"),
+        None => name.clone(),
+    };
+    if releases.is_empty() {
+        return Err(ApiError::not_found(format!("release {what} is not uploaded (see `bosun releases`)")));
+    }
+    let refused = crate::cleanup::refusals(&inventory, &releases, &[]);
+    if !refused.is_empty() {
+        return Err(ApiError::conflict(refused.join("; ")));
+    }
+    let task = d.tasks.create(&format!("delete release {what}"), None, false).await?;
+    let id = task.id;
+    task.clone()
+        .run(async move { crate::cleanup::remove(&d, &task, releases, vec![], false).await.map(|r| r.to_string()) });
+    Ok(Json(TaskCreated { task_id: id }))
+}
+
+/// `delete-stemcell NAME/VERSION`: refused (409) naming the deployments that need it.
+async fn delete_stemcell(
+    State(d): Shared,
+    Path((name, version)): Path<(String, String)>,
+) -> Result<Json<TaskCreated>, ApiError> {
+    let inventory = crate::cleanup::Inventory::load(&d).await?;
+    let Some(stemcell) = inventory.stemcells.iter().find(|s| s.name == name && s.version == version).cloned() else {
+        return Err(ApiError::not_found(format!("stemcell {name}/{version} is not uploaded (see `bosun stemcells`)")));
+    };
+    let refused = crate::cleanup::refusals(&inventory, &[], std::slice::from_ref(&stemcell));
+    if !refused.is_empty() {
+        return Err(ApiError::conflict(refused.join("; ")));
+    }
+    let task = d.tasks.create(&format!("delete stemcell {name}/{version}"), None, false).await?;
+    let id = task.id;
+    task.clone().run(async move {
+        crate::cleanup::remove(&d, &task, vec![], vec![stemcell], false).await.map(|r| r.to_string())
+    });
+    Ok(Json(TaskCreated { task_id: id }))
+}
+
+#[derive(serde::Deserialize)]
+struct CleanUpRequest {
+    #[serde(default)]
+    all: bool,
+}
+
+/// `clean-up [--all]`: releases and stemcells nothing needs (all but the newest two versions of
+/// each, or all of them), compiled packages left over, with `all` the orphaned disks too.
+async fn clean_up(State(d): Shared, Json(req): Json<CleanUpRequest>) -> Result<Json<TaskCreated>, ApiError> {
+    let description = if req.all { "clean up (all)" } else { "clean up" };
+    let task = d.tasks.create(description, None, false).await?;
+    let id = task.id;
+    task.clone().run(async move {
+        let inventory = crate::cleanup::Inventory::load(&d).await.map_err(|e| e.to_string())?;
+        let (releases, stemcells) = inventory.unused(req.all);
+        crate::cleanup::remove(&d, &task, releases, stemcells, req.all).await.map(|r| r.to_string())
+    });
+    Ok(Json(TaskCreated { task_id: id }))
 }
 
 async fn list_locks(State(d): Shared) -> Result<Json<Vec<bosun_types::api::LockView>>, ApiError> {

@@ -9,6 +9,7 @@ pub mod api;
 pub mod blob_gc;
 pub mod blobstore;
 pub mod cck;
+pub mod cleanup;
 pub mod clock;
 pub mod compiled_cache;
 pub mod compiled_releases;

@@ -146,6 +146,9 @@ pub struct DeployRequest {
     pub recreate: bool,
     #[serde(default)]
     pub overrides: UpdateOverrides,
+    /// Show property and env values in the plan's diff (bosh's `--no-redact`).
+    #[serde(default)]
+    pub no_redact: bool,
 }
 
 /// `bosun recreate | restart | stop | start` on a deployment or some of its instances.
@@ -338,7 +341,8 @@ pub struct OrphanedDiskView {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PlanView {
     pub deployment: String,
-    /// Unified diff of the stored manifest against the new one, property values redacted.
+    /// Unified diff of the stored manifest against the new one, property values redacted unless
+    /// `no_redact` was asked for.
     pub manifest_diff: Vec<String>,
     pub groups: Vec<GroupPlanView>,
     /// Packages to compile first (or take from the compiled-package cache), dependencies first:

@@ -1,7 +1,8 @@
 //! Releases and stemcells: `create-release`, `sync-blobs`, `upload-release`, `releases`,
-//! `upload-stemcell`, `stemcells`.
+//! `upload-stemcell`, `stemcells`, and removing them: `delete-release`, `delete-stemcell`,
+//! `clean-up`.
 
-use crate::{client, output, print_json, release, Cli, InputError};
+use crate::{client, confirm, output, print_json, release, Cli, InputError};
 use anyhow::Result;
 use bosun_types::api::*;
 use std::path::{Path, PathBuf};
@@ -161,4 +162,61 @@ pub async fn inspect_release(cli: &Cli, release: &str) -> Result<()> {
         .collect();
     print!("{}", output::table(&["Package", "Fingerprint", "Dependencies", "Compiled for"], &packages));
     Ok(())
+}
+
+/// Path segments an operator typed, checked before they go into a URL.
+fn name_and_version(what: &str, text: &str, version_required: bool) -> Result<(String, Option<String>)> {
+    let (name, version) = match text.split_once('/') {
+        Some((n, v)) => (n, Some(v)),
+        None => (text, None),
+    };
+    // Names as uploads check them; versions may also hold `+` (`0+dev.3`).
+    let ok = |s: &str| {
+        !s.is_empty() && !s.starts_with('.') && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._+-".contains(&b))
+    };
+    if !ok(name) || version.is_some_and(|v| !ok(v)) || (version_required && version.is_none()) {
+        let form = if version_required { "NAME/VERSION" } else { "NAME or NAME/VERSION" };
+        return Err(InputError::new(format!("{what} `{text}`: write it as {form}")).into());
+    }
+    Ok((name.to_string(), version.map(str::to_string)))
+}
+
+pub async fn delete_stemcell(cli: &Cli, stemcell: &str) -> Result<()> {
+    let (name, version) = name_and_version("stemcell", stemcell, true)?;
+    let version = version.expect("required above");
+    eprintln!("Deleting stemcell {name}/{version} and its image in the cloud.");
+    if !confirm(cli)? {
+        return Err(InputError::new("delete cancelled").into());
+    }
+    let c = client(cli)?;
+    let t: TaskCreated = c.delete(&format!("/v1/stemcells/{name}/{version}")).await?;
+    c.follow_task(t.task_id, cli.json).await.map(|_| ())
+}
+
+pub async fn delete_release(cli: &Cli, release: &str) -> Result<()> {
+    let (name, version) = name_and_version("release", release, false)?;
+    let path = match &version {
+        Some(v) => format!("/v1/releases/{name}?version={}", v.replace('+', "%2B")),
+        None => format!("/v1/releases/{name}"),
+    };
+    eprintln!("Deleting release {release}{}.", if version.is_none() { " (every version)" } else { "" });
+    if !confirm(cli)? {
+        return Err(InputError::new("delete cancelled").into());
+    }
+    let c = client(cli)?;
+    let t: TaskCreated = c.delete(&path).await?;
+    c.follow_task(t.task_id, cli.json).await.map(|_| ())
+}
+
+pub async fn clean_up(cli: &Cli, all: bool) -> Result<()> {
+    eprintln!(
+        "Deleting releases and stemcells no deployment needs{}.",
+        if all { ", and every orphaned disk" } else { " (the newest two versions of each stay)" }
+    );
+    if !confirm(cli)? {
+        return Err(InputError::new("clean-up cancelled").into());
+    }
+    let c = client(cli)?;
+    let t: TaskCreated = c.post_json("/v1/clean-up", &serde_json::json!({ "all": all })).await?;
+    c.follow_task(t.task_id, cli.json).await.map(|_| ())
 }

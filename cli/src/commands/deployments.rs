@@ -14,6 +14,7 @@ pub async fn deploy(
     vars: &manifest::VarArgs,
     dry_run: &bool,
     recreate: &bool,
+    no_redact: bool,
     update: &UpdateArgs,
 ) -> Result<()> {
     let doc = manifest::load(path, vars, manifest::Unanswered::LeaveDeclared)?;
@@ -35,6 +36,7 @@ pub async fn deploy(
         manifest: bosun_types::yaml_v2::to_string(&doc),
         recreate: *recreate,
         overrides: update.overrides(),
+        no_redact,
     };
     let c = client(cli)?;
     let plan: PlanView = c.post_json(&format!("/v1/deployments/{name}/plan"), &request).await?;

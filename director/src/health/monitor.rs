@@ -59,6 +59,9 @@ struct Monitor {
     meltdown: MeltdownTracker,
     /// VMs whose agent's connection dropped and that were asked about already.
     probed: BTreeSet<(String, String)>,
+    /// Per instance key and VM cid: each process's restart count in the last heartbeat seen, so
+    /// a restart the agent's supervisor made becomes an event.
+    restarts: BTreeMap<(String, String), BTreeMap<(String, String), u32>>,
 }
 
 /// Runs the monitor for the director's lifetime. A panic in a pass is caught: it is logged and
@@ -106,23 +109,60 @@ where
 }
 
 impl Monitor {
+    /// Records an event for each process the agent restarted since the last heartbeat seen (the
+    /// first one seen of a VM only sets the counts).
+    async fn note_restarts(
+        &mut self,
+        d: &Arc<Director>,
+        rec: &InstanceRecord,
+        key: &(String, String),
+        processes: &[bosun_types::protocol::ProcessState],
+    ) {
+        let now: BTreeMap<(String, String), u32> =
+            processes.iter().map(|p| ((p.job.clone(), p.name.clone()), p.restarts)).collect();
+        let Some(before) = self.restarts.insert(key.clone(), now) else { return };
+        for p in processes {
+            let seen = before.get(&(p.job.clone(), p.name.clone())).copied().unwrap_or(p.restarts);
+            if p.restarts <= seen {
+                continue;
+            }
+            let mut message = format!(
+                "{}/{} restarted by its supervisor ({} restart{} in all",
+                p.job,
+                p.name,
+                p.restarts,
+                if p.restarts == 1 { "" } else { "s" }
+            );
+            if let Some(exit) = &p.last_exit {
+                message.push_str(&format!("; last exit: {exit}"));
+            }
+            message.push(')');
+            if let Some(words) = &p.last_words {
+                message.push_str(&format!("; its last words: {words}"));
+            }
+            let subject = EventSubject::instance(&rec.deployment, &rec.name());
+            d.events.record(subject, "process restarted", CAUSE, message).await;
+        }
+    }
+
     async fn pass(&mut self, d: &Arc<Director>) -> Result<(), StoreError> {
         crate::fault::panic_point(crate::fault::PanicPoint::HealthPass);
         let now = d.clock.now();
         let instances: Vec<InstanceRecord> = d.state.list(tables::INSTANCES, "").await?;
-        // An instance a running task is updating (dirty, its deployment locked) is the updater's:
-        // its agent may restart, its VM be replaced.
+        // An instance a running task is updating or deleting (dirty or deleting, its deployment
+        // locked) is that task's: its agent may restart, its VM be replaced or gone.
         let locked: BTreeSet<String> =
             d.state.kv().scan_prefix(Tree::Locks, "").await?.into_iter().map(|(k, _)| k).collect();
         let watched: Vec<&InstanceRecord> = instances
             .iter()
             .filter(|r| r.vm.is_some() && r.state == DesiredState::Started)
-            .filter(|r| !(r.dirty && locked.contains(&r.deployment)))
+            .filter(|r| !((r.dirty || r.deleting) && locked.contains(&r.deployment)))
             .collect();
         let keys: BTreeSet<(String, String)> =
             watched.iter().map(|r| (r.key(), r.vm.as_ref().expect("watched").cid.clone())).collect();
         self.tracked.retain(|k, _| keys.contains(k));
         self.probed.retain(|k| keys.contains(k));
+        self.restarts.retain(|k, _| keys.contains(k));
         let live_vms: BTreeSet<&str> = instances.iter().filter_map(|r| r.vm.as_ref()).map(|v| v.cid.as_str()).collect();
         d.sightings.retain(|cid| live_vms.contains(cid));
 
@@ -136,6 +176,9 @@ impl Monitor {
                 // Heard from: what the CPI said before no longer stands.
                 self.probed.remove(&key);
                 d.sightings.forget(&vm.cid);
+            }
+            if let Some(hb) = status.as_ref().and_then(|s| s.heartbeat.as_ref()) {
+                self.note_restarts(d, rec, &key, &hb.processes).await;
             }
             let previous = self.tracked.get(&key).map(|t| t.health);
             // An agent whose connection dropped is asked about at once: if its VM is gone there is

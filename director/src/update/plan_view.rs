@@ -24,10 +24,14 @@ pub(crate) fn redact(v: &mut serde_yaml::Value, under_secret: bool) {
     }
 }
 
-pub(crate) fn redacted_yaml(text: &str) -> String {
+/// A manifest as the diff shows it: written in one form, property and env values redacted unless
+/// the operator asked to see them (`--no-redact`).
+pub(crate) fn shown_yaml(text: &str, redacted: bool) -> String {
     match serde_yaml::from_str::<serde_yaml::Value>(text) {
         Ok(mut v) => {
-            redact(&mut v, false);
+            if redacted {
+                redact(&mut v, false);
+            }
             serde_yaml::to_string(&v).unwrap_or_default()
         }
         Err(_) => String::new(),
@@ -43,9 +47,9 @@ pub(crate) fn instance_label(i: &InstancePlan) -> String {
     }
 }
 
-pub fn plan_view(plan: &Plan, old_manifest: Option<&str>, new_manifest: &str) -> PlanView {
-    let old = old_manifest.map(redacted_yaml).unwrap_or_default();
-    let new = redacted_yaml(new_manifest);
+pub fn plan_view(plan: &Plan, old_manifest: Option<&str>, new_manifest: &str, redacted: bool) -> PlanView {
+    let old = old_manifest.map(|m| shown_yaml(m, redacted)).unwrap_or_default();
+    let new = shown_yaml(new_manifest, redacted);
     let diff = similar::TextDiff::from_lines(&old, &new);
     let mut manifest_diff = Vec::new();
     for group in diff.grouped_ops(2) {
