@@ -106,20 +106,22 @@ impl Compiler<'_> {
         Ok(CompiledPackage { compiled, packaging_ms })
     }
 
-    /// `put_blob`: ask, send the bytes, hear whether the director stored them.
     async fn upload(&self, archive: &Path, blob: &BlobRef) -> Result<(), CompileError> {
-        let up = |m: String| CompileError::Upload(m);
-        let stream = self.dialer.connect().await.map_err(|e| up(format!("connecting to the director: {e}")))?;
-        let mut stream = tokio::io::BufReader::new(stream);
-        let ask =
-            AgentMessage::PutBlob { agent_id: self.agent_id.to_string(), digest: blob.digest.clone(), size: blob.size };
-        stream.get_mut().write_all(&encode_line(&ask)).await.map_err(|e| up(format!("asking: {e}")))?;
-        read_header(&mut stream).await.map_err(up)?;
-        let mut file = tokio::fs::File::open(archive).await.map_err(|e| up(format!("{}: {e}", archive.display())))?;
-        tokio::io::copy(&mut file, stream.get_mut()).await.map_err(|e| up(format!("sending: {e}")))?;
-        stream.get_mut().flush().await.map_err(|e| up(format!("sending: {e}")))?;
-        read_header(&mut stream).await.map_err(up)
+        put_blob(self.dialer, self.agent_id, archive, blob).await.map_err(CompileError::Upload)
     }
+}
+
+/// `put_blob`: ask, send the bytes, hear whether the director stored them.
+pub(crate) async fn put_blob(dialer: &Dialer, agent_id: &str, archive: &Path, blob: &BlobRef) -> Result<(), String> {
+    let stream = dialer.connect().await.map_err(|e| format!("connecting to the director: {e}"))?;
+    let mut stream = tokio::io::BufReader::new(stream);
+    let ask = AgentMessage::PutBlob { agent_id: agent_id.to_string(), digest: blob.digest.clone(), size: blob.size };
+    stream.get_mut().write_all(&encode_line(&ask)).await.map_err(|e| format!("asking: {e}"))?;
+    read_header(&mut stream).await?;
+    let mut file = tokio::fs::File::open(archive).await.map_err(|e| format!("{}: {e}", archive.display()))?;
+    tokio::io::copy(&mut file, stream.get_mut()).await.map_err(|e| format!("sending: {e}"))?;
+    stream.get_mut().flush().await.map_err(|e| format!("sending: {e}"))?;
+    read_header(&mut stream).await
 }
 
 async fn read_header<S: tokio::io::AsyncRead + Unpin>(stream: &mut tokio::io::BufReader<S>) -> Result<(), String> {

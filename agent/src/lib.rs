@@ -16,6 +16,7 @@ pub mod disks;
 pub mod installer;
 pub mod layout;
 pub mod logrotate;
+pub mod logs;
 pub mod scripts;
 pub mod session;
 pub mod supervisor;

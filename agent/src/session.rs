@@ -420,6 +420,23 @@ impl Agent {
                 let result = crate::scripts::run_errand(&self.layout, &job, Duration::from_millis(timeout_ms)).await?;
                 Ok(serde_json::to_value(result).expect("serializable"))
             }
+            AgentCommand::FetchLogs { jobs, max_bytes } => {
+                static PACKED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                let n = PACKED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let archive = self.layout.root.join("data/tmp").join(format!("logs-{n}.tgz"));
+                let (layout, at) = (self.layout.clone(), archive.clone());
+                let blob = tokio::task::spawn_blocking(move || crate::logs::pack_logs(&layout, &jobs, max_bytes, &at))
+                    .await
+                    .map_err(|e| format!("packing the logs: {e}"))?;
+                let uploaded = match &blob {
+                    Ok(b) => crate::compiler::put_blob(&self.dialer, &self.settings.agent_id, &archive, b).await,
+                    Err(_) => Ok(()),
+                };
+                let _ = tokio::fs::remove_file(&archive).await;
+                let blob = blob?;
+                uploaded?;
+                Ok(serde_json::to_value(blob).expect("serializable"))
+            }
             AgentCommand::CompilePackage { package, timeout_ms, build_cache } => {
                 let _op = self.op_lock.lock().await;
                 let compiler = crate::compiler::Compiler {

@@ -176,7 +176,15 @@ impl Client {
         use tokio::io::AsyncWriteExt;
         let resp = self.send(self.request(reqwest::Method::GET, path)).await?;
         let tmp = to.with_extension("partial");
-        let mut file = tokio::fs::File::create(&tmp).await.with_context(|| format!("creating {}", tmp.display()))?;
+        // Owner-only from the start: a download may be logs or a compiled release.
+        let mut file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .await
+            .with_context(|| format!("creating {}", tmp.display()))?;
         let mut body = resp.bytes_stream();
         let mut n = 0u64;
         let written: Result<()> = async {

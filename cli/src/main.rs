@@ -316,9 +316,25 @@ enum Command {
     /// their values).
     #[command(after_help = "Example:\n  bosun -d kubo variables")]
     Variables,
+    /// Download instances' job logs: one `.tgz` each (the newest 128 MiB of each instance's logs).
+    #[command(after_help = "Example:\n  bosun -d quickstart logs etcd/0 --job etcd --dir /tmp")]
+    Logs {
+        /// GROUP/UUID or GROUP/INDEX; repeatable.
+        #[arg(required = true)]
+        instances: Vec<String>,
+        /// Only this job's logs (repeatable); every job's when none.
+        #[arg(long = "job", value_name = "NAME")]
+        jobs: Vec<String>,
+        /// Where to write `DEPLOYMENT.GROUP.ID.TIME.tgz`.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
     /// List the deployments locked by running tasks.
     #[command(after_help = "Example:\n  bosun locks")]
     Locks,
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(after_help = "Example:\n  bosun completion bash > /etc/bash_completion.d/bosun")]
+    Completion { shell: clap_complete::Shell },
     /// Delete a deployment: its VMs, disks and variables.
     #[command(after_help = "Example:\n  bosun -d quickstart delete-deployment -n")]
     DeleteDeployment,
@@ -476,6 +492,15 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Task { id } => commands::tasks::task(cli, id).await,
         Command::CancelTask { id } => commands::tasks::cancel_task(cli, *id).await,
         Command::Locks => commands::tasks::locks(cli).await,
+        Command::Logs { instances, jobs, dir } => commands::deployments::logs(cli, instances, jobs, dir).await,
+        Command::Completion { shell } => {
+            use clap::CommandFactory;
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "bosun", &mut script);
+            // Printed as every listing is, so a closed pipe ends it quietly.
+            print!("{}", String::from_utf8_lossy(&script));
+            Ok(())
+        }
         Command::Variables => commands::deployments::variables(cli).await,
         Command::Events { instance, task, since, before, limit } => {
             commands::tasks::events(cli, instance, task, since, before, limit).await

@@ -327,3 +327,20 @@ variables:
     let text = String::from_utf8_lossy(&subject.stdout);
     assert!(text.contains("CN = ca.example") || text.contains("CN=ca.example"), "{text}");
 }
+
+/// `completion SHELL` prints a script the shell accepts, naming every verb.
+#[test]
+fn completion_scripts_name_every_verb_and_parse() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, script, err) = bosun(&["completion", "bash"], dir.path());
+    assert_eq!(code, 0, "{err}");
+    for verb in ["deploy", "cancel-task", "delete-stemcell", "clean-up", "vms", "interpolate"] {
+        assert!(script.contains(verb), "{verb} missing");
+    }
+    let path = dir.path().join("bosun.bash");
+    std::fs::write(&path, &script).unwrap();
+    let check = std::process::Command::new("bash").arg("-n").arg(&path).output().unwrap();
+    assert!(check.status.success(), "bash -n: {}", String::from_utf8_lossy(&check.stderr));
+    let (code, _, err) = bosun(&["completion", "tcsh"], dir.path());
+    assert_eq!(code, 2, "an unknown shell is a usage error: {err}");
+}

@@ -292,6 +292,25 @@ fn a_cancelled_deploy_stops_after_the_instance_in_flight_frees_its_lock_and_the_
     let message = event["message"].as_str().unwrap();
     assert!(message.starts_with("sleeper/sleeper restarted by its supervisor (1 restart in all"), "{event}");
     assert!(message.contains("last exit: signal: 9"), "{event}");
+
+    // `logs`: the job's log files, packed on the VM and brought back owner-only.
+    let vm = victim["vm_cid"].as_str().unwrap();
+    let log_dir = d.cpi_base().join("vms").join(vm).join("root/data/sys/log/sleeper");
+    std::fs::write(log_dir.join("note.log"), "a line the operator wants\n").unwrap();
+    let out_dir = tempfile::tempdir().unwrap();
+    let index = format!("sleeper/{}", victim["index"]);
+    let listed =
+        d.json(&["-d", "cancel", "logs", &index, "--job", "sleeper", "--dir", out_dir.path().to_str().unwrap()]);
+    let path = std::path::PathBuf::from(listed[0]["path"].as_str().unwrap());
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    let listing = std::process::Command::new("tar").arg("-xzOf").arg(&path).arg("sleeper/note.log").output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&listing.stdout), "a line the operator wants\n");
+    let names = std::process::Command::new("tar").arg("-tzf").arg(&path).output().unwrap();
+    let names = String::from_utf8_lossy(&names.stdout);
+    assert!(names.contains("sleeper/sleeper.stderr.log"), "{names}");
+    let unknown = d.fails(2, &["-d", "cancel", "logs", "sleeper/99"]);
+    assert!(unknown.contains("has no instance `sleeper/99`"), "{unknown}");
 }
 
 /// `delete-stemcell`, `delete-release` and `clean-up [--all]` remove what nothing needs and refuse

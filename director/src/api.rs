@@ -100,6 +100,7 @@ pub fn router(d: Arc<Director>) -> Router {
         .route("/v1/deployments/{name}/manifest", get(get_manifest))
         .route("/v1/deployments/{name}/instances", get(list_instances))
         .route("/v1/deployments/{name}/variables", get(list_variables))
+        .route("/v1/deployments/{name}/logs", get(fetch_logs))
         .route("/v1/deployments/{name}/plan", post(plan))
         .route("/v1/deployments/{name}/instance-commands", post(instance_command))
         .route("/v1/deployments/{name}/instance-commands/plan", post(instance_command_plan))
@@ -310,6 +311,62 @@ async fn export_release(
             ExportError::Store(e) => ApiError::from(e),
             ExportError::Io(ref io) => ApiError::internal(io),
         })?;
+    let file = tokio::fs::File::open(&path).await.map_err(|e| ApiError::internal(&e));
+    let _ = tokio::fs::remove_file(&path).await;
+    let stream = tokio_util::io::ReaderStream::new(file?);
+    Ok(Response::builder()
+        .header("content-type", "application/gzip")
+        .body(Body::from_stream(stream))
+        .expect("a response builds"))
+}
+
+#[derive(serde::Deserialize)]
+struct LogsQuery {
+    /// `GROUP/UUID` or `GROUP/INDEX`.
+    instance: String,
+    /// Comma-separated job names; every job's logs when absent.
+    #[serde(default)]
+    job: Option<String>,
+}
+
+/// Log text one `bosun logs` brings from one instance, at most (the newest is kept).
+const MAX_LOG_BYTES: u64 = 128 << 20;
+
+/// `bosun logs`: the agent packs the instance's job logs (bounded) and uploads them; they are
+/// streamed to the caller and not kept (logs may hold what should not linger on the director).
+async fn fetch_logs(
+    State(d): Shared,
+    Path(name): Path<String>,
+    Query(q): Query<LogsQuery>,
+) -> Result<Response, ApiError> {
+    deployment_record(&d, &name).await?;
+    let instances: Vec<InstanceRecord> = d.state.list(tables::INSTANCES, &format!("{name}/")).await?;
+    let rec = instances
+        .iter()
+        .find(|r| r.name() == q.instance || format!("{}/{}", r.group, r.index) == q.instance)
+        .ok_or_else(|| ApiError::not_found(format!("deployment `{name}` has no instance `{}`", q.instance)))?;
+    let vm = rec.vm.as_ref().ok_or_else(|| ApiError::conflict(format!("{} has no VM", rec.name())))?;
+    let jobs: Vec<String> =
+        q.job.iter().flat_map(|j| j.split(',')).filter(|j| !j.is_empty()).map(str::to_string).collect();
+    if let Some(bad) = jobs.iter().find(|j| !bosun_types::yaml::is_safe_name(j)) {
+        return Err(ApiError::bad_request(format!("`{bad}` is not a job name")));
+    }
+    d.hub.allow_upload(&vm.agent_id, MAX_LOG_BYTES + (16 << 20));
+    let reply = d
+        .hub
+        .call(
+            &vm.agent_id,
+            bosun_types::protocol::AgentCommand::FetchLogs { jobs, max_bytes: MAX_LOG_BYTES },
+            Duration::from_secs(300),
+        )
+        .await;
+    d.hub.forbid_upload(&vm.agent_id);
+    let reply = reply.map_err(|e| {
+        ApiError::new(StatusCode::BAD_GATEWAY, "agent_failed", format!("{}: fetching logs: {e}", rec.name()))
+    })?;
+    let blob: bosun_types::protocol::BlobRef = serde_json::from_value(reply)
+        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "agent_failed", format!("a malformed answer: {e}")))?;
+    let path = d.blobstore.path(&blob.digest).map_err(|e| ApiError::internal(&e))?;
     let file = tokio::fs::File::open(&path).await.map_err(|e| ApiError::internal(&e));
     let _ = tokio::fs::remove_file(&path).await;
     let stream = tokio_util::io::ReaderStream::new(file?);

@@ -239,7 +239,7 @@ impl AgentHub {
         let name = command.name();
         // Commands that change something are journaled; reading state is not.
         let intent = match command {
-            AgentCommand::GetState => None,
+            AgentCommand::GetState | AgentCommand::FetchLogs { .. } => None,
             _ => Some(self.journal.begin(IntentOp::Agent(name.to_string()), agent_id).await.map_err(|e| {
                 HubError::Journal { agent: agent_id.to_string(), command: name, message: e.to_string() }
             })?),

@@ -259,6 +259,23 @@ fn a_property_change_updates_in_place_naming_the_property() {
 }
 
 #[test]
+fn properties_a_job_does_not_declare_are_warned_of_and_ignored() {
+    let w = World::new();
+    assert!(w.plan(&manifest(1, "")).unwrap().warnings.is_empty());
+    let typo = manifest(1, "").replace("properties: {port: 7000}", "properties: {port: 7000, prot: 1, tls: {ca: x}}");
+    let p = w.plan(&typo).unwrap();
+    assert_eq!(
+        p.warnings,
+        vec![
+            "/instance_groups/0/jobs/0/properties: job `member` declares no property `prot`; it is ignored",
+            "/instance_groups/0/jobs/0/properties: job `member` declares no property `tls.ca`; it is ignored",
+        ]
+    );
+    // Rendering is as before: the template sees only declared properties.
+    assert_eq!(p.groups[0].instances[0].jobs[0].files["config/cfg"].1, "me=10.0.0.20 port=7000 peers=10.0.0.20:7000 ");
+}
+
+#[test]
 fn vm_level_changes_recreate_with_reasons_and_keep_identity() {
     let mut w = World::new();
     let first = w.plan(&manifest(3, "")).unwrap();

@@ -351,6 +351,9 @@ pub struct PlanView {
     pub compilations: Vec<String>,
     /// Whether anything would change.
     pub changes: bool,
+    /// What does not stop the deploy but is likely a mistake (a property no job declares).
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -242,6 +242,14 @@ pub enum AgentCommand {
         job: String,
         timeout_ms: u64,
     },
+    /// Packs the job logs (of the jobs named, or every job's) into a `.tgz` holding at most
+    /// `max_bytes` of log text — the newest files first, the end of a file that does not fit —
+    /// and uploads it (`put_blob`). Answers a [`BlobRef`].
+    FetchLogs {
+        #[serde(default)]
+        jobs: Vec<String>,
+        max_bytes: u64,
+    },
 }
 
 impl AgentCommand {
@@ -257,6 +265,7 @@ impl AgentCommand {
             AgentCommand::MigrateDisk { .. } => "migrate_disk",
             AgentCommand::CompilePackage { .. } => "compile_package",
             AgentCommand::RunErrand { .. } => "run_errand",
+            AgentCommand::FetchLogs { .. } => "fetch_logs",
         }
     }
 }

@@ -170,10 +170,7 @@ fn name_and_version(what: &str, text: &str, version_required: bool) -> Result<(S
         Some((n, v)) => (n, Some(v)),
         None => (text, None),
     };
-    // Names as uploads check them; versions may also hold `+` (`0+dev.3`).
-    let ok = |s: &str| {
-        !s.is_empty() && !s.starts_with('.') && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._+-".contains(&b))
-    };
+    let ok = super::is_path_segment;
     if !ok(name) || version.is_some_and(|v| !ok(v)) || (version_required && version.is_none()) {
         let form = if version_required { "NAME/VERSION" } else { "NAME or NAME/VERSION" };
         return Err(InputError::new(format!("{what} `{text}`: write it as {form}")).into());

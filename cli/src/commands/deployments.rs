@@ -75,6 +75,40 @@ pub async fn deployments(cli: &Cli) -> Result<()> {
     Ok(())
 }
 
+/// `logs`: each instance's job logs into `DIR/DEPLOYMENT.GROUP.ID.TIME.tgz`, owner-only (logs may
+/// hold what others should not read).
+pub async fn logs(cli: &Cli, instances: &[String], jobs: &[String], dir: &Path) -> Result<()> {
+    let d = deployment(cli)?;
+    let safe = super::is_path_segment;
+    for i in instances {
+        if !i.split_once('/').is_some_and(|(g, id)| safe(g) && safe(id)) {
+            return Err(InputError::new(format!("instance `{i}`: write it as GROUP/UUID or GROUP/INDEX")).into());
+        }
+    }
+    if let Some(j) = jobs.iter().find(|j| !safe(j)) {
+        return Err(InputError::new(format!("`{j}` is not a job name")).into());
+    }
+    let c = client(cli)?;
+    let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string().replace(':', "");
+    let mut written = Vec::new();
+    for i in instances {
+        let mut path = format!("/v1/deployments/{d}/logs?instance={i}");
+        if !jobs.is_empty() {
+            path.push_str(&format!("&job={}", jobs.join(",")));
+        }
+        let to = dir.join(format!("{d}.{}.{stamp}.tgz", i.replace('/', ".")));
+        let bytes = c.download(&path, &to).await?;
+        if !cli.json {
+            println!("{i}: {} ({bytes} bytes)", to.display());
+        }
+        written.push(serde_json::json!({"instance": i, "path": to, "bytes": bytes}));
+    }
+    if cli.json {
+        return print_json(&written);
+    }
+    Ok(())
+}
+
 pub async fn variables(cli: &Cli) -> Result<()> {
     let d = deployment(cli)?;
     let v: Vec<VariableView> = client(cli)?.get(&format!("/v1/deployments/{d}/variables")).await?;
@@ -106,55 +140,10 @@ pub async fn instances(cli: &Cli, ps: bool, details: bool) -> Result<()> {
     if cli.json {
         return print_json(&v);
     }
-    let dash = || "-".to_string();
-    let mut header = vec!["Instance", "Index", "State", "AZ", "IPs", "VM CID", "Stemcell"];
-    if details {
-        header.extend(["Agent ID", "Disk CIDs", "Generation"]);
-    }
-    let mut rows = Vec::new();
-    for i in &v {
-        let mut row = vec![
-            format!("{}{}", i.instance, if i.bootstrap { "*" } else { "" }),
-            i.index.to_string(),
-            i.state.to_string(),
-            i.az.clone().unwrap_or_else(dash),
-            i.ips.join(", "),
-            i.vm_cid.clone().unwrap_or_else(dash),
-            i.stemcell.as_ref().map(|s| format!("{}/{}", s.name, s.version)).unwrap_or_else(dash),
-        ];
-        if details {
-            row.push(i.agent_id.clone().unwrap_or_else(dash));
-            row.push(if i.disk_cids.is_empty() { dash() } else { i.disk_cids.join(", ") });
-            row.push(i.generation.to_string());
-        }
-        rows.push(row);
-        for p in i.processes.iter().flatten() {
-            let mut row = vec![String::new(); header.len()];
-            row[0] = format!("~ {}/{}", p.job, p.name);
-            row[2] = format!("{:?}", p.state).to_lowercase();
-            rows.push(row);
-        }
-    }
     println!("Deployment '{d}'\n");
-    print!("{}", output::table(&header, &rows));
+    print!("{}", output::instances_table(&v, details));
     println!("(*) bootstrap");
     Ok(())
-}
-
-/// A percentage with the amount it stands for, as bosh prints memory: `41% (3.2 GB)`.
-fn percent_of(percent: f64, kb: u64) -> String {
-    format!("{percent:.0}% ({:.1} GB)", kb as f64 / 1024.0 / 1024.0)
-}
-
-/// Seconds as bosh prints an uptime: `3d 4h 5m 6s`.
-fn uptime(secs: u64) -> String {
-    let (d, h, m, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
-    match (d, h, m) {
-        (0, 0, 0) => format!("{s}s"),
-        (0, 0, _) => format!("{m}m {s}s"),
-        (0, _, _) => format!("{h}h {m}m {s}s"),
-        _ => format!("{d}d {h}h {m}m {s}s"),
-    }
 }
 
 pub async fn vms(cli: &Cli, vitals: bool) -> Result<()> {
@@ -164,61 +153,8 @@ pub async fn vms(cli: &Cli, vitals: bool) -> Result<()> {
     if cli.json {
         return print_json(&with_vm);
     }
-    let dash = || "-".to_string();
-    let mut header = vec!["Instance", "State", "AZ", "IPs", "VM CID", "Stemcell"];
-    if vitals {
-        header.extend([
-            "Uptime",
-            "Load (1m, 5m, 15m)",
-            "CPU Total",
-            "CPU User",
-            "CPU Sys",
-            "CPU Wait",
-            "Memory Usage",
-            "Swap Usage",
-            "System Disk Usage",
-            "Ephemeral Disk Usage",
-            "Persistent Disk Usage",
-        ]);
-    }
-    let rows: Vec<Vec<String>> = with_vm
-        .iter()
-        .map(|i| {
-            let mut row = vec![
-                i.instance.clone(),
-                i.state.to_string(),
-                i.az.clone().unwrap_or_else(dash),
-                i.ips.join(", "),
-                i.vm_cid.clone().unwrap_or_else(dash),
-                i.stemcell.as_ref().map(|s| format!("{}/{}", s.name, s.version)).unwrap_or_else(dash),
-            ];
-            if vitals {
-                match &i.vitals {
-                    Some(x) => {
-                        let disk = |k: &str| x.disk.get(k).map_or_else(dash, |p| format!("{p:.0}%"));
-                        row.extend([
-                            uptime(x.uptime_secs),
-                            format!("{:.2}, {:.2}, {:.2}", x.load[0], x.load[1], x.load[2]),
-                            format!("{:.1}%", x.cpu.user + x.cpu.sys + x.cpu.wait),
-                            format!("{:.1}%", x.cpu.user),
-                            format!("{:.1}%", x.cpu.sys),
-                            format!("{:.1}%", x.cpu.wait),
-                            percent_of(x.mem_percent, x.mem_kb),
-                            percent_of(x.swap_percent, x.swap_kb),
-                            disk("system"),
-                            disk("ephemeral"),
-                            disk("persistent"),
-                        ]);
-                    }
-                    // No heartbeat yet (or the agent is silent).
-                    None => row.extend(std::iter::repeat_n(dash(), 11)),
-                }
-            }
-            row
-        })
-        .collect();
     println!("Deployment '{d}'\n");
-    print!("{}", output::table(&header, &rows));
+    print!("{}", output::vms_table(&with_vm, vitals));
     Ok(())
 }
 

@@ -89,22 +89,7 @@ pub async fn events(
     if cli.json {
         return print_json(&v);
     }
-    let rows: Vec<Vec<String>> = v
-        .iter()
-        .map(|e| {
-            vec![
-                e.id.to_string(),
-                output::unix_time(e.time_ms / 1000),
-                e.action.clone(),
-                format!("{} {}", e.object_type, e.object_name),
-                e.deployment.clone().unwrap_or_else(|| "-".into()),
-                e.task.map(|t| t.to_string()).unwrap_or_else(|| "-".into()),
-                e.cause.clone(),
-                e.message.clone(),
-            ]
-        })
-        .collect();
-    print!("{}", output::table(&["ID", "Time", "Action", "Object", "Deployment", "Task", "Cause", "Message"], &rows));
+    print!("{}", output::events_table(&v));
     Ok(())
 }
 

@@ -65,7 +65,50 @@ pub fn plan(input: &PlanningInput<'_>, rng: &mut dyn RngCore) -> Result<Plan, Pl
     deletes.sort_by(|a, b| (a.group.as_str(), a.index).cmp(&(b.group.as_str(), b.index)));
     let delete_batches = batches::delete_batches(&deletes, &groups);
     let stages = stages(&groups);
-    Ok(Plan { deployment: input.manifest.name.clone(), groups, deletes, delete_batches, compilation, stages })
+    let warnings = undeclared_properties(input);
+    Ok(Plan { deployment: input.manifest.name.clone(), groups, deletes, delete_batches, compilation, stages, warnings })
+}
+
+/// Properties given to a job (its own `properties:`, where they are meant for it alone) that its
+/// spec declares nowhere: a misspelt or misplaced key a template will never see.
+fn undeclared_properties(input: &PlanningInput<'_>) -> Vec<String> {
+    fn leaves(v: &serde_json::Value, prefix: &str, out: &mut Vec<String>) {
+        match v.as_object() {
+            Some(m) if !m.is_empty() => {
+                for (k, x) in m {
+                    let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    leaves(x, &path, out);
+                }
+            }
+            _ => out.push(prefix.to_string()),
+        }
+    }
+    let mut warnings = Vec::new();
+    for (gi, g) in input.manifest.instance_groups.iter().enumerate() {
+        for (ji, j) in g.jobs.iter().enumerate() {
+            let (Some(given), Some(job)) = (j.properties.as_ref(), job_of(input, &j.release, &j.name)) else {
+                continue;
+            };
+            let declared: Vec<&str> = job.spec.properties.keys().map(String::as_str).collect();
+            let mut paths = Vec::new();
+            leaves(given, "", &mut paths);
+            for path in paths.iter().filter(|p| !p.is_empty()) {
+                // Known: a declared property, inside one (a map-valued property), or above one.
+                let known = declared.iter().any(|d| {
+                    path == d
+                        || path.strip_prefix(d).is_some_and(|r| r.starts_with('.'))
+                        || d.strip_prefix(path.as_str()).is_some_and(|r| r.starts_with('.'))
+                });
+                if !known {
+                    warnings.push(format!(
+                        "/instance_groups/{gi}/jobs/{ji}/properties: job `{}` declares no property `{path}`; it is ignored",
+                        j.name
+                    ));
+                }
+            }
+        }
+    }
+    warnings
 }
 
 /// Each group (by position in the manifest) with its placed instances.

@@ -216,6 +216,9 @@ pub struct Plan {
     /// The order groups are updated in: each stage's groups (positions in `groups`) at once,
     /// stage after stage. Manifest order; consecutive `serial: false` groups share a stage.
     pub stages: Vec<Vec<usize>>,
+    /// What the operator should hear of though nothing stops the deploy: properties given to a
+    /// job that its spec does not declare (ignored, as BOSH ignores them).
+    pub warnings: Vec<String>,
 }
 
 impl Plan {

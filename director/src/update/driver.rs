@@ -46,6 +46,9 @@ pub async fn execute(
         .await?;
     store_variables(d, &deployment, &prepared.generated).await?;
     d.state.flush().await?;
+    for w in &plan.warnings {
+        task.warn("plan", None, w.clone()).await;
+    }
     if !plan.has_changes() {
         task.info("plan", None, "no changes").await;
         return Ok("no changes".into());

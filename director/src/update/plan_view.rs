@@ -138,5 +138,12 @@ pub fn plan_view(plan: &Plan, old_manifest: Option<&str>, new_manifest: &str, re
             )
         })
         .collect();
-    PlanView { deployment: plan.deployment.clone(), manifest_diff, groups, compilations, changes: plan.has_changes() }
+    PlanView {
+        deployment: plan.deployment.clone(),
+        manifest_diff,
+        groups,
+        compilations,
+        changes: plan.has_changes(),
+        warnings: plan.warnings.clone(),
+    }
 }
