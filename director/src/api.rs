@@ -311,8 +311,13 @@ async fn export_release(
             ExportError::Store(e) => ApiError::from(e),
             ExportError::Io(ref io) => ApiError::internal(io),
         })?;
-    let file = tokio::fs::File::open(&path).await.map_err(|e| ApiError::internal(&e));
-    let _ = tokio::fs::remove_file(&path).await;
+    streamed_once(&path).await
+}
+
+/// A `.tgz` made for one caller, streamed to it and unlinked at once (the open file still reads).
+async fn streamed_once(path: &std::path::Path) -> Result<Response, ApiError> {
+    let file = tokio::fs::File::open(path).await.map_err(|e| ApiError::internal(&e));
+    let _ = tokio::fs::remove_file(path).await;
     let stream = tokio_util::io::ReaderStream::new(file?);
     Ok(Response::builder()
         .header("content-type", "application/gzip")
@@ -367,13 +372,7 @@ async fn fetch_logs(
     let blob: bosun_types::protocol::BlobRef = serde_json::from_value(reply)
         .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "agent_failed", format!("a malformed answer: {e}")))?;
     let path = d.blobstore.path(&blob.digest).map_err(|e| ApiError::internal(&e))?;
-    let file = tokio::fs::File::open(&path).await.map_err(|e| ApiError::internal(&e));
-    let _ = tokio::fs::remove_file(&path).await;
-    let stream = tokio_util::io::ReaderStream::new(file?);
-    Ok(Response::builder()
-        .header("content-type", "application/gzip")
-        .body(Body::from_stream(stream))
-        .expect("a response builds"))
+    streamed_once(&path).await
 }
 
 async fn list_releases(State(d): Shared) -> Result<Json<Vec<ReleaseView>>, ApiError> {

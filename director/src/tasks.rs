@@ -62,6 +62,9 @@ pub struct Tasks {
     clock: Arc<dyn Clock>,
     /// The tasks running in this director, by id.
     running: Arc<Mutex<HashMap<u64, Arc<Cancellation>>>>,
+    /// Held while a task's stored state is read and written back (a cancel and the task's end
+    /// must not interleave: a finished task would read `cancelling` for ever).
+    state_writes: Arc<tokio::sync::Mutex<()>>,
 }
 
 fn task_key(id: u64) -> String {
@@ -70,7 +73,14 @@ fn task_key(id: u64) -> String {
 
 impl Tasks {
     pub fn new(state: State, events: Events, clock: Arc<dyn Clock>) -> Self {
-        Self { state, changed: Arc::new(Notify::new()), events, clock, running: Arc::default() }
+        Self {
+            state,
+            changed: Arc::new(Notify::new()),
+            events,
+            clock,
+            running: Arc::default(),
+            state_writes: Arc::default(),
+        }
     }
 
     /// Creates a task, taking the deployment's lock when `lock` is set.
@@ -114,6 +124,7 @@ impl Tasks {
 
     /// Asks a running task to stop at its next checkpoint; it shows `cancelling` until it does.
     pub async fn cancel(&self, id: u64, by: &str) -> Result<TaskView, CancelError> {
+        let _writing = self.state_writes.lock().await;
         let mut view = self.get(id).await?.ok_or(CancelError::NotFound(id))?;
         let cancellation = self.running.lock().expect("the running-task table").get(&id).cloned();
         let Some(cancellation) = cancellation.filter(|_| !view.state.is_finished()) else {
@@ -318,6 +329,7 @@ impl Task {
 
     /// Records an errand's exit code on the task (before it finishes).
     pub async fn set_exit_code(&self, code: i32) -> Result<(), StoreError> {
+        let _writing = self.tasks.state_writes.lock().await;
         if let Some(mut t) = self.tasks.get(self.id).await? {
             t.exit_code = Some(code);
             self.tasks.state.put(tables::TASKS, &task_key(self.id), &t).await?;
@@ -348,6 +360,7 @@ impl Task {
             )
             .await;
         let write = async {
+            let _writing = self.tasks.state_writes.lock().await;
             if let Some(mut t) = self.tasks.get(self.id).await? {
                 t.state = state;
                 t.ended_at = Some(self.tasks.clock.unix_secs());
