@@ -249,11 +249,12 @@ impl Client {
             .await?)
     }
 
-    /// Follows a task's events until it ends; prints them unless `quiet`. Errors if it failed.
+    /// Follows a task's events until it ends; prints them on stdout (as bosh does) unless `quiet`.
+    /// Errors if it failed.
     pub async fn follow_task(&self, id: u64, quiet: bool) -> Result<String> {
         let mut after = 0;
         if !quiet {
-            eprintln!("Task {id}");
+            println!("Task {id}");
         }
         loop {
             let page: TaskEventsPage = self.get(&format!("/v1/tasks/{id}/events?after={after}&wait=10")).await?;
@@ -269,7 +270,7 @@ impl Client {
                         bosun_types::api::EventLevel::Warn => "warning: ",
                         bosun_types::api::EventLevel::Error => "error: ",
                     };
-                    eprintln!("{clock} | {:<11} | {who}{level}{}", e.stage, e.message);
+                    println!("{clock} | {:<11} | {who}{level}{}", e.stage, e.message);
                 }
             }
             if page.task.state.is_finished() && page.events.is_empty() {
@@ -279,7 +280,7 @@ impl Client {
                         if !quiet {
                             let took =
                                 page.task.ended_at.unwrap_or(page.task.started_at).saturating_sub(page.task.started_at);
-                            eprintln!(
+                            println!(
                                 "Task {id} done: {result} (in {})",
                                 humantime::format_duration(Duration::from_secs(took))
                             );

@@ -295,7 +295,7 @@ fn bad_input_is_refused_with_a_clear_error_and_changes_nothing() {
     assert!(err.contains(&format!("deployment `guarded` is locked by task {holder}")), "{err}");
     let out = running.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let err = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(err.contains("canary update (job `etcd`: property `etcd.heartbeat_interval` changed)"), "{err}");
     assert!(
         err.contains("starting jobs: not running after 3000 ms: etcd/etcd is Failing after ")

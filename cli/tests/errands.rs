@@ -86,7 +86,7 @@ fn errands_run_on_errand_groups_and_colocated_jobs() {
     // The colocated errand runs on the sleeper's VM and its exit code becomes bosun's.
     let sleeper_vm = vms(&d, "sleeper");
     let o = d.run(&["-d", "errands", "run-errand", "say", "--instance", "sleeper"]);
-    let err = String::from_utf8_lossy(&o.stderr);
+    let err = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
     assert_eq!(o.status.code(), Some(3), "{err}");
     assert!(err.contains("say sleeper/0 line 1: from-sleeper") && err.contains("errand `say` exited 3"), "{err}");
     assert_eq!(vms(&d, "sleeper"), sleeper_vm, "a colocated errand leaves its VM alone");

@@ -122,7 +122,7 @@ fn meltdown_stops_resurrection_until_cck_repairs() {
     assert!(!tasks.as_array().unwrap().iter().any(|t| t["description"].as_str().unwrap().starts_with("resurrect")));
 
     let report = d.run(&["-d", "melt", "cck", "--report"]);
-    let listed = String::from_utf8_lossy(&report.stderr).to_string();
+    let listed = String::from_utf8_lossy(&report.stdout).to_string();
     assert_eq!(report.status.code(), Some(1), "{listed}");
     assert_eq!(listed.matches("missing_vm").count(), 5, "{listed}");
     d.ok(&["-n", "-d", "melt", "cck", "--auto"]);
@@ -266,7 +266,7 @@ fn cck_finds_an_orphan_vm_made_behind_the_directors_back() {
     let (stray, _) = rt.block_on(bosun_cpi::Cpi::create_vm(&cpi, &request)).unwrap();
 
     let out = d.run(&["-d", "orphans", "cck", "--report"]);
-    let listed = String::from_utf8_lossy(&out.stderr).to_string();
+    let listed = String::from_utf8_lossy(&out.stdout).to_string();
     assert_eq!(out.status.code(), Some(1), "{listed}");
     assert!(listed.contains("orphan_vm") && listed.contains(&stray), "{listed}");
     assert!(listed.contains("as sleeper/stray"), "{listed}");

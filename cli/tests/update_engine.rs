@@ -46,7 +46,7 @@ fn a_failing_canary_stops_the_deploy_and_leaves_the_other_instances_untouched() 
     assert!(shown.contains("fail_start: true") && !shown.contains("<redacted>"), "{shown}");
 
     let out = deploy(&d, "canary", &bad, &[]);
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert_eq!(out.status.code(), Some(1), "{err}");
     let canary = before[0]["instance"].as_str().unwrap();
     assert!(err.contains(&format!("instance {canary}: starting jobs")), "{err}");
@@ -80,7 +80,7 @@ fn a_hanging_drain_fails_after_its_timeout_and_skip_drain_passes_it() {
     let changed = d.write("changed.yml", &changed);
     let started = Instant::now();
     let out = deploy(&d, "drain", &changed, &[]);
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("stopping jobs"), "{err}");
     assert!(err.contains("job `sleeper`: drain did not finish within 2 s and was killed"), "{err}");
@@ -245,7 +245,7 @@ fn a_cancelled_deploy_stops_after_the_instance_in_flight_frees_its_lock_and_the_
     d.ok(&["cancel-task", &task.to_string()]);
 
     let out = deploy.join().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains(&format!("task {task} was cancelled")), "{err}");
     let view = d.json(&["task", &task.to_string()]);

@@ -43,7 +43,7 @@ pub async fn deploy(
     if cli.json && *dry_run {
         return print_json(&plan);
     }
-    eprint!("{}", output::render_plan(&plan));
+    print!("{}", output::render_plan(&plan));
     if *dry_run {
         return Ok(());
     }
@@ -277,7 +277,7 @@ pub async fn instance_command(
     if cli.json && args.dry_run {
         return print_json(&plan);
     }
-    eprint!("{}", output::render_plan(&plan));
+    print!("{}", output::render_plan(&plan));
     if args.dry_run || !plan.changes {
         return Ok(());
     }

@@ -49,7 +49,7 @@ pub async fn cck(cli: &Cli, auto: bool, report: bool, resolution: &[String]) -> 
             .enumerate()
             .map(|(n, p)| vec![(n + 1).to_string(), p.kind.to_string(), p.description.clone(), names(&p.resolutions)])
             .collect();
-        eprint!("{}", output::table(&["#", "Type", "Description", "Resolutions (first: default)"], &rows));
+        print!("{}", output::table(&["#", "Type", "Description", "Resolutions (first: default)"], &rows));
     }
     if report {
         if problems.is_empty() {
@@ -58,7 +58,7 @@ pub async fn cck(cli: &Cli, auto: bool, report: bool, resolution: &[String]) -> 
         return Err(anyhow::anyhow!("{} problem(s) found", problems.len()));
     }
     if problems.is_empty() {
-        eprintln!("No problems.");
+        println!("No problems.");
         return Ok(());
     }
     let mut picks = std::collections::BTreeMap::new();

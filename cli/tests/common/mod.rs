@@ -456,17 +456,13 @@ impl TestDirector {
         String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
     }
 
-    /// Runs a command that must fail with `code`; returns its stderr.
+    /// Runs a command that must fail with `code`; returns its output, stdout (the plan, the task's
+    /// progress) then stderr (the error).
     pub fn fails(&self, code: i32, args: &[&str]) -> String {
         let o = self.run(args);
-        let err = String::from_utf8_lossy(&o.stderr).into_owned();
-        assert_eq!(
-            o.status.code(),
-            Some(code),
-            "bosun {args:?}: want exit {code}; stdout:\n{}\nstderr:\n{err}",
-            String::from_utf8_lossy(&o.stdout)
-        );
-        err
+        let out = String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(code), "bosun {args:?}: want exit {code}; its output:\n{out}");
+        out
     }
 
     pub fn json(&self, args: &[&str]) -> serde_json::Value {
