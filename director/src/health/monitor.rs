@@ -122,7 +122,10 @@ impl Monitor {
             processes.iter().map(|p| ((p.job.clone(), p.name.clone()), p.restarts)).collect();
         let Some(before) = self.restarts.insert(key.clone(), now) else { return };
         for p in processes {
-            let seen = before.get(&(p.job.clone(), p.name.clone())).copied().unwrap_or(p.restarts);
+            let mut seen = before.get(&(p.job.clone(), p.name.clone())).copied().unwrap_or(p.restarts);
+            if p.restarts < seen {
+                seen = 0; // started afresh (an update, a new apply): counted from zero again
+            }
             if p.restarts <= seen {
                 continue;
             }
@@ -162,8 +165,16 @@ impl Monitor {
             watched.iter().map(|r| (r.key(), r.vm.as_ref().expect("watched").cid.clone())).collect();
         self.tracked.retain(|k, _| keys.contains(k));
         self.probed.retain(|k| keys.contains(k));
-        self.restarts.retain(|k, _| keys.contains(k));
         let live_vms: BTreeSet<&str> = instances.iter().filter_map(|r| r.vm.as_ref()).map(|v| v.cid.as_str()).collect();
+        // Restart counts are followed for every VM from its first heartbeat, updated or not, so a
+        // crash right after an update is not taken for the first count seen.
+        self.restarts.retain(|k, _| live_vms.contains(k.1.as_str()));
+        for rec in instances.iter().filter(|r| r.state == DesiredState::Started) {
+            let Some(vm) = rec.vm.as_ref() else { continue };
+            if let Some(hb) = d.hub.status(&vm.agent_id).and_then(|s| s.heartbeat) {
+                self.note_restarts(d, rec, &(rec.key(), vm.cid.clone()), &hb.processes).await;
+            }
+        }
         d.sightings.retain(|cid| live_vms.contains(cid));
 
         for rec in &watched {
@@ -176,9 +187,6 @@ impl Monitor {
                 // Heard from: what the CPI said before no longer stands.
                 self.probed.remove(&key);
                 d.sightings.forget(&vm.cid);
-            }
-            if let Some(hb) = status.as_ref().and_then(|s| s.heartbeat.as_ref()) {
-                self.note_restarts(d, rec, &key, &hb.processes).await;
             }
             let previous = self.tracked.get(&key).map(|t| t.health);
             // An agent whose connection dropped is asked about at once: if its VM is gone there is
