@@ -99,6 +99,11 @@ pub fn render_plan(plan: &PlanView) -> String {
     out
 }
 
+/// An instance's stemcell as `NAME/VERSION`, `-` when it has none.
+fn stemcell_of(i: &InstanceView) -> String {
+    i.stemcell.as_ref().map_or_else(|| "-".to_string(), |s| format!("{}/{}", s.name, s.version))
+}
+
 /// `instances`: one row per instance (`*` marks the bootstrap one), its processes under it with
 /// `--ps`, the agent id, disk CIDs and generation with `--details`.
 pub fn instances_table(v: &[InstanceView], details: bool) -> String {
@@ -116,7 +121,7 @@ pub fn instances_table(v: &[InstanceView], details: bool) -> String {
             i.az.clone().unwrap_or_else(dash),
             i.ips.join(", "),
             i.vm_cid.clone().unwrap_or_else(dash),
-            i.stemcell.as_ref().map(|s| format!("{}/{}", s.name, s.version)).unwrap_or_else(dash),
+            stemcell_of(i),
         ];
         if details {
             row.push(i.agent_id.clone().unwrap_or_else(dash));
@@ -178,7 +183,7 @@ pub fn vms_table(with_vm: &[&InstanceView], vitals: bool) -> String {
                 i.az.clone().unwrap_or_else(dash),
                 i.ips.join(", "),
                 i.vm_cid.clone().unwrap_or_else(dash),
-                i.stemcell.as_ref().map(|s| format!("{}/{}", s.name, s.version)).unwrap_or_else(dash),
+                stemcell_of(i),
             ];
             if vitals {
                 match &i.vitals {
