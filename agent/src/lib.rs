@@ -19,6 +19,7 @@ pub mod logrotate;
 pub mod logs;
 pub mod scripts;
 pub mod session;
+pub mod ssh;
 pub mod supervisor;
 pub mod vitals;
 

@@ -1,4 +1,5 @@
-//! `fetch_logs`: the job logs packed into a bounded `.tgz` for the director (`bosun logs`).
+//! `fetch_logs`: the job logs packed into a bounded `.tgz` for the director (`bosun logs`); and
+//! `follow_logs`: their last lines, then each line as it is written (`bosun logs --follow`).
 //!
 //! Bounded so a VM with runaway logs cannot fill the director's disk: the newest files go in
 //! first, a file that does not fit whole gives its end (the newest lines), and what was cut or
@@ -32,8 +33,8 @@ fn files_under(dir: &Path, prefix: &str, out: &mut Vec<LogFile>) {
     }
 }
 
-/// Packs the logs of `jobs` (every job when empty) into `archive`. Blocking.
-pub fn pack_logs(layout: &Layout, jobs: &[String], max_bytes: u64, archive: &Path) -> Result<BlobRef, String> {
+/// The log files of `jobs` (every job's when empty). Blocking.
+fn log_files(layout: &Layout, jobs: &[String]) -> Result<Vec<LogFile>, String> {
     let root = layout.log_root();
     let chosen: Vec<String> = if jobs.is_empty() {
         let mut all: Vec<String> = std::fs::read_dir(&root)
@@ -53,6 +54,12 @@ pub fn pack_logs(layout: &Layout, jobs: &[String], max_bytes: u64, archive: &Pat
     for job in &chosen {
         files_under(&root.join(job), job, &mut files);
     }
+    Ok(files)
+}
+
+/// Packs the logs of `jobs` (every job when empty) into `archive`. Blocking.
+pub fn pack_logs(layout: &Layout, jobs: &[String], max_bytes: u64, archive: &Path) -> Result<BlobRef, String> {
+    let mut files = log_files(layout, jobs)?;
     files.sort_by(|a, b| b.modified.cmp(&a.modified).then_with(|| a.name.cmp(&b.name)));
     if let Some(parent) = archive.parent() {
         std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
@@ -104,6 +111,66 @@ pub fn pack_logs(layout: &Layout, jobs: &[String], max_bytes: u64, archive: &Pat
     )
     .map_err(|e| format!("hashing: {e}"))?;
     Ok(BlobRef { digest, size })
+}
+
+/// Where following stands in each log file: the offset read up to, and a line begun there.
+#[derive(Default)]
+pub struct Follower {
+    files: std::collections::HashMap<PathBuf, (u64, Vec<u8>)>,
+    started: bool,
+}
+
+/// The longest line passed on whole; longer ones are cut.
+const MAX_LINE: usize = 4000;
+
+impl Follower {
+    /// The lines written since the last call, each as `job/file: line` — on the first call, the
+    /// last `lines` lines of each file. A file that appears later is read from its start; one
+    /// that shrank (rotated by copying and truncating) is read again from its start. Blocking.
+    pub fn poll(&mut self, layout: &Layout, jobs: &[String], lines: usize) -> Result<Vec<String>, String> {
+        let mut out = Vec::new();
+        let mut files = log_files(layout, jobs)?;
+        files.sort_by(|a, b| a.name.cmp(&b.name));
+        for f in files {
+            let first = !self.started;
+            let (offset, partial) = self.files.entry(f.path.clone()).or_insert_with(|| {
+                // At the start only the end of a file is read: at most 64 KiB, enough for the
+                // last lines asked for.
+                (if first { f.size.saturating_sub(64 << 10) } else { 0 }, Vec::new())
+            });
+            if f.size < *offset {
+                *offset = 0;
+                partial.clear();
+            }
+            if f.size == *offset {
+                continue;
+            }
+            let Ok(mut src) = std::fs::File::open(&f.path) else { continue };
+            if src.seek(SeekFrom::Start(*offset)).is_err() {
+                continue;
+            }
+            let mut buf = Vec::new();
+            let Ok(n) = src.take(f.size - *offset).read_to_end(&mut buf) else { continue };
+            *offset += n as u64;
+            partial.extend_from_slice(&buf);
+            let mut got = Vec::new();
+            while let Some(end) = partial.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = partial.drain(..=end).collect();
+                let text: String = String::from_utf8_lossy(&line[..line.len() - 1]).chars().take(MAX_LINE).collect();
+                got.push(format!("{}: {text}", f.name));
+            }
+            if partial.len() > MAX_LINE {
+                got.push(format!("{}: {}", f.name, String::from_utf8_lossy(&std::mem::take(partial))));
+            }
+            if first {
+                let skip = got.len().saturating_sub(lines);
+                got.drain(..skip);
+            }
+            out.extend(got);
+        }
+        self.started = true;
+        Ok(out)
+    }
 }
 
 #[cfg(test)]
@@ -164,5 +231,31 @@ mod tests {
         assert!(all.is_ok());
         assert_eq!(entries(&archive).len(), 3, "every job's");
         assert!(pack_logs(&layout, &["../etc".into()], 1 << 20, &archive).is_err());
+    }
+
+    #[test]
+    fn following_gives_the_last_lines_then_each_new_one_across_rotation_and_new_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(&dir.path().join("root"));
+        let etcd = layout.log_dir("etcd");
+        std::fs::create_dir_all(&etcd).unwrap();
+        std::fs::write(etcd.join("etcd.log"), "1\n2\n3\n4\n").unwrap();
+        let mut f = Follower::default();
+        assert_eq!(f.poll(&layout, &[], 2).unwrap(), ["etcd/etcd.log: 3", "etcd/etcd.log: 4"]);
+        assert!(f.poll(&layout, &[], 2).unwrap().is_empty());
+        use std::io::Write;
+        let mut log = std::fs::OpenOptions::new().append(true).open(etcd.join("etcd.log")).unwrap();
+        log.write_all(b"5\nhalf").unwrap();
+        assert_eq!(f.poll(&layout, &[], 2).unwrap(), ["etcd/etcd.log: 5"], "a line is passed on once whole");
+        log.write_all(b" done\n").unwrap();
+        std::fs::write(etcd.join("new.log"), "a\nb\nc\n").unwrap();
+        assert_eq!(
+            f.poll(&layout, &[], 2).unwrap(),
+            ["etcd/etcd.log: half done", "etcd/new.log: a", "etcd/new.log: b", "etcd/new.log: c"],
+            "a file appearing later is followed from its start"
+        );
+        std::fs::write(etcd.join("etcd.log"), "after rotation\n").unwrap();
+        assert_eq!(f.poll(&layout, &[], 2).unwrap(), ["etcd/etcd.log: after rotation"]);
+        assert!(f.poll(&layout, &["../x".into()], 2).is_err());
     }
 }

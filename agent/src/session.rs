@@ -11,6 +11,7 @@ use bosun_types::protocol::{
 };
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, Mutex};
 use tokio_util::codec::{FramedRead, LinesCodec};
+use tokio_util::sync::CancellationToken;
 
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(2);
@@ -43,6 +45,8 @@ pub struct Agent {
     /// Serializes commands that change what is installed or running.
     op_lock: Mutex<()>,
     heartbeat_ms: AtomicU64,
+    /// The VM's SSH server, once started.
+    ssh: tokio::sync::OnceCell<Arc<crate::ssh::SshServer>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -75,12 +79,19 @@ impl Agent {
             ledger: Mutex::new(ledger),
             op_lock: Mutex::new(()),
             heartbeat_ms: AtomicU64::new(DEFAULT_HEARTBEAT.as_millis() as u64),
+            ssh: tokio::sync::OnceCell::new(),
         }))
     }
 
     pub async fn run(self: Arc<Self>) {
         tracing::info!(agent_id = %self.settings.agent_id, vm_cid = %self.settings.vm_cid, "agent starting");
         self.supervisor.reap_leftovers().await;
+        match crate::ssh::SshServer::start(&self.layout, &self.settings.networks).await {
+            Ok(server) => {
+                let _ = self.ssh.set(server);
+            }
+            Err(e) => tracing::warn!(error = %error_chain(&e), "serving no SSH"),
+        }
         {
             // Come back to the same jobs without the director's help.
             let ledger = self.ledger.lock().await;
@@ -122,6 +133,7 @@ impl Agent {
                 agent_version: env!("CARGO_PKG_VERSION").to_string(),
                 stemcell: self.stemcell.clone(),
                 applied_generation,
+                ssh: self.ssh.get().map(|s| s.endpoint().clone()),
             })
             .await;
         match tokio::time::timeout(WELCOME_TIMEOUT, lines.next()).await {
@@ -161,11 +173,30 @@ impl Agent {
                 }
             })
         };
+        // Commands that run until told to stop (`follow_logs`), by command id.
+        let cancels: Arc<std::sync::Mutex<HashMap<u64, CancellationToken>>> = Arc::default();
         let result = loop {
             match lines.next().await {
                 None => break Err(SessionError::Closed),
                 Some(Err(e)) => break Err(SessionError::Read(e)),
                 Some(Ok(line)) => match serde_json::from_str::<DirectorMessage>(&line) {
+                    Ok(DirectorMessage::Command {
+                        id,
+                        command: AgentCommand::FollowLogs { jobs, lines, timeout_ms },
+                    }) => {
+                        let token = CancellationToken::new();
+                        cancels.lock().expect("cancels").insert(id, token.clone());
+                        let (me, tx, cancels) = (self.clone(), tx.clone(), cancels.clone());
+                        tokio::spawn(async move {
+                            let deadline = Duration::from_millis(timeout_ms);
+                            let outcome = match me.follow_logs(jobs, lines, id, &tx, token, deadline).await {
+                                Ok(()) => CommandOutcome::Ok(serde_json::Value::Null),
+                                Err(e) => CommandOutcome::Error(e),
+                            };
+                            cancels.lock().expect("cancels").remove(&id);
+                            let _ = tx.send(AgentMessage::Reply { id, outcome }).await;
+                        });
+                    }
                     Ok(DirectorMessage::Command { id, command }) => {
                         let me = self.clone();
                         let tx = tx.clone();
@@ -213,9 +244,10 @@ impl Agent {
                             let _ = tx.send(AgentMessage::Reply { id, outcome }).await;
                         });
                     }
-                    Ok(DirectorMessage::Cancel { id }) => {
-                        tracing::info!(id, "cancel requested; commands run to their own timeouts")
-                    }
+                    Ok(DirectorMessage::Cancel { id }) => match cancels.lock().expect("cancels").remove(&id) {
+                        Some(token) => token.cancel(),
+                        None => tracing::info!(id, "cancel requested; other commands run to their own timeouts"),
+                    },
                     Ok(DirectorMessage::Welcome { .. }) => {}
                     Err(e) => {
                         // A command this agent does not know (a newer director) is answered,
@@ -238,7 +270,48 @@ impl Agent {
         };
         heartbeats.abort();
         writer.abort();
+        for (_, token) in cancels.lock().expect("cancels").drain() {
+            token.cancel();
+        }
         result
+    }
+
+    /// `follow_logs`: lines as progress until cancelled or the deadline passes.
+    async fn follow_logs(
+        &self,
+        jobs: Vec<String>,
+        lines: u32,
+        id: u64,
+        tx: &mpsc::Sender<AgentMessage>,
+        stop: CancellationToken,
+        deadline: Duration,
+    ) -> Result<(), String> {
+        let until = tokio::time::Instant::now() + deadline;
+        let mut follower = crate::logs::Follower::default();
+        tracing::info!(id, ?jobs, lines, "following the job logs");
+        loop {
+            let (layout, jobs2) = (self.layout.clone(), jobs.clone());
+            let (f, got) = tokio::task::spawn_blocking(move || {
+                let got = follower.poll(&layout, &jobs2, lines as usize);
+                (follower, got)
+            })
+            .await
+            .map_err(|e| format!("reading the logs: {e}"))?;
+            follower = f;
+            for message in got? {
+                if tx.send(AgentMessage::Progress { id, message }).await.is_err() {
+                    return Ok(());
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => {
+                    tracing::info!(id, "stopped following the job logs: the director cancelled");
+                    return Ok(());
+                }
+                _ = tokio::time::sleep_until(until) => return Ok(()),
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            }
+        }
     }
 
     async fn heartbeat(&self) -> Heartbeat {
@@ -436,6 +509,20 @@ impl Agent {
                 let blob = blob?;
                 uploaded?;
                 Ok(serde_json::to_value(blob).expect("serializable"))
+            }
+            // Served by the session, which streams its lines and can cancel it.
+            AgentCommand::FollowLogs { .. } => Err("follow_logs streams: it runs only on a director connection".into()),
+            AgentCommand::SshSetup { user, public_key, expires_in_ms } => {
+                let server = self.ssh.get().ok_or("this VM serves no SSH (see the agent's log)")?;
+                server.grant(&user, &public_key, Duration::from_millis(expires_in_ms)).map_err(|e| e.to_string())?;
+                tracing::info!(user, expires_in_ms, "SSH key installed");
+                Ok(serde_json::to_value(server.endpoint()).expect("serializable"))
+            }
+            AgentCommand::SshCleanup { user } => {
+                let Some(server) = self.ssh.get() else { return Ok(serde_json::Value::Null) };
+                let closed = server.revoke(&user).await;
+                tracing::info!(user, closed, "SSH key removed");
+                Ok(serde_json::json!({ "closed_connections": closed }))
             }
             AgentCommand::CompilePackage { package, timeout_ms, build_cache } => {
                 let _op = self.op_lock.lock().await;

@@ -7,8 +7,8 @@ use crate::records::IntentOp;
 use crate::store::{tables, State};
 use bosun_types::digest::sha256_digest;
 use bosun_types::protocol::{
-    encode_line, AgentCommand, AgentMessage, BlobHeader, CommandOutcome, DirectorMessage, Heartbeat, StemcellInfo,
-    MAX_LINE_BYTES,
+    encode_line, AgentCommand, AgentMessage, BlobHeader, CommandOutcome, DirectorMessage, Heartbeat, SshEndpoint,
+    StemcellInfo, MAX_LINE_BYTES,
 };
 use futures::StreamExt;
 use std::collections::{HashMap, HashSet};
@@ -48,6 +48,8 @@ pub struct AgentStatus {
     pub vm_cid: String,
     pub stemcell: Option<StemcellInfo>,
     pub heartbeat: Option<Heartbeat>,
+    /// Where the agent serves SSH (its host key as it reported it this time).
+    pub ssh: Option<SshEndpoint>,
 }
 
 struct Connection {
@@ -116,6 +118,32 @@ impl AgentHub {
             next_id: AtomicU64::new(1),
             changed: Notify::new(),
         })
+    }
+
+    /// Records the SSH host key an agent reports on its first connection; a different one later
+    /// is only reported (clients keep expecting the first: a VM does not change its host key).
+    async fn pin_host_key(&self, record: &crate::records::AgentRecord, reported: &str) {
+        match &record.ssh_host_key {
+            Some(pinned) if pinned == reported => {}
+            Some(_) => tracing::warn!(
+                agent_id = %record.agent_id,
+                "the agent reports an SSH host key other than the one it registered; SSH clients keep expecting the registered one"
+            ),
+            None => {
+                let pinned = self
+                    .state
+                    .update(tables::AGENTS, &record.agent_id, |mut r| {
+                        r.ssh_host_key.is_none().then(|| {
+                            r.ssh_host_key = Some(reported.to_string());
+                            r
+                        })
+                    })
+                    .await;
+                if let Err(e) = pinned {
+                    tracing::error!(agent_id = %record.agent_id, error = %e, "recording the SSH host key");
+                }
+            }
+        }
     }
 
     pub fn heartbeat_interval(&self) -> Duration {
@@ -237,9 +265,14 @@ impl AgentHub {
         progress: Option<mpsc::UnboundedSender<String>>,
     ) -> Result<serde_json::Value, HubError> {
         let name = command.name();
-        // Commands that change something are journaled; reading state is not.
+        // Commands that change something are journaled; reading state is not, nor are SSH keys
+        // (they expire on their own: nothing is left to settle after a crash).
         let intent = match command {
-            AgentCommand::GetState | AgentCommand::FetchLogs { .. } => None,
+            AgentCommand::GetState
+            | AgentCommand::FetchLogs { .. }
+            | AgentCommand::FollowLogs { .. }
+            | AgentCommand::SshSetup { .. }
+            | AgentCommand::SshCleanup { .. } => None,
             _ => Some(self.journal.begin(IntentOp::Agent(name.to_string()), agent_id).await.map_err(|e| {
                 HubError::Journal { agent: agent_id.to_string(), command: name, message: e.to_string() }
             })?),
@@ -282,6 +315,18 @@ impl AgentHub {
         let _unregister = Unregister(&self.progress, id);
         let (tx, rx) = oneshot::channel();
         conn.pending.lock().expect("hub lock").insert(id, tx);
+        // A caller that stops waiting (a client that hung up on `logs --follow`, a timeout)
+        // tells the agent, which stops what can be stopped.
+        struct CancelUnlessAnswered<'a>(&'a Connection, u64, bool);
+        impl Drop for CancelUnlessAnswered<'_> {
+            fn drop(&mut self) {
+                if !self.2 {
+                    self.0.pending.lock().expect("hub lock").remove(&self.1);
+                    let _ = self.0.tx.try_send(DirectorMessage::Cancel { id: self.1 });
+                }
+            }
+        }
+        let mut cancel_guard = CancelUnlessAnswered(&conn, id, false);
         if conn.tx.send(DirectorMessage::Command { id, command }).await.is_err() {
             conn.pending.lock().expect("hub lock").remove(&id);
             return Err(HubError::Disconnected { agent: agent_id.to_string(), command: name });
@@ -307,17 +352,16 @@ impl AgentHub {
                 Err(_) => {}
             }
         };
+        // An answer came, or the connection went: nothing to cancel. A timeout leaves it armed.
+        cancel_guard.2 = outcome.is_ok();
+        drop(cancel_guard);
         match outcome {
             Ok(Ok(CommandOutcome::Ok(v))) => Ok(v),
             Ok(Ok(CommandOutcome::Error(message))) => {
                 Err(HubError::Failed { agent: agent_id.to_string(), command: name, message })
             }
             Ok(Err(_)) => Err(HubError::Disconnected { agent: agent_id.to_string(), command: name }),
-            Err(e) => {
-                conn.pending.lock().expect("hub lock").remove(&id);
-                let _ = conn.tx.try_send(DirectorMessage::Cancel { id });
-                Err(e)
-            }
+            Err(e) => Err(e),
         }
     }
 
@@ -370,8 +414,8 @@ impl AgentHub {
                 return;
             }
         };
-        match self.state.get(tables::AGENTS, &claimed).await {
-            Ok(Some(rec)) if rec.cert_digest == cert_digest => {}
+        let record = match self.state.get(tables::AGENTS, &claimed).await {
+            Ok(Some(rec)) if rec.cert_digest == cert_digest => rec,
             Ok(Some(_)) => {
                 tracing::warn!(%peer, agent_id = %claimed, "rejected an agent: it presented a certificate issued for another agent");
                 return;
@@ -384,7 +428,7 @@ impl AgentHub {
                 tracing::error!(error = %e, "agent lookup failed");
                 return;
             }
-        }
+        };
         match msg {
             AgentMessage::FetchBlob { digest, .. } => {
                 let mut stream = lines.into_inner().unsplit(write);
@@ -396,7 +440,10 @@ impl AgentHub {
                 let mut stream = lines.into_inner().unsplit(write);
                 self.receive_blob(&claimed, &digest, size, &mut stream).await;
             }
-            AgentMessage::Hello { vm_cid, stemcell, applied_generation, .. } => {
+            AgentMessage::Hello { vm_cid, stemcell, applied_generation, ssh, .. } => {
+                if let Some(endpoint) = &ssh {
+                    self.pin_host_key(&record, &endpoint.host_key).await;
+                }
                 let (tx, mut rx) = mpsc::channel::<DirectorMessage>(64);
                 let conn = Arc::new(Connection {
                     id: self.next_id.fetch_add(1, Ordering::Relaxed),
@@ -423,7 +470,14 @@ impl AgentHub {
                 }
                 self.status.lock().expect("hub lock").insert(
                     claimed.clone(),
-                    AgentStatus { connected: true, last_seen: self.clock.now(), vm_cid, stemcell, heartbeat: None },
+                    AgentStatus {
+                        connected: true,
+                        last_seen: self.clock.now(),
+                        vm_cid,
+                        stemcell,
+                        heartbeat: None,
+                        ssh,
+                    },
                 );
                 tracing::info!(agent_id = %claimed, applied_generation, "agent connected");
                 self.changed.notify_waiters();

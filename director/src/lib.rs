@@ -27,6 +27,7 @@ pub mod reconcile;
 pub mod records;
 pub mod render;
 pub mod secrets;
+pub mod ssh;
 pub mod store;
 pub mod tasks;
 pub mod update;

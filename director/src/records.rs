@@ -218,6 +218,10 @@ pub struct AgentRecord {
     pub deployment: String,
     pub instance: String,
     pub created_at: u64,
+    /// The SSH host key the agent reported when it first connected (an OpenSSH line): the key
+    /// SSH clients are told to expect from this VM, whatever it reports later.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_host_key: Option<String>,
 }
 
 /// A job as the planner decided it for one instance.

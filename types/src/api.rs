@@ -553,3 +553,45 @@ pub struct ResurrectionSwitch {
     pub deployment: Option<String>,
     pub enabled: bool,
 }
+
+/// `POST /v1/deployments/{name}/ssh`: lets a key the client made into the SSH servers of the
+/// instances named (`group`, `group/index`, `group/uuid`; all when empty) for a while.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SshSetupRequest {
+    #[serde(default)]
+    pub instances: Vec<String>,
+    /// An OpenSSH public key line; only ed25519 keys are accepted.
+    pub public_key: String,
+    /// How long the key stays valid (default 30 minutes, at most a day).
+    #[serde(default)]
+    pub expires_in_s: Option<u64>,
+}
+
+/// The answer to an SSH setup: the session's user and where each instance serves SSH.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SshSessionView {
+    pub user: String,
+    pub expires_in_s: u64,
+    pub targets: Vec<SshTargetView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SshTargetView {
+    /// `group/uuid`.
+    pub instance: String,
+    pub index: u32,
+    /// `ip:port` of the VM's SSH server.
+    pub address: String,
+    /// The host key the VM registered (an OpenSSH line): the only one a client may accept.
+    pub host_key: String,
+}
+
+/// `POST /v1/deployments/{name}/ssh/cleanup`: removes a session's key from its instances.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SshCleanupRequest {
+    pub user: String,
+    #[serde(default)]
+    pub instances: Vec<String>,
+}

@@ -102,6 +102,9 @@ pub enum AgentMessage {
         stemcell: Option<StemcellInfo>,
         /// The generation of the spec the agent has applied (0: none).
         applied_generation: u64,
+        /// The agent's SSH server, when it runs one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ssh: Option<SshEndpoint>,
     },
     Heartbeat(Heartbeat),
     Reply {
@@ -125,6 +128,18 @@ pub enum AgentMessage {
         digest: String,
         size: u64,
     },
+}
+
+/// Where a VM's agent serves SSH, and the host key it proves itself with. Learned over the
+/// agent's authenticated connection, so an SSH client checks the key instead of trusting the first
+/// one it meets.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SshEndpoint {
+    /// `ip:port`.
+    pub address: String,
+    /// The host's public key as an OpenSSH line (`ssh-ed25519 AAAA…`).
+    pub host_key: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -250,6 +265,26 @@ pub enum AgentCommand {
         jobs: Vec<String>,
         max_bytes: u64,
     },
+    /// Sends the last `lines` lines of the job logs (of the jobs named, or every job's), then each
+    /// line written to them, as progress (`job/file: line`), until the director cancels the
+    /// command or `timeout_ms` passes; then answers null.
+    FollowLogs {
+        #[serde(default)]
+        jobs: Vec<String>,
+        lines: u32,
+        timeout_ms: u64,
+    },
+    /// Lets `public_key` (an OpenSSH line) log in as `user` to the agent's SSH server until
+    /// `expires_in_ms` from now. Answers the [`SshEndpoint`].
+    SshSetup {
+        user: String,
+        public_key: String,
+        expires_in_ms: u64,
+    },
+    /// Forgets `user`'s key and closes its open sessions.
+    SshCleanup {
+        user: String,
+    },
 }
 
 impl AgentCommand {
@@ -266,6 +301,9 @@ impl AgentCommand {
             AgentCommand::CompilePackage { .. } => "compile_package",
             AgentCommand::RunErrand { .. } => "run_errand",
             AgentCommand::FetchLogs { .. } => "fetch_logs",
+            AgentCommand::FollowLogs { .. } => "follow_logs",
+            AgentCommand::SshSetup { .. } => "ssh_setup",
+            AgentCommand::SshCleanup { .. } => "ssh_cleanup",
         }
     }
 }

@@ -113,7 +113,14 @@ mod tests {
             h.job_state = job_state;
             h
         });
-        AgentStatus { connected, last_seen: Instant::now(), vm_cid: "vm-1".into(), stemcell: None, heartbeat }
+        AgentStatus {
+            connected,
+            last_seen: Instant::now(),
+            vm_cid: "vm-1".into(),
+            stemcell: None,
+            heartbeat,
+            ssh: None,
+        }
     }
 
     fn state(

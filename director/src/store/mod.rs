@@ -182,6 +182,25 @@ impl State {
         self.kv.put(table.tree, key, &serde_json::to_vec(value).expect("records serialize")).await
     }
 
+    /// Changes the record at `key` atomically: `change` gets the current record and answers the
+    /// new one (`None`: leave it). A record changed meanwhile is read again; an absent one is
+    /// never made. Answers the record written.
+    pub async fn update<T: Serialize + DeserializeOwned>(
+        &self,
+        table: Table<T>,
+        key: &str,
+        mut change: impl FnMut(T) -> Option<T>,
+    ) -> Result<Option<T>, StoreError> {
+        loop {
+            let Some(old) = self.kv.get(table.tree, key).await? else { return Ok(None) };
+            let Some(new) = change(decode(table.tree, key, &old)?) else { return Ok(None) };
+            let bytes = serde_json::to_vec(&new).expect("records serialize");
+            if self.kv.compare_and_swap(table.tree, key, Some(&old), Some(&bytes)).await? {
+                return Ok(Some(new));
+            }
+        }
+    }
+
     pub async fn delete<T>(&self, table: Table<T>, key: &str) -> Result<(), StoreError> {
         self.kv.delete(table.tree, key).await
     }

@@ -62,6 +62,7 @@ pub(crate) async fn new_agent(d: &Director, deployment: &str, owner: &str) -> Re
                 deployment: deployment.to_string(),
                 instance: owner.to_string(),
                 created_at: d.clock.unix_secs(),
+                ssh_host_key: None,
             },
         )
         .await?;
