@@ -205,12 +205,51 @@ impl Client {
         Ok(n)
     }
 
+    /// A streamed text answer, line by line as the lines arrive.
+    pub async fn stream_lines(&self, path: &str, mut each: impl FnMut(&str)) -> Result<()> {
+        use futures::StreamExt;
+        let resp = self.send(self.request(reqwest::Method::GET, path)).await?;
+        let mut body = resp.bytes_stream();
+        let mut partial: Vec<u8> = Vec::new();
+        while let Some(chunk) = body.next().await {
+            partial.extend_from_slice(&chunk.context("reading the director's stream")?);
+            while let Some(end) = partial.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = partial.drain(..=end).collect();
+                each(&String::from_utf8_lossy(&line[..line.len() - 1]));
+            }
+        }
+        if !partial.is_empty() {
+            each(&String::from_utf8_lossy(&partial));
+        }
+        Ok(())
+    }
+
+    /// A byte stream to an instance's SSH server through the director (`Upgrade: bosun-ssh`).
+    pub async fn ssh_tunnel(&self, deployment: &str, instance: &str) -> Result<reqwest::Upgraded> {
+        let path = format!("/v1/deployments/{deployment}/ssh/tunnel?instance={instance}");
+        let rb = self
+            .request(reqwest::Method::GET, &path)
+            .header(reqwest::header::CONNECTION, "upgrade")
+            .header(reqwest::header::UPGRADE, "bosun-ssh");
+        let resp = rb.send().await.with_context(|| format!("cannot reach the director at {}", self.target.director))?;
+        if resp.status() != reqwest::StatusCode::SWITCHING_PROTOCOLS {
+            Self::check(resp).await?;
+            anyhow::bail!("the director did not open a tunnel to {instance}");
+        }
+        resp.upgrade().await.context("opening the tunnel through the director")
+    }
+
     pub async fn get_text(&self, path: &str) -> Result<String> {
         Ok(self.send(self.request(reqwest::Method::GET, path)).await?.text().await?)
     }
 
     pub async fn post_json<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
         Ok(self.send(self.request(reqwest::Method::POST, path).json(body)).await?.json().await?)
+    }
+
+    /// A POST whose answer has no body worth reading.
+    pub async fn post_json_unit<B: Serialize>(&self, path: &str, body: &B) -> Result<()> {
+        self.send(self.request(reqwest::Method::POST, path).json(body)).await.map(drop)
     }
 
     pub async fn post_text<T: DeserializeOwned>(&self, path: &str, body: String) -> Result<T> {

@@ -28,11 +28,12 @@ impl InputError {
     }
 }
 
-/// An errand that ran and exited non-zero: bosun exits with its code.
+/// A command that ran on a VM (an errand, `bosun ssh -c`) and exited non-zero: bosun exits with
+/// its code.
 #[derive(Debug, thiserror::Error)]
-#[error("errand `{errand}` exited {code}")]
-pub struct ErrandExit {
-    pub errand: String,
+#[error("{what} exited {code}")]
+pub struct RemoteExit {
+    pub what: String,
     pub code: i32,
 }
 
@@ -328,6 +329,51 @@ enum Command {
         /// Where to write `DEPLOYMENT.GROUP.ID.TIME.tgz`.
         #[arg(long, default_value = ".")]
         dir: PathBuf,
+        /// Print the last lines, then each new one as it is written, until Ctrl-C.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// With --follow: how many of the last lines of each log file to print first.
+        #[arg(long, default_value_t = 10, requires = "follow")]
+        num: u32,
+    },
+    /// Open a shell on an instance, or run a command on instances (in parallel, each line
+    /// prefixed with its instance); the command's exit code becomes bosun's.
+    #[command(
+        after_help = "Examples:\n  bosun -d cluster ssh master/0\n  bosun -d cluster ssh etcd -c 'sudo du -sh /var/vcap/store'\n  \
+                            bosun -d cluster ssh etcd/0 --print-config ./etcd-ssh && ssh -F ./etcd-ssh/config etcd/0"
+    )]
+    Ssh {
+        /// GROUP, GROUP/INDEX or GROUP/UUID; repeatable (every instance when none).
+        instances: Vec<String>,
+        /// Run this command instead of a shell.
+        #[arg(short = 'c', long = "command", value_name = "CMD")]
+        command: Option<String>,
+        /// Reach the VMs through the director (for VMs this machine cannot reach).
+        #[arg(long)]
+        gateway: bool,
+        /// Write a session key, known-hosts file and ssh_config for OpenSSH into DIR, and stop.
+        #[arg(long, value_name = "DIR")]
+        print_config: Option<PathBuf>,
+        /// How long the session key stays valid, in seconds.
+        #[arg(long = "expires", value_name = "SECONDS", default_value_t = 1800)]
+        expires_in_s: u64,
+        /// Remove a session's key now (a --print-config session's, named by its user) and close
+        /// its connections.
+        #[arg(long, value_name = "USER", conflicts_with_all = ["command", "print_config", "gateway"])]
+        revoke: Option<String>,
+    },
+    /// Copy files between this machine and instances (one side INSTANCE:PATH).
+    #[command(after_help = "Examples:\n  bosun -d cluster scp ./etcd.conf etcd:/tmp/etcd.conf\n  \
+                            bosun -d cluster scp -r master/0:/var/vcap/sys/log/kube-apiserver ./logs")]
+    Scp {
+        from: String,
+        to: String,
+        /// Copy directories.
+        #[arg(short = 'r', long)]
+        recursive: bool,
+        /// Reach the VMs through the director.
+        #[arg(long)]
+        gateway: bool,
     },
     /// List the deployments locked by running tasks.
     #[command(after_help = "Example:\n  bosun locks")]
@@ -397,7 +443,7 @@ fn main() {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("Error: {}", chain(&e));
-            if let Some(exit) = e.downcast_ref::<ErrandExit>() {
+            if let Some(exit) = e.downcast_ref::<RemoteExit>() {
                 exit.code.clamp(1, 255)
             } else if e.chain().any(|c| c.is::<InputError>()) {
                 2
@@ -492,7 +538,24 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Task { id } => commands::tasks::task(cli, id).await,
         Command::CancelTask { id } => commands::tasks::cancel_task(cli, *id).await,
         Command::Locks => commands::tasks::locks(cli).await,
-        Command::Logs { instances, jobs, dir } => commands::deployments::logs(cli, instances, jobs, dir).await,
+        Command::Ssh { instances, revoke: Some(user), .. } => commands::ssh::revoke(cli, instances, user).await,
+        Command::Ssh { instances, command, gateway, print_config, expires_in_s, revoke: None } => {
+            let options = commands::ssh::SshOptions {
+                instances,
+                command: command.as_deref(),
+                print_config: print_config.as_deref(),
+                gateway: *gateway,
+                expires_in_s: *expires_in_s,
+            };
+            commands::ssh::ssh(cli, options).await
+        }
+        Command::Scp { from, to, recursive, gateway } => commands::ssh::scp(cli, from, to, *recursive, *gateway).await,
+        Command::Logs { instances, jobs, follow: true, num, .. } => {
+            commands::deployments::follow_logs(cli, instances, jobs, *num).await
+        }
+        Command::Logs { instances, jobs, dir, follow: false, .. } => {
+            commands::deployments::logs(cli, instances, jobs, dir).await
+        }
         Command::Completion { shell } => {
             use clap::CommandFactory;
             let mut script = Vec::new();

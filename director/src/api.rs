@@ -101,6 +101,9 @@ pub fn router(d: Arc<Director>) -> Router {
         .route("/v1/deployments/{name}/instances", get(list_instances))
         .route("/v1/deployments/{name}/variables", get(list_variables))
         .route("/v1/deployments/{name}/logs", get(fetch_logs))
+        .route("/v1/deployments/{name}/ssh", post(ssh_setup))
+        .route("/v1/deployments/{name}/ssh/cleanup", post(ssh_cleanup))
+        .route("/v1/deployments/{name}/ssh/tunnel", get(ssh_tunnel))
         .route("/v1/deployments/{name}/plan", post(plan))
         .route("/v1/deployments/{name}/instance-commands", post(instance_command))
         .route("/v1/deployments/{name}/instance-commands/plan", post(instance_command_plan))
@@ -216,6 +219,8 @@ pub async fn serve(
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
                 .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                // `bosun ssh --gateway` turns its request into a byte stream to a VM.
+                .with_upgrades()
                 .await;
         }
     })
@@ -332,7 +337,15 @@ struct LogsQuery {
     /// Comma-separated job names; every job's logs when absent.
     #[serde(default)]
     job: Option<String>,
+    /// Stream the last `num` lines, then each new one, until the client hangs up.
+    #[serde(default)]
+    follow: bool,
+    #[serde(default)]
+    num: Option<u32>,
 }
+
+/// How long one `logs --follow` streams at most (the client may ask again).
+const FOLLOW_FOR: Duration = Duration::from_secs(12 * 3600);
 
 /// Log text one `bosun logs` brings from one instance, at most (the newest is kept).
 const MAX_LOG_BYTES: u64 = 128 << 20;
@@ -356,6 +369,9 @@ async fn fetch_logs(
     if let Some(bad) = jobs.iter().find(|j| !bosun_types::yaml::is_safe_name(j)) {
         return Err(ApiError::bad_request(format!("`{bad}` is not a job name")));
     }
+    if q.follow {
+        return Ok(follow_logs(&d, &vm.agent_id, jobs, q.num.unwrap_or(10).min(10_000)));
+    }
     d.hub.allow_upload(&vm.agent_id, MAX_LOG_BYTES + (16 << 20));
     let reply = d
         .hub
@@ -373,6 +389,127 @@ async fn fetch_logs(
         .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "agent_failed", format!("a malformed answer: {e}")))?;
     let path = d.blobstore.path(&blob.digest).map_err(|e| ApiError::internal(&e))?;
     streamed_once(&path).await
+}
+
+impl From<crate::ssh::SshError> for ApiError {
+    fn from(e: crate::ssh::SshError) -> Self {
+        use crate::ssh::SshError as E;
+        match e {
+            E::Input(m) => ApiError::bad_request(m),
+            E::NotFound(m) => ApiError::not_found(m),
+            E::Unavailable(m) => ApiError::conflict(m),
+            E::Agent(m) => ApiError::new(StatusCode::BAD_GATEWAY, "agent_failed", m),
+            E::Store(s) => ApiError::internal(&s),
+        }
+    }
+}
+
+/// Who asked, for events: the token by a digest that does not reveal it.
+fn requester(d: &Director) -> String {
+    let digest = bosun_types::digest::sha256_digest(d.token.as_bytes());
+    format!("token {}", &digest[..19])
+}
+
+async fn ssh_setup(
+    State(d): Shared,
+    Path(name): Path<String>,
+    Json(req): Json<SshSetupRequest>,
+) -> Result<Json<SshSessionView>, ApiError> {
+    deployment_record(&d, &name).await?;
+    Ok(Json(crate::ssh::setup(&d, &name, &req, &requester(&d)).await?))
+}
+
+async fn ssh_cleanup(
+    State(d): Shared,
+    Path(name): Path<String>,
+    Json(req): Json<SshCleanupRequest>,
+) -> Result<StatusCode, ApiError> {
+    deployment_record(&d, &name).await?;
+    crate::ssh::cleanup(&d, &name, &req, &requester(&d)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(serde::Deserialize)]
+struct TunnelQuery {
+    instance: String,
+}
+
+/// `Upgrade: bosun-ssh`: the connection becomes a byte stream to the instance's SSH server, for
+/// clients that cannot reach the VM. SSH runs end to end through it: the client still checks the
+/// VM's host key, and the director sees only ciphertext.
+async fn ssh_tunnel(
+    State(d): Shared,
+    Path(name): Path<String>,
+    Query(q): Query<TunnelQuery>,
+    mut req: Request,
+) -> Result<Response, ApiError> {
+    deployment_record(&d, &name).await?;
+    let wants = req.headers().get(axum::http::header::UPGRADE).and_then(|v| v.to_str().ok());
+    if !wants.is_some_and(|u| u.eq_ignore_ascii_case("bosun-ssh")) {
+        return Err(ApiError::bad_request("the tunnel needs `Upgrade: bosun-ssh`"));
+    }
+    let address = crate::ssh::address_of(&d, &name, &q.instance).await?;
+    let vm = tokio::time::timeout(Duration::from_secs(10), tokio::net::TcpStream::connect(&address))
+        .await
+        .map_err(|_| {
+            ApiError::new(StatusCode::BAD_GATEWAY, "unreachable", format!("{address}: no answer within 10 s"))
+        })?
+        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "unreachable", format!("{address}: {e}")))?;
+    let upgrade = req
+        .extensions_mut()
+        .remove::<hyper::upgrade::OnUpgrade>()
+        .ok_or_else(|| ApiError::bad_request("this connection cannot be upgraded"))?;
+    let instance = q.instance;
+    tokio::spawn(async move {
+        let mut vm = vm;
+        match upgrade.await {
+            Ok(client) => {
+                let mut client = hyper_util::rt::TokioIo::new(client);
+                let copied = tokio::io::copy_bidirectional(&mut client, &mut vm).await;
+                tracing::info!(deployment = %name, instance, ?copied, "SSH tunnel closed");
+            }
+            Err(e) => tracing::warn!(error = %e, "SSH tunnel upgrade failed"),
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(axum::http::header::CONNECTION, "upgrade")
+        .header(axum::http::header::UPGRADE, "bosun-ssh")
+        .body(Body::empty())
+        .map_err(|e| ApiError::internal(&e))
+}
+
+/// The agent's `follow_logs` lines as a streamed text body. When the client hangs up, the body is
+/// dropped, and with it the command, which the hub then cancels on the agent.
+fn follow_logs(d: &Arc<Director>, agent_id: &str, jobs: Vec<String>, lines: u32) -> Response {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let (d, agent) = (d.clone(), agent_id.to_string());
+    let command =
+        bosun_types::protocol::AgentCommand::FollowLogs { jobs, lines, timeout_ms: FOLLOW_FOR.as_millis() as u64 };
+    let call = tokio::spawn(async move {
+        let end = d.hub.call_reporting(&agent, command, FOLLOW_FOR + Duration::from_secs(60), Some(tx)).await;
+        end.err().map(|e| format!("bosun: the stream ended: {e}\n"))
+    });
+    struct AbortOnDrop(tokio::task::JoinHandle<Option<String>>);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let lines = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|l| (l, rx)) })
+        .map(|l| Ok::<_, std::io::Error>(l + "\n"));
+    let guard = AbortOnDrop(call);
+    // After the last line, why it ended, if not by the client.
+    let ending = futures::stream::once(async move {
+        let mut guard = guard;
+        let why = (&mut guard.0).await.ok().flatten().unwrap_or_default();
+        Ok(why)
+    });
+    let body = Body::from_stream(lines.chain(ending));
+    Response::builder()
+        .header(axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(body)
+        .unwrap_or_else(|e| ApiError::internal(&e).into_response())
 }
 
 async fn list_releases(State(d): Shared) -> Result<Json<Vec<ReleaseView>>, ApiError> {

@@ -77,8 +77,7 @@ pub async fn deployments(cli: &Cli) -> Result<()> {
 
 /// `logs`: each instance's job logs into `DIR/DEPLOYMENT.GROUP.ID.TIME.tgz`, owner-only (logs may
 /// hold what others should not read).
-pub async fn logs(cli: &Cli, instances: &[String], jobs: &[String], dir: &Path) -> Result<()> {
-    let d = deployment(cli)?;
+fn check_logs_args(instances: &[String], jobs: &[String]) -> Result<()> {
     let safe = super::is_path_segment;
     for i in instances {
         if !i.split_once('/').is_some_and(|(g, id)| safe(g) && safe(id)) {
@@ -88,14 +87,46 @@ pub async fn logs(cli: &Cli, instances: &[String], jobs: &[String], dir: &Path) 
     if let Some(j) = jobs.iter().find(|j| !safe(j)) {
         return Err(InputError::new(format!("`{j}` is not a job name")).into());
     }
+    Ok(())
+}
+
+fn logs_path(d: &str, instance: &str, jobs: &[String]) -> String {
+    let mut path = format!("/v1/deployments/{d}/logs?instance={instance}");
+    if !jobs.is_empty() {
+        path.push_str(&format!("&job={}", jobs.join(",")));
+    }
+    path
+}
+
+/// `logs --follow`: each instance's lines as they come (behind the instance when there are
+/// several), until Ctrl-C or every stream ends.
+pub async fn follow_logs(cli: &Cli, instances: &[String], jobs: &[String], num: u32) -> Result<()> {
+    let d = deployment(cli)?;
+    check_logs_args(instances, jobs)?;
+    let c = client(cli)?;
+    let prefixed = instances.len() > 1;
+    let streams = instances.iter().map(|i| {
+        let path = format!("{}&follow=true&num={num}", logs_path(d, i, jobs));
+        let c = &c;
+        async move {
+            let prefix = if prefixed { format!("{i}: ") } else { String::new() };
+            c.stream_lines(&path, |line| println!("{prefix}{line}")).await
+        }
+    });
+    tokio::select! {
+        results = futures::future::join_all(streams) => results.into_iter().collect::<Result<Vec<()>>>().map(drop),
+        _ = tokio::signal::ctrl_c() => Ok(()),
+    }
+}
+
+pub async fn logs(cli: &Cli, instances: &[String], jobs: &[String], dir: &Path) -> Result<()> {
+    let d = deployment(cli)?;
+    check_logs_args(instances, jobs)?;
     let c = client(cli)?;
     let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string().replace(':', "");
     let mut written = Vec::new();
     for i in instances {
-        let mut path = format!("/v1/deployments/{d}/logs?instance={i}");
-        if !jobs.is_empty() {
-            path.push_str(&format!("&job={}", jobs.join(",")));
-        }
+        let path = logs_path(d, i, jobs);
         let to = dir.join(format!("{d}.{}.{stamp}.tgz", i.replace('/', ".")));
         let bytes = c.download(&path, &to).await?;
         if !cli.json {
@@ -193,7 +224,7 @@ pub async fn run_errand(cli: &Cli, name: &str, instances: &[String], how: Errand
     let task: bosun_types::api::TaskView = c.get(&format!("/v1/tasks/{}", t.task_id)).await?;
     match task.exit_code {
         Some(0) => Ok(()),
-        Some(code) => Err(crate::ErrandExit { errand: name.to_string(), code }.into()),
+        Some(code) => Err(crate::RemoteExit { what: format!("errand `{name}`"), code }.into()),
         None => Err(anyhow::anyhow!("task {} recorded no exit code for errand `{name}`", t.task_id)),
     }
 }

@@ -7,6 +7,7 @@ pub mod director;
 pub mod disks;
 pub mod health;
 pub mod interpolate;
+pub mod ssh;
 pub mod tasks;
 
 /// Whether an operator's name or version may go into a URL path as it is: letters, digits and
