@@ -1,6 +1,7 @@
 //! Day-2 operations on a real etcd cluster through real agents on the local CPI, with a client
 //! writing a key every 50 ms throughout: a rolling stemcell upgrade and a persistent disk resize
-//! (127.0.40.0/24), and scaling 3 → 5 → 3 with etcd's membership following (127.0.41.0/24).
+//! (127.0.40.0/24), scaling 3 → 5 → 3 with etcd's membership following (127.0.41.0/24), and
+//! BOSH's three-step rotation of the peer CA (127.0.77.0/24).
 
 mod common;
 
@@ -163,4 +164,109 @@ fn scaling_out_and_in_adds_and_removes_etcd_members() {
     for gone in &grown[3..] {
         assert!(orphaned_from.contains(&gone["instance"].as_str().unwrap()), "{orphans}");
     }
+}
+
+/// An etcd cluster whose members talk over TLS, at one step of BOSH's three-step CA rotation: 0 the
+/// old CA alone; 1 a new CA generated and trusted beside the old one; 2 the peer certificate
+/// reissued by the new CA (its definition names another CA: `converge` makes it anew); 3 the old
+/// CA no longer trusted. (The VMs share this machine's network namespace, so a member dials its
+/// peers from 127.0.0.1, which etcd checks against the peer certificate too.)
+fn rotation_manifest(step: u8) -> String {
+    let (issuer, trusted) = match step {
+        0 => ("etcd_ca", "((etcd_ca.certificate))"),
+        1 => ("etcd_ca", "((etcd_ca.certificate))\n            ((etcd_ca_2.certificate))"),
+        2 => ("etcd_ca_2", "((etcd_ca.certificate))\n            ((etcd_ca_2.certificate))"),
+        _ => ("etcd_ca_2", "((etcd_ca_2.certificate))"),
+    };
+    let old_ca = "- name: etcd_ca\n  type: certificate\n  options: {is_ca: true, common_name: etcd-ca}\n";
+    let new_ca = "- name: etcd_ca_2\n  type: certificate\n  options: {is_ca: true, common_name: etcd-ca-2}\n";
+    let cas = match step {
+        0 => old_ca.to_string(),
+        1 | 2 => format!("{old_ca}{new_ca}"),
+        _ => new_ca.to_string(),
+    };
+    format!(
+        r#"name: rotation
+releases: [{{name: kubo, version: latest}}]
+stemcells: [{{alias: default, os: local, version: latest}}]
+update:
+  canaries: 1
+  max_in_flight: 1
+  canary_watch_time: 1000-60000
+  update_watch_time: 1000-60000
+instance_groups:
+- name: etcd
+  azs: [z1, z2, z3]
+  instances: 3
+  vm_type: default
+  stemcell: default
+  networks:
+  - name: default
+    static_ips: [127.0.77.10 - 127.0.77.12]
+  jobs:
+  - name: etcd
+    release: kubo
+    properties:
+      etcd:
+        peer_tls:
+          ca: |
+            {trusted}
+          certificate: ((etcd_peer.certificate))
+          private_key: ((etcd_peer.private_key))
+variables:
+{cas}- name: etcd_peer
+  type: certificate
+  update_mode: converge
+  options:
+    ca: {issuer}
+    common_name: etcd-peer
+    alternative_names: [127.0.77.10, 127.0.77.11, 127.0.77.12, 127.0.0.1]
+    extended_key_usage: [server_auth, client_auth]
+"#
+    )
+}
+
+#[test]
+fn rotating_the_peer_ca_in_three_deploys_loses_no_write() {
+    let d = TestDirector::start();
+    d.prepare(&d.write("cloud.yml", &local_cloud_config(77)));
+    let deploy = |step: u8| {
+        let m = d.write(&format!("rotation-{step}.yml"), &rotation_manifest(step));
+        d.ok(&["-n", "-d", "rotation", "deploy", m.to_str().unwrap()])
+    };
+    deploy(0);
+    let instances = by_index(&d.running("rotation", 3));
+    let addresses = ips(&instances);
+    let names = members(&addresses, 3);
+    let config = |file: &str| -> String {
+        let vm = d.cpi_base().join("vms").join(instances[0]["vm_cid"].as_str().unwrap());
+        std::fs::read_to_string(vm.join("root/jobs/etcd/config").join(file)).unwrap()
+    };
+    let certs = |pem: &str| pem.matches("BEGIN CERTIFICATE").count();
+    let (old_trust, old_leaf) = (config("peer-ca.crt"), config("peer.crt"));
+    assert_eq!(certs(&old_trust), 1);
+
+    let endpoints: Vec<&str> = addresses.iter().map(String::as_str).collect();
+    let writer = EtcdWriter::start(&endpoints);
+    let started = std::time::Instant::now();
+    deploy(1);
+    assert_eq!(certs(&config("peer-ca.crt")), 2, "both CAs trusted");
+    assert!(config("peer-ca.crt").contains(old_trust.trim()));
+    assert_eq!(config("peer.crt"), old_leaf, "the leaf is still the old CA's");
+    deploy(2);
+    let new_leaf = config("peer.crt");
+    assert_ne!(new_leaf, old_leaf, "the leaf reissued");
+    deploy(3);
+    let new_trust = config("peer-ca.crt");
+    assert_eq!(certs(&new_trust), 1);
+    assert!(!new_trust.contains(old_trust.trim()), "the old CA is no longer trusted");
+    assert_eq!(config("peer.crt"), new_leaf);
+    let report = writer.finish();
+    println!("CA rotation: three deploys in {:.1} s", started.elapsed().as_secs_f64());
+    assert!(report.written.len() > 40, "the client wrote throughout ({} writes)", report.written.len());
+    report.assert_nothing_lost(&addresses[0]);
+    assert_eq!(members(&addresses, 3), names, "the same three members, talking over the new CA");
+    let vars = d.json(&["-d", "rotation", "variables"]);
+    let names: Vec<&str> = vars.as_array().unwrap().iter().filter_map(|v| v["name"].as_str()).collect();
+    assert!(names.contains(&"etcd_ca_2") && names.contains(&"etcd_peer"), "{vars}");
 }

@@ -441,6 +441,13 @@ impl AgentHub {
                 self.receive_blob(&claimed, &digest, size, &mut stream).await;
             }
             AgentMessage::Hello { vm_cid, stemcell, applied_generation, ssh, .. } => {
+                let ssh = ssh.filter(|e| {
+                    let ok = e.is_well_formed();
+                    if !ok {
+                        tracing::warn!(agent_id = %claimed, "ignoring a malformed SSH endpoint in the agent's hello");
+                    }
+                    ok
+                });
                 if let Some(endpoint) = &ssh {
                     self.pin_host_key(&record, &endpoint.host_key).await;
                 }

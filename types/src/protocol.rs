@@ -142,6 +142,21 @@ pub struct SshEndpoint {
     pub host_key: String,
 }
 
+impl SshEndpoint {
+    /// An `ip:port` address and one short ed25519 key line: what an agent may report (anything
+    /// else from a peer is ignored, never stored).
+    pub fn is_well_formed(&self) -> bool {
+        let key_ok = self.host_key.strip_prefix("ssh-ed25519 ").is_some_and(|rest| {
+            let blob = rest.split(' ').next().unwrap_or("");
+            !blob.is_empty()
+                && rest.len() <= 256
+                && rest.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
+                && blob.bytes().all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b))
+        });
+        key_ok && self.address.parse::<std::net::SocketAddr>().is_ok()
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "snake_case")]
 pub enum CommandOutcome {
@@ -501,6 +516,27 @@ pub struct ScriptResult {
     #[serde(default)]
     pub stdout_tail: String,
     pub duration_ms: u64,
+}
+
+#[cfg(test)]
+mod ssh_endpoint_tests {
+    use super::SshEndpoint;
+
+    #[test]
+    fn only_an_address_and_an_ed25519_key_line_are_taken() {
+        let ep = |address: &str, host_key: &str| SshEndpoint { address: address.into(), host_key: host_key.into() };
+        assert!(ep("10.0.0.5:22", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFoo+/=").is_well_formed());
+        assert!(ep("10.0.0.5:22", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFoo host").is_well_formed());
+        for (a, k) in [
+            ("10.0.0.5", "ssh-ed25519 AAAA"),
+            ("10.0.0.5:22", "ssh-rsa AAAA"),
+            ("10.0.0.5:22", "ssh-ed25519 "),
+            ("10.0.0.5:22", "ssh-ed25519 AAAA\nmore"),
+        ] {
+            assert!(!ep(a, k).is_well_formed(), "{a} {k}");
+        }
+        assert!(!ep("10.0.0.5:22", &format!("ssh-ed25519 {}", "A".repeat(300))).is_well_formed());
+    }
 }
 
 #[cfg(test)]
