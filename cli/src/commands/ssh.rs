@@ -575,7 +575,7 @@ pub async fn scp(cli: &crate::Cli, from: &str, to: &str, recursive: bool, gatewa
             };
             let session = Session::open(crate::client(cli)?, &d, std::slice::from_ref(&instance), 600).await?;
             let sent = futures::future::join_all(
-                session.view.targets.iter().map(|t| send_bytes(&session, t, &command, &payload, gateway)),
+                session.view.targets.iter().map(|t| exec_bytes(&session, t, &command, &payload, gateway)),
             )
             .await;
             session.close().await;
@@ -602,7 +602,7 @@ pub async fn scp(cli: &crate::Cli, from: &str, to: &str, recursive: bool, gatewa
                 } else {
                     format!("cat {}", sh_quote(&path))
                 };
-                let bytes = fetch_bytes(&session, target, &command, gateway).await?;
+                let bytes = exec_bytes(&session, target, &command, &[], gateway).await?;
                 if recursive {
                     std::fs::create_dir_all(&dst)?;
                     tar::Archive::new(&bytes[..])
@@ -632,29 +632,20 @@ fn tar_of(dir: &Path) -> Result<Vec<u8>> {
     Ok(b.into_inner()?)
 }
 
-async fn send_bytes(session: &Session, t: &SshTargetView, command: &str, payload: &[u8], gateway: bool) -> Result<()> {
+/// Runs `command` on one instance with `input` on its stdin; its stdout, when it exits 0.
+async fn exec_bytes(
+    session: &Session,
+    t: &SshTargetView,
+    command: &str,
+    input: &[u8],
+    gateway: bool,
+) -> Result<Vec<u8>> {
     let handle = session.connect(t, gateway).await?;
     let mut channel = handle.channel_open_session().await?;
     channel.exec(true, command).await?;
-    channel.data(payload).await?;
-    channel.eof().await?;
-    let (code, _, err) = collect(&mut channel).await;
-    let _ = handle.disconnect(russh::Disconnect::ByApplication, "", "en").await;
-    match code {
-        Some(0) => Ok(()),
-        other => anyhow::bail!(
-            "{}: copying failed ({}): {}",
-            label(t),
-            exit_text(other),
-            String::from_utf8_lossy(&err).trim()
-        ),
+    if !input.is_empty() {
+        channel.data(input).await?;
     }
-}
-
-async fn fetch_bytes(session: &Session, t: &SshTargetView, command: &str, gateway: bool) -> Result<Vec<u8>> {
-    let handle = session.connect(t, gateway).await?;
-    let mut channel = handle.channel_open_session().await?;
-    channel.exec(true, command).await?;
     channel.eof().await?;
     let (code, out, err) = collect(&mut channel).await;
     let _ = handle.disconnect(russh::Disconnect::ByApplication, "", "en").await;
