@@ -239,7 +239,7 @@ pub fn leftovers(d: &TestDirector, cids: &[String], bridge: &str) -> Vec<String>
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     out.extend(mounts.lines().filter(|l| l.contains(&base)).map(|l| format!("mount {l}")));
     if Path::new("/sys/class/net").join(bridge).exists() {
-        out.push(format!("bridge {bridge}"));
+        out.push(format!("bridge {bridge} (ports: {:?})", bosun_cpi_local::isolation::bridge_ports(bridge)));
     }
     let rules = Command::new("iptables").args(["-S", "FORWARD"]).output().expect("iptables");
     out.extend(

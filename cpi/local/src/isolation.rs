@@ -136,10 +136,27 @@ fn ensure_bridge(nic: &BridgedNic) -> CpiResult<()> {
     Ok(())
 }
 
+/// Serialises plugging into and releasing a bridge within this process: a VM being plugged into
+/// a bridge another VM's deletion is about to remove would lose its network.
+static BRIDGES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The interfaces plugged into a bridge.
+pub fn bridge_ports(br: &str) -> Vec<String> {
+    let dir = Path::new("/sys/class/net").join(br).join("brif");
+    let mut ports: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    ports.sort();
+    ports
+}
+
 /// Removes a bridge no VM is plugged into any more, and its rules.
 fn release_bridge(br: &str) {
-    let ports = std::fs::read_dir(Path::new("/sys/class/net").join(br).join("brif")).map(|d| d.count()).unwrap_or(0);
-    if ports > 0 || !link_exists(br) {
+    let _one = BRIDGES.lock().unwrap_or_else(|e| e.into_inner());
+    if !bridge_ports(br).is_empty() || !link_exists(br) {
         return;
     }
     let _ = ip(&["link", "delete", br, "type", "bridge"]).output();
@@ -151,14 +168,17 @@ fn release_bridge(br: &str) {
 
 /// The network namespace and veth of a VM, addressed and routed through the gateway.
 pub fn plumb(cid: &str, nic: &BridgedNic) -> CpiResult<()> {
-    ensure_bridge(nic)?;
     let ns = netns_name(cid);
     let host = veth_name(cid);
     let _ = ip(&["netns", "delete", &ns]).output();
     run("creating the VM's network namespace", ip(&["netns", "add", &ns]))?;
     let _ = ip(&["link", "delete", &host]).output();
     run("creating the VM's veth", ip(&["link", "add", &host, "type", "veth", "peer", "name", "eth0", "netns", &ns]))?;
-    run("plugging the VM into the bridge", ip(&["link", "set", &host, "master", &nic.bridge, "up"]))?;
+    {
+        let _one = BRIDGES.lock().unwrap_or_else(|e| e.into_inner());
+        ensure_bridge(nic)?;
+        run("plugging the VM into the bridge", ip(&["link", "set", &host, "master", &nic.bridge, "up"]))?;
+    }
     let addr = format!("{}/{}", nic.ip, nic.prefix);
     run("addressing the VM", in_netns(&ns, &["ip", "addr", "add", &addr, "dev", "eth0"]))?;
     run("bringing the VM's interfaces up", in_netns(&ns, &["ip", "link", "set", "lo", "up"]))?;
@@ -177,7 +197,14 @@ pub fn unplumb(cid: &str, bridge: Option<&str>) {
     if Path::new("/run/netns").join(&ns).exists() {
         let _ = ip(&["netns", "delete", &ns]).output();
     }
-    let _ = ip(&["link", "delete", &veth_name(cid)]).output();
+    let veth = veth_name(cid);
+    let _ = ip(&["link", "delete", &veth]).output();
+    // A veth whose namespace the kernel is still tearing down (asynchronously) stays plugged into
+    // the bridge a moment: the last VM to go must not see it and keep the bridge.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while link_exists(&veth) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     if let Some(br) = bridge {
         release_bridge(br);
     }
