@@ -1,5 +1,6 @@
-//! The director's HTTP API, `/v1/...`, over TLS. Every request needs the bearer token; no endpoint
-//! is anonymous. Mutating calls create tasks; errors are JSON with a stable code.
+//! The director's HTTP API, `/v1/...`, over TLS. Every request needs the bearer token (the web view
+//! under `/ui` takes a session cookie it gave for the token instead); no endpoint is anonymous.
+//! Mutating calls create tasks; errors are JSON with a stable code.
 
 use crate::planner::{Requests, Selection};
 use crate::records::{
@@ -55,6 +56,12 @@ impl ApiError {
     fn internal(e: &dyn std::error::Error) -> Self {
         tracing::error!(error = %error_chain(e), "request failed");
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the director's log")
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({}): {}", self.status, self.code, self.message)
     }
 }
 
@@ -125,6 +132,7 @@ pub fn router(d: Arc<Director>) -> Router {
         .route("/v1/clean-up", post(clean_up))
         .route("/v1/tasks/{id}/events", get(task_events))
         .merge(uploads)
+        .merge(crate::ui::router(d.clone()))
         .layer(DefaultBodyLimit::max(16 << 20)) // BODY_LIMIT
         .layer(axum::middleware::from_fn_with_state(d.clone(), authenticate))
         .layer(axum::middleware::map_response(json_errors))
@@ -140,12 +148,13 @@ const UPLOAD_LIMIT: &str = "8 GiB";
 /// (a body over its limit, a malformed JSON body, an unknown route or method).
 async fn json_errors(response: Response) -> Response {
     let status = response.status();
-    let json = response
+    let own = response
         .headers()
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
-    if json || !(status.is_client_error() || status.is_server_error()) {
+        .is_some_and(|v| ["application/json", "text/html", "image/svg+xml"].iter().any(|t| v.starts_with(t)));
+    // The web view's pages answer errors as pages.
+    if own || !(status.is_client_error() || status.is_server_error()) {
         return response;
     }
     let text = axum::body::to_bytes(response.into_body(), 64 << 10)
@@ -167,10 +176,6 @@ async fn json_errors(response: Response) -> Response {
     ApiError::new(status, code, message).into_response()
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// The token of an `Authorization: Bearer <token>` header; the scheme's name is matched without
 /// regard to case (RFC 7235 §2.1), and spaces may separate it from the token.
 fn bearer_token(header: &str) -> Option<&str> {
@@ -179,9 +184,12 @@ fn bearer_token(header: &str) -> Option<&str> {
 }
 
 async fn authenticate(State(d): Shared, headers: HeaderMap, request: Request, next: Next) -> Response {
+    if crate::ui::is_ui_path(request.uri().path()) {
+        return next.run(request).await; // the web view checks its own session cookie
+    }
     let presented = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(bearer_token);
     match presented {
-        Some(t) if constant_time_eq(t.as_bytes(), d.token.as_bytes()) => {
+        Some(t) if d.token_matches(t) => {
             if let Some(admission) = request.extensions().get::<Arc<crate::gate::Admission>>() {
                 admission.prove();
             }
@@ -656,35 +664,7 @@ async fn upload_stemcell(State(d): Shared, body: Body) -> Result<Json<TaskCreate
 }
 
 async fn list_deployments(State(d): Shared) -> Result<Json<Vec<DeploymentView>>, ApiError> {
-    let latest = update::latest_cloud_config(&d.state).await?.map(|c| c.version).unwrap_or(0);
-    let instances: Vec<crate::records::InstanceRecord> = d.state.list(tables::INSTANCES, "").await?;
-    let used = deployments_using(&d).await?;
-    let out = d
-        .state
-        .list::<DeploymentRecord>(tables::DEPLOYMENTS, "")
-        .await?
-        .into_iter()
-        .map(|r| {
-            let m = used.iter().find(|(n, _)| n == &r.name).map(|(_, m)| m);
-            DeploymentView {
-                releases: m
-                    .map(|m| m.releases.iter().map(|x| format!("{}/{}", x.name, x.version)).collect())
-                    .unwrap_or_default(),
-                stemcells: m
-                    .map(|m| {
-                        m.stemcells
-                            .iter()
-                            .map(|x| format!("{}/{}", x.os.clone().or(x.name.clone()).unwrap_or_default(), x.version))
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-                instances: instances.iter().filter(|i| i.deployment == r.name).count(),
-                cloud_config: if r.cloud_config_version == latest { "latest".into() } else { "outdated".into() },
-                name: r.name,
-            }
-        })
-        .collect();
-    Ok(Json(out))
+    Ok(Json(crate::views::deployment_views(&d).await?))
 }
 
 async fn deployment_record(d: &Director, name: &str) -> Result<DeploymentRecord, ApiError> {

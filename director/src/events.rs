@@ -78,6 +78,18 @@ impl Events {
     /// Records an event. A failure to record is logged, never fatal: the timeline must not stop
     /// the work it describes.
     pub async fn record(&self, subject: EventSubject, action: &str, cause: &str, message: impl Into<String>) {
+        self.record_since(subject, action, cause, message, None).await
+    }
+
+    /// Records an event about something that began earlier (`since_ms`, Unix milliseconds).
+    pub async fn record_since(
+        &self,
+        subject: EventSubject,
+        action: &str,
+        cause: &str,
+        message: impl Into<String>,
+        since_ms: Option<u64>,
+    ) {
         let message = message.into();
         let result = async {
             let id = self.state.next_id("event").await?;
@@ -92,6 +104,7 @@ impl Events {
                 task: subject.task,
                 cause: cause.to_string(),
                 message,
+                since_ms,
             };
             tracing::info!(event = ev.id, action, object = %ev.object_name, cause, "{}", ev.message);
             self.state.put(tables::EVENTS, &event_key(id), &ev).await

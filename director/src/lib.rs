@@ -30,6 +30,7 @@ pub mod secrets;
 pub mod ssh;
 pub mod store;
 pub mod tasks;
+pub mod ui;
 pub mod update;
 pub mod uploads;
 pub mod views;
@@ -240,9 +241,17 @@ pub struct Director {
     /// `host:port` agents dial.
     pub agent_address: String,
     pub api_address: SocketAddr,
+    /// The browsers signed in to `/ui`.
+    pub ui_sessions: ui::Sessions,
 }
 
 impl Director {
+    /// Whether `presented` is this director's API token (compared in constant time).
+    pub fn token_matches(&self, presented: &str) -> bool {
+        let (a, b) = (presented.as_bytes(), self.token.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+
     /// Whether the blobstore holds `digest` with the right bytes (a corrupt copy is moved aside
     /// and counts as absent, so what made it makes it again).
     pub async fn blob_is_sound(&self, digest: &str) -> bool {
@@ -432,6 +441,7 @@ pub async fn start(config: DirectorConfig, cpi: Arc<dyn Cpi>) -> Result<RunningD
         token,
         agent_address,
         api_address,
+        ui_sessions: ui::Sessions::default(),
     });
     let settled = reconcile::after_restart(&director).await;
     // Nothing runs yet: every blob a task could be writing is an earlier process's leftover.

@@ -1,9 +1,10 @@
-//! The instances of a deployment as `bosun instances` shows them.
+//! Deployments and their instances as `bosun deployments` and `bosun instances` show them (and
+//! the web view).
 
-use crate::records::{InstanceRecord, StemcellRecord};
+use crate::records::{DeploymentRecord, InstanceRecord, StemcellRecord};
 use crate::store::{tables, StoreError};
 use crate::Director;
-use bosun_types::api::InstanceView;
+use bosun_types::api::{DeploymentView, InstanceView};
 
 /// The instances of a deployment as the director sees them: the store's records joined with what
 /// the agents last reported.
@@ -60,5 +61,37 @@ pub async fn instance_views(
         })
         .collect();
     out.sort_by(|a, b| (a.group.as_str(), a.index).cmp(&(b.group.as_str(), b.index)));
+    Ok(out)
+}
+
+/// Every deployment as `bosun deployments` lists it.
+pub async fn deployment_views(d: &Director) -> Result<Vec<DeploymentView>, StoreError> {
+    let deployments: Vec<DeploymentRecord> = d.state.list(tables::DEPLOYMENTS, "").await?;
+    let latest = crate::update::latest_cloud_config(&d.state).await?.map(|c| c.version).unwrap_or(0);
+    let instances: Vec<crate::records::InstanceRecord> = d.state.list(tables::INSTANCES, "").await?;
+    let used: Vec<(String, crate::records::ManifestRefs)> =
+        deployments.iter().map(|rec| (rec.name.clone(), rec.refs())).collect();
+    let out = deployments
+        .into_iter()
+        .map(|r| {
+            let m = used.iter().find(|(n, _)| n == &r.name).map(|(_, m)| m);
+            DeploymentView {
+                releases: m
+                    .map(|m| m.releases.iter().map(|x| format!("{}/{}", x.name, x.version)).collect())
+                    .unwrap_or_default(),
+                stemcells: m
+                    .map(|m| {
+                        m.stemcells
+                            .iter()
+                            .map(|x| format!("{}/{}", x.os.clone().or(x.name.clone()).unwrap_or_default(), x.version))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                instances: instances.iter().filter(|i| i.deployment == r.name).count(),
+                cloud_config: if r.cloud_config_version == latest { "latest".into() } else { "outdated".into() },
+                name: r.name,
+            }
+        })
+        .collect();
     Ok(out)
 }

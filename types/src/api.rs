@@ -493,6 +493,10 @@ pub struct EventView {
     /// Who or what caused it: `task 12 (deploy quickstart)`, `health monitor`, `director`.
     pub cause: String,
     pub message: String,
+    /// When what the event reports began, if earlier than the event: a detection's is when the
+    /// agent was last heard (as near as the director knows when its VM died).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since_ms: Option<u64>,
 }
 
 crate::named_enum! {

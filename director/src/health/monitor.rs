@@ -199,7 +199,8 @@ impl Monitor {
                     Err(e) => tracing::warn!(vm = %vm.cid, error = %e, "has_vm failed; judging by the agent alone"),
                 }
             }
-            let state = classify(&observe(d, rec, status.as_ref()));
+            let observed = observe(d, rec, status.as_ref());
+            let state = classify(&observed);
             let health = Health::of(state);
             if previous == Some(health) || (previous.is_none() && health == Health::Healthy) {
                 continue;
@@ -220,7 +221,10 @@ impl Monitor {
                 ),
                 Health::Missing => ("missing", format!("VM {} is gone (has_vm: false)", vm.cid)),
             };
-            d.events.record(subject, action, CAUSE, message).await;
+            // A finding began when the agent was last heard.
+            let last_heard =
+                health.unhealthy().then(|| d.clock.unix_ms().saturating_sub(observed.silent_for.as_millis() as u64));
+            d.events.record_since(subject, action, CAUSE, message, last_heard).await;
             if health.unhealthy() {
                 self.meltdown.turned_unhealthy(&rec.deployment, &rec.key(), now);
             }
