@@ -276,47 +276,61 @@ impl Client {
         Ok(self.send(self.request(reqwest::Method::DELETE, path)).await?.json().await?)
     }
 
-    pub async fn upload_file(&self, path: &str, file: &std::path::Path) -> Result<TaskCreated> {
+    /// Uploads a file, streamed (a release tarball is never held whole in memory); with `bar`, its
+    /// bytes and rate on a terminal.
+    pub async fn upload_file(&self, path: &str, file: &std::path::Path, bar: bool) -> Result<TaskCreated> {
+        use futures::StreamExt;
         let f = tokio::fs::File::open(file).await.map_err(|e| InputError::new(format!("{}: {e}", file.display())))?;
         let len = f.metadata().await?.len();
-        // Streamed: a release tarball is never held whole in memory.
-        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(f));
-        Ok(self
-            .send(self.request(reqwest::Method::POST, path).header("content-length", len).body(body))
-            .await?
-            .json()
-            .await?)
+        let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let bar = if bar { crate::progress::upload_bar(&format!("uploading {name}"), len) } else { None };
+        let counted = bar.clone();
+        let stream = tokio_util::io::ReaderStream::new(f).inspect(move |chunk| {
+            if let (Some(bar), Ok(bytes)) = (&counted, chunk) {
+                bar.inc(bytes.len() as u64);
+            }
+        });
+        let sent = self
+            .send(
+                self.request(reqwest::Method::POST, path)
+                    .header("content-length", len)
+                    .body(reqwest::Body::wrap_stream(stream)),
+            )
+            .await;
+        if let Some(bar) = bar {
+            bar.finish();
+        }
+        Ok(sent?.json().await?)
     }
 
-    /// Follows a task's events until it ends; prints them on stdout (as bosh does) unless `quiet`.
-    /// Errors if it failed.
-    pub async fn follow_task(&self, id: u64, quiet: bool) -> Result<String> {
+    /// Follows a task's events until it ends and prints them on stdout, as bosh does (bars on a
+    /// terminal, lines otherwise, one JSON object each with `json`), then each instance's update
+    /// time and the task's. Errors if it failed.
+    pub async fn follow_task(&self, id: u64, json: bool) -> Result<String> {
+        let mut display = crate::progress::Display::for_stdout(json);
+        let mut tally = crate::progress::Tally::default();
         let mut after = 0;
-        if !quiet {
+        if !json {
             println!("Task {id}");
         }
         loop {
             let page: TaskEventsPage = self.get(&format!("/v1/tasks/{id}/events?after={after}&wait=10")).await?;
             for e in &page.events {
                 after = after.max(e.seq);
-                if !quiet {
-                    let t = humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(e.time_ms))
-                        .to_string();
-                    let clock = t.get(11..19).unwrap_or(&t);
-                    let who = e.instance.as_deref().map(|i| format!("{i}: ")).unwrap_or_default();
-                    let level = match e.level {
-                        bosun_types::api::EventLevel::Info => "",
-                        bosun_types::api::EventLevel::Warn => "warning: ",
-                        bosun_types::api::EventLevel::Error => "error: ",
-                    };
-                    println!("{clock} | {:<11} | {who}{level}{}", e.stage, e.message);
-                }
+                tally.observe(e);
+                display.show(e, &tally);
             }
             if page.task.state.is_finished() && page.events.is_empty() {
+                display.finish();
+                if json {
+                    println!("{}", serde_json::to_string(&page.task)?);
+                } else {
+                    print!("{}", tally.summary(&page.task));
+                }
                 let result = page.task.result.unwrap_or_default();
                 return match page.task.state {
                     TaskState::Done => {
-                        if !quiet {
+                        if !json {
                             let took =
                                 page.task.ended_at.unwrap_or(page.task.started_at).saturating_sub(page.task.started_at);
                             println!(

@@ -9,6 +9,7 @@ mod commands;
 mod cpis;
 mod manifest;
 mod output;
+mod progress;
 mod release;
 
 use anyhow::Result;

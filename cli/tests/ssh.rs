@@ -241,63 +241,6 @@ fn restart_agent_with_a_new_host_key(vm: &Path) {
     std::mem::forget(child);
 }
 
-/// A tmux session running `bosun ssh` interactively: what is on its screen, keys typed into it.
-struct Terminal {
-    name: String,
-}
-
-impl Terminal {
-    fn start(d: &TestDirector, script_dir: &Path) -> Self {
-        let name = format!("bosun-ssh-{}", std::process::id());
-        let script = script_dir.join("ssh.sh");
-        let mut text = String::from("#!/bin/sh\n");
-        for (k, v) in &d.env {
-            text.push_str(&format!("export {k}='{v}'\n"));
-        }
-        text.push_str(&format!("export HOME='{}'\n", d.dir.path().join("home").display()));
-        text.push_str(&format!(
-            "'{}' -d {DEPLOYMENT} ssh sleeper/0\necho \"bosun exited $?\"\nsleep 600\n",
-            bosun_bin()
-        ));
-        std::fs::write(&script, text).unwrap();
-        let status = Command::new("tmux")
-            .args(["new-session", "-d", "-s", &name, "-x", "100", "-y", "30", "sh"])
-            .arg(&script)
-            .status()
-            .unwrap();
-        assert!(status.success(), "tmux new-session");
-        Terminal { name }
-    }
-
-    fn screen(&self) -> String {
-        let o = Command::new("tmux").args(["capture-pane", "-p", "-t", &self.name]).output().unwrap();
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    }
-
-    fn keys(&self, keys: &[&str]) {
-        let status = Command::new("tmux").args(["send-keys", "-t", &self.name]).args(keys).status().unwrap();
-        assert!(status.success());
-    }
-
-    fn shows(&self, what: &str, text: &str) -> String {
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            let s = self.screen();
-            if s.contains(text) {
-                return s;
-            }
-            assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}; the screen:\n{s}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Terminal {
-    fn drop(&mut self) {
-        let _ = Command::new("tmux").args(["kill-session", "-t", &self.name]).status();
-    }
-}
-
 #[test]
 fn an_interactive_session_in_a_terminal_types_resizes_interrupts_and_exits() {
     let d = TestDirector::start_with(&[], &[]);
@@ -305,7 +248,7 @@ fn an_interactive_session_in_a_terminal_types_resizes_interrupts_and_exits() {
     let m = d.write("m.yml", &sleeper_manifest(DEPLOYMENT, 1, "hello", "", "", ""));
     d.ok(&["-n", "-d", DEPLOYMENT, "deploy", m.to_str().unwrap()]);
     d.running(DEPLOYMENT, 1);
-    let t = Terminal::start(&d, d.dir.path());
+    let t = Terminal::start(&d, "ssh", &format!("'{}' -d {DEPLOYMENT} ssh sleeper/0", bosun_bin()));
     t.keys(&["echo typed-$((6*7))", "Enter"]);
     t.shows("the command's output", "typed-42");
     t.keys(&["stty size", "Enter"]);

@@ -1,7 +1,7 @@
 //! The update engine on real agents through the local CPI, with the testbed release's `sleeper`
 //! job (a process that records each start on the instance's store and sleeps): a failing canary,
 //! a hanging drain, create-swap-delete, and the recreate / restart / stop / start commands. Each
-//! test has its own subnet (127.0.43–46.0/24; cancellation 127.0.49.0/24, clean-up 127.0.42.0/24).
+//! test has its own subnet (127.0.43–46.0/24; cancellation 127.0.49.0/24, clean-up 127.0.42.0/24, progress 127.0.79.0/24).
 
 mod common;
 
@@ -385,4 +385,75 @@ fn uploads_nothing_needs_are_deleted_and_what_a_deployment_needs_is_refused() {
     // What stays still serves: a recreate renders and starts from release 8 on stemcell 3.
     d.ok(&["-n", "-d", "clean", "recreate"]);
     d.running("clean", 1);
+}
+
+/// What a deploy shows while it runs: on a terminal, an upload's bytes and rate, a bar per
+/// instance group and a line per instance in flight (its step), then the durations; without a
+/// terminal the same events as lines; with `--json`, one JSON object per line.
+#[test]
+fn progress_is_bars_on_a_terminal_lines_without_one_and_json_objects_on_request() {
+    let d = TestDirector::start();
+    d.ok(&["update-cloud-config", d.write("cloud.yml", &local_cloud_config(79)).to_str().unwrap()]);
+    d.ok(&["upload-stemcell", stemcell("1").to_str().unwrap()]);
+    let m = d.write("m.yml", &sleeper_manifest("progress", 3, "hello", "", "", ""));
+    let release = testbed_release();
+    let t = Terminal::start(
+        &d,
+        "progress",
+        &format!(
+            "'{0}' upload-release '{1}' && '{0}' -n -d progress deploy '{2}'",
+            bosun_bin(),
+            release.display(),
+            m.display()
+        ),
+    );
+    // Every line seen on the screen while it ran (bars are redrawn in place).
+    let mut seen = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let last = loop {
+        let screen = t.screen();
+        seen.extend(screen.lines().map(|l| l.trim_end().to_string()));
+        if screen.contains("bosun exited") {
+            break screen;
+        }
+        assert!(Instant::now() < deadline, "the deploy did not end; the screen:\n{screen}");
+        std::thread::park_timeout(Duration::from_millis(50));
+    };
+    seen.extend(t.history().lines().map(|l| l.trim_end().to_string()));
+    let all: Vec<&String> = seen.iter().collect();
+    assert!(last.contains("bosun exited 0"), "{last}");
+    let has = |what: &str, test: &dyn Fn(&str) -> bool| {
+        assert!(
+            all.iter().any(|l| test(l)),
+            "no {what} among the lines seen:\n{}",
+            all.iter().map(|l| l.as_str()).collect::<Vec<_>>().join("\n")
+        );
+    };
+    has("upload bar with bytes and rate", &|l| l.starts_with("uploading ") && l.contains("B/s") && l.contains('['));
+    has("instance group bar", &|l| l.trim_start().starts_with("sleeper [") && l.contains("/3 updated"));
+    has("canary in flight", &|l| l.contains("sleeper/") && l.contains("(canary)") && !l.contains(" | "));
+    has("event line", &|l| l.contains(" | update      | sleeper/") && l.ends_with(": running"));
+    // The bars are gone at the end; the durations stay.
+    assert!(!last.contains("/3 updated"), "{last}");
+    assert!(last.contains("Durations:") && last.contains(" (canary)"), "{last}");
+    assert_eq!(
+        last.lines().filter(|l| l.starts_with("  sleeper/") && l.trim_end().ends_with(" s")).count(),
+        3,
+        "{last}"
+    );
+    assert!(last.lines().any(|l| l.starts_with("Task ") && l.contains(" done: ")), "{last}");
+
+    // Without a terminal: the lines and the durations. With --json: objects, one per line.
+    let out = d.ok(&["-n", "-d", "progress", "recreate"]);
+    assert!(out.contains(" | update      | sleeper/") && out.contains("Durations:"), "{out}");
+    let o = d.run(&["-n", "-d", "progress", "deploy", m.to_str().unwrap(), "--recreate", "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON object ({e}): {l}")))
+        .collect();
+    assert!(lines[0].get("changes").is_some(), "the plan first: {}", lines[0]);
+    assert!(lines[1..lines.len() - 1].iter().all(|e| e.get("stage").is_some() && e.get("time_ms").is_some()));
+    assert!(lines[1..].iter().filter(|e| e["message"] == "running").count() == 3);
+    assert_eq!(lines.last().unwrap()["state"], "done", "the task last");
 }

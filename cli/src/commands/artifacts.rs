@@ -34,7 +34,7 @@ pub async fn upload_release(cli: &Cli, path: &Path) -> Result<()> {
     } else {
         path.to_path_buf()
     };
-    let t = c.upload_file("/v1/releases", &tarball).await?;
+    let t = c.upload_file("/v1/releases", &tarball, !cli.json).await?;
     c.follow_task(t.task_id, cli.json).await.map(|_| ())
 }
 
@@ -63,7 +63,7 @@ pub async fn upload_stemcell(cli: &Cli, tarball: &Path) -> Result<()> {
         return Err(InputError::new(format!("{}: no such stemcell tarball", tarball.display())).into());
     }
     let c = client(cli)?;
-    let t = c.upload_file("/v1/stemcells", tarball).await?;
+    let t = c.upload_file("/v1/stemcells", tarball, !cli.json).await?;
     c.follow_task(t.task_id, cli.json).await.map(|_| ())
 }
 

@@ -40,10 +40,12 @@ pub async fn deploy(
     };
     let c = client(cli)?;
     let plan: PlanView = c.post_json(&format!("/v1/deployments/{name}/plan"), &request).await?;
-    if cli.json && *dry_run {
-        return print_json(&plan);
+    if cli.json {
+        // The plan as one object, then (after the question) the task's events, one per line.
+        println!("{}", serde_json::to_string(&plan)?);
+    } else {
+        print!("{}", output::render_plan(&plan));
     }
-    print!("{}", output::render_plan(&plan));
     if *dry_run {
         return Ok(());
     }

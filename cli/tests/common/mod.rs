@@ -742,3 +742,66 @@ pub fn tls_client(roots_pem: &str, identity: Option<(&str, &str)>) -> std::sync:
         None => b.with_no_client_auth(),
     })
 }
+
+/// A terminal (tmux, 100×30) running a command with the director's environment: what is on its
+/// screen, keys typed into it. When the command ends, `bosun exited N` shows its status.
+pub struct Terminal {
+    pub name: String,
+}
+
+impl Terminal {
+    pub fn start(d: &TestDirector, tag: &str, command: &str) -> Self {
+        let name = format!("bosun-{tag}-{}", std::process::id());
+        let script = d.dir.path().join(format!("{tag}.sh"));
+        let mut text = String::from("#!/bin/sh\n");
+        for (k, v) in &d.env {
+            text.push_str(&format!("export {k}='{v}'\n"));
+        }
+        text.push_str(&format!("export HOME='{}'\ncd '{}'\n", d.dir.path().join("home").display(), repo().display()));
+        text.push_str(&format!("{command}\necho \"bosun exited $?\"\nsleep 600\n"));
+        std::fs::write(&script, text).unwrap();
+        let status = Command::new("tmux")
+            .args(["new-session", "-d", "-s", &name, "-x", "100", "-y", "30", "sh"])
+            .arg(&script)
+            .status()
+            .unwrap();
+        assert!(status.success(), "tmux new-session");
+        Terminal { name }
+    }
+
+    pub fn screen(&self) -> String {
+        let o = Command::new("tmux").args(["capture-pane", "-p", "-t", &self.name]).output().unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// Everything the terminal printed, scrolled off or not (what was redrawn in place shows
+    /// only as it was last drawn).
+    pub fn history(&self) -> String {
+        let o = Command::new("tmux").args(["capture-pane", "-p", "-S", "-", "-t", &self.name]).output().unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    pub fn keys(&self, keys: &[&str]) {
+        let status = Command::new("tmux").args(["send-keys", "-t", &self.name]).args(keys).status().unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits (20 s at most) until the screen shows `text`; the screen then.
+    pub fn shows(&self, what: &str, text: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let s = self.screen();
+            if s.contains(text) {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}; the screen:\n{s}");
+            std::thread::park_timeout(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Terminal {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux").args(["kill-session", "-t", &self.name]).status();
+    }
+}
