@@ -6,7 +6,7 @@
 //!
 //! [`Tally`] reads the events (pure); [`Display`] draws what it says.
 
-use bosun_types::api::{EventLevel, TaskEvent, TaskView};
+use bosun_types::api::{EventLevel, TaskEvent, TaskState, TaskView};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -29,6 +29,8 @@ pub struct InstanceWork {
     pub canary: bool,
     pub began_ms: u64,
     pub ended_ms: Option<u64>,
+    /// Its latest event (a deletion has no closing line: its last one ends it).
+    pub last_ms: u64,
     /// The latest step reported.
     pub step: String,
     pub failed: bool,
@@ -77,6 +79,7 @@ impl Tally {
                     canary: e.message.starts_with("canary "),
                     began_ms: e.time_ms,
                     ended_ms: None,
+                    last_ms: e.time_ms,
                     step: String::new(),
                     failed: false,
                 });
@@ -85,6 +88,7 @@ impl Tally {
         };
         let w = &mut self.instances[k];
         w.step = e.message.lines().next().unwrap_or("").to_string();
+        w.last_ms = e.time_ms;
         if e.level == EventLevel::Error {
             w.failed = true;
             w.ended_ms = Some(e.time_ms);
@@ -114,12 +118,16 @@ impl Tally {
             if w.canary {
                 name.push_str(" (canary)");
             }
-            let end = match (w.failed, w.ended_ms) {
-                (true, _) => "  failed",
-                (false, None) => "  unfinished",
-                _ => "",
+            // Work with no closing line (a deletion) ended with its last event when the task
+            // succeeded; otherwise it was cut short.
+            let done = task.state == TaskState::Done;
+            let (until, end) = match (w.failed, w.ended_ms) {
+                (true, at) => (at, "  failed"),
+                (false, None) if done => (Some(w.last_ms), ""),
+                (false, None) => (None, "  unfinished"),
+                (false, at) => (at, ""),
             };
-            out.push_str(&format!("  {name:<48} {:>8.1} s{end}\n", secs(w.began_ms, w.ended_ms)));
+            out.push_str(&format!("  {name:<48} {:>8.1} s{end}\n", secs(w.began_ms, until)));
         }
         out
     }
@@ -272,7 +280,6 @@ pub fn upload_bar(what: &str, len: u64) -> Option<ProgressBar> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bosun_types::api::TaskState;
 
     fn ev(t: u64, stage: &str, instance: Option<&str>, message: &str) -> TaskEvent {
         TaskEvent {
@@ -340,6 +347,26 @@ mod tests {
         }
         assert_eq!(t.instances.len(), 2);
         assert!(t.instances.iter().all(|w| w.ended_ms.is_some()));
+    }
+
+    #[test]
+    fn a_deletion_ends_with_its_last_line_when_the_task_succeeded() {
+        let mut t = Tally::default();
+        t.observe(&ev(1_000, "delete", Some("db/a"), "deleting instance"));
+        t.observe(&ev(3_500, "delete", Some("db/a"), "deleted disk d-1"));
+        let mut task = TaskView {
+            id: 5,
+            state: TaskState::Done,
+            description: "delete deployment".into(),
+            deployment: Some("d".into()),
+            started_at: 1,
+            ended_at: Some(9),
+            result: None,
+            exit_code: None,
+        };
+        assert!(t.summary(&task).lines().nth(1).unwrap().ends_with(" 2.5 s"), "{}", t.summary(&task));
+        task.state = TaskState::Cancelled;
+        assert!(t.summary(&task).lines().nth(1).unwrap().ends_with(" 8.0 s  unfinished"), "{}", t.summary(&task));
     }
 
     #[test]

@@ -126,6 +126,8 @@ fn the_readme_works_as_written_from_a_fresh_clone_quickstart_docker_and_clean_up
     let real_home = std::env::var("HOME").unwrap_or("/root".into());
     let mut leftovers = Leftovers { clone: clone.clone(), docker_label: None };
     let log_path = work.path().join("readme.log");
+    // One file description for both streams, so their lines interleave rather than overwrite.
+    let log_file = std::fs::File::create(&log_path).unwrap();
     let mut child = Command::new("bash")
         .arg(work.path().join("readme.sh"))
         .current_dir(&clone)
@@ -139,8 +141,8 @@ fn the_readme_works_as_written_from_a_fresh_clone_quickstart_docker_and_clean_up
         .env_remove("BOSUN_DEPLOYMENT")
         .env_remove("CARGO_TARGET_DIR")
         .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&log_path).unwrap())
-        .stderr(Stdio::from(std::fs::File::options().append(true).open(&log_path).unwrap()))
+        .stdout(log_file.try_clone().unwrap())
+        .stderr(log_file)
         .spawn()
         .expect("bash");
     let started = Instant::now();
@@ -148,7 +150,7 @@ fn the_readme_works_as_written_from_a_fresh_clone_quickstart_docker_and_clean_up
     let status = loop {
         // The Docker director's label, read while it runs (its uuid names its containers).
         if leftovers.docker_label.is_none() {
-            leftovers.docker_label = docker_director_label(&clone, &home);
+            leftovers.docker_label = docker_director_label(&clone, &work.path().join("probe-home"));
         }
         if let Some(s) = child.try_wait().unwrap() {
             break s;
@@ -175,7 +177,9 @@ fn the_readme_works_as_written_from_a_fresh_clone_quickstart_docker_and_clean_up
     assert!(!home.join(".config/bosun/target.json").exists(), "the remembered target is gone");
 }
 
-/// `bosun.tag.director_uuid=<uuid>` of the Docker section's director, once it answers.
+/// `bosun.tag.director_uuid=<uuid>` of the Docker section's director, once it answers. `home` is
+/// the probe's own: `bosun target` with a director named remembers it, and the newcomer's shell
+/// must not see that.
 fn docker_director_label(clone: &Path, home: &Path) -> Option<String> {
     let env = std::fs::read_to_string(clone.join(".bosun/docker/env")).ok()?;
     let mut cmd = Command::new(clone.join("target/release/bosun"));

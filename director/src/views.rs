@@ -68,25 +68,18 @@ pub async fn instance_views(
 pub async fn deployment_views(d: &Director) -> Result<Vec<DeploymentView>, StoreError> {
     let deployments: Vec<DeploymentRecord> = d.state.list(tables::DEPLOYMENTS, "").await?;
     let latest = crate::update::latest_cloud_config(&d.state).await?.map(|c| c.version).unwrap_or(0);
-    let instances: Vec<crate::records::InstanceRecord> = d.state.list(tables::INSTANCES, "").await?;
-    let used: Vec<(String, crate::records::ManifestRefs)> =
-        deployments.iter().map(|rec| (rec.name.clone(), rec.refs())).collect();
+    let instances: Vec<InstanceRecord> = d.state.list(tables::INSTANCES, "").await?;
     let out = deployments
         .into_iter()
         .map(|r| {
-            let m = used.iter().find(|(n, _)| n == &r.name).map(|(_, m)| m);
+            let m = r.refs();
             DeploymentView {
-                releases: m
-                    .map(|m| m.releases.iter().map(|x| format!("{}/{}", x.name, x.version)).collect())
-                    .unwrap_or_default(),
+                releases: m.releases.iter().map(|x| format!("{}/{}", x.name, x.version)).collect(),
                 stemcells: m
-                    .map(|m| {
-                        m.stemcells
-                            .iter()
-                            .map(|x| format!("{}/{}", x.os.clone().or(x.name.clone()).unwrap_or_default(), x.version))
-                            .collect()
-                    })
-                    .unwrap_or_default(),
+                    .stemcells
+                    .iter()
+                    .map(|x| format!("{}/{}", x.os.clone().or(x.name.clone()).unwrap_or_default(), x.version))
+                    .collect(),
                 instances: instances.iter().filter(|i| i.deployment == r.name).count(),
                 cloud_config: if r.cloud_config_version == latest { "latest".into() } else { "outdated".into() },
                 name: r.name,

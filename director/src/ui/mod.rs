@@ -144,7 +144,12 @@ async fn login(
 ) -> Response {
     let next = safe_next(&form.next).to_string();
     if !d.token_matches(&form.token) {
-        tracing::warn!("a /ui sign-in with a wrong token");
+        // Anyone can provoke this line: a few a minute, then a count.
+        static WRONG: crate::log_throttle::LogThrottle =
+            crate::log_throttle::LogThrottle::new(5, Duration::from_secs(60));
+        if let Some(held) = WRONG.allow() {
+            tracing::warn!(left_out = held, "a /ui sign-in with a wrong token");
+        }
         let page = page::login(&next, Some("That token is not this director's."));
         return (StatusCode::UNAUTHORIZED, Html(page)).into_response();
     }
