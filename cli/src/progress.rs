@@ -135,14 +135,13 @@ impl Tally {
 
 /// An event as one line: `HH:MM:SS | stage       | instance: message`.
 pub fn event_line(e: &TaskEvent) -> String {
-    let s = (e.time_ms / 1000) % 86_400;
     let who = e.instance.as_deref().map(|i| format!("{i}: ")).unwrap_or_default();
     let level = match e.level {
         EventLevel::Info => "",
         EventLevel::Warn => "warning: ",
         EventLevel::Error => "error: ",
     };
-    format!("{:02}:{:02}:{:02} | {:<11} | {who}{level}{}", s / 3600, (s / 60) % 60, s % 60, e.stage, e.message)
+    format!("{} | {:<11} | {who}{level}{}", bosun_types::api::utc_time_of_day(e.time_ms), e.stage, e.message)
 }
 
 /// How events reach the operator.

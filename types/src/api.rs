@@ -599,3 +599,20 @@ pub struct SshCleanupRequest {
     #[serde(default)]
     pub instances: Vec<String>,
 }
+
+/// A value as a URL path segment or query value: what URLs give meaning to, percent-encoded (the
+/// CLI building request paths, the director's web view building links).
+pub fn url_part(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// `HH:MM:SS`, UTC, of Unix milliseconds: how task events and the timeline show a time of day.
+pub fn utc_time_of_day(ms: u64) -> String {
+    let s = (ms / 1000) % 86_400;
+    format!("{:02}:{:02}:{:02}", s / 3600, (s / 60) % 60, s % 60)
+}

@@ -88,16 +88,6 @@ pub async fn stemcells(cli: &Cli) -> Result<()> {
     Ok(())
 }
 
-/// A value as a URL path segment or query value: what URLs give meaning to, percent-encoded.
-fn url_part(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// `NAME/VERSION` (or `OS/VERSION`), each part a plain name.
 fn split_pair<'a>(what: &str, s: &'a str) -> Result<(&'a str, &'a str)> {
     s.split_once('/')

@@ -4,20 +4,9 @@
 
 use super::escape::esc;
 use super::timeline::{timeline_svg, utc, utc_time};
-use bosun_types::api::{DeploymentView, EventView, InstanceView};
+use bosun_types::api::{url_part, DeploymentView, EventView, InstanceView};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
-
-/// A path segment made safe for a link (deployment names are restricted, but a link never trusts
-/// that).
-fn seg(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
 
 const STYLE: &str = r#"
 body{font-family:sans-serif;margin:0;color:#1d1d1f;background:#fafbfc}
@@ -102,7 +91,7 @@ pub fn overview(director: &str, deployments: &[(DeploymentView, BTreeMap<String,
                 body,
                 r#"<tr data-deployment="{}"><td><a href="/ui/deployments/{}">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>"#,
                 esc(&d.name),
-                seg(&d.name),
+                url_part(&d.name),
                 esc(&d.name),
                 d.instances,
                 badges(counts),
@@ -215,7 +204,7 @@ pub fn deployment(d: &DeploymentView, instances: &[InstanceView], events: &[Even
         body,
         r#"<h2>The last day</h2><div class="timeline-box" id="timeline">{}</div><p class="muted"><a href="/ui/deployments/{}/timeline.svg">The timeline alone (SVG)</a></p>"#,
         timeline_svg(events, now_ms, &labels),
-        seg(&d.name)
+        url_part(&d.name)
     );
     body.push_str("<h2>Latest events</h2><table class=\"events\"><tr><th>Time (UTC)</th><th>Instance</th><th>Event</th><th>Cause</th><th>Message</th></tr>");
     for e in events.iter().take(50) {

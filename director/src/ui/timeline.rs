@@ -309,11 +309,7 @@ pub fn utc(ms: u64) -> String {
     humantime::format_rfc3339_seconds(t).to_string().trim_end_matches('Z').replace('T', " ")
 }
 
-/// `03:04:05` (UTC).
-pub fn utc_time(ms: u64) -> String {
-    let s = (ms / 1000) % 86_400;
-    format!("{:02}:{:02}:{:02}", s / 3600, (s / 60) % 60, s % 60)
-}
+pub use bosun_types::api::utc_time_of_day as utc_time;
 
 #[cfg(test)]
 mod tests {
