@@ -144,6 +144,11 @@ pub fn event_line(e: &TaskEvent) -> String {
     format!("{} | {:<11} | {who}{level}{}", bosun_types::api::utc_time_of_day(e.time_ms), e.stage, e.message)
 }
 
+/// Whether stdout is a terminal that can redraw bars.
+fn live_terminal() -> bool {
+    std::io::stdout().is_terminal() && std::env::var_os("TERM").is_some_and(|t| t != "dumb")
+}
+
 /// How events reach the operator.
 pub enum Display {
     Lines,
@@ -156,7 +161,7 @@ impl Display {
     pub fn for_stdout(json: bool) -> Display {
         if json {
             Display::Json
-        } else if std::io::stdout().is_terminal() && std::env::var_os("TERM").is_some_and(|t| t != "dumb") {
+        } else if live_terminal() {
             Display::Bars(Bars::default())
         } else {
             Display::Lines
@@ -267,7 +272,7 @@ impl Bars {
 /// A byte counter for an upload: a bar with bytes, rate and time left on a terminal, nothing
 /// otherwise.
 pub fn upload_bar(what: &str, len: u64) -> Option<ProgressBar> {
-    if !std::io::stdout().is_terminal() {
+    if !live_terminal() {
         return None;
     }
     let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stdout());
