@@ -1,6 +1,6 @@
 #![cfg(feature = "docker")]
 //! The Docker CPI against the Docker Engine on this machine, with a real Debian stemcell image
-//! (debootstrap) around the agent under test: the shared CPI conformance suite, and the cluster
+//! (mmdebstrap) around the agent under test: the shared CPI conformance suite, and the cluster
 //! lifecycle on containers. Skipped when the engine is not reachable, unless
 //! `BOSUN_REQUIRE_DOCKER=1` (which `.ci/run` sets).
 

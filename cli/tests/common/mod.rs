@@ -114,23 +114,16 @@ pub fn docker_or_skip(test: &str) -> bool {
     ok
 }
 
-/// A Docker stemcell built by the real builder around the agent under test. The Debian root
-/// filesystem is cached in `target/test-fixtures/docker-stemcells` across runs.
+/// A Docker stemcell built by the real builder around the agent under test. The builder keeps
+/// the Debian root filesystem in its cache (`/var/cache/bosun/docker-rootfs`) across runs and
+/// clones, so only the first build on a machine runs mmdebstrap.
 pub fn docker_stemcell(version: &str) -> PathBuf {
     static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one_at_a_time = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
-    let shared = scratch().join("docker-stemcells");
-    let out = shared.join(format!("run-{}", std::process::id()));
+    let out = scratch().join("docker-stemcells").join(format!("run-{}", std::process::id()));
     let tarball = out.join(format!("bosun-docker-{version}.tgz"));
     if !tarball.exists() {
         std::fs::create_dir_all(&out).expect("stemcell dir");
-        // The root filesystem cache lives one level up, shared by every run.
-        for e in std::fs::read_dir(&shared).into_iter().flatten().flatten() {
-            let name = e.file_name();
-            if name.to_string_lossy().starts_with("docker-rootfs-") && !out.join(&name).exists() {
-                let _ = std::fs::hard_link(e.path(), out.join(&name));
-            }
-        }
         let o = Command::new(repo().join("stemcells/docker/build.sh"))
             .arg(version)
             .env("BOSUN_AGENT_BIN", agent_bin())
@@ -138,12 +131,6 @@ pub fn docker_stemcell(version: &str) -> PathBuf {
             .output()
             .expect("running stemcells/docker/build.sh");
         assert!(o.status.success(), "docker stemcell build failed: {}", String::from_utf8_lossy(&o.stderr));
-        for e in std::fs::read_dir(&out).into_iter().flatten().flatten() {
-            let name = e.file_name();
-            if name.to_string_lossy().starts_with("docker-rootfs-") && !shared.join(&name).exists() {
-                let _ = std::fs::hard_link(e.path(), shared.join(&name));
-            }
-        }
     }
     tarball
 }
