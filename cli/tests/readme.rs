@@ -1,11 +1,13 @@
 //! The README followed literally, as a newcomer would, in one shell on a fresh clone: its first
 //! command (`ci/quickstart`), the commands after it, the Docker section, then the clean-up. What
 //! the README says must work; what the clean-up says must leave nothing: no director, VM process,
-//! container, stemcell image, `.bosun` or remembered target.
+//! container, stemcell image, `.bosun` or remembered target. Twice: as root, and as a user other
+//! than root once the root-only set-up has run (`ci/setup`, and the user in the `docker` group, as
+//! the README's Requirements say).
 //!
 //! It builds bosun in release mode and a Docker stemcell (minutes, even warm), so `ci/readme`
 //! runs it rather than `ci/test`. The clone's `target/` is a link to a cache outside it
-//! (`/var/cache/bosun/readme-target`), so a second run builds only what changed.
+//! (`/var/cache/bosun/readme-target`, one per newcomer), so a second run builds only what changed.
 
 mod common;
 
@@ -100,11 +102,107 @@ impl Drop for Leftovers {
 #[test]
 #[ignore = "minutes of release builds: ci/readme runs it"]
 fn the_readme_works_as_written_from_a_fresh_clone_quickstart_docker_and_clean_up() {
+    follow_the_readme(None);
+}
+
+#[test]
+#[ignore = "minutes of release builds: ci/readme runs it"]
+fn the_readme_works_for_a_user_other_than_root_once_the_root_only_set_up_has_run() {
+    let work = work_dir();
+    let user = Newcomer::create(&work.path().join("home"));
+    follow_the_readme(Some((work, user)));
+}
+
+fn work_dir() -> tempfile::TempDir {
     let work = tempfile::Builder::new().prefix("bosun-readme-").tempdir_in("/var/tmp").expect("work dir");
+    // Another user's clone and home are in it.
+    std::fs::set_permissions(work.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    work
+}
+
+/// A user other than root, made for one run and removed with everything it owns afterwards: in
+/// the `docker` group (the README's one root step besides `ci/setup`), with subordinate ids for
+/// user namespaces (useradd gives them), and a Rust toolchain of its own as a newcomer would have
+/// installed it (root's rustup toolchains, read-only, and a copy of root's cargo home).
+struct Newcomer {
+    name: &'static str,
+    uid: u32,
+    gid: u32,
+    home: PathBuf,
+}
+
+impl Newcomer {
+    const NAME: &'static str = "bosun-newcomer";
+
+    fn create(home: &Path) -> Self {
+        // A run killed before its clean-up leaves the user: it goes first.
+        remove_user(Self::NAME);
+        let o = Command::new("useradd")
+            .args(["--create-home", "--home-dir"])
+            .arg(home)
+            .args(["--user-group", "--groups", "docker", "--shell", "/bin/bash", Self::NAME])
+            .output()
+            .expect("useradd");
+        assert!(o.status.success(), "useradd: {}", String::from_utf8_lossy(&o.stderr));
+        let id = |flag: &str| -> u32 {
+            let o = Command::new("id").arg(flag).arg(Self::NAME).output().expect("id");
+            String::from_utf8_lossy(&o.stdout).trim().parse().expect("a numeric id")
+        };
+        let user = Newcomer { name: Self::NAME, uid: id("-u"), gid: id("-g"), home: home.to_path_buf() };
+        let real_home = std::env::var("HOME").unwrap_or("/root".into());
+        let cargo_home = std::env::var("CARGO_HOME").unwrap_or(format!("{real_home}/.cargo"));
+        let o = Command::new("cp").arg("-a").arg(&cargo_home).arg(home.join(".cargo")).output().expect("cp");
+        assert!(o.status.success(), "copying cargo's home: {}", String::from_utf8_lossy(&o.stderr));
+        std::fs::create_dir_all(home.join(".rustup")).unwrap();
+        user.chown(home);
+        user
+    }
+
+    fn chown(&self, path: &Path) {
+        let o = Command::new("chown")
+            .arg("-R")
+            .arg(format!("{}:{}", self.uid, self.gid))
+            .arg(path)
+            .output()
+            .expect("chown");
+        assert!(o.status.success(), "chown {}: {}", path.display(), String::from_utf8_lossy(&o.stderr));
+    }
+
+    fn processes(&self) -> Vec<String> {
+        let o = Command::new("pgrep").args(["-a", "-U", &self.uid.to_string()]).output().expect("pgrep");
+        String::from_utf8_lossy(&o.stdout).lines().map(str::to_string).collect()
+    }
+}
+
+impl Drop for Newcomer {
+    fn drop(&mut self) {
+        let _ = Command::new("pkill").args(["-KILL", "-U", &self.uid.to_string()]).status();
+        remove_user(self.name);
+    }
+}
+
+fn remove_user(name: &str) {
+    if Command::new("id").arg(name).output().is_ok_and(|o| o.status.success()) {
+        let _ = Command::new("pkill").args(["-KILL", "-u", name]).status();
+        let _ = Command::new("userdel").args(["--remove", name]).output();
+    }
+}
+
+/// The README's blocks in one bash on a fresh clone, as root (`None`) or as `user` (with the
+/// work directory its home is in).
+fn follow_the_readme(user: Option<(tempfile::TempDir, Newcomer)>) {
+    let (work, newcomer) = match user {
+        Some((work, user)) => (work, Some(user)),
+        None => (work_dir(), None),
+    };
     let clone = work.path().join("bosun");
     let status = Command::new("git").args(["clone", "-q"]).arg(repo()).arg(&clone).status().expect("git clone");
     assert!(status.success(), "git clone");
     let cache = PathBuf::from(std::env::var("BOSUN_README_TARGET").unwrap_or("/var/cache/bosun/readme-target".into()));
+    let cache = match &newcomer {
+        None => cache,
+        Some(u) => PathBuf::from(format!("{}-{}", cache.display(), u.name)),
+    };
     std::fs::create_dir_all(&cache).expect("the build cache");
     std::os::unix::fs::symlink(&cache, clone.join("target")).expect("target link");
     // `../shared` beside the clone, as CI has it (the kubo release's docs point there).
@@ -121,25 +219,65 @@ fn the_readme_works_as_written_from_a_fresh_clone_quickstart_docker_and_clean_up
     script.push_str("echo '=== README done'\n");
     std::fs::write(work.path().join("readme.sh"), &script).unwrap();
 
+    // The user's home is made with the user; root's newcomer gets one of its own.
     let home = work.path().join("home");
     std::fs::create_dir_all(&home).unwrap();
-    let real_home = std::env::var("HOME").unwrap_or("/root".into());
     let mut leftovers = Leftovers { clone: clone.clone(), docker_label: None };
     let log_path = work.path().join("readme.log");
     // One file description for both streams, so their lines interleave rather than overwrite.
     let log_file = std::fs::File::create(&log_path).unwrap();
-    let mut child = Command::new("bash")
-        .arg(work.path().join("readme.sh"))
+    let mut command = match &newcomer {
+        None => {
+            let real_home = std::env::var("HOME").unwrap_or("/root".into());
+            let mut c = Command::new("bash");
+            c.arg(work.path().join("readme.sh"))
+                .env("HOME", &home)
+                // The toolchain stays where it is installed; only bosun's remembered target is new.
+                .env("CARGO_HOME", std::env::var("CARGO_HOME").unwrap_or(format!("{real_home}/.cargo")))
+                .env("RUSTUP_HOME", std::env::var("RUSTUP_HOME").unwrap_or(format!("{real_home}/.rustup")))
+                .env_remove("BOSUN_DIRECTOR")
+                .env_remove("BOSUN_CA_CERT")
+                .env_remove("BOSUN_TOKEN")
+                .env_remove("BOSUN_DEPLOYMENT")
+                .env_remove("CARGO_TARGET_DIR");
+            c
+        }
+        Some(user) => {
+            user.chown(&clone);
+            if std::fs::metadata(&cache).map(|m| std::os::unix::fs::MetadataExt::uid(&m) != user.uid).unwrap_or(true) {
+                user.chown(&cache);
+            }
+            std::fs::set_permissions(
+                work.path().join("readme.sh"),
+                std::os::unix::fs::PermissionsExt::from_mode(0o644),
+            )
+            .unwrap();
+            let real_home = std::env::var("HOME").unwrap_or("/root".into());
+            let rustup = std::env::var("RUSTUP_HOME").unwrap_or(format!("{real_home}/.rustup"));
+            // The toolchain appears in the user's home, read-only, in a mount namespace of this
+            // run's own (gone with its last process); then the user's shell, with a user's
+            // environment and nothing of root's.
+            let mut c = Command::new("unshare");
+            c.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+                .arg(r#"mount --bind "$1" "$2" && mount -o remount,bind,ro "$2" && shift 2 && exec "$@""#)
+                .arg("sh")
+                .arg(&rustup)
+                .arg(user.home.join(".rustup"))
+                .args(["setpriv", &format!("--reuid={}", user.uid), &format!("--regid={}", user.gid), "--init-groups"])
+                .arg("bash")
+                .arg(work.path().join("readme.sh"))
+                .env_clear()
+                .env("HOME", &user.home)
+                .env("USER", user.name)
+                .env("LOGNAME", user.name)
+                .env("SHELL", "/bin/bash")
+                .env("LANG", "C.UTF-8")
+                .env("PATH", format!("{}/.cargo/bin:/usr/local/bin:/usr/bin:/bin", user.home.display()));
+            c
+        }
+    };
+    let mut child = command
         .current_dir(&clone)
-        .env("HOME", &home)
-        // The toolchain stays where it is installed; only bosun's remembered target is new.
-        .env("CARGO_HOME", std::env::var("CARGO_HOME").unwrap_or(format!("{real_home}/.cargo")))
-        .env("RUSTUP_HOME", std::env::var("RUSTUP_HOME").unwrap_or(format!("{real_home}/.rustup")))
-        .env_remove("BOSUN_DIRECTOR")
-        .env_remove("BOSUN_CA_CERT")
-        .env_remove("BOSUN_TOKEN")
-        .env_remove("BOSUN_DEPLOYMENT")
-        .env_remove("CARGO_TARGET_DIR")
         .stdin(Stdio::null())
         .stdout(log_file.try_clone().unwrap())
         .stderr(log_file)
@@ -162,7 +300,8 @@ fn the_readme_works_as_written_from_a_fresh_clone_quickstart_docker_and_clean_up
         std::thread::park_timeout(Duration::from_secs(1));
     };
     let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-    println!("the README took {:.0} s; its last lines:\n{}", started.elapsed().as_secs_f64(), tail(&log_path));
+    let who = newcomer.as_ref().map_or("root".to_string(), |u| format!("{} (uid {})", u.name, u.uid));
+    println!("the README as {who} took {:.0} s; its last lines:\n{}", started.elapsed().as_secs_f64(), tail(&log_path));
     assert!(status.success() && log.contains("=== README done"), "the README failed ({status}):\n{}", tail(&log_path));
 
     // Both deployments ran: three etcd members each, listed running.
@@ -175,6 +314,13 @@ fn the_readme_works_as_written_from_a_fresh_clone_quickstart_docker_and_clean_up
     assert!(leftovers.containers().is_empty(), "containers are left: {:?}", leftovers.containers());
     assert!(!clone.join(".bosun").exists(), ".bosun is gone");
     assert!(!home.join(".config/bosun/target.json").exists(), "the remembered target is gone");
+    if let Some(user) = &newcomer {
+        assert_eq!(user.processes(), Vec::<String>::new(), "no process of {} is left", user.name);
+    }
+    // The user (and its processes) go before the work directory its home is in.
+    drop(leftovers);
+    drop(newcomer);
+    drop(work);
 }
 
 /// `bosun.tag.director_uuid=<uuid>` of the Docker section's director, once it answers. `home` is
