@@ -198,10 +198,11 @@ fn follow_the_readme(user: Option<(tempfile::TempDir, Newcomer)>) {
     let clone = work.path().join("bosun");
     let status = Command::new("git").args(["clone", "-q"]).arg(repo()).arg(&clone).status().expect("git clone");
     assert!(status.success(), "git clone");
-    let cache = PathBuf::from(std::env::var("BOSUN_README_TARGET").unwrap_or("/var/cache/bosun/readme-target".into()));
+    let root_cache =
+        PathBuf::from(std::env::var("BOSUN_README_TARGET").unwrap_or("/var/cache/bosun/readme-target".into()));
     let cache = match &newcomer {
-        None => cache,
-        Some(u) => PathBuf::from(format!("{}-{}", cache.display(), u.name)),
+        None => root_cache.clone(),
+        Some(u) => PathBuf::from(format!("{}-{}", root_cache.display(), u.name)),
     };
     std::fs::create_dir_all(&cache).expect("the build cache");
     std::os::unix::fs::symlink(&cache, clone.join("target")).expect("target link");
@@ -244,7 +245,18 @@ fn follow_the_readme(user: Option<(tempfile::TempDir, Newcomer)>) {
         }
         Some(user) => {
             user.chown(&clone);
-            if std::fs::metadata(&cache).map(|m| std::os::unix::fs::MetadataExt::uid(&m) != user.uid).unwrap_or(true) {
+            // The user's first run starts from root's build output where there is one (the
+            // dependencies built there are the same; the clone's own crates build again anyway).
+            if std::fs::read_dir(&cache).map(|mut d| d.next().is_none()).unwrap_or(true)
+                && root_cache.join("release").is_dir()
+            {
+                let o = Command::new("cp").arg("-a").arg(root_cache.join("release")).arg(&cache).output().expect("cp");
+                assert!(o.status.success(), "seeding the build cache: {}", String::from_utf8_lossy(&o.stderr));
+            }
+            if std::fs::metadata(&cache).map(|m| std::os::unix::fs::MetadataExt::uid(&m) != user.uid).unwrap_or(true)
+                || std::fs::metadata(cache.join("release"))
+                    .is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) != user.uid)
+            {
                 user.chown(&cache);
             }
             std::fs::set_permissions(
