@@ -70,6 +70,8 @@ packages: [pkg]
 properties:
   port: {default: 1}
   greeting: {default: hello}
+  client.certificate: {description: a client certificate}
+  client.private_key: {description: its key}
 provides: [{name: peers, type: peers, properties: [port]}]
 consumes: [{name: peers, type: peers}]
 processes: [{name: member, executable: bin/run}]
@@ -262,11 +264,19 @@ fn a_property_change_updates_in_place_naming_the_property() {
 fn properties_a_job_does_not_declare_are_warned_of_and_ignored() {
     let w = World::new();
     assert!(w.plan(&manifest(1, "")).unwrap().warnings.is_empty());
-    let typo = manifest(1, "").replace("properties: {port: 7000}", "properties: {port: 7000, prot: 1, tls: {ca: x}}");
+    // A generated certificate given whole (its `ca` beside the declared `certificate` and
+    // `private_key`) is BOSH's idiom: no warning for its parts.
+    let whole = "properties: {port: 7000, client: {ca: a, certificate: b, private_key: c}}";
+    assert!(w.plan(&manifest(1, "").replace("properties: {port: 7000}", whole)).unwrap().warnings.is_empty());
+    let typo = manifest(1, "").replace(
+        "properties: {port: 7000}",
+        "properties: {port: 7000, prot: 1, tls: {ca: x}, client: {certficate: b, private_key: c}}",
+    );
     let p = w.plan(&typo).unwrap();
     assert_eq!(
         p.warnings,
         vec![
+            "/instance_groups/0/jobs/0/properties: job `member` declares no property `client.certficate`; it is ignored",
             "/instance_groups/0/jobs/0/properties: job `member` declares no property `prot`; it is ignored",
             "/instance_groups/0/jobs/0/properties: job `member` declares no property `tls.ca`; it is ignored",
         ]

@@ -93,11 +93,14 @@ fn undeclared_properties(input: &PlanningInput<'_>) -> Vec<String> {
             let mut paths = Vec::new();
             leaves(given, "", &mut paths);
             for path in paths.iter().filter(|p| !p.is_empty()) {
-                // Known: a declared property, inside one (a map-valued property), or above one.
+                // Known: a declared property, inside one (a map-valued property), above one, or
+                // a part of a generated credential given whole (`tls: ((cert))` gives `tls.ca`
+                // beside the declared `tls.certificate`: BOSH's idiom, not a typo).
                 let known = declared.iter().any(|d| {
                     path == d
                         || path.strip_prefix(d).is_some_and(|r| r.starts_with('.'))
                         || d.strip_prefix(path.as_str()).is_some_and(|r| r.starts_with('.'))
+                        || part_of_a_declared_credential(path, d)
                 });
                 if !known {
                     warnings.push(format!(
@@ -109,6 +112,19 @@ fn undeclared_properties(input: &PlanningInput<'_>) -> Vec<String> {
         }
     }
     warnings
+}
+
+/// Whether `path` (`tls.ca`) is a sibling of the declared `declared` (`tls.certificate`) within
+/// the value of a generated certificate, RSA or SSH key variable.
+fn part_of_a_declared_credential(path: &str, declared: &str) -> bool {
+    const PARTS: [&str; 5] = ["ca", "certificate", "private_key", "public_key", "public_key_fingerprint"];
+    let split = |p: &str| p.rsplit_once('.').map(|(parent, last)| (parent.to_string(), last.to_string()));
+    match (split(path), split(declared)) {
+        (Some((parent, last)), Some((declared_parent, declared_last))) => {
+            parent == declared_parent && PARTS.contains(&last.as_str()) && PARTS.contains(&declared_last.as_str())
+        }
+        _ => false,
+    }
 }
 
 /// Each group (by position in the manifest) with its placed instances.
