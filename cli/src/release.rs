@@ -8,7 +8,7 @@ use bosun_types::digest::sha256_digest;
 use bosun_types::release::{
     BlobsYml, DebianPackage, DebianSourceFile, JobSpec, PackageSpec, ReleaseArtifact, ReleaseManifest,
 };
-use bosun_types::tarball::{deterministic_tgz, fingerprint, Entry};
+use bosun_types::tarball::{deterministic_tgz, deterministic_tgz_at, fingerprint, Entry};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -481,7 +481,8 @@ pub fn create_release(dir: &Path, version: Option<&str>, tarball: Option<&Path>)
     for (n, t) in package_tgz {
         outer.insert(format!("packages/{n}.tgz"), (0o644, t));
     }
-    let bytes = deterministic_tgz(&outer)?;
+    // The release's own archive holds archives: gzip's fastest level (nothing names it by digest).
+    let bytes = deterministic_tgz_at(&outer, 1)?;
     let path = match tarball {
         Some(p) => p.to_path_buf(),
         None => dir.join("dev_releases").join(&name).join(format!("{name}-{version}.tgz")),

@@ -130,7 +130,8 @@ pub async fn export(
     tokio::task::spawn_blocking(move || -> std::io::Result<()> {
         std::fs::create_dir_all(&dir)?;
         let file = std::fs::File::create(&out2)?;
-        let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(file, flate2::Compression::default()));
+        // Its members are archives already: gzip's fastest level.
+        let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(file, flate2::Compression::fast()));
         let mut header = tar::Header::new_gnu();
         header.set_size(mf.len() as u64);
         header.set_mode(0o644);

@@ -8,7 +8,14 @@ pub type Entry = (u32, Vec<u8>);
 
 /// Builds a gzip'd tar of `files` (relative path → entry), directories implied.
 pub fn deterministic_tgz(files: &BTreeMap<String, Entry>) -> std::io::Result<Vec<u8>> {
-    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
+    deterministic_tgz_at(files, 6)
+}
+
+/// [`deterministic_tgz`] at gzip `level` (1 for archives of archives: compressing them again
+/// costs seconds per hundred megabytes and saves nothing). The level is part of the bytes, so
+/// archives whose digest names them keep level 6.
+pub fn deterministic_tgz_at(files: &BTreeMap<String, Entry>, level: u32) -> std::io::Result<Vec<u8>> {
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(level));
     let mut b = tar::Builder::new(gz);
     b.mode(tar::HeaderMode::Deterministic);
     for (path, (mode, bytes)) in files {
