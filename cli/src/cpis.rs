@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 /// The names `bosun director --cpi` accepts in this build.
 pub fn available() -> Vec<&'static str> {
-    let mut names = vec!["local"];
+    let mut names = vec!["local", "external"];
     if cfg!(feature = "docker") {
         names.push("docker");
     }
@@ -35,12 +35,26 @@ pub fn cpi_dir(name: &str, state_dir: &Path) -> PathBuf {
 /// Opens the CPI named `name`, its state in [`cpi_dir`], with its configuration file when one is
 /// given.
 pub async fn open(name: &str, config: Option<&Path>, state_dir: &Path) -> Result<Arc<dyn Cpi>> {
-    let dir = cpi_dir(name, state_dir);
+    open_in(name, config, cpi_dir(name, state_dir)).await
+}
+
+/// Opens the CPI named `name` with its own state in `dir`.
+async fn open_in(name: &str, config: Option<&Path>, dir: PathBuf) -> Result<Arc<dyn Cpi>> {
     match name {
         "local" => Ok(Arc::new(
             bosun_cpi_local::LocalCpi::new(dir.clone())
                 .with_context(|| format!("preparing the local CPI in {}", dir.display()))?,
         )),
+        "external" => {
+            let Some(f) = config else {
+                return Err(InputError::new(
+                    "--cpi external needs --cpi-config FILE (exec_path, args, properties, env, timeout_seconds)",
+                )
+                .into());
+            };
+            let config: bosun_cpi_external::ExternalCpiConfig = read_config(f)?;
+            Ok(Arc::new(bosun_cpi_external::ExternalCpi::new(config).map_err(|e| InputError::new(e.to_string()))?))
+        }
         #[cfg(feature = "docker")]
         "docker" => {
             let config: bosun_cpi_docker::DockerCpiConfig = match config {
@@ -56,8 +70,26 @@ pub async fn open(name: &str, config: Option<&Path>, state_dir: &Path) -> Result
     }
 }
 
-#[cfg(feature = "docker")]
 fn read_config<T: serde::de::DeserializeOwned>(f: &Path) -> Result<T> {
     let text = std::fs::read_to_string(f).map_err(|e| InputError::new(format!("{}: {e}", f.display())))?;
     Ok(bosun_types::yaml::from_str(&f.display().to_string(), &text).map_err(|e| InputError::new(e.to_string()))?)
+}
+
+/// `bosun cpi NAME`: answers the one request on stdin with the CPI named, over BOSH's external
+/// CPI protocol (a BOSH director's `bin/cpi` can run this). The response goes to stdout, logs to
+/// stderr; the exit code is 0 whenever a response was written, as BOSH reads only the response.
+pub async fn serve_one(name: &str, config: Option<&Path>, dir: &Path) -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut input = Vec::new();
+    tokio::io::stdin().take(16 << 20).read_to_end(&mut input).await.context("reading the request")?;
+    let response = match open_in(name, config, dir.to_path_buf()).await {
+        Ok(cpi) => bosun_cpi_external::serve::serve(cpi.as_ref(), &input).await,
+        Err(e) => bosun_cpi_external::protocol::Response::failed(&bosun_cpi::CpiError::Cloud(format!("{e:#}"))),
+    };
+    let mut out = serde_json::to_vec(&response)?;
+    out.push(b'\n');
+    let mut stdout = tokio::io::stdout();
+    stdout.write_all(&out).await?;
+    stdout.flush().await?;
+    Ok(())
 }

@@ -84,6 +84,21 @@ enum Command {
         after_help = "Example:\n  bosun director --state-dir ~/.bosun/director --listen 127.0.0.1:25555 --cpi local"
     )]
     Director(commands::director::DirectorArgs),
+    /// Answer one request of BOSH's external CPI protocol (JSON on stdin, JSON on stdout) with
+    /// one of bosun's CPIs: what a BOSH director's `bin/cpi` runs.
+    #[command(
+        after_help = "Example:\n  echo '{\"method\":\"info\",\"arguments\":[],\"context\":{}}' | bosun cpi local --dir /var/lib/bosun-cpi"
+    )]
+    Cpi {
+        /// The CPI: local or docker.
+        name: String,
+        /// Its working directory (the local CPI's VMs, the Docker CPI's metadata).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Its configuration file (the Docker CPI's).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Remember the current target (from flags or BOSUN_* variables), or show it.
     #[command(after_help = "Example:\n  eval \"$(cat state/env)\" && bosun target")]
     Target,
@@ -504,6 +519,7 @@ async fn run(cli: Cli) -> Result<()> {
     let cli = &cli;
     match &cli.command {
         Command::Director(args) => commands::director::run_director(args).await,
+        Command::Cpi { name, dir, config } => cpis::serve_one(name, config.as_deref(), dir).await,
         Command::Target => commands::director::target(cli).await,
         Command::UpdateCloudConfig { file, vars } => commands::config::update_cloud_config(cli, file, vars).await,
         Command::CloudConfig => commands::config::cloud_config(cli).await,

@@ -1,10 +1,13 @@
 //! The shared CPI conformance suite, run against the local CPI with a real stemcell image around
-//! the agent binary under test. Each check is its own test; each gets its own cloud (base
-//! directory) and addresses, and everything it starts is killed at the end.
+//! the agent binary under test, directly and through BOSH's external CPI protocol (every call a
+//! `bosun cpi local` process, as a BOSH director runs a CPI). Each check is its own test; each gets
+//! its own cloud (base directory) and addresses, and everything it starts is killed at the end.
 
 mod common;
 
 use bosun_cpi::conformance::{self, ConformanceEnv, CpiFactory};
+use bosun_cpi::Cpi;
+use bosun_cpi_external::{ExternalCpi, ExternalCpiConfig};
 use bosun_cpi_local::{kill_processes_with_env, LocalCpi, BASE_MARKER};
 use bosun_types::protocol::NetworkSettings;
 use std::collections::BTreeMap;
@@ -49,7 +52,17 @@ fn stemcell_image(dir: &std::path::Path) -> std::path::PathBuf {
     dir.join("stemcell/image")
 }
 
+/// The local CPI on 127.0.30.0/24.
 fn cloud(octet: u8) -> (Cloud, CpiFactory) {
+    cloud_in("127.0.30", octet, false)
+}
+
+/// The local CPI behind the external protocol, on 127.0.31.0/24.
+fn external_cloud(octet: u8) -> (Cloud, CpiFactory) {
+    cloud_in("127.0.31", octet, true)
+}
+
+fn cloud_in(subnet: &str, octet: u8, external: bool) -> (Cloud, CpiFactory) {
     let dir = tempfile::tempdir().unwrap();
     let image = stemcell_image(dir.path());
     let base = dir.path().join("cloud");
@@ -57,11 +70,67 @@ fn cloud(octet: u8) -> (Cloud, CpiFactory) {
         stemcell_image: image,
         stemcell_cloud_properties: serde_json::json!({}),
         vm_cloud_properties: serde_json::json!({}),
-        networks: [network(&format!("127.0.30.{octet}")), network(&format!("127.0.30.{}", octet + 1))],
+        networks: [network(&format!("{subnet}.{octet}")), network(&format!("{subnet}.{}", octet + 1))],
     };
-    let make: CpiFactory =
-        Arc::new(move || Arc::new(LocalCpi::new(&base).expect("local CPI")) as Arc<dyn bosun_cpi::Cpi>);
+    let make: CpiFactory = if external {
+        std::fs::create_dir_all(&base).unwrap();
+        let config = ExternalCpiConfig {
+            exec_path: common::bosun_bin().into(),
+            args: vec![
+                "cpi".into(),
+                "local".into(),
+                "--dir".into(),
+                base.canonicalize().unwrap().display().to_string(),
+            ],
+            properties: Default::default(),
+            env: Default::default(),
+            timeout_seconds: 120,
+        };
+        Arc::new(move || {
+            let cpi = ExternalCpi::new(config.clone()).expect("external CPI");
+            cpi.set_director_uuid("conformance");
+            Arc::new(cpi) as Arc<dyn bosun_cpi::Cpi>
+        })
+    } else {
+        Arc::new(move || Arc::new(LocalCpi::new(&base).expect("local CPI")) as Arc<dyn bosun_cpi::Cpi>)
+    };
     (Cloud { dir, env }, make)
+}
+
+#[tokio::test]
+async fn external_local_info() {
+    let (_c, make) = external_cloud(10);
+    conformance::info(&*make()).await.unwrap();
+}
+
+#[tokio::test]
+async fn external_local_stemcell_lifecycle() {
+    let (c, make) = external_cloud(12);
+    conformance::stemcell_lifecycle(&*make(), &c.env).await.unwrap();
+}
+
+#[tokio::test]
+async fn external_local_vm_lifecycle() {
+    let (c, make) = external_cloud(14);
+    conformance::vm_lifecycle(&*make(), &c.env).await.unwrap();
+}
+
+#[tokio::test]
+async fn external_local_create_vm_with_unknown_stemcell_fails() {
+    let (c, make) = external_cloud(16);
+    conformance::create_vm_with_unknown_stemcell_fails(&*make(), &c.env).await.unwrap();
+}
+
+#[tokio::test]
+async fn external_local_disk_lifecycle() {
+    let (c, make) = external_cloud(18);
+    conformance::disk_lifecycle(&*make(), &c.env).await.unwrap();
+}
+
+#[tokio::test]
+async fn external_local_survives_director_restart() {
+    let (c, make) = external_cloud(20);
+    conformance::survives_director_restart(&make, &c.env).await.unwrap();
 }
 
 #[tokio::test]

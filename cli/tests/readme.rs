@@ -168,9 +168,15 @@ impl Newcomer {
         assert!(o.status.success(), "chown {}: {}", path.display(), String::from_utf8_lossy(&o.stderr));
     }
 
+    /// Its processes still running: an exited one not yet reaped (a zombie whose shell ended
+    /// before collecting it, left to init) holds nothing and is not counted.
     fn processes(&self) -> Vec<String> {
-        let o = Command::new("pgrep").args(["-a", "-U", &self.uid.to_string()]).output().expect("pgrep");
-        String::from_utf8_lossy(&o.stdout).lines().map(str::to_string).collect()
+        let o = Command::new("ps").args(["-U", &self.uid.to_string(), "-o", "pid=,stat=,args="]).output().expect("ps");
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter(|l| l.split_whitespace().nth(1).is_some_and(|stat| !stat.starts_with('Z')))
+            .map(str::to_string)
+            .collect()
     }
 }
 

@@ -357,6 +357,8 @@ pub async fn start(config: DirectorConfig, cpi: Arc<dyn Cpi>) -> Result<RunningD
             u
         }
     };
+    // Before any call: an external CPI names the director in every request's context.
+    cpi.set_director_uuid(&uuid);
     let clock: Arc<dyn clock::Clock> = Arc::new(clock::SystemClock);
     let events = events::Events::new(state.clone(), clock.clone());
     let tasks = tasks::Tasks::new(state.clone(), events.clone(), clock.clone());

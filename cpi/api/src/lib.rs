@@ -27,6 +27,12 @@ pub enum CpiError {
     VmCreationFailed { message: String, ok_to_retry: bool },
     #[error("the CPI does not implement `{0}`")]
     NotImplemented(&'static str),
+    /// The method exists but cannot do what was asked (BOSH's `NotSupported`: e.g. a resize the
+    /// cloud cannot make, for which the director falls back to copying).
+    #[error("not supported: {0}")]
+    NotSupported(String),
+    #[error("no disk space: {message}")]
+    NoDiskSpace { message: String, ok_to_retry: bool },
     #[error("{0}")]
     InvalidArguments(String),
     #[error("cloud error: {0}")]
@@ -77,6 +83,10 @@ pub type CpiResult<T> = Result<T, CpiError>;
 pub trait Cpi: Send + Sync {
     /// A short name for logs and `bosun env` (`local`, `docker`, …).
     fn name(&self) -> &str;
+
+    /// The director that uses this CPI, told once its state is open and before any call (an
+    /// external CPI sends it as BOSH's `director_uuid`).
+    fn set_director_uuid(&self, _uuid: &str) {}
 
     async fn info(&self) -> CpiResult<CpiInfo>;
     async fn create_stemcell(&self, image_path: &Path, cloud_properties: &serde_json::Value) -> CpiResult<String>;

@@ -35,9 +35,45 @@ pub const BASE_MARKER: &str = "BOSUN_LOCAL_BASE";
 pub struct LocalCpi {
     base: PathBuf,
     /// Serializes disk bookkeeping (attach/detach/delete read-modify-write `disk.json`).
-    disk_lock: tokio::sync::Mutex<()>,
+    disk_lock: BaseLock,
     /// Serializes VM creation: checking that an address is free and taking it are one step.
-    vm_lock: tokio::sync::Mutex<()>,
+    vm_lock: BaseLock,
+}
+
+/// A lock one caller holds at a time across every process working on one base directory (a
+/// director's own CPI and each `bosun cpi local` process BOSH's protocol starts per call): the
+/// in-process mutex first, then an exclusive flock on a file in the base directory.
+struct BaseLock {
+    in_process: tokio::sync::Mutex<()>,
+    file: PathBuf,
+}
+
+struct BaseLockGuard<'a> {
+    _in_process: tokio::sync::MutexGuard<'a, ()>,
+    _file: nix::fcntl::Flock<std::fs::File>,
+}
+
+impl BaseLock {
+    fn new(file: PathBuf) -> Self {
+        BaseLock { in_process: tokio::sync::Mutex::new(()), file }
+    }
+
+    async fn lock(&self) -> CpiResult<BaseLockGuard<'_>> {
+        let in_process = self.in_process.lock().await;
+        let path = self.file.clone();
+        let file = blocking(move || {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .map_err(|e| CpiError::Cloud(format!("opening {}: {e}", path.display())))?;
+            nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+                .map_err(|(_, e)| CpiError::Cloud(format!("locking {}: {e}", path.display())))
+        })
+        .await?;
+        Ok(BaseLockGuard { _in_process: in_process, _file: file })
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -71,7 +107,11 @@ impl LocalCpi {
             std::fs::create_dir_all(base.join(d))?;
         }
         let base = base.canonicalize()?;
-        Ok(Self { base, disk_lock: tokio::sync::Mutex::new(()), vm_lock: tokio::sync::Mutex::new(()) })
+        Ok(Self {
+            disk_lock: BaseLock::new(base.join(".disks.lock")),
+            vm_lock: BaseLock::new(base.join(".vms.lock")),
+            base,
+        })
     }
 
     pub fn base(&self) -> &Path {
@@ -363,7 +403,7 @@ impl Cpi for LocalCpi {
         if !stemcell.is_dir() {
             return Err(CpiError::StemcellNotFound(request.stemcell_cid.clone()));
         }
-        let _one_at_a_time = self.vm_lock.lock().await;
+        let _one_at_a_time = self.vm_lock.lock().await?;
         // Addresses live VMs hold: never two live VMs on one address.
         let mut held: BTreeMap<Ipv4Addr, String> = BTreeMap::new();
         for other in self.list_vms().await? {
@@ -450,7 +490,7 @@ impl Cpi for LocalCpi {
         })
         .await?;
         // Disks survive their VM; they come back unattached.
-        let _guard = self.disk_lock.lock().await;
+        let _guard = self.disk_lock.lock().await?;
         for d in self.list_disks().await? {
             if d.attached_to.as_deref() == Some(vm_cid) {
                 let mut rec = self.read_disk(&d.disk_cid).await?;
@@ -516,7 +556,7 @@ impl Cpi for LocalCpi {
     }
 
     async fn delete_disk(&self, disk_cid: &str) -> CpiResult<()> {
-        let _guard = self.disk_lock.lock().await;
+        let _guard = self.disk_lock.lock().await?;
         let rec = self.read_disk(disk_cid).await?;
         if let Some(vm) = rec.attached_to {
             if self.vm_exists(&vm).await? {
@@ -532,7 +572,7 @@ impl Cpi for LocalCpi {
     }
 
     async fn attach_disk(&self, vm_cid: &str, disk_cid: &str) -> CpiResult<serde_json::Value> {
-        let _guard = self.disk_lock.lock().await;
+        let _guard = self.disk_lock.lock().await?;
         if !self.vm_exists(vm_cid).await? {
             return Err(CpiError::VmNotFound(vm_cid.to_string()));
         }
@@ -558,7 +598,7 @@ impl Cpi for LocalCpi {
     }
 
     async fn detach_disk(&self, vm_cid: &str, disk_cid: &str) -> CpiResult<()> {
-        let _guard = self.disk_lock.lock().await;
+        let _guard = self.disk_lock.lock().await?;
         if !self.vm_exists(vm_cid).await? {
             return Err(CpiError::VmNotFound(vm_cid.to_string()));
         }
@@ -580,7 +620,7 @@ impl Cpi for LocalCpi {
     }
 
     async fn set_disk_metadata(&self, disk_cid: &str, metadata: &BTreeMap<String, String>) -> CpiResult<()> {
-        let _guard = self.disk_lock.lock().await;
+        let _guard = self.disk_lock.lock().await?;
         let mut rec = self.read_disk(disk_cid).await?;
         rec.metadata.extend(metadata.clone());
         self.write_disk(disk_cid, &rec).await
@@ -608,7 +648,7 @@ impl Cpi for LocalCpi {
     }
 
     async fn resize_disk(&self, disk_cid: &str, new_size_mb: u64) -> CpiResult<()> {
-        let _guard = self.disk_lock.lock().await;
+        let _guard = self.disk_lock.lock().await?;
         let mut rec = self.read_disk(disk_cid).await?;
         if new_size_mb < rec.size_mb {
             return Err(CpiError::InvalidArguments(format!(

@@ -105,7 +105,8 @@ pub(crate) async fn migrate_disk(
                 task.info("disk", Some(&rec.name()), format!("resized disk {old}: {from_mb} → {to_mb} MiB")).await;
                 return Ok(());
             }
-            Err(CpiError::NotImplemented(_)) => {}
+            // BOSH's rule: a CPI that cannot resize (either way it says so) gets a copy.
+            Err(CpiError::NotImplemented(_) | CpiError::NotSupported(_)) => {}
             Err(e) => return Err(e.into()),
         }
     }
