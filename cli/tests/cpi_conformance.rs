@@ -97,77 +97,54 @@ fn cloud_in(subnet: &str, octet: u8, external: bool) -> (Cloud, CpiFactory) {
     (Cloud { dir, env }, make)
 }
 
-#[tokio::test]
-async fn external_local_info() {
-    let (_c, make) = external_cloud(10);
-    conformance::info(&*make()).await.unwrap();
+/// The suite's checks as tests of one CPI: `$module::info`, `$module::vm_lifecycle`, …, each on
+/// its own cloud from `$cloud(octet)`.
+macro_rules! conformance_tests {
+    ($module:ident, $cloud:ident) => {
+        mod $module {
+            use super::*;
+
+            #[tokio::test]
+            async fn info() {
+                let (_c, make) = $cloud(10);
+                conformance::info(&*make()).await.unwrap();
+            }
+
+            #[tokio::test]
+            async fn stemcell_lifecycle() {
+                let (c, make) = $cloud(12);
+                conformance::stemcell_lifecycle(&*make(), &c.env).await.unwrap();
+            }
+
+            #[tokio::test]
+            async fn vm_lifecycle() {
+                let (c, make) = $cloud(14);
+                conformance::vm_lifecycle(&*make(), &c.env).await.unwrap();
+            }
+
+            #[tokio::test]
+            async fn create_vm_with_unknown_stemcell_fails() {
+                let (c, make) = $cloud(16);
+                conformance::create_vm_with_unknown_stemcell_fails(&*make(), &c.env).await.unwrap();
+            }
+
+            #[tokio::test]
+            async fn disk_lifecycle() {
+                let (c, make) = $cloud(18);
+                conformance::disk_lifecycle(&*make(), &c.env).await.unwrap();
+            }
+
+            #[tokio::test]
+            async fn survives_director_restart() {
+                let (c, make) = $cloud(20);
+                conformance::survives_director_restart(&make, &c.env).await.unwrap();
+            }
+        }
+    };
 }
 
-#[tokio::test]
-async fn external_local_stemcell_lifecycle() {
-    let (c, make) = external_cloud(12);
-    conformance::stemcell_lifecycle(&*make(), &c.env).await.unwrap();
-}
-
-#[tokio::test]
-async fn external_local_vm_lifecycle() {
-    let (c, make) = external_cloud(14);
-    conformance::vm_lifecycle(&*make(), &c.env).await.unwrap();
-}
-
-#[tokio::test]
-async fn external_local_create_vm_with_unknown_stemcell_fails() {
-    let (c, make) = external_cloud(16);
-    conformance::create_vm_with_unknown_stemcell_fails(&*make(), &c.env).await.unwrap();
-}
-
-#[tokio::test]
-async fn external_local_disk_lifecycle() {
-    let (c, make) = external_cloud(18);
-    conformance::disk_lifecycle(&*make(), &c.env).await.unwrap();
-}
-
-#[tokio::test]
-async fn external_local_survives_director_restart() {
-    let (c, make) = external_cloud(20);
-    conformance::survives_director_restart(&make, &c.env).await.unwrap();
-}
-
-#[tokio::test]
-async fn local_info() {
-    let (_c, make) = cloud(10);
-    conformance::info(&*make()).await.unwrap();
-}
-
-#[tokio::test]
-async fn local_stemcell_lifecycle() {
-    let (c, make) = cloud(12);
-    conformance::stemcell_lifecycle(&*make(), &c.env).await.unwrap();
-}
-
-#[tokio::test]
-async fn local_vm_lifecycle() {
-    let (c, make) = cloud(14);
-    conformance::vm_lifecycle(&*make(), &c.env).await.unwrap();
-}
-
-#[tokio::test]
-async fn local_create_vm_with_unknown_stemcell_fails() {
-    let (c, make) = cloud(16);
-    conformance::create_vm_with_unknown_stemcell_fails(&*make(), &c.env).await.unwrap();
-}
-
-#[tokio::test]
-async fn local_disk_lifecycle() {
-    let (c, make) = cloud(18);
-    conformance::disk_lifecycle(&*make(), &c.env).await.unwrap();
-}
-
-#[tokio::test]
-async fn local_survives_director_restart() {
-    let (c, make) = cloud(20);
-    conformance::survives_director_restart(&make, &c.env).await.unwrap();
-}
+conformance_tests!(local, cloud);
+conformance_tests!(external_local, external_cloud);
 
 /// Local-CPI specifics: a VM is its whole process tree, and never two live VMs on one address.
 #[tokio::test]
