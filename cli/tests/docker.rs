@@ -46,6 +46,7 @@ fn docker_cpi_passes_the_conformance_suite() {
         networks: vec!["bosun-test-conformance".into()],
         cpi_state: Some(dir.path().join("cpi")),
         images: vec![],
+        director_pid: None,
     };
     let tarball = docker_stemcell("1");
     let mut a = tar::Archive::new(flate2::read::GzDecoder::new(std::fs::File::open(tarball).unwrap()));
@@ -97,6 +98,7 @@ fn etcd_on_containers_survives_kills_disconnects_and_a_stemcell_upgrade() {
         networks: vec![net.into()],
         cpi_state: Some(d.state_dir().with_file_name("state-cpi-docker")),
         images: vec![],
+        director_pid: d.pid(),
     };
     let cloud = std::fs::read_to_string(repo().join("manifests/cloud-config/docker.yml"))
         .unwrap()

@@ -94,6 +94,8 @@ impl Drop for Leftovers {
                 networks: vec![],
                 cpi_state: Some(self.clone.join(".bosun/docker-cpi-docker")),
                 images: vec![],
+                // Killed above, by its pid file.
+                director_pid: None,
             });
         }
     }

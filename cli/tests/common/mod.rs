@@ -144,6 +144,9 @@ pub struct DockerLeftovers {
     pub cpi_state: Option<PathBuf>,
     /// Stemcell images to remove.
     pub images: Vec<String>,
+    /// The director that made them: killed first, so nothing it would do next (a resurrection,
+    /// a retried create_vm) makes a container after the clean-up looked.
+    pub director_pid: Option<u32>,
 }
 
 impl DockerLeftovers {
@@ -162,6 +165,18 @@ pub fn docker_lines(args: &[&str]) -> Vec<String> {
 
 impl Drop for DockerLeftovers {
     fn drop(&mut self) {
+        if let Some(pid) = self.director_pid {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+            // Gone, or a zombie its parent has yet to collect: either way it acts no more.
+            let stat = format!("/proc/{pid}/stat");
+            let stopped =
+                |text: String| text.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline && std::fs::read_to_string(&stat).map(stopped).map(|z| !z).unwrap_or(false)
+            {
+                std::thread::park_timeout(Duration::from_millis(50));
+            }
+        }
         let containers = self.containers();
         let names: Vec<String> = containers
             .iter()
@@ -352,6 +367,11 @@ impl TestDirector {
 
     /// Ends the director process (its state stays): nothing it would do next — a resurrection, a
     /// retried create_vm — can race the cleanup of what it made.
+    /// The director process's id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn stop_process(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
