@@ -356,8 +356,16 @@ fn cck_repairs_disk_problems() {
         .collect();
     assert!(kinds.contains(&("unattached_disk".into(), format!("unattached_disk:{disk0}"))), "{problems}");
     assert!(kinds.contains(&("missing_disk".into(), format!("missing_disk:{disk1}"))), "{problems}");
-    d.ok(&["-n", "-d", "disks", "cck", "--auto"]);
+    // With --json every line of stdout is one JSON object: the problems first, then the
+    // repairing task's events, its end last.
+    let out = d.ok(&["-n", "--json", "-d", "disks", "cck", "--auto"]);
+    let lines: Vec<serde_json::Value> =
+        out.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}\n{out}"))).collect();
+    assert_eq!(lines.first().and_then(|p| p.as_array()).map(Vec::len), Some(2), "the two problems first: {out}");
+    assert!(lines.len() > 2, "the task's events follow: {out}");
     assert!(d.run(&["-d", "disks", "cck", "--report"]).status.success(), "nothing left");
+    // Nothing to repair: the empty list, and no text.
+    assert_eq!(d.ok(&["-n", "--json", "-d", "disks", "cck", "--auto"]).trim(), "[]");
     let after = by_index(&d.instances("disks"));
     assert_eq!(after[0]["disk_cids"][0], disk0, "reattached");
     assert!(after[1]["disk_cids"].as_array().unwrap().is_empty(), "the missing disk's reference is gone");

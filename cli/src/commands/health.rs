@@ -43,6 +43,10 @@ pub async fn cck(cli: &Cli, auto: bool, report: bool, resolution: &[String]) -> 
     let problems: Vec<ProblemView> = c.get(&format!("/v1/deployments/{d}/problems")).await?;
     if cli.json && report {
         print_json(&problems)?;
+    } else if cli.json {
+        // As deploy --json prints its plan: the problems as one object, then (once resolved)
+        // the task's events, one per line.
+        println!("{}", serde_json::to_string(&problems)?);
     } else {
         let rows: Vec<Vec<String>> = problems
             .iter()
@@ -58,7 +62,9 @@ pub async fn cck(cli: &Cli, auto: bool, report: bool, resolution: &[String]) -> 
         return Err(anyhow::anyhow!("{} problem(s) found", problems.len()));
     }
     if problems.is_empty() {
-        println!("No problems.");
+        if !cli.json {
+            println!("No problems.");
+        }
         return Ok(());
     }
     let mut picks = std::collections::BTreeMap::new();
