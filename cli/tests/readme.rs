@@ -151,8 +151,7 @@ impl Newcomer {
             String::from_utf8_lossy(&o.stdout).trim().parse().expect("a numeric id")
         };
         let user = Newcomer { name: Self::NAME, uid: id("-u"), gid: id("-g"), home: home.to_path_buf() };
-        let real_home = std::env::var("HOME").unwrap_or("/root".into());
-        let cargo_home = std::env::var("CARGO_HOME").unwrap_or(format!("{real_home}/.cargo"));
+        let (cargo_home, _) = toolchain_homes();
         let o = Command::new("cp").arg("-a").arg(&cargo_home).arg(home.join(".cargo")).output().expect("cp");
         assert!(o.status.success(), "copying cargo's home: {}", String::from_utf8_lossy(&o.stderr));
         std::fs::create_dir_all(home.join(".rustup")).unwrap();
@@ -187,6 +186,15 @@ impl Drop for Newcomer {
         let _ = Command::new("pkill").args(["-KILL", "-U", &self.uid.to_string()]).status();
         remove_user(self.name);
     }
+}
+
+/// Where this process's Rust toolchain is: (CARGO_HOME, RUSTUP_HOME), rustup's defaults under HOME.
+fn toolchain_homes() -> (String, String) {
+    let home = std::env::var("HOME").unwrap_or("/root".into());
+    (
+        std::env::var("CARGO_HOME").unwrap_or(format!("{home}/.cargo")),
+        std::env::var("RUSTUP_HOME").unwrap_or(format!("{home}/.rustup")),
+    )
 }
 
 fn remove_user(name: &str) {
@@ -237,13 +245,13 @@ fn follow_the_readme(user: Option<(tempfile::TempDir, Newcomer)>) {
     let log_file = std::fs::File::create(&log_path).unwrap();
     let mut command = match &newcomer {
         None => {
-            let real_home = std::env::var("HOME").unwrap_or("/root".into());
+            let (cargo_home, rustup_home) = toolchain_homes();
             let mut c = Command::new("bash");
             c.arg(work.path().join("readme.sh"))
                 .env("HOME", &home)
                 // The toolchain stays where it is installed; only bosun's remembered target is new.
-                .env("CARGO_HOME", std::env::var("CARGO_HOME").unwrap_or(format!("{real_home}/.cargo")))
-                .env("RUSTUP_HOME", std::env::var("RUSTUP_HOME").unwrap_or(format!("{real_home}/.rustup")))
+                .env("CARGO_HOME", cargo_home)
+                .env("RUSTUP_HOME", rustup_home)
                 .env_remove("BOSUN_DIRECTOR")
                 .env_remove("BOSUN_CA_CERT")
                 .env_remove("BOSUN_TOKEN")
@@ -272,8 +280,7 @@ fn follow_the_readme(user: Option<(tempfile::TempDir, Newcomer)>) {
                 std::os::unix::fs::PermissionsExt::from_mode(0o644),
             )
             .unwrap();
-            let real_home = std::env::var("HOME").unwrap_or("/root".into());
-            let rustup = std::env::var("RUSTUP_HOME").unwrap_or(format!("{real_home}/.rustup"));
+            let (_, rustup) = toolchain_homes();
             // The toolchain appears in the user's home, read-only, in a mount namespace of this
             // run's own (gone with its last process); then the user's shell, with a user's
             // environment and nothing of root's.
