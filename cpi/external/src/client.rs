@@ -1,7 +1,7 @@
 //! The director's side: any executable speaking BOSH's protocol as a bosun CPI, one fresh process
 //! per call as BOSH's director runs them.
 
-use crate::protocol::{Request, Response, API_VERSION};
+use crate::protocol::{networks_from_wire, Request, Response, API_VERSION};
 use bosun_cpi::{Cpi, CpiError, CpiInfo, CpiResult, CreateVmRequest, DiskListing, VmListing};
 use bosun_types::protocol::NetworkSettings;
 use serde::de::DeserializeOwned;
@@ -203,7 +203,9 @@ impl Cpi for ExternalCpi {
         match self.call("create_vm", args, true).await? {
             // v2: the cid and the networks as the cloud made them.
             Value::Array(mut pair) if pair.len() == 2 => {
-                let networks = parse("create_vm", pair.pop().expect("two"))?;
+                let networks = networks_from_wire(pair.pop().expect("two")).map_err(|e| {
+                    CpiError::Cloud(format!("the external CPI's result of create_vm is malformed: {e}"))
+                })?;
                 Ok((parse("create_vm", pair.pop().expect("two"))?, networks))
             }
             // A v1 answer: the networks were as asked.

@@ -4,8 +4,11 @@
 //! `external_cpi.rb`; cpi-go's `rpc/json_dispatcher.go`).
 
 use bosun_cpi::CpiError;
+use bosun_types::cloud_config::NetworkType;
+use bosun_types::protocol::NetworkSettings;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::collections::BTreeMap;
 
 /// The CPI API version both sides speak (create_vm answers `[cid, networks]`, attach_disk a hint).
 pub const API_VERSION: u32 = 2;
@@ -66,6 +69,46 @@ pub struct ResponseError {
     pub message: String,
     #[serde(default)]
     pub ok_to_retry: bool,
+}
+
+/// A `networks` hash as BOSH's directors and CPIs write it, read into bosun's settings: keys
+/// bosun does not use (`mac`, `prefix`, `alias`, `resolved`, `use_dhcp`, …) are ignored rather
+/// than refused (bosun's own protocol refuses them), and a dynamic network has no `ip` or
+/// `netmask` until the cloud gives it one.
+pub fn networks_from_wire(v: Value) -> Result<BTreeMap<String, NetworkSettings>, serde_json::Error> {
+    #[derive(Deserialize)]
+    struct WireNetwork {
+        #[serde(rename = "type", default)]
+        kind: NetworkType,
+        #[serde(default)]
+        ip: String,
+        #[serde(default)]
+        netmask: String,
+        #[serde(default)]
+        gateway: Option<String>,
+        #[serde(default)]
+        default: Vec<String>,
+        #[serde(default)]
+        dns: Vec<String>,
+        #[serde(default)]
+        cloud_properties: Value,
+    }
+    let wire: BTreeMap<String, WireNetwork> = serde_json::from_value(v)?;
+    Ok(wire
+        .into_iter()
+        .map(|(name, n)| {
+            let settings = NetworkSettings {
+                kind: n.kind,
+                ip: n.ip,
+                netmask: n.netmask,
+                gateway: n.gateway,
+                default: n.default,
+                dns: n.dns,
+                cloud_properties: n.cloud_properties,
+            };
+            (name, settings)
+        })
+        .collect())
 }
 
 /// BOSH's error type strings (`bosh-director/lib/clouds/errors.rb`).

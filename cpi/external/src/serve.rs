@@ -1,11 +1,9 @@
 //! The CPI's side: one request answered by one of bosun's CPIs, as a BOSH director expects.
 
-use crate::protocol::{method_name, types, Request, Response, ResponseError, API_VERSION};
+use crate::protocol::{method_name, networks_from_wire, types, Request, Response, ResponseError, API_VERSION};
 use bosun_cpi::{Cpi, CpiError, CreateVmRequest};
-use bosun_types::protocol::NetworkSettings;
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use tracing::Instrument;
 
@@ -88,7 +86,11 @@ async fn dispatch(cpi: &dyn Cpi, method: &'static str, r: &Request) -> Result<Va
                 agent_id: arg(r, 0, "agent_id")?,
                 stemcell_cid: arg(r, 1, "stemcell_cid")?,
                 cloud_properties: arg(r, 2, "cloud_properties")?,
-                networks: arg::<BTreeMap<String, NetworkSettings>>(r, 3, "networks")?,
+                networks: arg::<Value>(r, 3, "networks").and_then(|v| {
+                    networks_from_wire(v).map_err(|e| {
+                        CpiError::InvalidArguments(format!("create_vm: argument 4 (`networks`) is not valid: {e}"))
+                    })
+                })?,
                 disk_cids: arg::<Option<Vec<String>>>(r, 4, "disk_cids")?.unwrap_or_default(),
                 env: arg::<Option<Value>>(r, 5, "env")?.unwrap_or(Value::Null),
             };
