@@ -16,7 +16,7 @@ use anyhow::Result;
 use bosun_types::api::*;
 use clap::{Parser, Subcommand};
 use client::{Client, Target};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Input that is wrong: exit code 2.
 #[derive(Debug, thiserror::Error)]
@@ -438,9 +438,20 @@ fn quiet_on_closed_stdout() {
     }));
 }
 
+/// The command line; invoked as `bosun-cpi` (a link to this binary, the way a BOSH CPI job ships
+/// its executable) it is `bosun cpi …`.
+fn arguments() -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let invoked_as = args.first().and_then(|a| Path::new(a).file_name()).map(|n| n == "bosun-cpi");
+    if invoked_as == Some(true) {
+        args.insert(1, "cpi".into());
+    }
+    args
+}
+
 fn main() {
     quiet_on_closed_stdout();
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(arguments());
     let is_director = matches!(cli.command, Command::Director { .. });
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {

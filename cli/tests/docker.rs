@@ -7,7 +7,9 @@
 mod common;
 
 use bosun_cpi::conformance::{self, ConformanceEnv, CpiFactory};
+use bosun_cpi::Cpi;
 use bosun_cpi_docker::{DockerCpi, DockerCpiConfig};
+use bosun_cpi_external::{ExternalCpi, ExternalCpiConfig};
 use bosun_types::protocol::NetworkSettings;
 use common::*;
 use std::collections::BTreeMap;
@@ -44,7 +46,7 @@ fn docker_cpi_passes_the_conformance_suite() {
     let _leftovers = DockerLeftovers {
         label: "bosun.tag.director=conformance".into(),
         networks: vec!["bosun-test-conformance".into()],
-        cpi_state: Some(dir.path().join("cpi")),
+        cpi_state: vec![dir.path().join("cpi"), dir.path().join("cpi-external")],
         images: vec![],
         director_pid: None,
     };
@@ -58,20 +60,48 @@ fn docker_cpi_passes_the_conformance_suite() {
         networks: [network("10.247.0.10"), network("10.247.0.11")],
     };
     let state = dir.path().join("cpi");
-    let make: CpiFactory = Arc::new(move || {
+    let direct: CpiFactory = Arc::new(move || {
         // Nothing listens there: the agents keep retrying, which is all these checks need.
         let config = DockerCpiConfig { socket: None, agent_director_address: "127.0.0.1:9".into() };
         Arc::new(DockerCpi::new(config, &state).expect("docker CPI")) as Arc<dyn bosun_cpi::Cpi>
     });
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    rt.block_on(async {
-        conformance::info(&*make()).await.unwrap();
-        conformance::stemcell_lifecycle(&*make(), &env).await.unwrap();
-        conformance::vm_lifecycle(&*make(), &env).await.unwrap();
-        conformance::create_vm_with_unknown_stemcell_fails(&*make(), &env).await.unwrap();
-        conformance::disk_lifecycle(&*make(), &env).await.unwrap();
-        conformance::survives_director_restart(&make, &env).await.unwrap();
+    // The same CPI behind BOSH's external protocol: every call a `bosun cpi docker` process.
+    let config_file = dir.path().join("docker-cpi.yml");
+    std::fs::write(&config_file, "agent_director_address: 127.0.0.1:9\n").unwrap();
+    let external_state = dir.path().join("cpi-external");
+    std::fs::create_dir_all(&external_state).unwrap();
+    let external = ExternalCpiConfig {
+        exec_path: bosun_bin().into(),
+        args: ["cpi", "docker", "--dir", path(&external_state), "--config", path(&config_file)]
+            .map(String::from)
+            .to_vec(),
+        properties: Default::default(),
+        env: Default::default(),
+        timeout_seconds: 300,
+    };
+    let external: CpiFactory = Arc::new(move || {
+        let cpi = ExternalCpi::new(external.clone()).expect("external CPI");
+        cpi.set_director_uuid("conformance");
+        Arc::new(cpi) as Arc<dyn bosun_cpi::Cpi>
     });
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    for (name, make) in [("docker", direct), ("external(bosun cpi docker)", external)] {
+        let started = std::time::Instant::now();
+        rt.block_on(async {
+            let fail = |e: String| panic!("{name}: {e}");
+            conformance::info(&*make()).await.unwrap_or_else(fail);
+            conformance::stemcell_lifecycle(&*make(), &env).await.unwrap_or_else(fail);
+            conformance::vm_lifecycle(&*make(), &env).await.unwrap_or_else(fail);
+            conformance::create_vm_with_unknown_stemcell_fails(&*make(), &env).await.unwrap_or_else(fail);
+            conformance::disk_lifecycle(&*make(), &env).await.unwrap_or_else(fail);
+            conformance::survives_director_restart(&make, &env).await.unwrap_or_else(fail);
+        });
+        println!("{name}: the conformance suite passed in {:.1} s", started.elapsed().as_secs_f64());
+    }
+}
+
+fn path(p: &std::path::Path) -> &str {
+    p.to_str().expect("a UTF-8 path")
 }
 
 /// Sends a command to the Docker CLI that must succeed.
@@ -96,7 +126,7 @@ fn etcd_on_containers_survives_kills_disconnects_and_a_stemcell_upgrade() {
     let mut leftovers = DockerLeftovers {
         label: format!("bosun.tag.director_uuid={uuid}"),
         networks: vec![net.into()],
-        cpi_state: Some(d.state_dir().with_file_name("state-cpi-docker")),
+        cpi_state: vec![d.state_dir().with_file_name("state-cpi-docker")],
         images: vec![],
         director_pid: d.pid(),
     };

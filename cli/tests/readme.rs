@@ -92,7 +92,7 @@ impl Drop for Leftovers {
             drop(DockerLeftovers {
                 label: label.clone(),
                 networks: vec![],
-                cpi_state: Some(self.clone.join(".bosun/docker-cpi-docker")),
+                cpi_state: vec![self.clone.join(".bosun/docker-cpi-docker")],
                 images: vec![],
                 // Killed above, by its pid file.
                 director_pid: None,

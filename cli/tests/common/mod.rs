@@ -140,8 +140,8 @@ pub fn docker_stemcell(version: &str) -> PathBuf {
 pub struct DockerLeftovers {
     pub label: String,
     pub networks: Vec<String>,
-    /// The Docker CPI's state folder: the volumes it made are named in its metadata.
-    pub cpi_state: Option<PathBuf>,
+    /// The Docker CPI's state folders: the volumes it made are named in their metadata.
+    pub cpi_state: Vec<PathBuf>,
     /// Stemcell images to remove.
     pub images: Vec<String>,
     /// The director that made them: killed first, so nothing it would do next (a resurrection,
@@ -191,7 +191,7 @@ impl Drop for DockerLeftovers {
         for n in names {
             let _ = Command::new("docker").args(["volume", "rm", "-f", &format!("{n}-root")]).output();
         }
-        if let Some(state) = &self.cpi_state {
+        for state in &self.cpi_state {
             for e in std::fs::read_dir(state.join("metadata")).into_iter().flatten().flatten() {
                 let name = e.file_name().to_string_lossy().trim_end_matches(".json").to_string();
                 if name.starts_with("bosun-disk-") {
@@ -320,6 +320,32 @@ impl TestDirector {
     /// agent listener on HOST) and environment.
     pub fn start_with(flags: &[&str], env: &[(&str, &str)]) -> Self {
         let dir = tempfile::Builder::new().prefix("bosun-test-").tempdir_in(scratch()).expect("temp dir");
+        Self::start_in(dir, flags, env)
+    }
+
+    /// A director whose CPI is the local CPI behind BOSH's external CPI protocol: every CPI call
+    /// a `bosun-cpi local` process (a link named as a BOSH CPI job names its executable), its
+    /// VMs where [`TestDirector::cpi_base`] says, so the harness finds and stops them as usual.
+    pub fn start_external_local(flags: &[&str]) -> Self {
+        let dir = tempfile::Builder::new().prefix("bosun-test-").tempdir_in(scratch()).expect("temp dir");
+        let base = dir.path().canonicalize().unwrap().join("state-cpi-local");
+        std::fs::create_dir_all(&base).unwrap();
+        let exec = dir.path().join("bosun-cpi");
+        std::os::unix::fs::symlink(bosun_bin(), &exec).unwrap();
+        let config = dir.path().join("cpi.yml");
+        let text = format!(
+            "exec_path: {}\nargs: [local, --dir, {}]\nproperties: {{}}\nenv: {{RUST_LOG: info}}\ntimeout_seconds: 300\n",
+            exec.display(),
+            base.display()
+        );
+        std::fs::write(&config, text).unwrap();
+        let config = config.display().to_string();
+        let mut all = vec!["--cpi", "external", "--cpi-config", config.as_str()];
+        all.extend_from_slice(flags);
+        Self::start_in(dir, &all, &[])
+    }
+
+    fn start_in(dir: tempfile::TempDir, flags: &[&str], env: &[(&str, &str)]) -> Self {
         // Fixed ports for the director's life, so agents find it again after a restart.
         let free_port = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let (api, agents) = (free_port(), free_port());
