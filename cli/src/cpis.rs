@@ -1,6 +1,7 @@
 //! The CPIs this binary was built with. Each lives in a crate of its own and is compiled in only
-//! when its cargo feature is on (`local` always; `docker` by default), so a cloud SDK never lands
-//! in a build that does not ask for it.
+//! when its cargo feature is on (`local` and `external` always; `docker` by default; `aws` when
+//! asked for: `cargo build --features aws`), so a cloud SDK never lands in a build that does not
+//! ask for it.
 
 use crate::InputError;
 use anyhow::{Context, Result};
@@ -13,6 +14,9 @@ pub fn available() -> Vec<&'static str> {
     let mut names = vec!["local", "external"];
     if cfg!(feature = "docker") {
         names.push("docker");
+    }
+    if cfg!(feature = "aws") {
+        names.push("aws");
     }
     names
 }
@@ -63,6 +67,21 @@ async fn open_in(name: &str, config: Option<&Path>, dir: PathBuf) -> Result<Arc<
             };
             Ok(Arc::new(bosun_cpi_docker::DockerCpi::connect(config, dir).await.context("starting the Docker CPI")?))
         }
+        #[cfg(feature = "aws")]
+        "aws" => {
+            let Some(f) = config else {
+                return Err(InputError::new("--cpi aws needs --cpi-config FILE (region, credentials, …)").into());
+            };
+            let config: bosun_cpi_aws::AwsCpiConfig = read_config(f)?;
+            let _ = dir;
+            Ok(Arc::new(bosun_cpi_aws::AwsCpi::connect(config).await.map_err(|e| InputError::new(e.to_string()))?))
+        }
+        // A CPI of bosun's that this build left out.
+        other if ["aws", "docker"].contains(&other) => Err(InputError::new(format!(
+            "this bosun was built without the {name} CPI (cargo build --features {name}); available: {}",
+            available().join(", ")
+        ))
+        .into()),
         other => {
             let _ = config;
             Err(InputError::new(format!("unknown CPI `{other}` (available: {})", available().join(", "))).into())
