@@ -34,7 +34,7 @@ use wait::Backoff;
 pub use instance_types::smallest_instance_type;
 
 /// `bosun director --cpi aws --cpi-config FILE`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct AwsCpiConfig {
     pub region: String,
@@ -64,6 +64,25 @@ pub struct AwsCpiConfig {
     /// How long an instance may take to be running, a volume available, an attachment made.
     #[serde(default = "default_wait_seconds")]
     pub wait_seconds: u64,
+}
+
+/// Without the secrets: a config printed into a log shows only whether they are set.
+impl std::fmt::Debug for AwsCpiConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set = |v: &Option<String>| if v.is_some() { "(set)" } else { "(unset)" };
+        f.debug_struct("AwsCpiConfig")
+            .field("region", &self.region)
+            .field("endpoint", &self.endpoint)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &set(&self.secret_access_key))
+            .field("session_token", &set(&self.session_token))
+            .field("default_key_name", &self.default_key_name)
+            .field("default_security_groups", &self.default_security_groups)
+            .field("default_availability_zone", &self.default_availability_zone)
+            .field("max_attempts", &self.max_attempts)
+            .field("wait_seconds", &self.wait_seconds)
+            .finish()
+    }
 }
 
 fn default_max_attempts() -> u32 {
@@ -494,6 +513,15 @@ impl Cpi for AwsCpi {
             .max_count(1)
             .network_interfaces(interface.build())
             .user_data(user_data)
+            // The user-data holds the agent's key: instance metadata only with a session token
+            // and one network hop, so pods (a hop further, in their own namespaces) cannot read
+            // it, nor a request forged through a workload.
+            .metadata_options(
+                aws_sdk_ec2::types::InstanceMetadataOptionsRequest::builder()
+                    .http_tokens(aws_sdk_ec2::types::HttpTokensState::Required)
+                    .http_put_response_hop_limit(1)
+                    .build(),
+            )
             .set_key_name(props.key_name.clone().or_else(|| self.config.default_key_name.clone()))
             .set_tag_specifications(
                 [tag_spec(ResourceType::Instance, &tags), tag_spec(ResourceType::Volume, &root_tags)]

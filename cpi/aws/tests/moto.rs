@@ -186,6 +186,13 @@ fn an_instance_gets_its_address_interface_settings_and_tags_at_creation() {
         assert_eq!(eni.attachment().and_then(|a| a.delete_on_termination()), Some(true), "the interface goes with the instance");
         let tags: BTreeMap<&str, &str> = i.tags().iter().map(|t| (t.key().unwrap(), t.value().unwrap())).collect();
         assert_eq!(tags.get("deployment"), Some(&"kubernetes"), "tagged at creation: {tags:?}");
+        let metadata = i.metadata_options().expect("metadata options");
+        assert_eq!(metadata.http_tokens().map(|t| t.as_str()), Some("required"), "IMDSv2 only");
+        assert_eq!(metadata.http_put_response_hop_limit(), Some(1), "not from a pod");
+        // The secret never shows in the config's Debug form.
+        let secrets = AwsCpiConfig { secret_access_key: Some("s3cr3t".into()), session_token: Some("t0ken".into()), ..moto.config() };
+        let printed = format!("{secrets:?}");
+        assert!(!printed.contains("s3cr3t") && !printed.contains("t0ken") && printed.contains("(set)"), "{printed}");
         // The agent's settings, whole, in user-data (the director's endpoint and credentials).
         let attr = ec2.describe_instance_attribute().instance_id(&vm).attribute("userData".into()).send().await.unwrap();
         let data = attr.user_data().and_then(|u| u.value()).expect("user-data");
