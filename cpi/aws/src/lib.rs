@@ -451,19 +451,23 @@ impl Cpi for AwsCpi {
         let Some(instance_type) = props.instance_type.clone() else {
             return Err(CpiError::InvalidArguments("the VM's cloud_properties name no instance_type".into()));
         };
-        // The primary interface: the first manual or dynamic network (BOSH's AWS CPI gives an
-        // instance one; a `vip` network needs an elastic IP, which this CPI does not manage).
+        // One interface, on the one manual or dynamic network (a `vip` network needs an elastic
+        // IP, which this CPI does not manage).
         if let Some((name, _)) = request.networks.iter().find(|(_, n)| n.kind == NetworkType::Vip) {
             return Err(CpiError::InvalidArguments(format!(
                 "network `{name}`: vip networks are not supported by the AWS CPI"
             )));
         }
-        let (net_name, network) = request
-            .networks
-            .iter()
-            .find(|(_, n)| n.default.iter().any(|d| d == "gateway"))
-            .or_else(|| request.networks.iter().next())
-            .ok_or_else(|| CpiError::InvalidArguments("create_vm: no network".into()))?;
+        if request.networks.len() > 1 {
+            let names: Vec<&str> = request.networks.keys().map(String::as_str).collect();
+            return Err(CpiError::InvalidArguments(format!(
+                "the AWS CPI gives an instance one network interface; this one is on {} networks: {}",
+                names.len(),
+                names.join(", ")
+            )));
+        }
+        let (net_name, network) =
+            request.networks.iter().next().ok_or_else(|| CpiError::InvalidArguments("create_vm: no network".into()))?;
         let net_props: NetworkProperties =
             parse(&format!("network `{net_name}`'s cloud_properties"), &network.cloud_properties)?;
         let Some(subnet) = net_props.subnet else {

@@ -217,7 +217,14 @@ fn an_instance_gets_its_address_interface_settings_and_tags_at_creation() {
         let (again, _) = cpi.create_vm(&request).await.unwrap();
         assert_ne!(again, vm);
         cpi.delete_vm(&again).await.unwrap();
-        // A vip network is refused by name, before anything is made.
+        // A second network is refused, naming them, before anything is made.
+        let mut two = request.clone();
+        two.networks.insert("other".into(), network("172.31.0.21", &subnet).remove("default").unwrap());
+        match cpi.create_vm(&two).await {
+            Err(CpiError::InvalidArguments(m)) => assert!(m.contains("default, other"), "{m}"),
+            other => panic!("two networks: {other:?}"),
+        }
+        // So is a vip network.
         let mut vip = request.clone();
         vip.networks.get_mut("default").unwrap().kind = bosun_types::cloud_config::NetworkType::Vip;
         match cpi.create_vm(&vip).await {
