@@ -204,6 +204,11 @@ fn gib(mb: u64) -> i32 {
     mb.div_ceil(1024).max(1).min(i32::MAX as u64) as i32
 }
 
+/// An instance that is terminated or on its way there: no VM any more.
+fn is_gone(i: &Instance) -> bool {
+    matches!(i.state().and_then(|s| s.name()), Some(InstanceStateName::Terminated | InstanceStateName::ShuttingDown))
+}
+
 /// The AMI a stemcell cid names (`ami-… light` for a light stemcell).
 fn image_id(stemcell_cid: &str) -> &str {
     stemcell_cid.split_whitespace().next().unwrap_or(stemcell_cid)
@@ -253,6 +258,11 @@ impl AwsCpi {
 
     /// The instance `vm_cid` names, unless it is gone (never was, or terminated).
     async fn instance(&self, vm_cid: &str) -> CpiResult<Option<Instance>> {
+        Ok(self.described(vm_cid).await?.filter(|i| !is_gone(i)))
+    }
+
+    /// The instance as EC2 lists it, terminated ones included (EC2 lists them for a while).
+    async fn described(&self, vm_cid: &str) -> CpiResult<Option<Instance>> {
         let out = match self.ec2.describe_instances().instance_ids(vm_cid).send().await {
             Ok(out) => out,
             Err(e) => {
@@ -262,15 +272,7 @@ impl AwsCpi {
                 }
             }
         };
-        let found = out.reservations().iter().flat_map(|r| r.instances()).find(|i| i.instance_id() == Some(vm_cid));
-        Ok(found
-            .filter(|i| {
-                !matches!(
-                    i.state().and_then(|s| s.name()),
-                    Some(InstanceStateName::Terminated | InstanceStateName::ShuttingDown)
-                )
-            })
-            .cloned())
+        Ok(out.reservations().iter().flat_map(|r| r.instances()).find(|i| i.instance_id() == Some(vm_cid)).cloned())
     }
 
     async fn live_instance(&self, vm_cid: &str) -> CpiResult<Instance> {
@@ -301,11 +303,20 @@ impl AwsCpi {
 
     /// Waits until the instance is running (pending at first; briefly unknown to a describe
     /// right after RunInstances, as EC2 is eventually consistent).
+    /// An instance that ends instead (EC2 stops a launch that fails: capacity, a broken AMI)
+    /// fails at once with EC2's reason.
     async fn wait_running(&self, vm_cid: &str) -> CpiResult<Instance> {
         let mut backoff = self.backoff();
         loop {
-            let state = match self.instance(vm_cid).await? {
+            let state = match self.described(vm_cid).await? {
                 Some(i) if i.state().and_then(|s| s.name()) == Some(&InstanceStateName::Running) => return Ok(i),
+                Some(i) if is_gone(&i) => {
+                    let reason = i.state_reason().and_then(|r| r.message()).unwrap_or("no reason given");
+                    return Err(CpiError::VmCreationFailed {
+                        message: format!("instance {vm_cid} ended while starting: {reason}"),
+                        ok_to_retry: true,
+                    });
+                }
                 Some(i) => i.state().and_then(|s| s.name()).map(|s| s.as_str().to_string()).unwrap_or_default(),
                 None => "not yet listed".into(),
             };
@@ -313,10 +324,15 @@ impl AwsCpi {
         }
     }
 
-    /// Waits until the instance is terminated, so its network interface (and address) is free.
+    /// Waits until the instance is terminated — not only shutting down — so its network
+    /// interface is deleted and its address free for the next VM.
     async fn wait_terminated(&self, vm_cid: &str) -> CpiResult<()> {
         let mut backoff = self.backoff();
-        while self.instance(vm_cid).await?.is_some() {
+        while self
+            .described(vm_cid)
+            .await?
+            .is_some_and(|i| i.state().and_then(|s| s.name()) != Some(&InstanceStateName::Terminated))
+        {
             backoff.wait(&format!("instance {vm_cid} to be terminated")).await?;
         }
         Ok(())
@@ -477,6 +493,7 @@ impl Cpi for AwsCpi {
         if groups.is_empty() {
             groups = self.config.default_security_groups.clone();
         }
+        groups.sort();
         groups.dedup();
         let mut interface = InstanceNetworkInterfaceSpecification::builder()
             .device_index(0)
@@ -486,8 +503,9 @@ impl Cpi for AwsCpi {
         if network.kind == NetworkType::Manual && !network.ip.is_empty() {
             interface = interface.private_ip_address(&network.ip);
         }
-        // The agent reads its settings (director endpoint and credentials, networks) from
-        // user-data; its VM cid it learns from the instance metadata.
+        // The agent's settings (director endpoint and credentials, networks) go in user-data;
+        // the VM cid is not known until RunInstances answers (it is the instance id the
+        // instance metadata gives).
         let settings = agent_settings(request, "")?;
         let user_data = base64::Engine::encode(
             &base64::engine::general_purpose::STANDARD,
@@ -527,11 +545,12 @@ impl Cpi for AwsCpi {
                     .build(),
             )
             .set_key_name(props.key_name.clone().or_else(|| self.config.default_key_name.clone()))
-            .set_tag_specifications(
+            .set_tag_specifications(Some(
                 [tag_spec(ResourceType::Instance, &tags), tag_spec(ResourceType::Volume, &root_tags)]
                     .into_iter()
-                    .collect::<Option<Vec<_>>>(),
-            );
+                    .flatten()
+                    .collect(),
+            ));
         if let Some(az) = &props.availability_zone {
             run = run.placement(Placement::builder().availability_zone(az).build());
         }
@@ -821,11 +840,7 @@ impl Cpi for AwsCpi {
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| classify(&e, "listing instances", Subject::Other))?;
             for i in page.reservations().iter().flat_map(|r| r.instances()) {
-                let gone = matches!(
-                    i.state().and_then(|s| s.name()),
-                    Some(InstanceStateName::Terminated | InstanceStateName::ShuttingDown)
-                );
-                if let (false, Some(id)) = (gone, i.instance_id()) {
+                if let (false, Some(id)) = (is_gone(i), i.instance_id()) {
                     out.push(VmListing { vm_cid: id.to_string(), metadata: tags_of(i.tags()) });
                 }
             }

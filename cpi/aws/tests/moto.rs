@@ -253,6 +253,9 @@ fn ebs_volumes_attach_on_free_devices_resize_snapshot_and_carry_the_director_s_u
                                              "tags": {"director_uuid": "d-2"}}}),
         };
         let (vm, _) = cpi.create_vm(&request).await.unwrap();
+        // Its only tag is the director's uuid, which its root volume does not get: still tagged.
+        let vms = cpi.list_vms().await.unwrap();
+        assert_eq!(vms.iter().map(|v| v.vm_cid.as_str()).collect::<Vec<_>>(), vec![vm.as_str()]);
         let a = cpi.create_disk(10 * 1024, &serde_json::json!({"type": "io1", "iops": 500}), Some(&vm)).await.unwrap();
         let b = cpi.create_disk(1024, &serde_json::json!({}), Some(&vm)).await.unwrap();
         let vol = ec2.describe_volumes().volume_ids(&a).send().await.unwrap();
