@@ -362,6 +362,11 @@ impl TestDirector {
                 all_flags.extend(flags.iter().map(|s| s.to_string()));
             }
         }
+        // An agent is silent after six missed heartbeats (3 s), not the default three: on two
+        // cores shared with the cluster tests, a loaded agent missed 1.5 s during an apply.
+        if !flags.contains(&"--missed-heartbeats") {
+            all_flags.extend(["--missed-heartbeats".to_string(), "6".to_string()]);
+        }
         // Every test's director shares one compiled-package cache outside the clone, so what one
         // compiled the others (and the next run on this machine) take from it; a test that must
         // see compilation happen names a cache of its own.
