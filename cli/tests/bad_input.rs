@@ -277,7 +277,7 @@ fn bad_input_is_refused_with_a_clear_error_and_changes_nothing() {
     // A deploy whose job cannot start fails at its canary: exit 1, the instance and cause named.
     let broken = MANIFEST
         .replace("etcd: {cluster_token: guarded}", "etcd: {cluster_token: guarded, heartbeat_interval: oops}")
-        .replace("canary_watch_time: 1000-60000", "canary_watch_time: 1000-3000");
+        .replace("canary_watch_time: 1000-60000", "canary_watch_time: 1000-15000");
     let broken = d.write("broken.yml", &broken);
     let running = d
         .command()
@@ -286,19 +286,20 @@ fn bad_input_is_refused_with_a_clear_error_and_changes_nothing() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // While it holds the deployment's lock, a second deploy fails at once, naming the holder.
+    // While it holds the deployment's lock, a second deploy waits 10 s for it (as BOSH's director
+    // does), then fails naming the holder.
     let holder = eventually("the broken deploy's task to run", Duration::from_secs(30), || {
         let t = d.json(&["tasks", "--recent", "1"]);
         (t[0]["state"] == "processing" && t[0]["deployment"] == "guarded").then(|| t[0]["id"].as_u64().unwrap())
     });
     let err = d.fails(2, &["-n", "deploy", good.to_str().unwrap()]);
-    assert!(err.contains(&format!("deployment `guarded` is locked by task {holder}")), "{err}");
+    assert!(err.contains(&format!("deployment `guarded` is locked by task {holder} (waited 10 s for it)")), "{err}");
     let out = running.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(err.contains("canary update (job `etcd`: property `etcd.heartbeat_interval` changed)"), "{err}");
     assert!(
-        err.contains("starting jobs: not running after 3000 ms: etcd/etcd is Failing after ")
+        err.contains("starting jobs: not running after 15000 ms: etcd/etcd is Failing after ")
             && err.contains(" (last exit: exit status: "),
         "{err}"
     );

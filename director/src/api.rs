@@ -8,7 +8,7 @@ use crate::records::{
     StemcellRecord,
 };
 use crate::store::tables;
-use crate::tasks::TaskError;
+use crate::tasks::{Locking, TaskError, OPERATOR_LOCK_WAIT};
 use crate::update::{self, DeployError};
 use crate::Director;
 use axum::body::Body;
@@ -623,7 +623,7 @@ const BODY_IDLE: Duration = Duration::from_secs(60);
 
 async fn upload_release(State(d): Shared, body: Body) -> Result<Json<TaskCreated>, ApiError> {
     let (path, unpack) = save_body(&d, body).await?;
-    let task = d.tasks.create("upload release", None, false).await?;
+    let task = d.tasks.create("upload release", None, Locking::None).await?;
     let id = task.id;
     task.clone().run(async move {
         task.info("upload", None, "verifying and storing the release").await;
@@ -641,7 +641,7 @@ async fn upload_release(State(d): Shared, body: Body) -> Result<Json<TaskCreated
 
 async fn upload_stemcell(State(d): Shared, body: Body) -> Result<Json<TaskCreated>, ApiError> {
     let (path, unpack) = save_body(&d, body).await?;
-    let task = d.tasks.create("upload stemcell", None, false).await?;
+    let task = d.tasks.create("upload stemcell", None, Locking::None).await?;
     let id = task.id;
     task.clone().run(async move {
         task.info("upload", None, "verifying the stemcell and handing it to the CPI").await;
@@ -775,7 +775,7 @@ async fn start_update(
     opts: update::ExecOptions,
 ) -> Result<Json<TaskCreated>, ApiError> {
     prepare(&d, &manifest, &requests).await?;
-    let task = d.tasks.create(&description, Some(name), true).await?;
+    let task = d.tasks.create(&description, Some(name), OPERATOR_LOCK_WAIT).await?;
     let id = task.id;
     task.clone().run(async move {
         match prepare(&d, &manifest, &requests).await {
@@ -845,7 +845,7 @@ async fn run_errand(
     }
     // Bad input fails the request and starts nothing.
     crate::errands::targets(&d, &name, &errand, &selectors).await.map_err(ApiError::bad_request)?;
-    let task = d.tasks.create(&format!("run errand {errand}"), Some(&name), true).await?;
+    let task = d.tasks.create(&format!("run errand {errand}"), Some(&name), OPERATOR_LOCK_WAIT).await?;
     let id = task.id;
     task.clone().run(async move { crate::errands::run(&d, &task, &name, &errand, &req).await });
     Ok(Json(TaskCreated { task_id: id }))
@@ -985,7 +985,7 @@ async fn resolve_problems(
     Json(req): Json<ResolveRequest>,
 ) -> Result<Json<TaskCreated>, ApiError> {
     deployment_record(&d, &name).await?;
-    let task = d.tasks.create(&format!("cck {name}"), Some(&name), true).await?;
+    let task = d.tasks.create(&format!("cck {name}"), Some(&name), OPERATOR_LOCK_WAIT).await?;
     let id = task.id;
     task.clone().run(async move { crate::cck::resolve(&d, &task, &name, &req.resolutions).await });
     Ok(Json(TaskCreated { task_id: id }))
@@ -1031,7 +1031,7 @@ async fn delete_disk(State(d): Shared, Path(cid): Path<String>) -> Result<Json<T
             None => ApiError::not_found(format!("no orphaned disk `{cid}` (see `bosun disks --orphaned`)")),
         });
     }
-    let task = d.tasks.create(&format!("delete disk {cid}"), None, false).await?;
+    let task = d.tasks.create(&format!("delete disk {cid}"), None, Locking::None).await?;
     let id = task.id;
     task.run(async move {
         crate::disks::delete_orphan(&d, &cid).await.map(|()| format!("deleted disk {cid}")).map_err(|e| error_chain(&e))
@@ -1041,7 +1041,7 @@ async fn delete_disk(State(d): Shared, Path(cid): Path<String>) -> Result<Json<T
 
 async fn delete_deployment(State(d): Shared, Path(name): Path<String>) -> Result<Json<TaskCreated>, ApiError> {
     deployment_record(&d, &name).await?;
-    let task = d.tasks.create(&format!("delete deployment {name}"), Some(&name), true).await?;
+    let task = d.tasks.create(&format!("delete deployment {name}"), Some(&name), OPERATOR_LOCK_WAIT).await?;
     let id = task.id;
     task.clone().run(async move {
         let deleted = update::delete_deployment(&d, &task, &name).await.map_err(|e| error_chain(&e))?;
@@ -1114,7 +1114,7 @@ async fn delete_release(
     if !refused.is_empty() {
         return Err(ApiError::conflict(refused.join("; ")));
     }
-    let task = d.tasks.create(&format!("delete release {what}"), None, false).await?;
+    let task = d.tasks.create(&format!("delete release {what}"), None, Locking::None).await?;
     let id = task.id;
     task.clone()
         .run(async move { crate::cleanup::remove(&d, &task, releases, vec![], false).await.map(|r| r.to_string()) });
@@ -1134,7 +1134,7 @@ async fn delete_stemcell(
     if !refused.is_empty() {
         return Err(ApiError::conflict(refused.join("; ")));
     }
-    let task = d.tasks.create(&format!("delete stemcell {name}/{version}"), None, false).await?;
+    let task = d.tasks.create(&format!("delete stemcell {name}/{version}"), None, Locking::None).await?;
     let id = task.id;
     task.clone().run(async move {
         crate::cleanup::remove(&d, &task, vec![], vec![stemcell], false).await.map(|r| r.to_string())
@@ -1152,7 +1152,7 @@ struct CleanUpRequest {
 /// each, or all of them), compiled packages left over, with `all` the orphaned disks too.
 async fn clean_up(State(d): Shared, Json(req): Json<CleanUpRequest>) -> Result<Json<TaskCreated>, ApiError> {
     let description = if req.all { "clean up (all)" } else { "clean up" };
-    let task = d.tasks.create(description, None, false).await?;
+    let task = d.tasks.create(description, None, Locking::None).await?;
     let id = task.id;
     task.clone().run(async move {
         let inventory = crate::cleanup::Inventory::load(&d).await.map_err(|e| e.to_string())?;

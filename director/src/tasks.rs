@@ -1,6 +1,7 @@
 //! Tasks: every mutating API call becomes a task with an id, a state and an append-only event
-//! stream the CLI follows. One lock per deployment: a second mutating task on a locked deployment
-//! fails at once, naming the task that holds the lock.
+//! stream the CLI follows. One lock per deployment: an operator's task on a locked deployment
+//! waits for the lock as BOSH's director does (10 s), then fails naming the task that holds it;
+//! the resurrector does not wait (it tries again on its next pass).
 //!
 //! A task's work runs under a supervisor ([`Task::run`]): whatever happens to it — success, an
 //! error, a panic — the task ends with that outcome and its lock is released.
@@ -26,8 +27,8 @@ use tracing::Instrument;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TaskError {
-    #[error("deployment `{deployment}` is locked by task {task}")]
-    Locked { deployment: String, task: u64 },
+    #[error("deployment `{deployment}` is locked by task {task} (waited {waited_secs} s for it)")]
+    Locked { deployment: String, task: u64, waited_secs: u64 },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -67,6 +68,21 @@ pub struct Tasks {
     state_writes: Arc<tokio::sync::Mutex<()>>,
 }
 
+/// How a task takes its deployment's lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Locking {
+    /// It takes no lock (uploads, orphan disks).
+    None,
+    /// The lock now, or the task is refused at once.
+    Now,
+    /// The lock within this long (a running task's end frees it), or the task is refused.
+    Within(Duration),
+}
+
+/// How long an operator's task waits for a deployment's lock: BOSH's director waits 10 s (a
+/// deploy meeting the resurrection of one VM usually gets the lock in that time).
+pub const OPERATOR_LOCK_WAIT: Locking = Locking::Within(Duration::from_secs(10));
+
 fn task_key(id: u64) -> String {
     format!("{id:020}")
 }
@@ -83,25 +99,17 @@ impl Tasks {
         }
     }
 
-    /// Creates a task, taking the deployment's lock when `lock` is set.
-    pub async fn create(&self, description: &str, deployment: Option<&str>, lock: bool) -> Result<Task, TaskError> {
+    /// Creates a task, taking the deployment's lock as `locking` says.
+    pub async fn create(
+        &self,
+        description: &str,
+        deployment: Option<&str>,
+        locking: Locking,
+    ) -> Result<Task, TaskError> {
         let id = self.state.next_id("task").await?;
-        let lock_key = match (lock, deployment) {
-            (true, Some(d)) => {
-                let mine = id.to_string();
-                if !self.state.kv().compare_and_swap(Tree::Locks, d, None, Some(mine.as_bytes())).await? {
-                    let holder = self
-                        .state
-                        .kv()
-                        .get(Tree::Locks, d)
-                        .await?
-                        .and_then(|b| String::from_utf8(b).ok())
-                        .and_then(|s| s.parse().ok())
-                        .unwrap_or(0);
-                    return Err(TaskError::Locked { deployment: d.to_string(), task: holder });
-                }
-                Some(d.to_string())
-            }
+        let lock_key = match (locking, deployment) {
+            (Locking::Now, Some(d)) => Some(self.lock(d, id, Duration::ZERO).await?),
+            (Locking::Within(wait), Some(d)) => Some(self.lock(d, id, wait).await?),
             _ => None,
         };
         let view = TaskView {
@@ -120,6 +128,40 @@ impl Tasks {
         let task = Task { id, tasks: self.clone(), lock_key, description: description.to_string(), cancellation };
         self.events.record(task.subject(deployment), "start", &task.cause(), description).await;
         Ok(task)
+    }
+
+    /// Takes `deployment`'s lock for task `id`, waiting up to `wait` for the task holding it to
+    /// end; the deployment's name is the lock's key.
+    async fn lock(&self, deployment: &str, id: u64, wait: Duration) -> Result<String, TaskError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mine = id.to_string();
+        loop {
+            // Made before the attempt: a task ending between the attempt and the wait is seen.
+            let freed = self.changed.notified();
+            if self.state.kv().compare_and_swap(Tree::Locks, deployment, None, Some(mine.as_bytes())).await? {
+                return Ok(deployment.to_string());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let holder = self
+                    .state
+                    .kv()
+                    .get(Tree::Locks, deployment)
+                    .await?
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0);
+                return Err(TaskError::Locked {
+                    deployment: deployment.to_string(),
+                    task: holder,
+                    waited_secs: wait.as_secs(),
+                });
+            }
+            // Looked at again at least every half second, as BOSH's director does: a lock freed
+            // by a director restart's recovery is not announced.
+            let _ =
+                tokio::time::timeout_at(deadline.min(tokio::time::Instant::now() + Duration::from_millis(500)), freed)
+                    .await;
+        }
     }
 
     /// Asks a running task to stop at its next checkpoint; it shows `cancelling` until it does.
@@ -396,20 +438,49 @@ mod tests {
     #[tokio::test]
     async fn a_second_locking_task_is_refused_naming_the_holder() {
         let t = tasks();
-        let first = t.create("deploy", Some("d"), true).await.unwrap();
-        match t.create("deploy again", Some("d"), true).await {
-            Err(TaskError::Locked { deployment, task }) => assert_eq!((deployment.as_str(), task), ("d", first.id)),
+        let first = t.create("deploy", Some("d"), Locking::Now).await.unwrap();
+        match t.create("deploy again", Some("d"), Locking::Now).await {
+            Err(TaskError::Locked { deployment, task, waited_secs: 0 }) => {
+                assert_eq!((deployment.as_str(), task), ("d", first.id))
+            }
             other => panic!("expected Locked, got {:?}", other.map(|t| t.id)),
         }
-        assert!(t.create("other", Some("e"), true).await.is_ok(), "locks are per deployment");
+        assert!(t.create("other", Some("e"), Locking::Now).await.is_ok(), "locks are per deployment");
         first.finish(Ok("done".into())).await;
-        assert!(t.create("deploy again", Some("d"), true).await.is_ok(), "the lock went with the task");
+        assert!(t.create("deploy again", Some("d"), Locking::Now).await.is_ok(), "the lock went with the task");
+    }
+
+    #[tokio::test]
+    async fn an_operators_task_waits_for_the_lock_and_is_refused_only_after_the_wait() {
+        let t = tasks();
+        let first = t.create("resurrect", Some("d"), Locking::Now).await.unwrap();
+        let waiting = tokio::spawn({
+            let t = t.clone();
+            async move { t.create("delete deployment", Some("d"), OPERATOR_LOCK_WAIT).await.map(|t| t.id) }
+        });
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert!(!waiting.is_finished(), "it waits while the lock is held");
+        let started = std::time::Instant::now();
+        first.finish(Ok("done".into())).await;
+        let second = waiting.await.unwrap().expect("the lock, once the holder ended");
+        assert!(started.elapsed() < Duration::from_millis(400), "taken when the holder ends, not at a later poll");
+        assert_eq!(t.locks().await.unwrap(), vec![("d".to_string(), second)]);
+
+        let started = std::time::Instant::now();
+        match t.create("deploy", Some("d"), Locking::Within(Duration::from_secs(1))).await {
+            Err(e @ TaskError::Locked { task, waited_secs: 1, .. }) => {
+                assert_eq!(task, second);
+                assert_eq!(e.to_string(), format!("deployment `d` is locked by task {second} (waited 1 s for it)"));
+            }
+            other => panic!("expected Locked after 1 s, got {:?}", other.map(|t| t.id)),
+        }
+        assert!(started.elapsed() >= Duration::from_secs(1), "refused only after the wait");
     }
 
     #[tokio::test]
     async fn a_panicking_task_fails_with_the_panic_message_and_frees_its_lock() {
         let t = tasks();
-        let task = t.create("deploy", Some("d"), true).await.unwrap();
+        let task = t.create("deploy", Some("d"), Locking::Now).await.unwrap();
         let id = task.id;
         let handle = task.run(async {
             if std::env::var_os("BOSUN_NEVER_SET_THIS").is_none() {
@@ -421,13 +492,13 @@ mod tests {
         let view = t.get(id).await.unwrap().unwrap();
         assert_eq!(view.state, TaskState::Error);
         assert_eq!(view.result.as_deref(), Some("the task panicked: injected: the planner met something impossible"));
-        assert!(t.create("next deploy", Some("d"), true).await.is_ok(), "the next deploy gets the lock");
+        assert!(t.create("next deploy", Some("d"), Locking::Now).await.is_ok(), "the next deploy gets the lock");
     }
 
     #[tokio::test]
     async fn a_cancelled_task_stops_at_its_checkpoint_ends_cancelled_and_frees_its_lock() {
         let t = tasks();
-        let task = t.create("deploy", Some("d"), true).await.unwrap();
+        let task = t.create("deploy", Some("d"), Locking::Now).await.unwrap();
         let id = task.id;
         assert!(task.checkpoint().is_ok(), "nobody asked yet");
         assert_eq!(t.locks().await.unwrap(), vec![("d".to_string(), id)]);
@@ -454,7 +525,7 @@ mod tests {
     #[tokio::test]
     async fn an_error_after_a_cancel_request_that_no_checkpoint_saw_is_an_error() {
         let t = tasks();
-        let task = t.create("deploy", Some("d"), true).await.unwrap();
+        let task = t.create("deploy", Some("d"), Locking::Now).await.unwrap();
         t.cancel(task.id, "operator").await.unwrap();
         task.finish(Err("the VM did not start".into())).await;
         assert_eq!(t.get(task.id).await.unwrap().unwrap().state, TaskState::Error);
@@ -465,7 +536,7 @@ mod tests {
         let clock = Arc::new(ManualClock::default());
         let state = State::in_memory();
         let t = Tasks::new(state.clone(), Events::new(state, clock.clone()), clock.clone());
-        let task = t.create("deploy", None, false).await.unwrap();
+        let task = t.create("deploy", None, Locking::None).await.unwrap();
         clock.advance(Duration::from_secs(90));
         task.finish(Ok("done".into())).await;
         let v = t.get(task.id).await.unwrap().unwrap();

@@ -6,7 +6,7 @@ use super::ResurrectionConfig;
 use crate::events::EventSubject;
 use crate::records::{DesiredState, InstanceRecord};
 use crate::store::{tables, StoreError, Tree};
-use crate::tasks::{panic_message, TaskError};
+use crate::tasks::{panic_message, Locking, TaskError};
 use crate::Director;
 use bosun_types::api::{InstanceSelector, InstanceState};
 use futures::FutureExt;
@@ -295,7 +295,7 @@ impl Monitor {
                 continue;
             }
             let names: Vec<String> = recs.iter().map(|r| r.name()).collect();
-            let task = match d.tasks.create(&format!("resurrect {}", names.join(" ")), Some(&dep), true).await {
+            let task = match d.tasks.create(&format!("resurrect {}", names.join(" ")), Some(&dep), Locking::Now).await {
                 Ok(t) => t,
                 Err(TaskError::Locked { .. }) => continue, // another task runs; try again next pass
                 Err(TaskError::Store(e)) => return Err(e),
