@@ -98,17 +98,12 @@ fn read_config<T: serde::de::DeserializeOwned>(f: &Path) -> Result<T> {
 /// CPI protocol (a BOSH director's `bin/cpi` can run this). The response goes to stdout, logs to
 /// stderr; the exit code is 0 whenever a response was written, as BOSH reads only the response.
 pub async fn serve_one(name: &str, config: Option<&Path>, dir: &Path) -> Result<()> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut input = Vec::new();
-    tokio::io::stdin().take(16 << 20).read_to_end(&mut input).await.context("reading the request")?;
-    let response = match open_in(name, config, dir.to_path_buf()).await {
-        Ok(cpi) => bosun_cpi_external::serve::serve(cpi.as_ref(), &input).await,
-        Err(e) => bosun_cpi_external::protocol::Response::failed(&bosun_cpi::CpiError::Cloud(format!("{e:#}"))),
-    };
-    let mut out = serde_json::to_vec(&response)?;
-    out.push(b'\n');
-    let mut stdout = tokio::io::stdout();
-    stdout.write_all(&out).await?;
-    stdout.flush().await?;
-    Ok(())
+    bosun_cpi_external::serve::answer_stdin(async {
+        match open_in(name, config, dir.to_path_buf()).await {
+            Ok(cpi) => Ok(cpi),
+            Err(e) => Err(bosun_cpi::CpiError::Cloud(format!("{e:#}"))),
+        }
+    })
+    .await
+    .context("answering the CPI request")
 }

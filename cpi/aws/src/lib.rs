@@ -31,6 +31,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 use wait::Backoff;
 
+/// The SDK this CPI speaks EC2 with, for callers of [`AwsCpi::ec2`].
+pub use aws_sdk_ec2;
 pub use instance_types::smallest_instance_type;
 
 /// `bosun director --cpi aws --cpi-config FILE`.
@@ -250,6 +252,12 @@ impl AwsCpi {
         }
         let sdk = loader.load().await;
         Ok(AwsCpi { ec2: Client::new(&sdk), config, director_uuid: OnceLock::new() })
+    }
+
+    /// The EC2 client the CPI calls through (its region, credentials, endpoint and retries):
+    /// for tools looking at the same cloud.
+    pub fn ec2(&self) -> &Client {
+        &self.ec2
     }
 
     fn backoff(&self) -> Backoff {

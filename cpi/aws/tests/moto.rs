@@ -10,48 +10,24 @@ use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region};
 use bosun_cpi::conformance::{self, ConformanceEnv, CpiFactory};
 use bosun_cpi::{Cpi, CpiError, CreateVmRequest};
 use bosun_cpi_aws::{AwsCpi, AwsCpiConfig};
+use bosun_test_support::moto::{Moto, REGION};
 use bosun_types::protocol::NetworkSettings;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-const REGION: &str = "us-east-1";
-
-/// moto's EC2 server on a free loopback port, killed when dropped.
-struct Moto {
-    child: Child,
-    url: String,
+/// What the CPI's tests need of the server: the CPI's config for it, and the SDK's own client
+/// on it (for looking at what the CPI made).
+trait MotoCloud {
+    fn config(&self) -> AwsCpiConfig;
+    fn ec2(&self) -> aws_sdk_ec2::Client;
 }
 
-impl Moto {
-    fn start() -> Moto {
-        let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-        let python = repo.join("target/moto-venv/bin/python");
-        assert!(python.exists(), "{} is missing: run ci/moto-venv (ci/test does)", python.display());
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = Command::new(python)
-            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting moto");
-        let moto = Moto { child, url: format!("http://127.0.0.1:{port}") };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "moto did not listen on port {port} within 60 s");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        moto
-    }
-
+impl MotoCloud for Moto {
     fn config(&self) -> AwsCpiConfig {
         config_for(&self.url)
     }
 
-    /// The SDK's own client on the same server, for looking at what the CPI made.
     fn ec2(&self) -> aws_sdk_ec2::Client {
         let conf = aws_sdk_ec2::Config::builder()
             .behavior_version(BehaviorVersion::latest())
@@ -61,13 +37,6 @@ impl Moto {
             .http_client(aws_smithy_http_client::Builder::new().build_http())
             .build();
         aws_sdk_ec2::Client::from_conf(conf)
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -7,6 +7,27 @@ use serde_json::{json, Value};
 use std::path::PathBuf;
 use tracing::Instrument;
 
+/// What a CPI executable does: reads one request from stdin (at most 16 MiB), opens the CPI with
+/// `open` (its configuration read), answers on stdout. A CPI that cannot be opened is answered as
+/// a `CloudError` naming why; an error here is only one of stdin or stdout.
+pub async fn answer_stdin<F>(open: F) -> std::io::Result<()>
+where
+    F: std::future::Future<Output = Result<std::sync::Arc<dyn Cpi>, CpiError>>,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut input = Vec::new();
+    tokio::io::stdin().take(16 << 20).read_to_end(&mut input).await?;
+    let response = match open.await {
+        Ok(cpi) => serve(cpi.as_ref(), &input).await,
+        Err(e) => Response::failed(&e),
+    };
+    let mut out = serde_json::to_vec(&response).expect("a response serializes");
+    out.push(b'\n');
+    let mut stdout = tokio::io::stdout();
+    stdout.write_all(&out).await?;
+    stdout.flush().await
+}
+
 /// Answers the request in `input` (the bytes a director wrote to the CPI's stdin) with `cpi`.
 /// Never fails: a request that cannot be read or carries wrong arguments is a `CpiError`
 /// response, an unknown method `NotImplemented` (as cpi-go answers them).

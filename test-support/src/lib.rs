@@ -1,0 +1,3 @@
+//! What bosun's tests stand up in a cloud's place. Only tests depend on this crate.
+
+pub mod moto;
