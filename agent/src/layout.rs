@@ -5,6 +5,7 @@
 //! ROOT/data/sys/log/<job>   logs        ROOT/data/sys/run/<job>   pid files
 //! ROOT/data/blobs            verified blobs    ROOT/data/compile    package builds
 //! ROOT/store                 the persistent disk (or an ephemeral directory without one)
+//! ROOT/data/persistent/<cid>  where a persistent disk that is a device is mounted
 //! ROOT/bosh/spec.json        the ledger: applied spec, generation and desired run state
 //! ```
 
@@ -67,6 +68,11 @@ impl Layout {
     }
     pub fn store(&self) -> PathBuf {
         self.root.join("store")
+    }
+    /// Where the device of persistent disk `cid` is mounted (`None` for a cid that is not a
+    /// plain name).
+    pub fn disk_mount_point(&self, cid: &str) -> Option<PathBuf> {
+        crate::disks::is_plain_name(cid).then(|| self.root.join("data/persistent").join(cid))
     }
     pub fn ledger(&self) -> PathBuf {
         self.root.join("bosh/spec.json")

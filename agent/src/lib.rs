@@ -55,6 +55,9 @@ pub enum AgentError {
 pub struct AgentOptions {
     pub root: PathBuf,
     pub settings: PathBuf,
+    /// Where the machine's devices are: `/dev`, or a directory of the same shape for an agent
+    /// whose cloud's devices are presented elsewhere (a test playing the cloud).
+    pub dev: PathBuf,
 }
 
 pub fn load_settings(path: &std::path::Path) -> Result<AgentSettings, AgentError> {
@@ -76,7 +79,9 @@ pub async fn run(options: AgentOptions) -> Result<(), AgentError> {
     layout.create().map_err(|(path, source)| AgentError::Io { path, source })?;
     tokio::spawn(logrotate::run(layout.log_root()));
     loop {
-        match load_settings(&options.settings).and_then(|s| session::Agent::new(s, layout.clone(), stemcell_info())) {
+        match load_settings(&options.settings)
+            .and_then(|s| session::Agent::new(s, layout.clone(), options.dev.clone(), stemcell_info()))
+        {
             Ok(agent) => {
                 agent.run().await;
                 return Ok(());

@@ -3,18 +3,20 @@
 use std::path::PathBuf;
 
 fn usage() -> ! {
-    eprintln!("usage: bosun-agent --root DIR --settings FILE");
+    eprintln!("usage: bosun-agent --root DIR --settings FILE [--dev DIR (default /dev)]");
     std::process::exit(2);
 }
 
 fn main() {
     let mut root = None;
     let mut settings = None;
+    let mut dev = PathBuf::from("/dev");
     let mut args = std::env::args_os().skip(1);
     while let Some(a) = args.next() {
         match a.to_str() {
             Some("--root") => root = args.next().map(PathBuf::from),
             Some("--settings") => settings = args.next().map(PathBuf::from),
+            Some("--dev") => dev = args.next().map(PathBuf::from).unwrap_or_else(|| usage()),
             Some("--version") => {
                 println!("bosun-agent {}", env!("CARGO_PKG_VERSION"));
                 return;
@@ -32,7 +34,7 @@ fn main() {
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
     // A small runtime: an agent's footprint matters on every VM.
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
-    if let Err(e) = rt.block_on(bosun_agent::run(bosun_agent::AgentOptions { root, settings })) {
+    if let Err(e) = rt.block_on(bosun_agent::run(bosun_agent::AgentOptions { root, settings, dev })) {
         tracing::error!(error = %bosun_agent::session::error_chain(&e), "agent failed");
         std::process::exit(1);
     }

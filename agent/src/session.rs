@@ -33,11 +33,20 @@ struct Ledger {
     /// The persistent disk mounted at the store directory, and its path.
     #[serde(default)]
     mounted_disk: Option<(String, PathBuf)>,
+    /// The device of that disk when it is one (mounted at the path), to mount again after a
+    /// restart of the VM.
+    #[serde(default)]
+    mounted_device: Option<PathBuf>,
 }
+
+/// How long a cloud volume's device may take to show once the CPI attached it.
+const DEVICE_WAIT: Duration = Duration::from_secs(60);
 
 pub struct Agent {
     settings: AgentSettings,
     layout: Layout,
+    /// Where the machine's devices are (`/dev`).
+    dev: PathBuf,
     dialer: Dialer,
     stemcell: Option<StemcellInfo>,
     supervisor: Supervisor,
@@ -65,6 +74,7 @@ impl Agent {
     pub fn new(
         settings: AgentSettings,
         layout: Layout,
+        dev: PathBuf,
         stemcell: Option<StemcellInfo>,
     ) -> Result<Arc<Self>, AgentError> {
         let dialer = Dialer::new(&settings.director)?;
@@ -74,6 +84,7 @@ impl Agent {
             supervisor: Supervisor::new(layout.clone()),
             settings,
             layout,
+            dev,
             dialer,
             stemcell,
             ledger: Mutex::new(ledger),
@@ -93,8 +104,13 @@ impl Agent {
             Err(e) => tracing::warn!(error = %error_chain(&e), "serving no SSH"),
         }
         {
-            // Come back to the same jobs without the director's help.
+            // Come back to the same disk and jobs without the director's help.
             let ledger = self.ledger.lock().await;
+            if let (Some((cid, at)), Some(device)) = (&ledger.mounted_disk, &ledger.mounted_device) {
+                if let Err(e) = crate::disks::mount_device(device, at).await {
+                    tracing::error!(disk = %cid, error = %error_chain(&e), "mounting the persistent disk again");
+                }
+            }
             if let (true, Some(spec)) = (ledger.running, &ledger.spec) {
                 tracing::info!(generation = spec.generation, "restarting the jobs of the applied spec");
                 self.supervisor.start(&spec.jobs).await;
@@ -331,6 +347,28 @@ impl Agent {
         }
     }
 
+    /// The directory disk `disk_cid`'s contents are in, from the CPI's hint: the hint's directory,
+    /// or its device (given a filesystem when new) mounted at the disk's mount point, with the
+    /// device.
+    async fn disk_directory(
+        &self,
+        disk_cid: &str,
+        hint: &serde_json::Value,
+    ) -> Result<(PathBuf, Option<PathBuf>), String> {
+        let failed = |e: crate::disks::MountError| format!("disk `{disk_cid}`: {}", error_chain(&e));
+        match crate::disks::resolve(&self.dev, hint, DEVICE_WAIT).await.map_err(failed)? {
+            crate::disks::DiskSource::Directory(path) => Ok((path, None)),
+            crate::disks::DiskSource::Device(device) => {
+                let at = self
+                    .layout
+                    .disk_mount_point(disk_cid)
+                    .ok_or_else(|| format!("disk cid `{disk_cid}` cannot name a mount point"))?;
+                crate::disks::mount_device(&device, &at).await.map_err(failed)?;
+                Ok((at, Some(device)))
+            }
+        }
+    }
+
     /// Makes the ledger durable (file and directory synced) before the caller acts on it, so a
     /// power loss never leaves an agent that did something its ledger does not say.
     async fn save_ledger(&self, ledger: &Ledger) -> Result<(), String> {
@@ -417,11 +455,7 @@ impl Agent {
             }
             AgentCommand::MountDisk { disk_cid, hint } => {
                 let _op = self.op_lock.lock().await;
-                let path =
-                    hint.get("path").and_then(|p| p.as_str()).map(PathBuf::from).ok_or("the disk hint has no path")?;
-                if !path.is_dir() {
-                    return Err(format!("disk `{disk_cid}`: {} is not a directory", path.display()));
-                }
+                let (path, device) = self.disk_directory(&disk_cid, &hint).await?;
                 let store = self.layout.store();
                 if tokio::fs::read_link(&store).await.ok().as_deref() == Some(path.as_path()) {
                     return Ok(serde_json::Value::Null);
@@ -438,6 +472,7 @@ impl Agent {
                 tokio::fs::symlink(&path, &store).await.map_err(|e| e.to_string())?;
                 let mut ledger = self.ledger.lock().await;
                 ledger.mounted_disk = Some((disk_cid, path));
+                ledger.mounted_device = device;
                 self.save_ledger(&ledger).await?;
                 Ok(serde_json::Value::Null)
             }
@@ -452,14 +487,16 @@ impl Agent {
                     tokio::fs::remove_file(&store).await.map_err(|e| e.to_string())?;
                 }
                 tokio::fs::create_dir_all(&store).await.map_err(|e| e.to_string())?;
+                if let (Some((_, at)), Some(_)) = (&ledger.mounted_disk, &ledger.mounted_device) {
+                    crate::disks::unmount(at).await.map_err(|e| format!("disk `{disk_cid}`: {}", error_chain(&e)))?;
+                }
                 ledger.mounted_disk = None;
+                ledger.mounted_device = None;
                 self.save_ledger(&ledger).await?;
                 Ok(serde_json::Value::Null)
             }
             AgentCommand::MigrateDisk { from_disk_cid, to_disk_cid, hint } => {
                 let _op = self.op_lock.lock().await;
-                let to =
-                    hint.get("path").and_then(|p| p.as_str()).map(PathBuf::from).ok_or("the disk hint has no path")?;
                 let mut ledger = self.ledger.lock().await;
                 match &ledger.mounted_disk {
                     // Done before (the director asks again after losing the answer).
@@ -476,6 +513,7 @@ impl Agent {
                     return Err("jobs are running; stop them before migrating the disk".into());
                 }
                 let from = ledger.mounted_disk.as_ref().map(|(_, p)| p.clone()).expect("matched above");
+                let (to, to_device) = self.disk_directory(&to_disk_cid, &hint).await?;
                 crate::disks::copy_tree(&from, &to)
                     .await
                     .map_err(|e| format!("copying disk `{from_disk_cid}` to `{to_disk_cid}`: {e}"))?;
@@ -485,8 +523,16 @@ impl Agent {
                 tokio::fs::symlink(&to, &staged).await.map_err(|e| e.to_string())?;
                 // rename(2) swaps the link atomically: the store is the old disk or the new one.
                 tokio::fs::rename(&staged, &store).await.map_err(|e| e.to_string())?;
+                let from_device = ledger.mounted_device.take();
                 ledger.mounted_disk = Some((to_disk_cid, to));
+                ledger.mounted_device = to_device;
                 self.save_ledger(&ledger).await?;
+                if from_device.is_some() {
+                    // The old disk is the director's to detach now: nothing of it stays mounted.
+                    crate::disks::unmount(&from)
+                        .await
+                        .map_err(|e| format!("disk `{from_disk_cid}`: {}", error_chain(&e)))?;
+                }
                 Ok(serde_json::Value::Null)
             }
             AgentCommand::RunErrand { job, timeout_ms } => {
@@ -568,7 +614,7 @@ mod tests {
         };
         let layout = Layout::new(dir);
         layout.create().unwrap();
-        Agent::new(settings, layout, None).unwrap()
+        Agent::new(settings, layout, PathBuf::from("/dev"), None).unwrap()
     }
 
     fn spec(generation: u64, hash: &str) -> AgentCommand {
