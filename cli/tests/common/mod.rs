@@ -29,24 +29,27 @@ pub fn eventually<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> O
     }
 }
 
-/// The `bosun-agent` binary under test. It belongs to the `bosun-agent` package, so Cargo gives
-/// this package no `CARGO_BIN_EXE_` for it; it sits beside `bosun` in the same target directory
-/// (`cargo test --workspace` builds it) and is built here when a narrower run did not.
+/// The `bosun-agent` binary under test.
 pub fn agent_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let bin = Path::new(env!("CARGO_BIN_EXE_bosun")).with_file_name("bosun-agent");
-        if !bin.exists() {
-            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-            let status = Command::new(cargo)
-                .args(["build", "--locked", "-p", "bosun-agent", "--bin", "bosun-agent"])
-                .current_dir(repo())
-                .status()
-                .expect("running cargo build for bosun-agent");
-            assert!(status.success() && bin.exists(), "building bosun-agent failed");
-        }
-        bin
-    })
+    BIN.get_or_init(|| workspace_bin("bosun-agent", "bosun-agent"))
+}
+
+/// A binary of another package of the workspace. Cargo gives this package no `CARGO_BIN_EXE_`
+/// for it; it sits beside `bosun` in the same target directory (`cargo test --workspace` builds
+/// it) and is built here when a narrower run did not.
+pub fn workspace_bin(package: &str, bin: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_BIN_EXE_bosun")).with_file_name(bin);
+    if !path.exists() {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--locked", "-p", package, "--bin", bin])
+            .current_dir(repo())
+            .status()
+            .unwrap_or_else(|e| panic!("running cargo build for {bin}: {e}"));
+        assert!(status.success() && path.exists(), "building {bin} failed");
+    }
+    path
 }
 
 /// The compiled-package cache the test directors share: `BOSUN_TEST_COMPILED_PACKAGE_CACHE`, else
@@ -319,30 +322,43 @@ impl TestDirector {
     /// A director with extra flags (e.g. `--meltdown-window 30`; `--agent-listen HOST` binds the
     /// agent listener on HOST) and environment.
     pub fn start_with(flags: &[&str], env: &[(&str, &str)]) -> Self {
-        let dir = tempfile::Builder::new().prefix("bosun-test-").tempdir_in(scratch()).expect("temp dir");
-        Self::start_in(dir, flags, env)
+        Self::start_in(Self::state_home(), flags, env)
     }
 
     /// A director whose CPI is the local CPI behind BOSH's external CPI protocol: every CPI call
     /// a `bosun-cpi local` process (a link named as a BOSH CPI job names its executable), its
     /// VMs where [`TestDirector::cpi_base`] says, so the harness finds and stops them as usual.
     pub fn start_external_local(flags: &[&str]) -> Self {
-        let dir = tempfile::Builder::new().prefix("bosun-test-").tempdir_in(scratch()).expect("temp dir");
+        let dir = Self::state_home();
         let base = dir.path().canonicalize().unwrap().join("state-cpi-local");
         std::fs::create_dir_all(&base).unwrap();
         let exec = dir.path().join("bosun-cpi");
         std::os::unix::fs::symlink(bosun_bin(), &exec).unwrap();
+        let args = ["local".to_string(), "--dir".to_string(), base.display().to_string()];
+        Self::start_external(dir, &exec, &args, flags)
+    }
+
+    /// A director driving the CPI executable `exec` (run with `args`) over BOSH's external CPI
+    /// protocol, its state in `dir`.
+    pub fn start_external(dir: tempfile::TempDir, exec: &Path, args: &[String], flags: &[&str]) -> Self {
         let config = dir.path().join("cpi.yml");
-        let text = format!(
-            "exec_path: {}\nargs: [local, --dir, {}]\nproperties: {{}}\nenv: {{RUST_LOG: info}}\ntimeout_seconds: 300\n",
-            exec.display(),
-            base.display()
-        );
-        std::fs::write(&config, text).unwrap();
+        let text = serde_json::json!({
+            "exec_path": exec,
+            "args": args,
+            "properties": {},
+            "env": {"RUST_LOG": "info"},
+            "timeout_seconds": 300,
+        });
+        std::fs::write(&config, text.to_string()).unwrap();
         let config = config.display().to_string();
         let mut all = vec!["--cpi", "external", "--cpi-config", config.as_str()];
         all.extend_from_slice(flags);
         Self::start_in(dir, &all, &[])
+    }
+
+    /// A temporary directory for a director's state, under the test fixtures.
+    pub fn state_home() -> tempfile::TempDir {
+        tempfile::Builder::new().prefix("bosun-test-").tempdir_in(scratch()).expect("temp dir")
     }
 
     fn start_in(dir: tempfile::TempDir, flags: &[&str], env: &[(&str, &str)]) -> Self {
