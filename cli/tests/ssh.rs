@@ -257,8 +257,13 @@ fn an_interactive_session_in_a_terminal_types_resizes_interrupts_and_exits() {
     assert!(status.success());
     t.keys(&["clear; stty size", "Enter"]);
     t.shows("the new size there", "40 120");
+    // Each command typed once the shell shows its prompt again: a Ctrl-C reaching the shell
+    // itself discards what was typed ahead (CI, once: the sleep never ran and the next line
+    // lost its first character, `bash: cho: command not found`).
+    t.prompt_after("40 120");
     t.keys(&["sleep 300; echo not-interrupted", "Enter"]);
     t.keys(&["C-c"]);
+    t.prompt_after("sleep 300");
     t.keys(&["echo status-$?", "Enter"]);
     let screen = t.shows("Ctrl-C to end the sleep", "status-130");
     assert!(!screen.lines().any(|l| l.trim() == "not-interrupted"), "the sleep was interrupted: {screen}");
