@@ -17,15 +17,20 @@ pub fn bosun_bin() -> &'static str {
     env!("CARGO_BIN_EXE_bosun")
 }
 
-/// Polls `check` until it returns `Some` or the deadline passes (then panics with `what`).
+/// Polls `check` until it returns `Some` or the deadline passes (then panics with `what`): at
+/// once, then after 50 ms, each pause a quarter longer than the last up to 500 ms. Most checks
+/// start a process (the CLI, kubectl: tens of milliseconds of CPU each), so a long wait costs a
+/// few dozen of them, not ten a second, while a quick condition is still seen quickly.
 pub fn eventually<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(50);
     loop {
         if let Some(v) = check() {
             return v;
         }
         assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
-        std::thread::park_timeout(Duration::from_millis(100));
+        std::thread::park_timeout(pause.min(deadline.saturating_duration_since(Instant::now())));
+        pause = (pause * 5 / 4).min(Duration::from_millis(500));
     }
 }
 
@@ -211,10 +216,54 @@ impl Drop for DockerLeftovers {
     }
 }
 
-/// The kubo release as a tarball, blobs synced through apt (once per test binary).
+/// The kubo release as a tarball, blobs synced through apt: made once for every test process
+/// of a run (173 MB; 8 s of CPU and 20 s on a loaded machine each time it is made) and shared
+/// through the scratch directory, keyed by the release directory's files.
 pub fn kubo_release() -> PathBuf {
     static TARBALL: OnceLock<PathBuf> = OnceLock::new();
-    TARBALL.get_or_init(|| release_tarball(&repo().join("releases/kubo"), "kubo")).clone()
+    TARBALL.get_or_init(|| shared_release_tarball(&repo().join("releases/kubo"), "kubo")).clone()
+}
+
+/// A release's tarball shared by the test processes: one makes it under an exclusive lock, the
+/// others wait and take it. Named by a digest of the release's files (paths, sizes, times; its
+/// `dev_releases` aside), so an edited release is made again; older ones are removed.
+fn shared_release_tarball(dir: &Path, name: &str) -> PathBuf {
+    use std::hash::{Hash, Hasher};
+    let lock = std::fs::File::create(scratch().join(format!("{name}-shared.lock"))).expect("the release's lock file");
+    lock.lock().expect("locking the release's lock file");
+    let o = Command::new(bosun_bin()).arg("sync-blobs").arg(dir).output().expect("bosun sync-blobs");
+    assert!(o.status.success(), "sync-blobs failed: {}", String::from_utf8_lossy(&o.stderr));
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let (path, meta) = (e.path(), e.metadata().unwrap());
+            if meta.is_dir() {
+                if path != dir.join("dev_releases") {
+                    pending.push(path);
+                }
+            } else {
+                let modified = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+                files.push((path, meta.len(), modified));
+            }
+        }
+    }
+    files.sort();
+    let mut hasher = std::hash::DefaultHasher::new();
+    files.hash(&mut hasher);
+    let key = format!("{:016x}", hasher.finish());
+    let tarball = scratch().join(format!("{name}-shared-{key}.tgz"));
+    if !tarball.exists() {
+        for e in std::fs::read_dir(scratch()).into_iter().flatten().flatten() {
+            let stale = e.file_name().to_string_lossy().starts_with(&format!("{name}-shared-"));
+            if stale && e.path().extension().is_some_and(|x| x == "tgz") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        let made = release_tarball(dir, name);
+        std::fs::rename(&made, &tarball).expect("moving the release tarball into place");
+    }
+    tarball
 }
 
 /// The update engine's test release (`cli/tests/fixtures/testbed`: a sleeper job), once per binary.
@@ -842,10 +891,25 @@ impl Terminal {
 
     /// Waits (20 s at most) until the screen shows `text`; the screen then.
     pub fn shows(&self, what: &str, text: &str) -> String {
+        self.shows_where(what, |s| s.contains(text))
+    }
+
+    /// Waits until a shell prompt (a line ending in `#` or `$`) follows the last line that
+    /// contains `marker`.
+    pub fn prompt_after(&self, marker: &str) {
+        self.shows_where(&format!("a prompt after `{marker}`"), |s| {
+            let lines: Vec<&str> = s.lines().map(str::trim_end).filter(|l| !l.is_empty()).collect();
+            let at = lines.iter().rposition(|l| l.contains(marker));
+            at.is_some_and(|k| lines[k + 1..].iter().any(|l| l.ends_with('#') || l.ends_with('$')))
+        });
+    }
+
+    /// Waits (20 s at most) until the screen is as `check` wants it; the screen then.
+    pub fn shows_where(&self, what: &str, check: impl Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let s = self.screen();
-            if s.contains(text) {
+            if check(&s) {
                 return s;
             }
             assert!(Instant::now() < deadline, "timed out waiting for {what}; the screen:\n{s}");
