@@ -7,6 +7,7 @@
 //! ROOT/store                 the persistent disk (or an ephemeral directory without one)
 //! ROOT/data/persistent/<cid>  where a persistent disk that is a device is mounted
 //! ROOT/bosh/spec.json        the ledger: applied spec, generation and desired run state
+//! ROOT/bosh/settings.json    the settings from the instance metadata (0600), when read there
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -74,6 +75,10 @@ impl Layout {
     pub fn disk_mount_point(&self, cid: &str) -> Option<PathBuf> {
         crate::disks::is_plain_name(cid).then(|| self.root.join("data/persistent").join(cid))
     }
+    /// The settings last read from the instance metadata, for a boot when it does not answer.
+    pub fn settings_copy(&self) -> PathBuf {
+        self.root.join("bosh/settings.json")
+    }
     pub fn ledger(&self) -> PathBuf {
         self.root.join("bosh/spec.json")
     }
@@ -105,9 +110,16 @@ impl Layout {
 /// a temporary file written and synced, renamed over the old one, and the directory synced so the
 /// rename itself is durable. Blocking: call it off the async threads.
 pub fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_durably_with_mode(path, bytes, 0o644)
+}
+
+/// [`write_durably`], the file made with `mode` (0o600 for what holds a secret).
+pub fn write_durably_with_mode(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
     f.write_all(bytes)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)?;

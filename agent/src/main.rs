@@ -3,7 +3,10 @@
 use std::path::PathBuf;
 
 fn usage() -> ! {
-    eprintln!("usage: bosun-agent --root DIR --settings FILE [--dev DIR (default /dev)]");
+    eprintln!(
+        "usage: bosun-agent --root DIR (--settings FILE | --metadata [URL (default {})]) [--dev DIR (default /dev)]",
+        bosun_agent::metadata::EC2_METADATA
+    );
     std::process::exit(2);
 }
 
@@ -11,11 +14,23 @@ fn main() {
     let mut root = None;
     let mut settings = None;
     let mut dev = PathBuf::from("/dev");
-    let mut args = std::env::args_os().skip(1);
+    let mut args = std::env::args_os().skip(1).peekable();
     while let Some(a) = args.next() {
         match a.to_str() {
             Some("--root") => root = args.next().map(PathBuf::from),
-            Some("--settings") => settings = args.next().map(PathBuf::from),
+            Some("--settings") => settings = args.next().map(|p| bosun_agent::SettingsSource::File(PathBuf::from(p))),
+            Some("--metadata") => {
+                // The address is optional: EC2's own by default.
+                let url = match args.peek().and_then(|a| a.to_str()).filter(|a| !a.starts_with("--")) {
+                    Some(url) => {
+                        let url = url.to_string();
+                        args.next();
+                        url
+                    }
+                    None => bosun_agent::metadata::EC2_METADATA.to_string(),
+                };
+                settings = Some(bosun_agent::SettingsSource::Metadata(url));
+            }
             Some("--dev") => dev = args.next().map(PathBuf::from).unwrap_or_else(|| usage()),
             Some("--version") => {
                 println!("bosun-agent {}", env!("CARGO_PKG_VERSION"));
