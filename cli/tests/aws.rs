@@ -5,8 +5,9 @@
 //! (a new light stemcell), finds nothing to repair in a cloud check, and deletes everything.
 //!
 //! The test plays the part of EC2's hosts ([`Ec2Hosts`]): for every running instance it starts a
-//! `bosun-agent` from the instance's user-data (what a stemcell's agent reads from the instance
-//! metadata), with the instance id as its VM cid; every EBS volume attached to an instance is
+//! `bosun-agent` that reads its settings from the instance metadata as on EC2 (IMDSv2: a token,
+//! then the user-data and the instance id), served for each instance by [`MetadataService`] from
+//! what EC2's API says of that instance; every EBS volume attached to an instance is
 //! presented to that agent as a block device under the device name EC2 was asked for (a loop
 //! device over a sparse file per volume, so a volume keeps its filesystem from one instance to
 //! the next); an instance that is no longer running has its agent and every process of it
@@ -84,6 +85,70 @@ fn light_stemcell(dir: &Path, version: &str, ami: &str) -> PathBuf {
     tarball
 }
 
+/// EC2's instance metadata service for the instances run here, on a loopback port: each
+/// instance's under `/<instance id>/latest/…`, answering only requests with the token it issued
+/// (IMDSv2, as the AWS CPI makes its instances require).
+struct MetadataService {
+    url: String,
+    user_data: Arc<Mutex<BTreeMap<String, Vec<u8>>>>,
+}
+
+impl MetadataService {
+    fn start() -> MetadataService {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let user_data: Arc<Mutex<BTreeMap<String, Vec<u8>>>> = Arc::default();
+        let known = user_data.clone();
+        // Ends with the test process (a blocked accept holds no resource worth stopping).
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let _ = answer_metadata(conn, &known);
+            }
+        });
+        MetadataService { url, user_data }
+    }
+
+    /// Where instance `id`'s agent asks.
+    fn url_for(&self, id: &str) -> String {
+        format!("{}/{id}", self.url)
+    }
+}
+
+fn answer_metadata(mut conn: std::net::TcpStream, known: &Mutex<BTreeMap<String, Vec<u8>>>) -> std::io::Result<()> {
+    use std::io::{BufRead, Write};
+    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut reader = std::io::BufReader::new(conn.try_clone()?);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let mut token = None;
+    loop {
+        let mut header = String::new();
+        if reader.read_line(&mut header)? == 0 || header.trim().is_empty() {
+            break;
+        }
+        if let Some((name, value)) = header.split_once(':') {
+            if name.eq_ignore_ascii_case("x-aws-ec2-metadata-token") {
+                token = Some(value.trim().to_string());
+            }
+        }
+    }
+    let mut words = line.split_whitespace();
+    let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+    let (id, rest) = path.trim_start_matches('/').split_once('/').unwrap_or(("", ""));
+    let issued = format!("token-for-{id}");
+    let data = known.lock().unwrap().get(id).cloned();
+    let (status, body): (&str, Vec<u8>) = match (method, rest, data) {
+        (_, _, None) => ("404 Not Found", vec![]),
+        ("PUT", "latest/api/token", Some(_)) => ("200 OK", issued.clone().into_bytes()),
+        ("GET", _, Some(_)) if token.as_deref() != Some(issued.as_str()) => ("401 Unauthorized", vec![]),
+        ("GET", "latest/user-data", Some(d)) => ("200 OK", d),
+        ("GET", "latest/meta-data/instance-id", Some(_)) => ("200 OK", id.as_bytes().to_vec()),
+        _ => ("404 Not Found", vec![]),
+    };
+    write!(conn, "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len())?;
+    conn.write_all(&body)
+}
+
 /// An instance this machine runs: its agent and the devices presented to it.
 struct Machine {
     agent: Child,
@@ -120,12 +185,13 @@ impl Ec2Hosts {
         std::fs::create_dir_all(dir.join("volumes")).unwrap();
         let state = Arc::new(Mutex::new(HostState::default()));
         let stop = Arc::new(AtomicBool::new(false));
+        let metadata = MetadataService::start();
         let thread = std::thread::spawn({
             let (state, stop, dir) = (state.clone(), stop.clone(), dir.clone());
             move || {
                 let rt = runtime();
                 while !stop.load(Ordering::SeqCst) {
-                    if let Err(e) = rt.block_on(pass(&ec2, &dir, &state)) {
+                    if let Err(e) = rt.block_on(pass(&ec2, &dir, &metadata, &state)) {
                         state.lock().unwrap().failures.push(e);
                     }
                     std::thread::park_timeout(Duration::from_millis(200));
@@ -200,7 +266,12 @@ impl Drop for Ec2Hosts {
 /// One look at the cloud: agents started for new running instances and stopped for instances
 /// no longer running; attached volumes presented to their instance's agent, detached ones taken
 /// away, deleted ones' files removed.
-async fn pass(ec2: &aws_sdk_ec2::Client, dir: &Path, state: &Mutex<HostState>) -> Result<(), String> {
+async fn pass(
+    ec2: &aws_sdk_ec2::Client,
+    dir: &Path,
+    metadata: &MetadataService,
+    state: &Mutex<HostState>,
+) -> Result<(), String> {
     let described = ec2.describe_instances().send().await.map_err(|e| format!("DescribeInstances: {e:?}"))?;
     let running: BTreeSet<String> = described
         .reservations()
@@ -229,8 +300,13 @@ async fn pass(ec2: &aws_sdk_ec2::Client, dir: &Path, state: &Mutex<HostState>) -
             .send()
             .await
             .map_err(|e| format!("DescribeInstanceAttribute {id}: {e:?}"))?;
+        use base64::Engine;
         let user_data = attr.user_data().and_then(|u| u.value()).unwrap_or_default();
-        let machine = power_on(dir, id, user_data)?;
+        let user_data = base64::engine::general_purpose::STANDARD
+            .decode(user_data.trim())
+            .map_err(|e| format!("{id}: user-data is not base64: {e}"))?;
+        metadata.user_data.lock().unwrap().insert(id.clone(), user_data);
+        let machine = power_on(dir, id, &metadata.url_for(id))?;
         let mut s = state.lock().unwrap();
         s.machines.insert(id.clone(), machine);
         s.started.push(id.clone());
@@ -287,26 +363,16 @@ async fn pass(ec2: &aws_sdk_ec2::Client, dir: &Path, state: &Mutex<HostState>) -
     Ok(())
 }
 
-/// Boots an instance: its agent, from the settings in its user-data, with the instance id as its
-/// VM cid (as the instance metadata would give it).
-fn power_on(dir: &Path, id: &str, user_data: &str) -> Result<Machine, String> {
-    use base64::Engine;
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(user_data.trim())
-        .map_err(|e| format!("{id}: user-data is not base64: {e}"))?;
-    let mut settings: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|e| format!("{id}: user-data is not the agent's settings: {e}"))?;
-    settings["vm_cid"] = serde_json::Value::String(id.to_string());
+/// Boots an instance: its agent, which reads its settings from the instance metadata at
+/// `metadata`.
+fn power_on(dir: &Path, id: &str, metadata: &str) -> Result<Machine, String> {
     let vm = dir.join("instances").join(id);
     std::fs::create_dir_all(vm.join("dev")).map_err(|e| format!("{id}: {e}"))?;
-    let settings_path = vm.join("settings.json");
-    std::fs::write(&settings_path, settings.to_string()).map_err(|e| format!("{id}: {e}"))?;
     let log = std::fs::File::create(vm.join("agent.log")).map_err(|e| format!("{id}: {e}"))?;
     let agent = Command::new(agent_bin())
         .arg("--root")
         .arg(vm.join("root"))
-        .arg("--settings")
-        .arg(&settings_path)
+        .args(["--metadata", metadata])
         .arg("--dev")
         .arg(vm.join("dev"))
         .env(INSTANCE_MARKER, id)
@@ -478,6 +544,15 @@ fn the_quickstart_deploys_heals_a_terminated_instance_rolls_an_ami_and_deletes_o
     let mounted = hosts.mounted_volumes();
     for i in &before {
         assert_eq!(mounted.get(&disk_of(i)).map(String::as_str), i["vm_cid"].as_str(), "{i} mounts its volume");
+    }
+    // Each agent read its settings from the metadata service and kept a private copy.
+    for i in &before {
+        let copy =
+            d.dir.path().join("ec2/instances").join(i["vm_cid"].as_str().unwrap()).join("root/bosh/settings.json");
+        let meta = std::fs::metadata(&copy).unwrap_or_else(|e| panic!("{}: {e}", copy.display()));
+        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777, 0o600, "{}", copy.display());
+        let settings: serde_json::Value = serde_json::from_slice(&std::fs::read(&copy).unwrap()).unwrap();
+        assert_eq!(settings["vm_cid"], i["vm_cid"], "the VM cid is the instance id the metadata gave");
     }
     let members = member_ids(ips[0]).expect("three member ids");
     assert!(etcd_put(ips[1], "YXdz", "ZWJz"), "a write before the termination");
