@@ -276,7 +276,8 @@ pub fn upload_bar(what: &str, len: u64) -> Option<ProgressBar> {
         return None;
     }
     let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stdout());
-    bar.set_style(style("{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} {eta} left"));
+    // The name gives way on a narrow terminal (a long tarball name); the bytes and rate stay.
+    bar.set_style(style("{wide_msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} {eta} left"));
     bar.set_message(what.to_string());
     Some(bar)
 }

@@ -83,25 +83,24 @@ fn scratch() -> &'static Path {
     })
 }
 
-/// A local stemcell built by the real builder script around the agent binary under test.
+/// A local stemcell built by the real builder script around the agent binary under test, once
+/// for every test process of a run.
 pub fn stemcell(version: &str) -> PathBuf {
-    static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _one_at_a_time = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
-    remove_stale("stemcells-");
-    let out = scratch().join(format!("stemcells-{}", std::process::id()));
-    let tarball = out.join(format!("bosun-local-{version}.tgz"));
-    if !tarball.exists() {
+    let agent = agent_bin();
+    let inputs = [agent.to_path_buf(), repo().join("stemcells/local/build.sh"), repo().join("stemcells/lib.sh")];
+    shared_artifact(&format!("bosun-local-{version}"), files_key(&inputs, &[]), |dir| {
         let o = Command::new(repo().join("stemcells/local/build.sh"))
             .arg(version)
-            .env("BOSUN_AGENT_BIN", agent_bin())
-            .env("BOSUN_STEMCELL_OUT", &out)
+            .env("BOSUN_AGENT_BIN", agent)
+            .env("BOSUN_STEMCELL_OUT", dir)
             .output()
             .expect("running stemcells/local/build.sh");
         assert!(o.status.success(), "stemcell build failed: {}", String::from_utf8_lossy(&o.stderr));
         let last = String::from_utf8_lossy(&o.stdout).lines().last().unwrap_or_default().to_string();
+        let tarball = dir.join(format!("bosun-local-{version}.tgz"));
         assert_eq!(PathBuf::from(last), tarball, "the builder prints the tarball's path last");
-    }
-    tarball
+        tarball
+    })
 }
 
 /// Whether the Docker Engine answers. When it does not, a Docker test says so and is skipped —
@@ -216,89 +215,81 @@ impl Drop for DockerLeftovers {
     }
 }
 
-/// The kubo release as a tarball, blobs synced through apt: made once for every test process
-/// of a run (173 MB; 8 s of CPU and 20 s on a loaded machine each time it is made) and shared
-/// through the scratch directory, keyed by the release directory's files.
+/// The kubo release as a tarball, blobs synced through apt, once for every test process of a
+/// run (173 MB: 8 s of CPU and 20 s on a loaded machine each time it is made).
 pub fn kubo_release() -> PathBuf {
     static TARBALL: OnceLock<PathBuf> = OnceLock::new();
-    TARBALL.get_or_init(|| shared_release_tarball(&repo().join("releases/kubo"), "kubo")).clone()
+    TARBALL.get_or_init(|| shared_release(&repo().join("releases/kubo"), "kubo")).clone()
 }
 
-/// A release's tarball shared by the test processes: one makes it under an exclusive lock, the
-/// others wait and take it. Named by a digest of the release's files (paths, sizes, times; its
-/// `dev_releases` aside), so an edited release is made again; older ones are removed.
-fn shared_release_tarball(dir: &Path, name: &str) -> PathBuf {
-    use std::hash::{Hash, Hasher};
-    let lock = std::fs::File::create(scratch().join(format!("{name}-shared.lock"))).expect("the release's lock file");
-    lock.lock().expect("locking the release's lock file");
+/// The update engine's test release (`cli/tests/fixtures/testbed`: a sleeper job).
+pub fn testbed_release() -> PathBuf {
+    static TARBALL: OnceLock<PathBuf> = OnceLock::new();
+    TARBALL.get_or_init(|| shared_release(&repo().join("cli/tests/fixtures/testbed"), "testbed")).clone()
+}
+
+/// The release in `dir` as a shared tarball (blobs synced first), named by its files — its
+/// `dev_releases`, which create-release writes, aside.
+fn shared_release(dir: &Path, name: &str) -> PathBuf {
     let o = Command::new(bosun_bin()).arg("sync-blobs").arg(dir).output().expect("bosun sync-blobs");
     assert!(o.status.success(), "sync-blobs failed: {}", String::from_utf8_lossy(&o.stderr));
+    let key = files_key(&[dir.to_path_buf()], &[dir.join("dev_releases")]);
+    shared_artifact(name, key, |out| {
+        let tarball = out.join(format!("{name}.tgz"));
+        let o = Command::new(bosun_bin())
+            .arg("create-release")
+            .arg(dir)
+            .arg("--tarball")
+            .arg(&tarball)
+            .output()
+            .expect("bosun create-release");
+        assert!(o.status.success(), "create-release failed: {}", String::from_utf8_lossy(&o.stderr));
+        tarball
+    })
+}
+
+/// A digest of the paths, sizes and times of `paths`' files (a directory's recursively, those
+/// under `skip` left out): what a shared artifact made from them is named by.
+fn files_key(paths: &[PathBuf], skip: &[PathBuf]) -> String {
+    use std::hash::{Hash, Hasher};
     let mut files = Vec::new();
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(d) = pending.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            let (path, meta) = (e.path(), e.metadata().unwrap());
-            if meta.is_dir() {
-                if path != dir.join("dev_releases") {
-                    pending.push(path);
-                }
-            } else {
-                let modified = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
-                files.push((path, meta.len(), modified));
-            }
+    let mut pending = paths.to_vec();
+    while let Some(p) = pending.pop() {
+        let meta = std::fs::metadata(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        if meta.is_dir() {
+            pending.extend(std::fs::read_dir(&p).unwrap().flatten().map(|e| e.path()).filter(|p| !skip.contains(p)));
+        } else {
+            let modified = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+            files.push((p, meta.len(), modified));
         }
     }
     files.sort();
     let mut hasher = std::hash::DefaultHasher::new();
     files.hash(&mut hasher);
-    let key = format!("{:016x}", hasher.finish());
-    let tarball = scratch().join(format!("{name}-shared-{key}.tgz"));
-    if !tarball.exists() {
+    format!("{:016x}", hasher.finish())
+}
+
+/// An artifact every test process of a run shares (a release or stemcell tarball: seconds of
+/// CPU to make): the first process to need it makes it under an exclusive lock — `make` writes
+/// it into the directory it is given and returns its path — and the others wait and take it.
+/// Kept in the scratch directory as `NAME-shared-KEY.tgz`; one of another key is removed.
+fn shared_artifact(name: &str, key: String, make: impl FnOnce(&Path) -> PathBuf) -> PathBuf {
+    let lock = std::fs::File::create(scratch().join(format!("{name}-shared.lock"))).expect("the artifact's lock file");
+    lock.lock().expect("locking the artifact's lock file");
+    let shared = scratch().join(format!("{name}-shared-{key}.tgz"));
+    if !shared.exists() {
+        let prefix = format!("{name}-shared-");
         for e in std::fs::read_dir(scratch()).into_iter().flatten().flatten() {
-            let stale = e.file_name().to_string_lossy().starts_with(&format!("{name}-shared-"));
-            if stale && e.path().extension().is_some_and(|x| x == "tgz") {
+            let file = e.file_name().to_string_lossy().into_owned();
+            if file.starts_with(&prefix) && file.ends_with(".tgz") {
                 let _ = std::fs::remove_file(e.path());
             }
         }
-        let made = release_tarball(dir, name);
-        std::fs::rename(&made, &tarball).expect("moving the release tarball into place");
+        let work = tempfile::Builder::new().prefix(&format!("{name}-making-")).tempdir_in(scratch()).unwrap();
+        let made = make(work.path());
+        std::fs::rename(&made, &shared).expect("moving the artifact into place");
     }
-    tarball
-}
-
-/// The update engine's test release (`cli/tests/fixtures/testbed`: a sleeper job), once per binary.
-pub fn testbed_release() -> PathBuf {
-    static TARBALL: OnceLock<PathBuf> = OnceLock::new();
-    TARBALL.get_or_init(|| release_tarball(&repo().join("cli/tests/fixtures/testbed"), "testbed")).clone()
-}
-
-/// Removes what earlier test processes left in the scratch directory under `prefix<pid>`, for pids
-/// no longer alive (release tarballs with the Kubernetes blobs are over 100 MB each).
-fn remove_stale(prefix: &str) {
-    for e in std::fs::read_dir(scratch()).into_iter().flatten().flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some(rest) = name.strip_prefix(prefix) else { continue };
-        let pid: String = rest.chars().take_while(char::is_ascii_digit).collect();
-        if !pid.is_empty() && !Path::new("/proc").join(&pid).exists() {
-            let _ = std::fs::remove_file(e.path()).or_else(|_| std::fs::remove_dir_all(e.path()));
-        }
-    }
-}
-
-fn release_tarball(dir: &Path, name: &str) -> PathBuf {
-    remove_stale(&format!("{name}-"));
-    let o = Command::new(bosun_bin()).arg("sync-blobs").arg(dir).output().expect("bosun sync-blobs");
-    assert!(o.status.success(), "sync-blobs failed: {}", String::from_utf8_lossy(&o.stderr));
-    let tarball = scratch().join(format!("{name}-{}.tgz", std::process::id()));
-    let o = Command::new(bosun_bin())
-        .arg("create-release")
-        .arg(dir)
-        .arg("--tarball")
-        .arg(&tarball)
-        .output()
-        .expect("bosun create-release");
-    assert!(o.status.success(), "create-release failed: {}", String::from_utf8_lossy(&o.stderr));
-    tarball
+    shared
 }
 
 /// Instances (as `instances --json` lists them) in index order.
