@@ -17,10 +17,11 @@ fn version_prints_the_package_version() {
 
 #[test]
 fn missing_or_unknown_arguments_exit_2_with_usage() {
-    for args in [&[][..], &["--root", "/tmp"][..], &["--bogus"][..]] {
+    for args in [&[][..], &["--root", "/tmp"][..], &["--bogus"][..], &["--metadata", "--root"][..], &["--dev"][..]] {
         let o = agent().args(args).output().expect("running bosun-agent");
         assert_eq!(o.status.code(), Some(2), "args {args:?}");
-        assert!(String::from_utf8_lossy(&o.stderr).contains("usage: bosun-agent --root DIR --settings FILE"));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("usage: bosun-agent --root DIR (--settings FILE | --metadata [URL"), "{err}");
     }
 }
 
