@@ -254,6 +254,44 @@ impl AwsCpi {
         Ok(AwsCpi { ec2: Client::new(&sdk), config, director_uuid: OnceLock::new() })
     }
 
+    /// Security groups as ids: an id (`sg-…`) as it is, a name (as BOSH's AWS CPI accepts them)
+    /// looked up in the VPC of `subnet`, where the instance's interface is. A name no group of
+    /// that VPC has is an error naming it and the VPC.
+    async fn security_group_ids(&self, subnet: &str, groups: Vec<String>) -> CpiResult<Vec<String>> {
+        let (ids, names): (Vec<String>, Vec<String>) = groups.into_iter().partition(|g| g.starts_with("sg-"));
+        if names.is_empty() {
+            return Ok(ids);
+        }
+        let subnets = self
+            .ec2
+            .describe_subnets()
+            .subnet_ids(subnet)
+            .send()
+            .await
+            .map_err(|e| classify(&e, "finding the subnet's VPC for security group names", Subject::Other))?;
+        let Some(vpc) = subnets.subnets().first().and_then(|s| s.vpc_id()).map(String::from) else {
+            return Err(CpiError::InvalidArguments(format!("subnet `{subnet}` does not exist")));
+        };
+        let found = self
+            .ec2
+            .describe_security_groups()
+            .filters(Filter::builder().name("vpc-id").values(&vpc).build())
+            .filters(Filter::builder().name("group-name").set_values(Some(names.clone())).build())
+            .send()
+            .await
+            .map_err(|e| classify(&e, "looking up security groups by name", Subject::Other))?;
+        let by_name: BTreeMap<&str, &str> =
+            found.security_groups().iter().filter_map(|g| Some((g.group_name()?, g.group_id()?))).collect();
+        let mut out = ids;
+        for name in &names {
+            let id = by_name.get(name.as_str()).ok_or_else(|| {
+                CpiError::InvalidArguments(format!("no security group named `{name}` in VPC {vpc} (subnet {subnet})"))
+            })?;
+            out.push(id.to_string());
+        }
+        Ok(out)
+    }
+
     /// The EC2 client the CPI calls through (its region, credentials, endpoint and retries):
     /// for tools looking at the same cloud.
     pub fn ec2(&self) -> &Client {
@@ -501,6 +539,7 @@ impl Cpi for AwsCpi {
         if groups.is_empty() {
             groups = self.config.default_security_groups.clone();
         }
+        let mut groups = self.security_group_ids(&subnet, groups).await?;
         groups.sort();
         groups.dedup();
         let mut interface = InstanceNetworkInterfaceSpecification::builder()

@@ -193,6 +193,32 @@ fn an_instance_gets_its_address_interface_settings_and_tags_at_creation() {
             Err(CpiError::InvalidArguments(m)) => assert!(m.contains("default, other"), "{m}"),
             other => panic!("two networks: {other:?}"),
         }
+        // Security groups by name (as BOSH's AWS CPI takes them) are looked up in the subnet's VPC;
+        // ids are taken as they are; an unknown name is refused, naming it.
+        let vpc = ec2.describe_subnets().subnet_ids(&subnet).send().await.unwrap().subnets()[0].vpc_id().unwrap().to_string();
+        let web = ec2.create_security_group().group_name("bosun-web").description("web").vpc_id(&vpc).send().await.unwrap();
+        let web = web.group_id().unwrap().to_string();
+        let ssh = ec2.create_security_group().group_name("bosun-ssh").description("ssh").vpc_id(&vpc).send().await.unwrap();
+        let ssh = ssh.group_id().unwrap().to_string();
+        let mut named = request.clone();
+        named.cloud_properties["security_groups"] = serde_json::json!(["bosun-web", ssh]);
+        let (vm, _) = cpi.create_vm(&named).await.unwrap();
+        let out = ec2.describe_instances().instance_ids(&vm).send().await.unwrap();
+        let mut groups: Vec<&str> = out.reservations()[0].instances()[0].network_interfaces()[0]
+            .groups()
+            .iter()
+            .filter_map(|g| g.group_id())
+            .collect();
+        groups.sort();
+        let mut wanted = vec![web.as_str(), ssh.as_str()];
+        wanted.sort();
+        assert_eq!(groups, wanted, "the name resolved in the VPC, the id kept");
+        cpi.delete_vm(&vm).await.unwrap();
+        named.cloud_properties["security_groups"] = serde_json::json!(["bosun-nowhere"]);
+        match cpi.create_vm(&named).await {
+            Err(CpiError::InvalidArguments(m)) => assert!(m.contains("`bosun-nowhere`") && m.contains(&vpc), "{m}"),
+            other => panic!("an unknown security group: {other:?}"),
+        }
         // So is a vip network.
         let mut vip = request.clone();
         vip.networks.get_mut("default").unwrap().kind = bosun_types::cloud_config::NetworkType::Vip;
