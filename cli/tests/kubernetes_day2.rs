@@ -143,6 +143,14 @@ fn lease_holder(c: &Cluster, component: &str) -> Option<(String, String)> {
         .map(|(_, name, vm)| (name, vm))
 }
 
+/// Each instance's update time from a deploy's closing lines (where a roll's time goes).
+fn print_durations(tag: &str, deploy_output: &str) {
+    let lines = deploy_output.lines().skip_while(|l| !l.starts_with("Durations:")).skip(1);
+    for l in lines.take_while(|l| l.starts_with("  ")) {
+        println!("[{tag}] {}", l.trim());
+    }
+}
+
 fn lease_identity(masters: &Masters, component: &str) -> Option<String> {
     let lease = masters.get_json(&format!("/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/{component}"))?;
     lease["spec"]["holderIdentity"].as_str().map(String::from)
@@ -237,8 +245,9 @@ fn scenario_stemcell_upgrade(c: &Cluster, masters: &Arc<Masters>) {
     let nodes_before: Vec<String> = c.k.nodes().into_iter().map(|(n, _)| n).collect();
     let load = Load::start(masters, "stemcell-upgrade");
     let started = Instant::now();
-    c.deploy(&[]);
+    let out = c.deploy(&[]);
     let (service, writes) = load.finish("stemcell 1 → 1.1", started.elapsed());
+    print_durations("stemcell", &out);
     let after = vms_and_disks(c);
     assert_eq!(before.keys().collect::<Vec<_>>(), after.keys().collect::<Vec<_>>(), "the same instances");
     for (id, (vm, disks)) in &after {
@@ -284,8 +293,9 @@ fn scenario_kubernetes_upgrade(c: &Cluster, masters: &Arc<Masters>) {
     // keeps it), then updates the instances.
     let started = Instant::now();
     let load = Load::start(masters, "kubernetes-upgrade");
-    c.deploy(&["-o", next]);
+    let out = c.deploy(&["-o", next]);
     let (service, writes) = load.finish("kubo 2.0.0: etcd 3.5, Kubernetes v1.20.2+bosun.1", started.elapsed());
+    print_durations("kubernetes", &out);
     let versions = c.k.ok(&["get", "nodes", "-o", "jsonpath={range .items[*]}{.status.nodeInfo.kubeletVersion} {end}"]);
     assert_eq!(versions.split_whitespace().collect::<Vec<_>>(), vec!["v1.20.2+bosun.1"; 3], "every kubelet");
     let server = masters.get_json("/version").expect("/version");
