@@ -273,23 +273,23 @@ async fn pass(
     state: &Mutex<HostState>,
 ) -> Result<(), String> {
     let described = ec2.describe_instances().send().await.map_err(|e| format!("DescribeInstances: {e:?}"))?;
-    let running: BTreeSet<String> = described
+    // Running instances, with their root device (the AMI's disk: the host's own business).
+    let running: BTreeMap<String, String> = described
         .reservations()
         .iter()
         .flat_map(|r| r.instances())
         .filter(|i| i.state().and_then(|s| s.name()) == Some(&InstanceStateName::Running))
-        .filter_map(|i| i.instance_id())
-        .map(String::from)
+        .filter_map(|i| Some((i.instance_id()?.to_string(), i.root_device_name().unwrap_or_default().to_string())))
         .collect();
     let gone: Vec<String> = {
         let s = state.lock().unwrap();
-        s.machines.keys().filter(|id| !running.contains(*id)).cloned().collect()
+        s.machines.keys().filter(|id| !running.contains_key(*id)).cloned().collect()
     };
     for id in gone {
         let m = state.lock().unwrap().machines.remove(&id).unwrap();
         power_off(&id, m);
     }
-    for id in &running {
+    for id in running.keys() {
         if state.lock().unwrap().machines.contains_key(id) {
             continue;
         }
@@ -315,13 +315,16 @@ async fn pass(
     let volumes = ec2.describe_volumes().send().await.map_err(|e| format!("DescribeVolumes: {e:?}"))?;
     let mut s = state.lock().unwrap();
     let listed: BTreeSet<String> = volumes.volumes().iter().filter_map(|v| v.volume_id()).map(String::from).collect();
-    // Root volumes (tagged without the director's uuid) are the stemcell's: nothing to present.
     let mut wanted: BTreeMap<(String, String), String> = BTreeMap::new();
     for v in volumes.volumes() {
         let Some(vid) = v.volume_id() else { continue };
         for a in v.attachments() {
             let (Some(iid), Some(device)) = (a.instance_id(), a.device()) else { continue };
             if a.state() != Some(&VolumeAttachmentState::Attached) || !s.machines.contains_key(iid) {
+                continue;
+            }
+            // An instance's root volume is its stemcell's disk, not one to present.
+            if running.get(iid).is_some_and(|root| root == device) {
                 continue;
             }
             let Some(name) = device.strip_prefix("/dev/").filter(|n| n.starts_with("sd")) else { continue };
