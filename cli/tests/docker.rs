@@ -118,10 +118,7 @@ fn etcd_on_containers_survives_kills_disconnects_and_a_stemcell_upgrade() {
     }
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let net = "bosun-test-lifecycle";
-    // Six missed heartbeats (3 s) before an agent counts as silent: containers running etcd share
-    // two cores with the other tests.
-    let d =
-        TestDirector::start_with(&["--cpi", "docker", "--agent-listen", "0.0.0.0", "--missed-heartbeats", "6"], &[]);
+    let d = TestDirector::start_with(&["--cpi", "docker", "--agent-listen", "0.0.0.0"], &[]);
     let uuid = d.json(&["target"])["uuid"].as_str().unwrap().to_string();
     let mut leftovers = DockerLeftovers {
         label: format!("bosun.tag.director_uuid={uuid}"),

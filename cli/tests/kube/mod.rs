@@ -325,11 +325,9 @@ impl Drop for Cluster {
 /// (`k=v`) on `site`, and waits for `instances` running instances and `nodes` Ready nodes.
 pub fn deploy_cluster(site: Site, ops: &[&str], vars: &[&str], instances: usize, nodes: usize) -> Cluster {
     let sysctls = HostSysctls::save();
-    // Agents in network namespaces reach the director through the bridge. An agent is silent
-    // after 6 missed heartbeats (3 s; the other tests' directors: 1.5 s): a cluster's dozens of
-    // processes beside the other tests on two cores delay heartbeats past 1.5 s now and then, and
-    // a command in flight to a silent agent fails its deploy.
-    let d = TestDirector::start_with(&["--agent-listen", "0.0.0.0", "--missed-heartbeats", "6"], &[]);
+    // Agents in network namespaces reach the director through the bridge (silent after the
+    // harness's six missed heartbeats, 3 s, as every test director's).
+    let d = TestDirector::start_with(&["--agent-listen", "0.0.0.0"], &[]);
     let vms = IsolatedVms(d.cpi_base());
     d.prepare(&d.write("cloud.yml", &site.repo_file("manifests/cloud-config/local-kubernetes.yml")));
     let manifest = d.write("kubernetes.yml", &site.repo_file("manifests/kubernetes.yml"));
