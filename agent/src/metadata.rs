@@ -152,42 +152,18 @@ mod tests {
         assert_eq!(dechunk(b"9\r\nabc\r\n"), None);
     }
 
-    /// A metadata service that, like EC2's with IMDSv2 required, answers nothing without a token.
-    async fn serve(user_data: &'static str) -> String {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            loop {
-                let (mut conn, _) = listener.accept().await.unwrap();
-                let mut buf = vec![0u8; 4096];
-                let n = conn.read(&mut buf).await.unwrap();
-                let request = String::from_utf8_lossy(&buf[..n]).into_owned();
-                let line = request.lines().next().unwrap_or("").to_string();
-                let has_token = request.contains("X-aws-ec2-metadata-token: t0k3n\r\n");
-                let (status, body) = match line.split_whitespace().take(2).collect::<Vec<_>>()[..] {
-                    ["PUT", "/i-1/latest/api/token"] => ("200 OK", "t0k3n"),
-                    ["GET", "/i-1/latest/user-data"] if has_token => ("200 OK", user_data),
-                    ["GET", "/i-1/latest/meta-data/instance-id"] if has_token => ("200 OK", "i-1"),
-                    ["GET", _] if !has_token => ("401 Unauthorized", ""),
-                    _ => ("404 Not Found", ""),
-                };
-                let answer = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\n\r\n{body}", body.len());
-                let _ = conn.write_all(answer.as_bytes()).await;
-            }
-        });
-        format!("http://{addr}/i-1")
-    }
-
     #[tokio::test]
     async fn the_settings_are_the_user_data_with_the_instance_id_asked_with_a_token() {
+        // The tests' metadata service answers nothing without the token it issued (IMDSv2).
+        let service = bosun_test_support::imds::MetadataService::start();
         let settings = r#"{"agent_id":"a-1","vm_cid":"","director":{"address":"10.0.0.6:4222","server_name":"d","ca_cert":"c","client_cert":"c","client_key":"k"}}"#;
-        let base = serve(settings).await;
-        let got = fetch_settings(&base).await.unwrap();
+        service.insert("i-1", settings.as_bytes().to_vec());
+        service.insert("i-3", b"not json".to_vec());
+        let got = fetch_settings(&service.url_for("i-1")).await.unwrap();
         assert_eq!((got.agent_id.as_str(), got.vm_cid.as_str()), ("a-1", "i-1"));
-        let err = fetch_settings(&base.replace("i-1", "i-2")).await.unwrap_err().to_string();
+        let err = fetch_settings(&service.url_for("i-2")).await.unwrap_err().to_string();
         assert!(err.contains("404"), "{err}");
-        let base = serve("not json").await;
-        let err = fetch_settings(&base).await.unwrap_err().to_string();
+        let err = fetch_settings(&service.url_for("i-3")).await.unwrap_err().to_string();
         assert!(err.contains("not the agent's settings"), "{err}");
     }
 }

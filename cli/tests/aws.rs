@@ -19,6 +19,7 @@ mod common;
 use bosun_cpi_aws::aws_sdk_ec2;
 use bosun_cpi_aws::aws_sdk_ec2::types::{Filter, InstanceAttributeName, InstanceStateName, VolumeAttachmentState};
 use bosun_cpi_aws::{AwsCpi, AwsCpiConfig};
+use bosun_test_support::imds::MetadataService;
 use bosun_test_support::moto::{Moto, REGION};
 use common::*;
 use std::collections::{BTreeMap, BTreeSet};
@@ -33,21 +34,6 @@ const INSTANCE_MARKER: &str = "BOSUN_TEST_EC2_INSTANCE";
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
-}
-
-fn config(moto: &Moto) -> AwsCpiConfig {
-    AwsCpiConfig {
-        region: REGION.into(),
-        endpoint: Some(moto.url.clone()),
-        access_key_id: Some("testing".into()),
-        secret_access_key: Some("testing".into()),
-        session_token: None,
-        default_key_name: None,
-        default_security_groups: vec![],
-        default_availability_zone: Some(format!("{REGION}a")),
-        max_attempts: 3,
-        wait_seconds: 60,
-    }
 }
 
 /// The VPC and subnet on 127.0.80.0/24 and two of moto's stock AMIs.
@@ -83,70 +69,6 @@ fn light_stemcell(dir: &Path, version: &str, ami: &str) -> PathBuf {
     let o = Command::new("tar").arg("-C").arg(&work).arg("-czf").arg(&tarball).args(["stemcell.MF", "image"]).output();
     assert!(o.unwrap().status.success(), "packing the light stemcell");
     tarball
-}
-
-/// EC2's instance metadata service for the instances run here, on a loopback port: each
-/// instance's under `/<instance id>/latest/…`, answering only requests with the token it issued
-/// (IMDSv2, as the AWS CPI makes its instances require).
-struct MetadataService {
-    url: String,
-    user_data: Arc<Mutex<BTreeMap<String, Vec<u8>>>>,
-}
-
-impl MetadataService {
-    fn start() -> MetadataService {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let user_data: Arc<Mutex<BTreeMap<String, Vec<u8>>>> = Arc::default();
-        let known = user_data.clone();
-        // Ends with the test process (a blocked accept holds no resource worth stopping).
-        std::thread::spawn(move || {
-            for conn in listener.incoming().flatten() {
-                let _ = answer_metadata(conn, &known);
-            }
-        });
-        MetadataService { url, user_data }
-    }
-
-    /// Where instance `id`'s agent asks.
-    fn url_for(&self, id: &str) -> String {
-        format!("{}/{id}", self.url)
-    }
-}
-
-fn answer_metadata(mut conn: std::net::TcpStream, known: &Mutex<BTreeMap<String, Vec<u8>>>) -> std::io::Result<()> {
-    use std::io::{BufRead, Write};
-    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut reader = std::io::BufReader::new(conn.try_clone()?);
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    let mut token = None;
-    loop {
-        let mut header = String::new();
-        if reader.read_line(&mut header)? == 0 || header.trim().is_empty() {
-            break;
-        }
-        if let Some((name, value)) = header.split_once(':') {
-            if name.eq_ignore_ascii_case("x-aws-ec2-metadata-token") {
-                token = Some(value.trim().to_string());
-            }
-        }
-    }
-    let mut words = line.split_whitespace();
-    let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
-    let (id, rest) = path.trim_start_matches('/').split_once('/').unwrap_or(("", ""));
-    let issued = format!("token-for-{id}");
-    let data = known.lock().unwrap().get(id).cloned();
-    let (status, body): (&str, Vec<u8>) = match (method, rest, data) {
-        (_, _, None) => ("404 Not Found", vec![]),
-        ("PUT", "latest/api/token", Some(_)) => ("200 OK", issued.clone().into_bytes()),
-        ("GET", _, Some(_)) if token.as_deref() != Some(issued.as_str()) => ("401 Unauthorized", vec![]),
-        ("GET", "latest/user-data", Some(d)) => ("200 OK", d),
-        ("GET", "latest/meta-data/instance-id", Some(_)) => ("200 OK", id.as_bytes().to_vec()),
-        _ => ("404 Not Found", vec![]),
-    };
-    write!(conn, "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len())?;
-    conn.write_all(&body)
 }
 
 /// An instance this machine runs: its agent and the devices presented to it.
@@ -305,7 +227,7 @@ async fn pass(
         let user_data = base64::engine::general_purpose::STANDARD
             .decode(user_data.trim())
             .map_err(|e| format!("{id}: user-data is not base64: {e}"))?;
-        metadata.user_data.lock().unwrap().insert(id.clone(), user_data);
+        metadata.insert(id, user_data);
         let machine = power_on(dir, id, &metadata.url_for(id))?;
         let mut s = state.lock().unwrap();
         s.machines.insert(id.clone(), machine);
@@ -477,13 +399,7 @@ async fn volume_attachments(ec2: &aws_sdk_ec2::Client) -> BTreeMap<String, Optio
 #[test]
 fn the_quickstart_deploys_heals_a_terminated_instance_rolls_an_ami_and_deletes_on_aws() {
     let moto = Moto::start();
-    let rt = runtime();
-    let cpi = rt.block_on(AwsCpi::connect(config(&moto))).unwrap();
-    let ec2 = cpi.ec2().clone();
-    let (subnet, [ami1, ami2]) = rt.block_on(make_cloud(&ec2));
-
-    let home = TestDirector::state_home();
-    let cpi_config = home.path().join("aws.yml");
+    // The AWS CPI's config: the executable's file, and the test's own client on the same cloud.
     let aws = serde_json::json!({
         "region": REGION,
         "endpoint": moto.url,
@@ -493,6 +409,14 @@ fn the_quickstart_deploys_heals_a_terminated_instance_rolls_an_ami_and_deletes_o
         "max_attempts": 3,
         "wait_seconds": 120,
     });
+    let rt = runtime();
+    let config: AwsCpiConfig = serde_json::from_value(aws.clone()).unwrap();
+    let cpi = rt.block_on(AwsCpi::connect(config)).unwrap();
+    let ec2 = cpi.ec2().clone();
+    let (subnet, [ami1, ami2]) = rt.block_on(make_cloud(&ec2));
+
+    let home = TestDirector::state_home();
+    let cpi_config = home.path().join("aws.yml");
     std::fs::write(&cpi_config, aws.to_string()).unwrap();
     let hosts = Ec2Hosts::start(ec2.clone(), home.path().join("ec2"));
     let exec = workspace_bin("bosun-cpi-aws", "bosun-cpi-aws");
